@@ -1,0 +1,57 @@
+"""Settings, read once from the environment (CONTRACT.md section 6)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every knob turnlog reads from the environment, with its default."""
+
+    database_url: str | None = None
+    data_dir: Path = Path(".turnlog")
+    jwt_secret: str | None = None
+    default_model: str = "demo:default"
+    checkpoint_s: float = 1.0
+    heartbeat_s: float = 15.0
+    max_message_chars: int = 100_000
+    shutdown_grace_s: float = 10.0
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    anthropic_api_key: str | None = None
+    gemini_api_key: str | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Read the settings from ``env`` (default: ``os.environ``)."""
+        e = dict(os.environ) if env is None else env
+
+        def number(name: str, default: float) -> float:
+            raw = e.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {raw!r}") from None
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {raw!r}")
+            return value
+
+        return cls(
+            database_url=e.get("TURNLOG_DATABASE_URL") or None,
+            data_dir=Path(e.get("TURNLOG_DATA_DIR") or ".turnlog").absolute(),
+            jwt_secret=e.get("TURNLOG_JWT_SECRET") or None,
+            default_model=e.get("TURNLOG_DEFAULT_MODEL") or "demo:default",
+            checkpoint_s=number("TURNLOG_CHECKPOINT_S", 1.0),
+            heartbeat_s=number("TURNLOG_HEARTBEAT_S", 15.0),
+            max_message_chars=int(number("TURNLOG_MAX_MESSAGE_CHARS", 100_000)),
+            shutdown_grace_s=number("TURNLOG_SHUTDOWN_GRACE_S", 10.0),
+            openai_api_key=e.get("OPENAI_API_KEY") or None,
+            openai_base_url=e.get("OPENAI_BASE_URL") or None,
+            anthropic_api_key=e.get("ANTHROPIC_API_KEY") or None,
+            gemini_api_key=e.get("GEMINI_API_KEY") or None,
+        )
