@@ -1,0 +1,182 @@
+"""Domain events: the facts the log stores, one tagged msgspec Struct per kind.
+
+Every id and timestamp is decided by the command that emits the event and copied by the
+projection, so folding the log never reads a clock or calls a model. The assistant's content
+travels as reducer stream events (``turnlog_reducer``), coalesced, inside the turn events;
+the projection folds them with ``apply_stream_event``, so a row's blocks are always the fold
+of what its turn stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+from turnlog_reducer import ReasoningDelta, StreamEvent, TextDelta
+
+# Fields that an update may leave alone carry UNSET; ``None`` is a real value ("no title").
+UNSET = msgspec.UNSET
+UnsetType = msgspec.UnsetType
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    at: datetime
+
+
+class ConversationCreated(_Event, frozen=True, tag="conversation_created"):
+    conversation_id: uuid.UUID
+    owner: str
+    title: str | None
+    model: str
+    options: dict[str, Any]
+    system_prompt: str | None
+
+
+class ConversationUpdated(_Event, frozen=True, tag="conversation_updated"):
+    title: str | UnsetType | None = UNSET
+    model: str | UnsetType = UNSET
+    options: dict[str, Any] | UnsetType = UNSET
+    system_prompt: str | UnsetType | None = UNSET
+
+
+class ConversationDeleted(_Event, frozen=True, tag="conversation_deleted"):
+    pass
+
+
+class UserMessageSent(_Event, frozen=True, tag="user_message_sent"):
+    message_id: uuid.UUID
+    seq: int
+    content: str
+    client_message_id: str | None = None
+
+
+class UserMessageEdited(_Event, frozen=True, tag="user_message_edited"):
+    message_id: uuid.UUID
+    content: str
+
+
+class AssistantTurnStarted(_Event, frozen=True, tag="assistant_turn_started"):
+    """A new assistant row, ``generating``, owned by generation ``attempt``."""
+
+    message_id: uuid.UUID
+    seq: int
+    attempt: uuid.UUID
+    model: str
+    reply_to: uuid.UUID | None = None
+    retry_of: uuid.UUID | None = None
+
+
+class _TurnEvent(_Event, frozen=True, kw_only=True):
+    """An event about a generating assistant row, carrying the stream events since the
+    previous stored one (coalesced) and the stream seq they reach."""
+
+    message_id: uuid.UUID
+    attempt: uuid.UUID | None
+    events: tuple[StreamEvent, ...] = ()
+    stream_seq: int
+
+
+class TurnCheckpointed(_TurnEvent, frozen=True, tag="turn_checkpointed"):
+    """In-progress content, stored every TURNLOG_CHECKPOINT_S while it changes."""
+
+
+class StepCompleted(_TurnEvent, frozen=True, tag="step_completed"):
+    """The step finished; the row is ``completed``. ``awaiting_user`` holds the ids of
+    interactive tool calls left for the user to answer (the conversation then waits)."""
+
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    awaiting_user: tuple[str, ...] = ()
+
+
+class TurnFailed(_TurnEvent, frozen=True, tag="turn_failed"):
+    error: str
+
+
+class TurnAborted(_TurnEvent, frozen=True, tag="turn_aborted"):
+    """Cancelled by the user; the partial blocks are kept."""
+
+
+class TurnInterrupted(_TurnEvent, frozen=True, tag="turn_interrupted"):
+    """Its process died or shut down; the row keeps its last stored blocks."""
+
+    reason: str
+
+
+class ToolResultRecorded(_Event, frozen=True, tag="tool_result_recorded"):
+    message_id: uuid.UUID
+    seq: int
+    reply_to: uuid.UUID
+    tool_call_id: str
+    tool_name: str
+    content: str
+
+
+DomainEvent = (
+    ConversationCreated
+    | ConversationUpdated
+    | ConversationDeleted
+    | UserMessageSent
+    | UserMessageEdited
+    | AssistantTurnStarted
+    | TurnCheckpointed
+    | StepCompleted
+    | TurnFailed
+    | TurnAborted
+    | TurnInterrupted
+    | ToolResultRecorded
+)
+
+TurnEvent = TurnCheckpointed | StepCompleted | TurnFailed | TurnAborted | TurnInterrupted
+
+EVENT_TYPES: dict[type[Any], str] = {cls: cls.__struct_config__.tag for cls in DomainEvent.__args__}
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[DomainEvent] = msgspec.json.Decoder(DomainEvent)
+
+
+def encode(event: DomainEvent) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes | str) -> DomainEvent:
+    return _decoder.decode(data)
+
+
+def event_type(event: DomainEvent) -> str:
+    return EVENT_TYPES[type(event)]
+
+
+def coalesce(events: list[StreamEvent]) -> tuple[StreamEvent, ...]:
+    """Join runs of adjacent text deltas (and of reasoning deltas) into one event.
+
+    Folding the result equals folding the input: a run of deltas onto one block appends
+    their texts in order. Tool-call events are kept as they are.
+    """
+    out: list[StreamEvent] = []
+    run: list[str] = []
+    run_type: type[Any] | None = None
+
+    def flush() -> None:
+        if run_type is not None and run:
+            out.append(run_type(text="".join(run)))
+        run.clear()
+
+    for ev in events:
+        kind = type(ev)
+        if kind is TextDelta or kind is ReasoningDelta:
+            if kind is not run_type:
+                flush()
+                run_type = kind
+            run.append(ev.text)  # type: ignore[union-attr]
+        else:
+            flush()
+            run_type = None
+            out.append(ev)
+    flush()
+    return tuple(out)
+
+
+TurnStatus = Literal["generating", "completed", "interrupted", "error", "aborted"]

@@ -1,0 +1,408 @@
+"""The projection: a pure fold of domain events into conversation and message rows.
+
+The live path (``store``) and replay (``turnlog.replay``) both call :func:`evolve`; nothing
+here reads a clock, makes an id or touches the database. :func:`check` states the rules an
+event must satisfy against the current rows (the fences); the store runs it before every
+append, replay trusts the log.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+from turnlog_reducer import Block, ToolCallBlock, fold
+
+from turnlog.log.events import (
+    UNSET,
+    AssistantTurnStarted,
+    ConversationCreated,
+    ConversationDeleted,
+    ConversationUpdated,
+    DomainEvent,
+    StepCompleted,
+    ToolResultRecorded,
+    TurnAborted,
+    TurnCheckpointed,
+    TurnFailed,
+    TurnInterrupted,
+    UserMessageEdited,
+    UserMessageSent,
+)
+
+ConversationState = Literal["idle", "generating", "awaiting_input"]
+Role = Literal["user", "assistant", "tool", "system"]
+Status = Literal["generating", "completed", "interrupted", "error", "aborted"]
+
+
+class Conversation(msgspec.Struct, frozen=True, kw_only=True):
+    """A conversation as the API shows it (CONTRACT.md section 2)."""
+
+    id: uuid.UUID
+    title: str | None
+    model: str
+    options: dict[str, Any]
+    system_prompt: str | None
+    state: ConversationState
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True):
+    """A message row as the API shows it (CONTRACT.md section 2)."""
+
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    seq: int
+    role: Role
+    content: str | None
+    blocks: tuple[Block, ...]
+    status: Status
+    is_generating: bool
+    interrupted: bool
+    error: str | None
+    finish_reason: str | None
+    usage: dict[str, Any] | None
+    model: str | None
+    reply_to: uuid.UUID | None
+    tool_call_id: str | None
+    tool_name: str | None
+    edited_content: str | None
+    edited_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConversationRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A conversation row with the columns only the server sees."""
+
+    conversation: Conversation
+    owner: str
+    last_seq: int
+
+
+class MessageRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A message row with the columns only the server sees.
+
+    ``attempt`` fences a generating row to the generation that owns it; ``stream_seq`` is
+    how many stream events its blocks hold; ``open_tool_calls`` are this step's tool calls
+    still without a result, ``awaiting_user`` the interactive ones among them.
+    """
+
+    message: Message
+    attempt: uuid.UUID | None = None
+    stream_seq: int = 0
+    client_message_id: str | None = None
+    open_tool_calls: tuple[str, ...] = ()
+    awaiting_user: tuple[str, ...] = ()
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """What one event changed: the conversation after it (None once deleted) and the
+    message rows it created or changed, in seq order."""
+
+    conversation: ConversationRecord | None
+    messages: tuple[MessageRecord, ...]
+
+
+class DomainError(Exception):
+    """An event that does not fit the current rows. Subclasses say which rule failed."""
+
+
+class NotFound(DomainError):
+    pass
+
+
+class ConversationBusy(DomainError):
+    pass
+
+
+class Fenced(DomainError):
+    """A write from a generation that no longer owns its row (it ended or was replaced)."""
+
+
+class InvalidEvent(DomainError):
+    pass
+
+
+def referenced_messages(event: DomainEvent) -> tuple[uuid.UUID, ...]:
+    """The existing message rows :func:`check` and :func:`evolve` need to see."""
+    match event:
+        case UserMessageEdited(message_id=mid) | TurnCheckpointed(message_id=mid):
+            return (mid,)
+        case StepCompleted(message_id=mid) | TurnFailed(message_id=mid):
+            return (mid,)
+        case TurnAborted(message_id=mid) | TurnInterrupted(message_id=mid):
+            return (mid,)
+        case ToolResultRecorded(reply_to=mid):
+            return (mid,)
+        case _:
+            return ()
+
+
+def check(
+    conv: ConversationRecord | None,
+    messages: Mapping[uuid.UUID, MessageRecord],
+    event: DomainEvent,
+) -> None:
+    """Raise a :class:`DomainError` unless ``event`` may be appended on top of these rows."""
+    if isinstance(event, ConversationCreated):
+        if conv is not None:
+            raise InvalidEvent(f"conversation {event.conversation_id} already exists")
+        return
+    if conv is None:
+        raise NotFound("conversation not found")
+    cid = conv.conversation.id
+    match event:
+        case UserMessageSent() | AssistantTurnStarted() | ToolResultRecorded():
+            if event.seq != conv.last_seq + 1:
+                raise InvalidEvent(
+                    f"expected message seq {conv.last_seq + 1} in conversation {cid}, "
+                    f"got {event.seq}"
+                )
+    match event:
+        case UserMessageSent():
+            if conv.conversation.state != "idle":
+                raise ConversationBusy(f"conversation {cid} is {conv.conversation.state}")
+        case AssistantTurnStarted():
+            if conv.conversation.state == "generating":
+                raise ConversationBusy(f"conversation {cid} is generating")
+        case UserMessageEdited(message_id=mid):
+            row = _row(messages, mid)
+            if row.message.role != "user":
+                raise InvalidEvent(
+                    f"message {mid} is a {row.message.role} message; "
+                    "only user messages can be edited"
+                )
+        case (
+            TurnCheckpointed() | StepCompleted() | TurnFailed() | TurnAborted() | TurnInterrupted()
+        ):
+            row = _row(messages, event.message_id)
+            if row.message.status != "generating":
+                raise Fenced(
+                    f"message {event.message_id} is {row.message.status}, no longer generating"
+                )
+            if event.attempt is not None and event.attempt != row.attempt:
+                raise Fenced(
+                    f"message {event.message_id} belongs to attempt {row.attempt}, "
+                    f"not {event.attempt}"
+                )
+            if event.attempt is None and not isinstance(event, TurnAborted | TurnInterrupted):
+                raise InvalidEvent(f"{type(event).__name__} needs the generation's attempt id")
+            if event.stream_seq < row.stream_seq:
+                raise InvalidEvent(
+                    f"message {event.message_id} already holds stream seq {row.stream_seq}, "
+                    f"got {event.stream_seq}"
+                )
+        case ToolResultRecorded(reply_to=mid, tool_call_id=call):
+            row = _row(messages, mid)
+            if call not in row.open_tool_calls:
+                raise InvalidEvent(f"message {mid} has no tool call {call!r} waiting for a result")
+        case _:
+            pass
+
+
+def _row(messages: Mapping[uuid.UUID, MessageRecord], mid: uuid.UUID) -> MessageRecord:
+    row = messages.get(mid)
+    if row is None:
+        raise NotFound(f"message {mid} not found")
+    return row
+
+
+def evolve(
+    conv: ConversationRecord | None,
+    messages: Mapping[uuid.UUID, MessageRecord],
+    event: DomainEvent,
+    version: int,
+) -> Outcome:
+    """Fold one event (stored at ``version``) into the rows it touches.
+
+    ``messages`` must hold the rows :func:`referenced_messages` names. The event is assumed
+    valid (see :func:`check`).
+    """
+    if isinstance(event, ConversationCreated):
+        c = Conversation(
+            id=event.conversation_id,
+            title=event.title,
+            model=event.model,
+            options=event.options,
+            system_prompt=event.system_prompt,
+            state="idle",
+            version=version,
+            created_at=event.at,
+            updated_at=event.at,
+        )
+        return Outcome(ConversationRecord(conversation=c, owner=event.owner, last_seq=0), ())
+    assert conv is not None, "event for a missing conversation"
+    c = conv.conversation
+    at = event.at
+    match event:
+        case ConversationUpdated():
+            c = msgspec.structs.replace(
+                c,
+                title=c.title if event.title is UNSET else event.title,
+                model=c.model if event.model is UNSET else event.model,
+                options=c.options if event.options is UNSET else event.options,
+                system_prompt=(
+                    c.system_prompt if event.system_prompt is UNSET else event.system_prompt
+                ),
+                updated_at=at,
+            )
+            return _with(conv, c, version)
+        case ConversationDeleted():
+            return Outcome(None, ())
+        case UserMessageSent():
+            row = MessageRecord(
+                message=_new_message(
+                    event.message_id, c.id, event.seq, "user", at, content=event.content
+                ),
+                client_message_id=event.client_message_id,
+            )
+            return _with(conv, msgspec.structs.replace(c, updated_at=at), version, row, event.seq)
+        case UserMessageEdited():
+            old = messages[event.message_id]
+            m = msgspec.structs.replace(
+                old.message, edited_content=event.content, edited_at=at, updated_at=at
+            )
+            return _with(conv, c, version, msgspec.structs.replace(old, message=m))
+        case AssistantTurnStarted():
+            m = _new_message(
+                event.message_id,
+                c.id,
+                event.seq,
+                "assistant",
+                at,
+                status="generating",
+                model=event.model,
+                reply_to=event.reply_to,
+            )
+            row = MessageRecord(message=m, attempt=event.attempt)
+            c = msgspec.structs.replace(c, state="generating", updated_at=at)
+            return _with(conv, c, version, row, event.seq)
+        case ToolResultRecorded():
+            parent = messages[event.reply_to]
+            parent = msgspec.structs.replace(
+                parent,
+                open_tool_calls=tuple(t for t in parent.open_tool_calls if t != event.tool_call_id),
+            )
+            m = _new_message(
+                event.message_id,
+                c.id,
+                event.seq,
+                "tool",
+                at,
+                content=event.content,
+                reply_to=event.reply_to,
+                tool_call_id=event.tool_call_id,
+                tool_name=event.tool_name,
+            )
+            return Outcome(
+                ConversationRecord(
+                    conversation=msgspec.structs.replace(c, version=version),
+                    owner=conv.owner,
+                    last_seq=event.seq,
+                ),
+                (parent, MessageRecord(message=m)),
+            )
+        case (
+            TurnCheckpointed() | StepCompleted() | TurnFailed() | TurnAborted() | TurnInterrupted()
+        ):
+            return _evolve_turn(conv, messages[event.message_id], event, version)
+    raise AssertionError(f"unhandled event {type(event).__name__}")
+
+
+def _evolve_turn(
+    conv: ConversationRecord,
+    old: MessageRecord,
+    event: TurnCheckpointed | StepCompleted | TurnFailed | TurnAborted | TurnInterrupted,
+    version: int,
+) -> Outcome:
+    at = event.at
+    blocks = tuple(fold(old.message.blocks, event.events)) if event.events else old.message.blocks
+    m = msgspec.structs.replace(old.message, blocks=blocks, updated_at=at)
+    row = msgspec.structs.replace(old, message=m, stream_seq=event.stream_seq)
+    c = conv.conversation
+    if isinstance(event, TurnCheckpointed):
+        return _with(conv, c, version, row)
+    if isinstance(event, StepCompleted):
+        calls = tuple(b.id for b in blocks if isinstance(b, ToolCallBlock))
+        m = _end(m, "completed", finish_reason=event.finish_reason, usage=event.usage)
+        row = msgspec.structs.replace(
+            row, message=m, attempt=None, open_tool_calls=calls, awaiting_user=event.awaiting_user
+        )
+        state: ConversationState = "awaiting_input" if event.awaiting_user else "idle"
+    elif isinstance(event, TurnFailed):
+        row = msgspec.structs.replace(
+            row, message=_end(m, "error", error=event.error), attempt=None
+        )
+        state = "idle"
+    elif isinstance(event, TurnAborted):
+        row = msgspec.structs.replace(row, message=_end(m, "aborted"), attempt=None)
+        state = "idle"
+    else:
+        row = msgspec.structs.replace(row, message=_end(m, "interrupted"), attempt=None)
+        state = "idle"
+    return _with(conv, msgspec.structs.replace(c, state=state, updated_at=at), version, row)
+
+
+def _end(m: Message, status: Status, **fields: Any) -> Message:
+    return msgspec.structs.replace(
+        m, status=status, is_generating=False, interrupted=status == "interrupted", **fields
+    )
+
+
+def _with(
+    conv: ConversationRecord,
+    c: Conversation,
+    version: int,
+    row: MessageRecord | None = None,
+    last_seq: int | None = None,
+) -> Outcome:
+    record = ConversationRecord(
+        conversation=msgspec.structs.replace(c, version=version),
+        owner=conv.owner,
+        last_seq=conv.last_seq if last_seq is None else last_seq,
+    )
+    return Outcome(record, () if row is None else (row,))
+
+
+def _new_message(
+    mid: uuid.UUID,
+    cid: uuid.UUID,
+    seq: int,
+    role: Role,
+    at: datetime,
+    *,
+    content: str | None = None,
+    status: Status = "completed",
+    model: str | None = None,
+    reply_to: uuid.UUID | None = None,
+    tool_call_id: str | None = None,
+    tool_name: str | None = None,
+) -> Message:
+    return Message(
+        id=mid,
+        conversation_id=cid,
+        seq=seq,
+        role=role,
+        content=content,
+        blocks=(),
+        status=status,
+        is_generating=status == "generating",
+        interrupted=False,
+        error=None,
+        finish_reason=None,
+        usage=None,
+        model=model,
+        reply_to=reply_to,
+        tool_call_id=tool_call_id,
+        tool_name=tool_name,
+        edited_content=None,
+        edited_at=None,
+        created_at=at,
+        updated_at=at,
+    )

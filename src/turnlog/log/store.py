@@ -1,0 +1,565 @@
+"""The store: append domain events and update the projection rows in one transaction.
+
+Error tree (all from :mod:`turnlog.log.projection` plus one here)::
+
+    DomainError
+    ├── NotFound            the conversation or message does not exist
+    ├── ConversationBusy    generating or awaiting input
+    ├── Fenced              a late write from a generation that no longer owns its row
+    ├── InvalidEvent        any other rule of projection.check
+    └── VersionConflict     expected_version was not the conversation's version
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg import sql
+from psycopg.adapt import Loader
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+from turnlog_reducer import Block
+
+from turnlog.log import events as ev
+from turnlog.log.events import DomainEvent
+from turnlog.log.projection import (
+    Conversation,
+    ConversationRecord,
+    DomainError,
+    Message,
+    MessageRecord,
+    check,
+    evolve,
+    referenced_messages,
+)
+
+
+class VersionConflict(DomainError):
+    """Another writer appended to the conversation since the caller read it."""
+
+
+class Appended(msgspec.Struct, frozen=True):
+    """The result of one append: the conversation after it (None once deleted), every
+    message row the events created or changed (final state, seq order) and the events with
+    their versions."""
+
+    conversation_id: uuid.UUID
+    conversation: ConversationRecord | None
+    messages: tuple[MessageRecord, ...]
+    events: tuple[tuple[int, DomainEvent], ...]
+
+    @property
+    def version(self) -> int:
+        return self.events[-1][0]
+
+
+class _RawJson(Loader):
+    """Hand jsonb/json columns over as bytes: msgspec decodes them into typed Structs,
+    far faster than json.loads into dicts first."""
+
+    def load(self, data: Any) -> bytes:
+        return bytes(data)
+
+
+def configure_connection(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """Per-connection setup shared by the pool and the CLI tools."""
+    conn.adapters.register_loader("jsonb", _RawJson)
+    conn.adapters.register_loader("json", _RawJson)
+
+
+_blocks = msgspec.json.Decoder(tuple[Block, ...])
+_obj = msgspec.json.Decoder(dict[str, Any])
+_json = msgspec.json.Encoder()
+
+CONVERSATION_COLUMNS = (
+    "id, owner, title, model, options, system_prompt, state, version, last_seq, "
+    "created_at, updated_at"
+)
+MESSAGE_COLUMNS = (
+    "id, conversation_id, seq, role, content, blocks, status, error, finish_reason, usage, "
+    "model, reply_to, tool_call_id, tool_name, edited_content, edited_at, created_at, "
+    "updated_at, attempt, stream_seq, client_message_id, open_tool_calls, awaiting_user"
+)
+_MESSAGE_WRITABLE = MESSAGE_COLUMNS.split(", ")
+_CONVERSATION_WRITABLE = CONVERSATION_COLUMNS.split(", ")
+
+
+def conversation_from_row(row: Sequence[Any]) -> ConversationRecord:
+    (
+        cid,
+        owner,
+        title,
+        model,
+        options,
+        system_prompt,
+        state,
+        version,
+        last_seq,
+        created,
+        updated,
+    ) = row
+    return ConversationRecord(
+        conversation=Conversation(
+            id=cid,
+            title=title,
+            model=model,
+            options=_obj.decode(options),
+            system_prompt=system_prompt,
+            state=state,
+            version=version,
+            created_at=created,
+            updated_at=updated,
+        ),
+        owner=owner,
+        last_seq=last_seq,
+    )
+
+
+def message_from_row(row: Sequence[Any]) -> MessageRecord:
+    (
+        mid,
+        cid,
+        seq,
+        role,
+        content,
+        blocks,
+        status,
+        error,
+        finish_reason,
+        usage,
+        model,
+        reply_to,
+        tool_call_id,
+        tool_name,
+        edited_content,
+        edited_at,
+        created,
+        updated,
+        attempt,
+        stream_seq,
+        client_message_id,
+        open_tool_calls,
+        awaiting_user,
+    ) = row
+    return MessageRecord(
+        message=Message(
+            id=mid,
+            conversation_id=cid,
+            seq=seq,
+            role=role,
+            content=content,
+            blocks=_blocks.decode(blocks),
+            status=status,
+            is_generating=status == "generating",
+            interrupted=status == "interrupted",
+            error=error,
+            finish_reason=finish_reason,
+            usage=None if usage is None else _obj.decode(usage),
+            model=model,
+            reply_to=reply_to,
+            tool_call_id=tool_call_id,
+            tool_name=tool_name,
+            edited_content=edited_content,
+            edited_at=edited_at,
+            created_at=created,
+            updated_at=updated,
+        ),
+        attempt=attempt,
+        stream_seq=stream_seq,
+        client_message_id=client_message_id,
+        open_tool_calls=tuple(open_tool_calls),
+        awaiting_user=tuple(awaiting_user),
+    )
+
+
+def conversation_params(r: ConversationRecord) -> tuple[Any, ...]:
+    c = r.conversation
+    return (
+        c.id,
+        r.owner,
+        c.title,
+        c.model,
+        _json.encode(c.options).decode(),
+        c.system_prompt,
+        c.state,
+        c.version,
+        r.last_seq,
+        c.created_at,
+        c.updated_at,
+    )
+
+
+def message_params(r: MessageRecord) -> tuple[Any, ...]:
+    m = r.message
+    return (
+        m.id,
+        m.conversation_id,
+        m.seq,
+        m.role,
+        m.content,
+        _json.encode(m.blocks).decode(),
+        m.status,
+        m.error,
+        m.finish_reason,
+        None if m.usage is None else _json.encode(m.usage).decode(),
+        m.model,
+        m.reply_to,
+        m.tool_call_id,
+        m.tool_name,
+        m.edited_content,
+        m.edited_at,
+        m.created_at,
+        m.updated_at,
+        r.attempt,
+        r.stream_seq,
+        r.client_message_id,
+        list(r.open_tool_calls),
+        list(r.awaiting_user),
+    )
+
+
+def _upsert(table: str, columns: list[str], conflict: str) -> sql.Composed:
+    casts = {"options": "::jsonb", "blocks": "::jsonb", "usage": "::jsonb"}
+    values = sql.SQL(", ").join(sql.SQL("%s" + casts.get(c, "")) for c in columns)
+    updates = sql.SQL(", ").join(
+        sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in columns if c != conflict
+    )
+    return sql.SQL(
+        "INSERT INTO {t} ({cols}) VALUES ({vals}) ON CONFLICT ({k}) DO UPDATE SET {u}"
+    ).format(
+        t=sql.Identifier(table),
+        cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        vals=values,
+        k=sql.Identifier(conflict),
+        u=updates,
+    )
+
+
+def upsert_conversation_sql(table: str = "conversations") -> sql.Composed:
+    return _upsert(table, _CONVERSATION_WRITABLE, "id")
+
+
+def upsert_message_sql(table: str = "messages") -> sql.Composed:
+    return _upsert(table, _MESSAGE_WRITABLE, "id")
+
+
+_UPSERT_CONVERSATION = upsert_conversation_sql()
+_UPSERT_MESSAGE = upsert_message_sql()
+
+OnAppend = Callable[[Appended], None]
+
+
+class Store:
+    """Appends and reads, over a psycopg async pool of autocommit connections."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any], on_append: OnAppend | None = None) -> None:
+        self.pool = pool
+        self._on_append = on_append
+
+    def set_on_append(self, on_append: OnAppend | None) -> None:
+        """Called after every committed append (the live conversation feeds use it)."""
+        self._on_append = on_append
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def append(
+        self,
+        conversation_id: uuid.UUID,
+        events: Sequence[DomainEvent],
+        *,
+        expected_version: int | None = None,
+        actor: str = "system",
+        request_id: str | None = None,
+        instance_id: uuid.UUID | None = None,
+    ) -> Appended:
+        """Append ``events`` to the conversation's log and update its rows, atomically.
+
+        ``expected_version`` (the version the caller decided on) is checked under the
+        conversation's row lock; ``None`` appends at whatever the version is, for writers
+        whose guard is a fence (a generation's attempt id) rather than a version. Each
+        event is checked against the rows as the previous ones left them, so a failing
+        event aborts the whole batch and leaves no trace. ``instance_id`` takes the lease
+        of any assistant turn the events start.
+        """
+        if not events:
+            raise ValueError("append needs at least one event")
+        metadata = _json.encode({"actor": actor, "request_id": request_id}).decode()
+        async with self.pool.connection() as conn, conn.transaction():
+            conv = await self._lock_conversation(conn, conversation_id, events[0])
+            if expected_version is not None:
+                found = 0 if conv is None else conv.conversation.version
+                if found != expected_version:
+                    raise VersionConflict(
+                        f"expected version {expected_version} of conversation "
+                        f"{conversation_id}, found {found}"
+                    )
+            wanted = {m for e in events for m in referenced_messages(e)}
+            messages = await self._load_messages(conn, wanted) if wanted else {}
+            version = 0 if conv is None else conv.conversation.version
+            changed: dict[uuid.UUID, MessageRecord] = {}
+            stored: list[tuple[int, DomainEvent]] = []
+            deleted = False
+            for event in events:
+                check(conv, messages, event)
+                version += 1
+                outcome = evolve(conv, messages, event, version)
+                conv = outcome.conversation
+                for row in outcome.messages:
+                    messages[row.message.id] = row
+                    changed[row.message.id] = row
+                stored.append((version, event))
+                if conv is None:
+                    deleted = True
+                    break
+            # One multi-row INSERT. The unique (conversation_id, version) key rejects a
+            # writer that raced past the row lock (it cannot, but the key costs nothing).
+            try:
+                await conn.cursor().executemany(
+                    "INSERT INTO events (conversation_id, version, type, data, metadata) "
+                    "VALUES (%s, %s, %s, %s::jsonb, %s::jsonb)",
+                    [
+                        (conversation_id, v, ev.event_type(e), ev.encode(e).decode(), metadata)
+                        for v, e in stored
+                    ],
+                )
+            except psycopg.errors.UniqueViolation as exc:
+                raise VersionConflict(
+                    f"conversation {conversation_id} was appended to concurrently"
+                ) from exc
+            if deleted:
+                await self._delete_conversation(conn, conversation_id)
+                rows: tuple[MessageRecord, ...] = ()
+            else:
+                assert conv is not None
+                await conn.execute(_UPSERT_CONVERSATION, conversation_params(conv))
+                rows = tuple(sorted(changed.values(), key=lambda r: r.message.seq))
+                if rows:
+                    await conn.cursor().executemany(
+                        _UPSERT_MESSAGE, [message_params(r) for r in rows]
+                    )
+                await self._update_leases(conn, rows, instance_id)
+        appended = Appended(conversation_id, conv, rows, tuple(stored))
+        if self._on_append is not None:
+            self._on_append(appended)
+        return appended
+
+    async def _lock_conversation(
+        self, conn: psycopg.AsyncConnection[Any], cid: uuid.UUID, first: DomainEvent
+    ) -> ConversationRecord | None:
+        if isinstance(first, ev.ConversationCreated):
+            return None
+        # FOR UPDATE on the conversation row serialises every writer of this conversation
+        # (and nothing else): the version check, the message checks and the row writes
+        # below all see the state the previous writer committed. Writers of a conversation
+        # take only this lock, and always first, so they cannot deadlock.
+        cur = await conn.execute(
+            f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = %s FOR UPDATE",
+            (cid,),
+        )
+        row = await cur.fetchone()
+        return None if row is None else conversation_from_row(row)
+
+    async def _load_messages(
+        self, conn: psycopg.AsyncConnection[Any], ids: Iterable[uuid.UUID]
+    ) -> dict[uuid.UUID, MessageRecord]:
+        # No row locks needed: the conversation lock already excludes every other writer.
+        cur = await conn.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ANY(%s)", (list(ids),)
+        )
+        return {r.message.id: r for r in map(message_from_row, await cur.fetchall())}
+
+    async def _delete_conversation(
+        self, conn: psycopg.AsyncConnection[Any], cid: uuid.UUID
+    ) -> None:
+        await conn.execute(
+            "DELETE FROM leases WHERE message_id IN "
+            "(SELECT id FROM messages WHERE conversation_id = %s)",
+            (cid,),
+        )
+        await conn.execute("DELETE FROM messages WHERE conversation_id = %s", (cid,))
+        await conn.execute("DELETE FROM conversations WHERE id = %s", (cid,))
+
+    async def _update_leases(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        rows: Sequence[MessageRecord],
+        instance_id: uuid.UUID | None,
+    ) -> None:
+        ended = [
+            r.message.id
+            for r in rows
+            if r.message.role == "assistant" and not r.message.is_generating
+        ]
+        if ended:
+            await conn.execute("DELETE FROM leases WHERE message_id = ANY(%s)", (ended,))
+        if instance_id is None:
+            return
+        started = [
+            (r.message.id, r.attempt, instance_id)
+            for r in rows
+            if r.message.is_generating and r.attempt is not None
+        ]
+        if started:
+            await conn.cursor().executemany(
+                "INSERT INTO leases (message_id, attempt, instance_id) VALUES (%s, %s, %s) "
+                "ON CONFLICT (message_id) DO UPDATE SET attempt = EXCLUDED.attempt, "
+                "instance_id = EXCLUDED.instance_id",
+                started,
+            )
+
+    async def retrying(
+        self,
+        attempt: Callable[[], Awaitable[Appended]],
+        *,
+        tries: int = 5,
+    ) -> Appended:
+        """Run a read-decide-append ``attempt`` again when it loses a version race."""
+        for i in range(tries):
+            try:
+                return await attempt()
+            except VersionConflict:
+                if i == tries - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get_conversation(self, cid: uuid.UUID) -> ConversationRecord | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = %s", (cid,)
+            )
+            row = await cur.fetchone()
+        return None if row is None else conversation_from_row(row)
+
+    async def list_conversations(
+        self, owner: str, *, limit: int, before: tuple[datetime, uuid.UUID] | None = None
+    ) -> list[ConversationRecord]:
+        """Newest first; ``before`` is the (created_at, id) of the last row already seen."""
+        query = f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE owner = %s"
+        params: list[Any] = [owner]
+        if before is not None:
+            query += " AND (created_at, id) < (%s, %s)"
+            params += [before[0], before[1]]
+        query += " ORDER BY created_at DESC, id DESC LIMIT %s"
+        params.append(limit)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query, params)
+            return [conversation_from_row(r) for r in await cur.fetchall()]
+
+    async def list_messages(self, cid: uuid.UUID) -> list[MessageRecord]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = %s ORDER BY seq",
+                (cid,),
+            )
+            return [message_from_row(r) for r in await cur.fetchall()]
+
+    async def get_message(self, mid: uuid.UUID) -> MessageRecord | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = %s", (mid,)
+            )
+            row: TupleRow | None = await cur.fetchone()
+        return None if row is None else message_from_row(row)
+
+    async def find_sent(
+        self, cid: uuid.UUID, client_message_id: str
+    ) -> tuple[MessageRecord, MessageRecord | None] | None:
+        """The user row sent with ``client_message_id`` and the first assistant row
+        answering it, for idempotent sends."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages "
+                "WHERE conversation_id = %s AND client_message_id = %s",
+                (cid, client_message_id),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            user = message_from_row(row)
+            cur = await conn.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = %s "
+                "AND reply_to = %s AND role = 'assistant' ORDER BY seq LIMIT 1",
+                (cid, user.message.id),
+            )
+            row = await cur.fetchone()
+        return user, None if row is None else message_from_row(row)
+
+    # -- instances and leases (operational, never replayed) -------------------------------
+
+    async def register_instance(self, instance_id: uuid.UUID, now: datetime) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO instances (id, started_at, heartbeat_at) VALUES (%s, %s, %s)",
+                (instance_id, now, now),
+            )
+
+    async def heartbeat(self, instance_id: uuid.UUID, now: datetime) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE instances SET heartbeat_at = %s WHERE id = %s", (now, instance_id)
+            )
+
+    async def unregister_instance(self, instance_id: uuid.UUID) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute("DELETE FROM instances WHERE id = %s", (instance_id,))
+
+    async def orphans(
+        self, *, alive_since: datetime, me: uuid.UUID, mine: Iterable[uuid.UUID] = ()
+    ) -> list[MessageRecord]:
+        """Generating rows whose generation is gone: no lease, a lease of an instance that
+        stopped heartbeating before ``alive_since``, or a lease of this instance (``me``)
+        for a row it does not run (not in ``mine``)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {', '.join('m.' + c for c in _MESSAGE_WRITABLE)} FROM messages m "
+                "LEFT JOIN leases l ON l.message_id = m.id AND l.attempt = m.attempt "
+                "LEFT JOIN instances i ON i.id = l.instance_id "
+                "WHERE m.status = 'generating' AND ("
+                "  l.message_id IS NULL OR i.id IS NULL OR i.heartbeat_at < %s"
+                "  OR (i.id = %s AND NOT (m.id = ANY(%s))))",
+                (alive_since, me, list(mine)),
+            )
+            return [message_from_row(r) for r in await cur.fetchall()]
+
+    async def is_orphan(
+        self, mid: uuid.UUID, *, alive_since: datetime, me: uuid.UUID, mine: bool
+    ) -> bool:
+        """Whether one generating row's generation is gone (see :meth:`orphans`)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT l.instance_id, i.heartbeat_at FROM messages m "
+                "LEFT JOIN leases l ON l.message_id = m.id AND l.attempt = m.attempt "
+                "LEFT JOIN instances i ON i.id = l.instance_id "
+                "WHERE m.id = %s AND m.status = 'generating'",
+                (mid,),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return False
+        instance, heartbeat = row
+        if instance is None or heartbeat is None or heartbeat < alive_since:
+            return True
+        return bool(instance == me and not mine)
+
+
+def open_pool(conninfo: str, *, min_size: int = 2, max_size: int = 20) -> AsyncConnectionPool[Any]:
+    """An (unopened) pool of autocommit connections configured for the store."""
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        configure_connection(conn)
+
+    return AsyncConnectionPool(
+        conninfo,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"autocommit": True},
+        configure=configure,
+        open=False,
+    )
