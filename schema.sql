@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS messages (
     attempt           uuid,
     stream_seq        integer     NOT NULL,
     client_message_id text,
+    options           jsonb,
     open_tool_calls   text[]      NOT NULL,
     awaiting_user     text[]      NOT NULL,
     CONSTRAINT messages_conversation_seq UNIQUE (conversation_id, seq),

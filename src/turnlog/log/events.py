@@ -50,6 +50,7 @@ class UserMessageSent(_Event, frozen=True, tag="user_message_sent"):
     seq: int
     content: str
     client_message_id: str | None = None
+    options: dict[str, Any] | None = None  # per-message model options, over the conversation's
 
 
 class UserMessageEdited(_Event, frozen=True, tag="user_message_edited"):

@@ -89,7 +89,8 @@ class MessageRecord(msgspec.Struct, frozen=True, kw_only=True):
     """A message row with the columns only the server sees.
 
     ``attempt`` fences a generating row to the generation that owns it; ``stream_seq`` is
-    how many stream events its blocks hold; ``open_tool_calls`` are this step's tool calls
+    how many stream events its blocks hold; ``options`` are a user row's per-message model
+    options; ``open_tool_calls`` are this step's tool calls
     still without a result, ``awaiting_user`` the interactive ones among them.
     """
 
@@ -97,6 +98,7 @@ class MessageRecord(msgspec.Struct, frozen=True, kw_only=True):
     attempt: uuid.UUID | None = None
     stream_seq: int = 0
     client_message_id: str | None = None
+    options: dict[str, Any] | None = None
     open_tool_calls: tuple[str, ...] = ()
     awaiting_user: tuple[str, ...] = ()
 
@@ -261,6 +263,7 @@ def evolve(
                     event.message_id, c.id, event.seq, "user", at, content=event.content
                 ),
                 client_message_id=event.client_message_id,
+                options=event.options,
             )
             return _with(conv, msgspec.structs.replace(c, updated_at=at), version, row, event.seq)
         case UserMessageEdited():

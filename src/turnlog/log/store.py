@@ -83,7 +83,7 @@ CONVERSATION_COLUMNS = (
 MESSAGE_COLUMNS = (
     "id, conversation_id, seq, role, content, blocks, status, error, finish_reason, usage, "
     "model, reply_to, tool_call_id, tool_name, edited_content, edited_at, created_at, "
-    "updated_at, attempt, stream_seq, client_message_id, open_tool_calls, awaiting_user"
+    "updated_at, attempt, stream_seq, client_message_id, options, open_tool_calls, awaiting_user"
 )
 _MESSAGE_WRITABLE = MESSAGE_COLUMNS.split(", ")
 _CONVERSATION_WRITABLE = CONVERSATION_COLUMNS.split(", ")
@@ -143,6 +143,7 @@ def message_from_row(row: Sequence[Any]) -> MessageRecord:
         attempt,
         stream_seq,
         client_message_id,
+        options,
         open_tool_calls,
         awaiting_user,
     ) = row
@@ -172,6 +173,7 @@ def message_from_row(row: Sequence[Any]) -> MessageRecord:
         attempt=attempt,
         stream_seq=stream_seq,
         client_message_id=client_message_id,
+        options=None if options is None else _obj.decode(options),
         open_tool_calls=tuple(open_tool_calls),
         awaiting_user=tuple(awaiting_user),
     )
@@ -218,6 +220,7 @@ def message_params(r: MessageRecord) -> tuple[Any, ...]:
         r.attempt,
         r.stream_seq,
         r.client_message_id,
+        None if r.options is None else _json.encode(r.options).decode(),
         list(r.open_tool_calls),
         list(r.awaiting_user),
     )
