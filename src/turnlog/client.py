@@ -1,0 +1,756 @@
+"""The reference client of the turnlog HTTP API (CONTRACT.md sections 2 and 3).
+
+General layout::
+
+    ApiError           a 4xx/5xx answer: its status and the server's readable ``detail``
+    Client             sync, over ``httpx.Client``; one method per route of section 2
+    AsyncClient        the same over ``httpx.AsyncClient``
+    StreamItem         one SSE event of a message stream: (event, id, decoded data)
+    MessageFold        folds ``init`` + stream events into blocks with the shared reducer
+    cli_chat           ``turnlog chat``: a small terminal client built on ``Client``
+
+Answers are returned as decoded JSON (dicts), exactly as the server sent them; only the
+message stream is decoded further (``Init`` and the reducer's event Structs), because a
+client has to fold it. The fold is the one the server uses (``turnlog_reducer``), so a
+client's live view and the stored blocks always agree.
+
+Reconnecting: ``stream_message`` reconnects with ``Last-Event-ID`` when the connection drops
+before ``done``. The server answers a reconnect with a fresh ``init`` at its current seq (a
+snapshot paired with the suffix at one offset), so ``MessageFold`` simply *replaces* its state
+on every ``init`` and then applies the deltas; it never needs to know what it missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
+
+import httpx
+import msgspec
+from httpx_sse import EventSource, ServerSentEvent
+from turnlog_reducer import (
+    EMPTY,
+    Blocks,
+    Done,
+    ReasoningDelta,
+    StreamEvent,
+    TextBlock,
+    TextDelta,
+    apply_stream_event,
+    decode_blocks,
+    decode_event,
+)
+
+if TYPE_CHECKING:
+    import argparse
+
+    from turnlog.config import Settings
+
+__all__ = [
+    "ApiError",
+    "AsyncClient",
+    "Client",
+    "Init",
+    "MessageFold",
+    "StreamGapError",
+    "StreamItem",
+    "cli_chat",
+    "text_of",
+]
+
+JSON: TypeAlias = dict[str, Any]
+
+_UNSET: Final = object()
+
+# Transport failures after which a stream is worth reopening (the server went away, a proxy
+# cut the connection, the read timed out waiting for a heartbeat).
+_DROPPED: Final = (
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.ReadTimeout,
+    httpx.ConnectError,
+    httpx.WriteError,
+)
+
+
+class ApiError(Exception):
+    """A 4xx or 5xx answer: ``status`` and the server's ``detail`` (or the raw body)."""
+
+    def __init__(self, status: int, detail: str, body: Any = None) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+        self.body = body
+
+
+class StreamGapError(Exception):
+    """A stream event whose id is not the one after the previous event (a lost or repeated
+    delta); the fold would be wrong from here on."""
+
+
+class Init(msgspec.Struct, frozen=True):
+    """The ``init`` event: the blocks after the first ``seq`` stream events, and the status."""
+
+    message_id: str
+    seq: int
+    status: str
+    blocks: Blocks
+
+
+class StreamItem(NamedTuple):
+    """One event of a message stream. ``data`` is an ``Init`` for ``init``, else the
+    reducer's event Struct (``TextDelta``, …, ``Done``)."""
+
+    event: str
+    id: int | None
+    data: Init | StreamEvent
+
+
+def _decode_item(sse: ServerSentEvent) -> StreamItem:
+    event_id = int(sse.id) if sse.id else None
+    if sse.event == "init":
+        raw = msgspec.json.decode(sse.data)
+        init = Init(
+            message_id=str(raw["message_id"]),
+            seq=int(raw["seq"]),
+            status=str(raw["status"]),
+            blocks=decode_blocks(msgspec.json.encode(raw["blocks"])),
+        )
+        return StreamItem("init", event_id, init)
+    return StreamItem(sse.event, event_id, decode_event(sse.data))
+
+
+class MessageFold:
+    """The live state of one message, folded from its stream.
+
+    ``init`` replaces the state (the first one, and any later one: a reconnect or a
+    resynchronisation); every other event must carry the id after the previous one and is
+    applied with ``apply_stream_event``. ``done`` ends it.
+    """
+
+    def __init__(self) -> None:
+        self.blocks: Blocks = EMPTY
+        self.seq: int | None = None
+        self.status: str | None = None
+        self.done: Done | None = None
+        self.inits = 0
+
+    @property
+    def finished(self) -> bool:
+        """Whether the ``done`` event arrived."""
+        return self.done is not None
+
+    @property
+    def text(self) -> str:
+        """The answer text so far (the text blocks joined)."""
+        return text_of(self.blocks)
+
+    def feed(self, item: StreamItem) -> None:
+        """Apply one stream item; raises ``StreamGapError`` on a missing or repeated id."""
+        data = item.data
+        if isinstance(data, Init):
+            if self.seq is not None and data.seq < self.seq:
+                raise StreamGapError(f"init at seq {data.seq} after seq {self.seq} was seen")
+            self.blocks, self.seq, self.status = data.blocks, data.seq, data.status
+            self.inits += 1
+            return
+        if self.seq is None:
+            raise StreamGapError(f"{item.event} before init")
+        if item.id != self.seq + 1:
+            raise StreamGapError(f"{item.event} with id {item.id}, expected {self.seq + 1}")
+        self.seq = item.id
+        if isinstance(data, Done):
+            self.done = data
+            self.status = data.status
+            return
+        self.blocks = apply_stream_event(self.blocks, data)
+
+
+def text_of(blocks: Any) -> str:
+    """The text blocks of ``blocks`` (Structs or decoded JSON dicts) joined."""
+    parts: list[str] = []
+    for block in blocks:
+        if isinstance(block, TextBlock):
+            parts.append(block.text)
+        elif isinstance(block, dict) and block.get("type") == "text":
+            parts.append(str(block["text"]))
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _json_body(**fields: Any) -> JSON:
+    """The fields that were given (``_UNSET`` ones dropped); ``None`` is sent as null."""
+    return {k: v for k, v in fields.items() if v is not _UNSET}
+
+
+def _check(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    body: Any = None
+    detail = response.text
+    with contextlib.suppress(ValueError):
+        body = response.json()
+        if isinstance(body, dict) and "detail" in body:
+            detail = str(body["detail"])
+    raise ApiError(response.status_code, detail, body)
+
+
+def _decoded(response: httpx.Response) -> Any:
+    _check(response)
+    if response.status_code == 204 or not response.content:
+        return None
+    return response.json()
+
+
+class _Routes:
+    """The paths and bodies of section 2, shared by the sync and the async client."""
+
+    @staticmethod
+    def conversation(cid: str) -> str:
+        return f"/v1/conversations/{cid}"
+
+    @staticmethod
+    def messages(cid: str) -> str:
+        return f"/v1/conversations/{cid}/messages"
+
+    @staticmethod
+    def message(mid: str, action: str) -> str:
+        return f"/v1/messages/{mid}/{action}"
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+def _stream_headers(last_event_id: int | None) -> dict[str, str]:
+    headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = str(last_event_id)
+    return headers
+
+
+class Client:
+    """A synchronous client of one turnlog server, acting as the user of ``token``.
+
+    Every method returns the decoded JSON answer and raises ``ApiError`` on 4xx/5xx.
+    ``transport`` is the usual httpx seam (e.g. ``httpx.MockTransport``).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        timeout: float = 30.0,
+        stream_read_timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._stream_timeout = httpx.Timeout(timeout, read=stream_read_timeout)
+        self.http = httpx.Client(
+            base_url=self.base_url,
+            headers=_headers(token),
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- conversations ----------------------------------------------------------------
+
+    def create_conversation(
+        self,
+        *,
+        title: Any = _UNSET,
+        model: Any = _UNSET,
+        options: Any = _UNSET,
+        system_prompt: Any = _UNSET,
+    ) -> JSON:
+        """POST /v1/conversations -> the conversation (201)."""
+        body = _json_body(title=title, model=model, options=options, system_prompt=system_prompt)
+        result: JSON = _decoded(self.http.post("/v1/conversations", json=body))
+        return result
+
+    def list_conversations(self, *, limit: int | None = None, cursor: str | None = None) -> JSON:
+        """GET /v1/conversations -> ``{"items": [...], "next": cursor or null}``."""
+        params: dict[str, str | int] = {}
+        if limit is not None:
+            params["limit"] = limit
+        if cursor is not None:
+            params["cursor"] = cursor
+        result: JSON = _decoded(self.http.get("/v1/conversations", params=params))
+        return result
+
+    def get_conversation(self, cid: str) -> JSON:
+        """GET /v1/conversations/{cid} -> ``{"conversation": ..., "messages": [...]}``."""
+        result: JSON = _decoded(self.http.get(_Routes.conversation(cid)))
+        return result
+
+    def patch_conversation(
+        self,
+        cid: str,
+        *,
+        title: Any = _UNSET,
+        model: Any = _UNSET,
+        options: Any = _UNSET,
+        system_prompt: Any = _UNSET,
+    ) -> JSON:
+        """PATCH /v1/conversations/{cid} -> the conversation."""
+        body = _json_body(title=title, model=model, options=options, system_prompt=system_prompt)
+        result: JSON = _decoded(self.http.patch(_Routes.conversation(cid), json=body))
+        return result
+
+    def delete_conversation(self, cid: str) -> None:
+        """DELETE /v1/conversations/{cid} (204)."""
+        _decoded(self.http.delete(_Routes.conversation(cid)))
+
+    # -- messages ---------------------------------------------------------------------
+
+    def send(
+        self,
+        cid: str,
+        content: str,
+        *,
+        client_message_id: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> JSON:
+        """POST a user message -> ``{"user_message": row, "assistant_message": row}``."""
+        body: JSON = {"content": content}
+        if client_message_id is not None:
+            body["client_message_id"] = client_message_id
+        if options is not None:
+            body["options"] = dict(options)
+        result: JSON = _decoded(self.http.post(_Routes.messages(cid), json=body))
+        return result
+
+    def list_messages(self, cid: str) -> list[JSON]:
+        """GET /v1/conversations/{cid}/messages -> the rows in canonical order."""
+        items: list[JSON] = _decoded(self.http.get(_Routes.messages(cid)))["items"]
+        return items
+
+    def edit(self, cid: str, mid: str, content: str) -> JSON:
+        """PUT a user message's edited content -> the row."""
+        url = f"{_Routes.messages(cid)}/{mid}"
+        result: JSON = _decoded(self.http.put(url, json={"content": content}))
+        return result
+
+    def cancel(self, mid: str) -> JSON:
+        """POST /v1/messages/{mid}/cancel -> the row (``aborted``)."""
+        result: JSON = _decoded(self.http.post(_Routes.message(mid, "cancel")))
+        return result
+
+    def retry(self, mid: str) -> JSON:
+        """POST /v1/messages/{mid}/retry -> ``{"assistant_message": row}`` (201)."""
+        result: JSON = _decoded(self.http.post(_Routes.message(mid, "retry")))
+        return result
+
+    def tool_result(self, mid: str, tool_call_id: str, content: str) -> Any:
+        """POST /v1/messages/{mid}/tool-results: answer a pending interactive tool call."""
+        body = {"tool_call_id": tool_call_id, "content": content}
+        return _decoded(self.http.post(_Routes.message(mid, "tool-results"), json=body))
+
+    def export(self, cid: str, *, format: str = "markdown", lang: str | None = None) -> Any:
+        """GET .../export: the markdown text, or the decoded JSON document."""
+        params = {"format": format}
+        if lang is not None:
+            params["lang"] = lang
+        response = self.http.get(f"{_Routes.conversation(cid)}/export", params=params)
+        _check(response)
+        return response.text if format == "markdown" else response.json()
+
+    # -- streams ----------------------------------------------------------------------
+
+    def stream_message(
+        self,
+        mid: str,
+        last_event_id: int | None = None,
+        *,
+        reconnects: int = 5,
+        backoff_s: float = 0.2,
+    ) -> Iterator[StreamItem]:
+        """The message's stream events until ``done``, reconnecting on a dropped connection.
+
+        A drop before ``done`` reopens the stream with ``Last-Event-ID`` (at most
+        ``reconnects`` times in a row); the server then answers with a fresh ``init``.
+        """
+        failures = 0
+        while True:
+            try:
+                for item in self._stream_once(mid, last_event_id):
+                    failures = 0
+                    if item.id is not None:
+                        last_event_id = item.id
+                    yield item
+                    if item.event == "done":
+                        return
+            except _DROPPED:
+                if failures >= reconnects:
+                    raise
+            else:
+                # The server closed the stream without ``done``: reopen it the same way.
+                if failures >= reconnects:
+                    raise httpx.RemoteProtocolError("message stream ended without done")
+            failures += 1
+            time.sleep(backoff_s * failures)
+
+    def _stream_once(self, mid: str, last_event_id: int | None) -> Iterator[StreamItem]:
+        with self.http.stream(
+            "GET",
+            _Routes.message(mid, "stream"),
+            headers=_stream_headers(last_event_id),
+            timeout=self._stream_timeout,
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                _check(response)
+            for sse in EventSource(response).iter_sse():
+                yield _decode_item(sse)
+
+    def follow(self, mid: str, **kwargs: Any) -> MessageFold:
+        """Stream ``mid`` to its ``done`` and return the fold."""
+        fold = MessageFold()
+        for item in self.stream_message(mid, **kwargs):
+            fold.feed(item)
+        return fold
+
+    def live(self, cid: str, last_event_id: int | None = None) -> Iterator[tuple[str, int, Any]]:
+        """The conversation feed: (event, id, decoded JSON data), starting with ``snapshot``.
+
+        It never ends by itself; close the generator to stop.
+        """
+        with self.http.stream(
+            "GET",
+            f"{_Routes.conversation(cid)}/live",
+            headers=_stream_headers(last_event_id),
+            timeout=self._stream_timeout,
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                _check(response)
+            for sse in EventSource(response).iter_sse():
+                yield sse.event, int(sse.id), msgspec.json.decode(sse.data)
+
+
+class AsyncClient:
+    """``Client`` over ``httpx.AsyncClient``: the same methods, awaited."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        timeout: float = 30.0,
+        stream_read_timeout: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._stream_timeout = httpx.Timeout(timeout, read=stream_read_timeout)
+        self.http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=_headers(token),
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self.http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def create_conversation(
+        self,
+        *,
+        title: Any = _UNSET,
+        model: Any = _UNSET,
+        options: Any = _UNSET,
+        system_prompt: Any = _UNSET,
+    ) -> JSON:
+        """POST /v1/conversations -> the conversation (201)."""
+        body = _json_body(title=title, model=model, options=options, system_prompt=system_prompt)
+        result: JSON = _decoded(await self.http.post("/v1/conversations", json=body))
+        return result
+
+    async def list_conversations(
+        self, *, limit: int | None = None, cursor: str | None = None
+    ) -> JSON:
+        """GET /v1/conversations -> ``{"items": [...], "next": cursor or null}``."""
+        params: dict[str, str | int] = {}
+        if limit is not None:
+            params["limit"] = limit
+        if cursor is not None:
+            params["cursor"] = cursor
+        result: JSON = _decoded(await self.http.get("/v1/conversations", params=params))
+        return result
+
+    async def get_conversation(self, cid: str) -> JSON:
+        """GET /v1/conversations/{cid}."""
+        result: JSON = _decoded(await self.http.get(_Routes.conversation(cid)))
+        return result
+
+    async def patch_conversation(
+        self,
+        cid: str,
+        *,
+        title: Any = _UNSET,
+        model: Any = _UNSET,
+        options: Any = _UNSET,
+        system_prompt: Any = _UNSET,
+    ) -> JSON:
+        """PATCH /v1/conversations/{cid} -> the conversation."""
+        body = _json_body(title=title, model=model, options=options, system_prompt=system_prompt)
+        result: JSON = _decoded(await self.http.patch(_Routes.conversation(cid), json=body))
+        return result
+
+    async def delete_conversation(self, cid: str) -> None:
+        """DELETE /v1/conversations/{cid} (204)."""
+        _decoded(await self.http.delete(_Routes.conversation(cid)))
+
+    async def send(
+        self,
+        cid: str,
+        content: str,
+        *,
+        client_message_id: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> JSON:
+        """POST a user message -> ``{"user_message": row, "assistant_message": row}``."""
+        body: JSON = {"content": content}
+        if client_message_id is not None:
+            body["client_message_id"] = client_message_id
+        if options is not None:
+            body["options"] = dict(options)
+        result: JSON = _decoded(await self.http.post(_Routes.messages(cid), json=body))
+        return result
+
+    async def list_messages(self, cid: str) -> list[JSON]:
+        """GET /v1/conversations/{cid}/messages -> the rows in canonical order."""
+        items: list[JSON] = _decoded(await self.http.get(_Routes.messages(cid)))["items"]
+        return items
+
+    async def edit(self, cid: str, mid: str, content: str) -> JSON:
+        """PUT a user message's edited content -> the row."""
+        url = f"{_Routes.messages(cid)}/{mid}"
+        result: JSON = _decoded(await self.http.put(url, json={"content": content}))
+        return result
+
+    async def cancel(self, mid: str) -> JSON:
+        """POST /v1/messages/{mid}/cancel -> the row (``aborted``)."""
+        result: JSON = _decoded(await self.http.post(_Routes.message(mid, "cancel")))
+        return result
+
+    async def retry(self, mid: str) -> JSON:
+        """POST /v1/messages/{mid}/retry -> ``{"assistant_message": row}`` (201)."""
+        result: JSON = _decoded(await self.http.post(_Routes.message(mid, "retry")))
+        return result
+
+    async def tool_result(self, mid: str, tool_call_id: str, content: str) -> Any:
+        """POST /v1/messages/{mid}/tool-results."""
+        body = {"tool_call_id": tool_call_id, "content": content}
+        return _decoded(await self.http.post(_Routes.message(mid, "tool-results"), json=body))
+
+    async def export(self, cid: str, *, format: str = "markdown", lang: str | None = None) -> Any:
+        """GET .../export: the markdown text, or the decoded JSON document."""
+        params = {"format": format}
+        if lang is not None:
+            params["lang"] = lang
+        response = await self.http.get(f"{_Routes.conversation(cid)}/export", params=params)
+        _check(response)
+        return response.text if format == "markdown" else response.json()
+
+    async def stream_message(
+        self,
+        mid: str,
+        last_event_id: int | None = None,
+        *,
+        reconnects: int = 5,
+        backoff_s: float = 0.2,
+    ) -> AsyncIterator[StreamItem]:
+        """The message's stream events until ``done``, reconnecting on a dropped connection."""
+        import anyio
+
+        failures = 0
+        while True:
+            try:
+                async for item in self._stream_once(mid, last_event_id):
+                    failures = 0
+                    if item.id is not None:
+                        last_event_id = item.id
+                    yield item
+                    if item.event == "done":
+                        return
+            except _DROPPED:
+                if failures >= reconnects:
+                    raise
+            else:
+                if failures >= reconnects:
+                    raise httpx.RemoteProtocolError("message stream ended without done")
+            failures += 1
+            await anyio.sleep(backoff_s * failures)
+
+    async def _stream_once(self, mid: str, last_event_id: int | None) -> AsyncIterator[StreamItem]:
+        async with self.http.stream(
+            "GET",
+            _Routes.message(mid, "stream"),
+            headers=_stream_headers(last_event_id),
+            timeout=self._stream_timeout,
+        ) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                _check(response)
+            async for sse in EventSource(response).aiter_sse():
+                yield _decode_item(sse)
+
+    async def follow(self, mid: str, **kwargs: Any) -> MessageFold:
+        """Stream ``mid`` to its ``done`` and return the fold."""
+        fold = MessageFold()
+        async for item in self.stream_message(mid, **kwargs):
+            fold.feed(item)
+        return fold
+
+
+# --------------------------------------------------------------------------- turnlog chat
+
+_HELP: Final = "commands: /retry  /cancel  /quit   (Ctrl-C while an answer streams cancels it)"
+
+
+def _print_delta(item: StreamItem, shown: list[int]) -> None:
+    """Print the text of a delta; after a (re)init, print only what was not shown yet."""
+    data = item.data
+    if isinstance(data, Init):
+        text = text_of(data.blocks)
+        sys.stdout.write(text[shown[0] :])
+        shown[0] = max(shown[0], len(text))
+    elif isinstance(data, TextDelta):
+        sys.stdout.write(data.text)
+        shown[0] += len(data.text)
+    elif isinstance(data, ReasoningDelta):
+        return
+    sys.stdout.flush()
+
+
+def _watch(client: Client, mid: str) -> str | None:
+    """Print ``mid``'s answer as it streams; Ctrl-C cancels it. Returns the final status."""
+    shown = [0]
+    status: str | None = None
+    try:
+        for item in client.stream_message(mid):
+            _print_delta(item, shown)
+            if isinstance(item.data, Done):
+                status = item.data.status
+    except KeyboardInterrupt:
+        with contextlib.suppress(ApiError):
+            client.cancel(mid)
+        status = "aborted"
+    print()
+    if status not in (None, "completed"):
+        print(f"[{status}]")
+    return status
+
+
+def _follow_turn(client: Client, cid: str, first_mid: str) -> str | None:
+    """Watch an assistant turn, its server-tool steps included, and ask for interactive
+    tool results. Returns the id of the turn's last assistant row."""
+    watched = {first_mid}
+    last = first_mid
+    _watch(client, first_mid)
+    while True:
+        state = client.get_conversation(cid)
+        rows: list[JSON] = state["messages"]
+        pending = [r for r in rows if r["role"] == "assistant" and r["id"] not in watched]
+        if pending:
+            for row in pending:
+                watched.add(row["id"])
+                last = row["id"]
+                if row["is_generating"] or row["status"] != "completed":
+                    _watch(client, row["id"])
+                else:
+                    print(text_of(row["blocks"]))
+            continue
+        if state["conversation"]["state"] == "generating":
+            time.sleep(0.2)
+            continue
+        if state["conversation"]["state"] == "awaiting_input":
+            last_row = next(r for r in reversed(rows) if r["role"] == "assistant")
+            answered = {r["tool_call_id"] for r in rows if r["role"] == "tool"}
+            for block in last_row["blocks"]:
+                if block.get("type") == "tool_call" and block["id"] not in answered:
+                    print(f"? {block['name']} {block['arguments']}")
+                    reply = input("answer> ")
+                    client.tool_result(last_row["id"], block["id"], reply)
+            continue
+        for row in rows:
+            if row["role"] == "tool" and row["id"] not in watched:
+                watched.add(row["id"])
+        return last
+
+
+def cli_chat(settings: Settings, args: argparse.Namespace) -> int:
+    """``turnlog chat``: send lines from stdin, print the streamed answers."""
+    from turnlog.http.auth import load_secret, make_token
+
+    token = make_token(load_secret(settings), args.user, 24 * 3600)
+    with Client(args.url, token) as client:
+        try:
+            if args.conversation:
+                state = client.get_conversation(args.conversation)
+                cid = str(state["conversation"]["id"])
+                for row in state["messages"]:
+                    if row["role"] == "user":
+                        print(f"> {row['edited_content'] or row['content']}")
+                    elif row["role"] == "assistant":
+                        print(text_of(row["blocks"]))
+            else:
+                cid = str(client.create_conversation(title="turnlog chat")["id"])
+        except (ApiError, httpx.HTTPError) as e:
+            print(f"turnlog chat: {e}", file=sys.stderr)
+            return 1
+        print(f"conversation {cid}\n{_HELP}")
+        last: str | None = None
+        while True:
+            try:
+                line = input("> ").strip()
+            except (EOFError, KeyboardInterrupt):
+                print()
+                return 0
+            if not line:
+                continue
+            try:
+                match line:
+                    case "/quit":
+                        return 0
+                    case "/help":
+                        print(_HELP)
+                    case "/retry" | "/cancel" if last is None:
+                        print("nothing to act on yet")
+                    case "/retry":
+                        assert last is not None
+                        row = client.retry(last)["assistant_message"]
+                        last = _follow_turn(client, cid, row["id"])
+                    case "/cancel":
+                        assert last is not None
+                        client.cancel(last)
+                    case _:
+                        sent = client.send(cid, line)
+                        last = _follow_turn(client, cid, sent["assistant_message"]["id"])
+            except ApiError as e:
+                print(f"error {e.status}: {e.detail}")
+            except httpx.HTTPError as e:
+                print(f"connection error: {e}")
