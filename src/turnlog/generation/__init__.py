@@ -1,0 +1,1 @@
+"""Running turns: history from stored rows, provider steps, checkpoints, tools."""

@@ -1,0 +1,478 @@
+"""The generation engine: runs assistant turns inside the app's task group.
+
+One :class:`Generation` per generating row. It streams a provider step into the row's live
+stream (every subscriber sees each event as it is published), stores the coalesced new
+events every ``TURNLOG_CHECKPOINT_S`` (only when something changed), and stores the step's
+end in one event: completed (with server tool results and the next step's row, in the same
+transaction), failed, aborted (cancel) or interrupted (shutdown). Every write names the
+generation's attempt id, so once anyone else has ended the row the store rejects it
+(``Fenced``) and the generation stops.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskGroup
+from turnlog_reducer import (
+    Done,
+    StreamEvent,
+    StreamProtocolError,
+    ToolCallBlock,
+    ToolCallReady,
+)
+
+from turnlog.config import Settings
+from turnlog.generation.history import build_history
+from turnlog.generation.tools import INTERACTIVE, TOOLS, run_server_tool
+from turnlog.log import events as ev
+from turnlog.log.projection import DomainError, Fenced, MessageRecord
+from turnlog.log.store import Store
+from turnlog.providers import get_provider
+from turnlog.providers.base import ModelRequest, Provider, ProviderError, StepEnd, UnknownModel
+from turnlog.streams import LiveStream, StreamRegistry
+
+log = structlog.get_logger("turnlog.generation")
+
+# Failures before any output are retried after these pauses (seconds), then the row fails.
+RETRY_BACKOFF_S = (0.25, 1.0, 3.0)
+# Store writes at the end of a step are retried this many times (the database may blip);
+# the row stays generating if they all fail, and recovery marks it interrupted later.
+FINAL_WRITE_TRIES = 5
+
+EndReason = Literal["aborted", "interrupted"]
+Clock = Callable[[], datetime]
+ProviderFor = Callable[[str, Settings], tuple[Provider, str]]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Turn(msgspec.Struct, frozen=True, kw_only=True):
+    """What the engine needs to run one assistant row (the rest it reads from the store)."""
+
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    attempt: uuid.UUID
+    seq: int
+    model: str
+
+
+class Generation:
+    """The running state of one assistant row. Owned by the engine's task group."""
+
+    def __init__(self, turn: Turn, stream: LiveStream) -> None:
+        self.turn = turn
+        self.stream = stream
+        self.scope = anyio.CancelScope()
+        self.end_reason: EndReason | None = None
+        # Set when a write was fenced off: someone else already ended the row.
+        self.fenced = False
+        self.finished = anyio.Event()
+        # Published but not yet stored, and the stream seq up to which the store has them.
+        self.pending: list[StreamEvent] = []
+        self.stored_seq = stream.seq
+        self.write_lock = anyio.Lock()
+
+    def take_pending(self) -> tuple[tuple[StreamEvent, ...], int]:
+        """The unstored events, coalesced, and the seq they reach; no await in between, so
+        nothing published meanwhile can slip between the two."""
+        events = ev.coalesce(self.pending)
+        self.pending = []
+        return events, self.stream.seq
+
+    def cancel(self, reason: EndReason) -> None:
+        if self.end_reason is None:
+            self.end_reason = reason
+        self.scope.cancel()
+
+
+class Engine:
+    """Starts, runs, cancels and drains generations."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: StreamRegistry,
+        settings: Settings,
+        *,
+        instance_id: uuid.UUID,
+        now: Clock = utcnow,
+        provider_for: ProviderFor = get_provider,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.instance_id = instance_id
+        self.now = now
+        self.provider_for = provider_for
+        self.draining = False
+        self._interrupting = False
+        self._tg: TaskGroup | None = None
+        self._running: dict[uuid.UUID, Generation] = {}
+        # Set (and replaced) whenever a generation ends; drain waits on it.
+        self._ended = anyio.Event()
+
+    def bind(self, tg: TaskGroup) -> None:
+        """Run generations in ``tg`` (the app lifespan's task group)."""
+        self._tg = tg
+
+    def running(self, message_id: uuid.UUID) -> Generation | None:
+        return self._running.get(message_id)
+
+    def running_ids(self) -> list[uuid.UUID]:
+        return list(self._running)
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def start(self, turn: Turn) -> Generation:
+        """Open the row's live stream now (so it exists before the HTTP answer) and run the
+        turn in the background task group."""
+        if self._tg is None:
+            raise RuntimeError("engine is not bound to a task group")
+        gen = Generation(turn, self.registry.open(turn.message_id))
+        self._running[turn.message_id] = gen
+        self._tg.start_soon(self._run, gen, name=f"generation {turn.message_id}")
+        return gen
+
+    async def cancel(self, message_id: uuid.UUID) -> bool:
+        """Abort a generation running here and wait until its end is stored. False if it
+        does not run in this process."""
+        gen = self._running.get(message_id)
+        if gen is None:
+            return False
+        gen.cancel("aborted")
+        await gen.finished.wait()
+        return True
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking turns, let running ones finish for ``grace_s``, then interrupt the
+        rest and wait until their checkpoints are stored."""
+        self.draining = True
+        with anyio.move_on_after(grace_s):
+            while self._running:
+                await self._ended.wait()
+        self._interrupting = True
+        while self._running:
+            for gen in list(self._running.values()):
+                gen.cancel("interrupted")
+            await self._ended.wait()
+
+    # -- one generation ------------------------------------------------------------------
+
+    async def _run(self, first: Generation) -> None:
+        gen: Generation | None = first
+        while gen is not None:
+            structlog.contextvars.bind_contextvars(
+                conversation_id=str(gen.turn.conversation_id),
+                message_id=str(gen.turn.message_id),
+            )
+            current = gen
+            try:
+                gen = await self._step(current)
+            except DomainError as exc:
+                # The conversation was deleted or the row ended elsewhere meanwhile.
+                log.info("generation stopped", reason=str(exc))
+                with anyio.CancelScope(shield=True):
+                    await self._finish_from_store(current)
+                gen = None
+            except Exception:
+                # A bug in one generation must not take the others (or the app) down: log
+                # it, and end the row as failed if we still can.
+                log.exception("generation crashed")
+                await self._end_after_crash(current)
+                gen = None
+
+    async def _step(self, gen: Generation) -> Generation | None:
+        """Run one step of ``gen``; return the next step's generation after server tools."""
+        try:
+            try:
+                request, provider = await self._request(gen.turn)
+            except UnknownModel as exc:
+                with anyio.CancelScope(shield=True):
+                    await self._end(gen, "error", error=str(exc))
+                return None
+            step_end: StepEnd | None = None
+            error: str | None = None
+            with gen.scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._checkpointer, gen)
+                    try:
+                        step_end = await self._consume(gen, provider, request)
+                    except ProviderError as exc:
+                        error = str(exc) or type(exc).__name__
+                    tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                if gen.fenced:
+                    await self._finish_from_store(gen)
+                    return None
+                if gen.end_reason is not None:
+                    await self._end(gen, gen.end_reason)
+                    return None
+                if error is not None or step_end is None:
+                    await self._end(gen, "error", error=error or "provider gave no result")
+                    return None
+                return await self._complete(gen, step_end)
+            return None  # not reached: the shielded scope above is never cancelled
+        finally:
+            self._forget(gen)
+
+    async def _request(self, turn: Turn) -> tuple[ModelRequest, Provider]:
+        conv = await self.store.get_conversation(turn.conversation_id)
+        if conv is None:
+            raise Fenced(f"conversation {turn.conversation_id} is gone")
+        rows = await self.store.list_messages(turn.conversation_id)
+        options = dict(conv.conversation.options)
+        me = next((r for r in rows if r.message.id == turn.message_id), None)
+        if me is not None and me.message.reply_to is not None:
+            asked = next((r for r in rows if r.message.id == me.message.reply_to), None)
+            if asked is not None and asked.options:
+                options.update(asked.options)
+        provider, name = self.provider_for(turn.model, self.settings)
+        request = ModelRequest(
+            model=name,
+            system_prompt=conv.conversation.system_prompt,
+            messages=build_history(rows, before_seq=turn.seq),
+            options=options,
+            tools=TOOLS,
+        )
+        return request, provider
+
+    async def _consume(self, gen: Generation, provider: Provider, request: ModelRequest) -> StepEnd:
+        """Publish the provider's step; retry failures that came before any output."""
+        for attempt, pause in enumerate((*RETRY_BACKOFF_S, None)):
+            produced = False
+            try:
+                async for item in provider.stream(request):
+                    if isinstance(item, StepEnd):
+                        return item
+                    try:
+                        gen.stream.publish(item)
+                    except StreamProtocolError as exc:
+                        raise ProviderError(
+                            f"provider broke the stream: {exc}", retryable=False
+                        ) from exc
+                    gen.pending.append(item)
+                    produced = True
+                raise ProviderError("provider ended the step without a result", retryable=False)
+            except ProviderError as exc:
+                if produced or not exc.retryable or pause is None:
+                    raise
+                log.warning(
+                    "provider failed before output; retrying",
+                    attempt=attempt + 1,
+                    error=str(exc),
+                    pause_s=pause,
+                )
+                await anyio.sleep(pause)
+        raise AssertionError("unreachable")
+
+    async def _checkpointer(self, gen: Generation) -> None:
+        """Store the new events every TURNLOG_CHECKPOINT_S, only when there are some."""
+        while True:
+            await anyio.sleep(self.settings.checkpoint_s)
+            if not gen.pending:
+                continue
+            async with gen.write_lock:
+                events, seq = gen.take_pending()
+                try:
+                    await self.store.append(
+                        gen.turn.conversation_id,
+                        [
+                            ev.TurnCheckpointed(
+                                at=self.now(),
+                                message_id=gen.turn.message_id,
+                                attempt=gen.turn.attempt,
+                                events=events,
+                                stream_seq=seq,
+                            )
+                        ],
+                    )
+                    gen.stored_seq = seq
+                except DomainError as exc:
+                    # Fenced (the row was ended elsewhere) or the conversation is gone.
+                    log.warning("generation fenced off; stopping", reason=str(exc))
+                    gen.fenced = True
+                    gen.scope.cancel()
+                    return
+                except Exception:
+                    # The database blipped: keep the events for the next checkpoint.
+                    gen.pending[:0] = list(events)
+                    log.warning("checkpoint failed; will retry", exc_info=True)
+
+    def _close_open_calls(self, gen: Generation) -> None:
+        """Mark tool calls the step left unfinished as ready with null arguments."""
+        for block in gen.stream.blocks:
+            if isinstance(block, ToolCallBlock) and not block.ready:
+                event = ToolCallReady(id=block.id, arguments=None)
+                gen.stream.publish(event)
+                gen.pending.append(event)
+
+    async def _complete(self, gen: Generation, step_end: StepEnd) -> Generation | None:
+        turn = gen.turn
+        self._close_open_calls(gen)
+        calls = [b for b in gen.stream.blocks if isinstance(b, ToolCallBlock)]
+        server_calls = [c for c in calls if c.name not in INTERACTIVE]
+        awaiting = tuple(c.id for c in calls if c.name in INTERACTIVE)
+        now = self.now()
+        async with gen.write_lock:
+            events, seq = gen.take_pending()
+            batch: list[ev.DomainEvent] = [
+                ev.StepCompleted(
+                    at=now,
+                    message_id=turn.message_id,
+                    attempt=turn.attempt,
+                    events=events,
+                    stream_seq=seq,
+                    finish_reason=step_end.finish_reason,
+                    usage=step_end.usage,
+                    awaiting_user=awaiting,
+                )
+            ]
+            conv = await self.store.get_conversation(turn.conversation_id)
+            if conv is None:
+                raise Fenced(f"conversation {turn.conversation_id} is gone")
+            next_turn: Turn | None = None
+            next_seq = conv.last_seq + 1
+            for call in server_calls:
+                batch.append(
+                    ev.ToolResultRecorded(
+                        at=now,
+                        message_id=uuid.uuid4(),
+                        seq=next_seq,
+                        reply_to=turn.message_id,
+                        tool_call_id=call.id,
+                        tool_name=call.name,
+                        content=run_server_tool(call.name, call.arguments, now),
+                    )
+                )
+                next_seq += 1
+            if server_calls and not awaiting:
+                me = await self.store.get_message(turn.message_id)
+                next_turn = Turn(
+                    conversation_id=turn.conversation_id,
+                    message_id=uuid.uuid4(),
+                    attempt=uuid.uuid4(),
+                    seq=next_seq,
+                    model=turn.model,
+                )
+                batch.append(
+                    ev.AssistantTurnStarted(
+                        at=now,
+                        message_id=next_turn.message_id,
+                        seq=next_seq,
+                        attempt=next_turn.attempt,
+                        model=turn.model,
+                        reply_to=None if me is None else me.message.reply_to,
+                    )
+                )
+            try:
+                await self._write(turn, batch)
+            except Fenced:
+                await self._finish_from_store(gen)
+                return None
+        nxt = None
+        if next_turn is not None:
+            nxt = Generation(next_turn, self.registry.open(next_turn.message_id))
+            self._running[next_turn.message_id] = nxt
+            if self._interrupting:
+                nxt.cancel("interrupted")
+        gen.stream.finish(
+            Done(status="completed", finish_reason=step_end.finish_reason, usage=step_end.usage)
+        )
+        return nxt
+
+    async def _end(
+        self, gen: Generation, how: Literal["aborted", "interrupted", "error"], error: str = ""
+    ) -> None:
+        turn = gen.turn
+        self._close_open_calls(gen)
+        async with gen.write_lock:
+            events, seq = gen.take_pending()
+            common: dict[str, Any] = {
+                "at": self.now(),
+                "message_id": turn.message_id,
+                "attempt": turn.attempt,
+                "events": events,
+                "stream_seq": seq,
+            }
+            event: ev.DomainEvent
+            if how == "aborted":
+                event = ev.TurnAborted(**common)
+            elif how == "interrupted":
+                event = ev.TurnInterrupted(**common, reason="the server shut down")
+            else:
+                event = ev.TurnFailed(**common, error=error)
+            try:
+                await self._write(turn, [event])
+            except Fenced:
+                await self._finish_from_store(gen)
+                return
+        gen.stream.finish(Done(status=how, error=error or None))
+
+    async def _write(self, turn: Turn, batch: list[ev.DomainEvent]) -> None:
+        for i in range(FINAL_WRITE_TRIES):
+            try:
+                await self.store.append(turn.conversation_id, batch, instance_id=self.instance_id)
+                return
+            except DomainError:
+                raise
+            except Exception:
+                if i == FINAL_WRITE_TRIES - 1:
+                    raise
+                log.warning("storing the end of a step failed; retrying", exc_info=True)
+                await anyio.sleep(0.2 * 2**i)
+
+    async def _finish_from_store(self, gen: Generation) -> None:
+        """Someone else ended the row: close the live stream with what the store says."""
+        row = await self.store.get_message(gen.turn.message_id)
+        if not gen.stream.finished:
+            gen.stream.finish(done_for(row))
+
+    async def _end_after_crash(self, gen: Generation) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._end(gen, "error", error="internal error while generating")
+            except Exception:
+                log.exception("could not store the end of a crashed generation")
+                if not gen.stream.finished:
+                    gen.stream.finish(Done(status="interrupted"))
+            finally:
+                self._forget(gen)
+
+    def _forget(self, gen: Generation) -> None:
+        if not gen.finished.is_set():
+            gen.finished.set()
+        if self._running.get(gen.turn.message_id) is gen:
+            del self._running[gen.turn.message_id]
+        ended, self._ended = self._ended, anyio.Event()
+        ended.set()
+
+
+def done_for(row: MessageRecord | None) -> Done:
+    """The ``done`` event for a row that is no longer generating."""
+    if row is None:
+        return Done(status="interrupted")
+    m = row.message
+    status = "interrupted" if m.status == "generating" else m.status
+    return Done(status=status, finish_reason=m.finish_reason, usage=m.usage, error=m.error)
+
+
+def interrupt_events(row: MessageRecord) -> tuple[StreamEvent, ...]:
+    """Events that close a dead generation's unfinished tool calls (pure)."""
+    return tuple(
+        ToolCallReady(id=b.id, arguments=None)
+        for b in row.message.blocks
+        if isinstance(b, ToolCallBlock) and not b.ready
+    )
+
+
+__all__ = ["Engine", "Generation", "Turn", "done_for", "interrupt_events"]
