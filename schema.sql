@@ -92,10 +92,16 @@ CREATE INDEX IF NOT EXISTS messages_generating ON messages (id) WHERE status = '
 
 -- Operational state, not projections: which server process runs which generation. Never
 -- replayed; an empty table only means "every generating row is an orphan".
+--
+-- Liveness is PostgreSQL's own: each instance holds the session advisory lock
+-- (INSTANCE_LOCK_SPACE, lock_key) on a connection it keeps open for its whole life. When the
+-- process dies, the server drops that connection and the lock with it, at once; a paused
+-- but living process keeps it. So "is the owner of this lease alive?" is "is its lock held?"
+-- (pg_locks), with no heartbeat interval to wait out and no clock to trust.
 CREATE TABLE IF NOT EXISTS instances (
-    id           uuid        PRIMARY KEY,
-    started_at   timestamptz NOT NULL,
-    heartbeat_at timestamptz NOT NULL
+    id         uuid        PRIMARY KEY,
+    lock_key   integer     NOT NULL UNIQUE CHECK (lock_key > 0),
+    started_at timestamptz NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS leases (

@@ -12,6 +12,7 @@ Error tree (all from :mod:`turnlog.log.projection` plus one here)::
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
@@ -293,7 +294,7 @@ class Store:
             raise ValueError("append needs at least one event")
         metadata = _json.encode({"actor": actor, "request_id": request_id}).decode()
         async with self.pool.connection() as conn, conn.transaction():
-            conv = await self._lock_conversation(conn, conversation_id, events[0])
+            conv = await self._lock_conversation(conn, conversation_id)
             if expected_version is not None:
                 found = 0 if conv is None else conv.conversation.version
                 if found != expected_version:
@@ -352,14 +353,16 @@ class Store:
         return appended
 
     async def _lock_conversation(
-        self, conn: psycopg.AsyncConnection[Any], cid: uuid.UUID, first: DomainEvent
+        self, conn: psycopg.AsyncConnection[Any], cid: uuid.UUID
     ) -> ConversationRecord | None:
-        if isinstance(first, ev.ConversationCreated):
-            return None
         # FOR UPDATE on the conversation row serialises every writer of this conversation
         # (and nothing else): the version check, the message checks and the row writes
         # below all see the state the previous writer committed. Writers of a conversation
         # take only this lock, and always first, so they cannot deadlock.
+        # A creation runs it too (it finds no row): its ROW SHARE lock on the conversations
+        # table is then the first lock every append takes, so `turnlog replay rebuild`,
+        # which locks conversations before events for its swap, never holds one lock an
+        # append needs while waiting for another the append holds (no deadlock).
         cur = await conn.execute(
             f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = %s FOR UPDATE",
             (cid,),
@@ -496,60 +499,81 @@ class Store:
 
     # -- instances and leases (operational, never replayed) -------------------------------
 
-    async def register_instance(self, instance_id: uuid.UUID, now: datetime) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO instances (id, started_at, heartbeat_at) VALUES (%s, %s, %s)",
-                (instance_id, now, now),
+    async def register_instance(
+        self, conn: psycopg.AsyncConnection[Any], instance_id: uuid.UUID, now: datetime
+    ) -> None:
+        """Record this process and take its liveness lock on ``conn``, which the caller
+        keeps open (outside the pool) for the life of the process."""
+        for _ in range(10):
+            key = secrets.randbelow(2**31 - 2) + 1
+            cur = await conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (INSTANCE_LOCK_SPACE, key)
             )
-
-    async def heartbeat(self, instance_id: uuid.UUID, now: datetime) -> None:
-        async with self.pool.connection() as conn:
+            row = await cur.fetchone()
+            if row is None or not row[0]:
+                continue
+            # Rows of dead instances with this key would confuse the liveness join.
+            await conn.execute("DELETE FROM instances WHERE lock_key = %s", (key,))
             await conn.execute(
-                "UPDATE instances SET heartbeat_at = %s WHERE id = %s", (now, instance_id)
+                "INSERT INTO instances (id, lock_key, started_at) VALUES (%s, %s, %s)",
+                (instance_id, key, now),
             )
+            return
+        raise RuntimeError("could not take an instance lock after 10 tries")
 
     async def unregister_instance(self, instance_id: uuid.UUID) -> None:
         async with self.pool.connection() as conn:
             await conn.execute("DELETE FROM instances WHERE id = %s", (instance_id,))
 
     async def orphans(
-        self, *, alive_since: datetime, me: uuid.UUID, mine: Iterable[uuid.UUID] = ()
+        self, *, me: uuid.UUID, mine: Iterable[uuid.UUID] = ()
     ) -> list[MessageRecord]:
-        """Generating rows whose generation is gone: no lease, a lease of an instance that
-        stopped heartbeating before ``alive_since``, or a lease of this instance (``me``)
-        for a row it does not run (not in ``mine``)."""
+        """Generating rows whose generation is gone: no lease, a lease of an instance whose
+        liveness lock is free (its process died), or a lease of this instance (``me``) for
+        a row it does not run (not in ``mine``)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 f"SELECT {', '.join('m.' + c for c in _MESSAGE_WRITABLE)} FROM messages m "
-                "LEFT JOIN leases l ON l.message_id = m.id AND l.attempt = m.attempt "
-                "LEFT JOIN instances i ON i.id = l.instance_id "
+                f"LEFT JOIN leases l ON l.message_id = m.id AND l.attempt = m.attempt "
+                f"{_LIVENESS_JOIN} "
                 "WHERE m.status = 'generating' AND ("
-                "  l.message_id IS NULL OR i.id IS NULL OR i.heartbeat_at < %s"
-                "  OR (i.id = %s AND NOT (m.id = ANY(%s))))",
-                (alive_since, me, list(mine)),
+                "  pl.pid IS NULL OR (i.id = %s AND NOT (m.id = ANY(%s))))",
+                (me, list(mine)),
             )
             return [message_from_row(r) for r in await cur.fetchall()]
 
-    async def is_orphan(
-        self, mid: uuid.UUID, *, alive_since: datetime, me: uuid.UUID, mine: bool
-    ) -> bool:
+    async def is_orphan(self, mid: uuid.UUID, *, me: uuid.UUID, mine: bool) -> bool:
         """Whether one generating row's generation is gone (see :meth:`orphans`)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT l.instance_id, i.heartbeat_at FROM messages m "
+                "SELECT i.id, pl.pid FROM messages m "
                 "LEFT JOIN leases l ON l.message_id = m.id AND l.attempt = m.attempt "
-                "LEFT JOIN instances i ON i.id = l.instance_id "
+                f"{_LIVENESS_JOIN} "
                 "WHERE m.id = %s AND m.status = 'generating'",
                 (mid,),
             )
             row = await cur.fetchone()
         if row is None:
             return False
-        instance, heartbeat = row
-        if instance is None or heartbeat is None or heartbeat < alive_since:
+        instance, holder = row
+        if holder is None:
             return True
         return bool(instance == me and not mine)
+
+
+# The advisory lock space of instance liveness locks (see schema.sql, table instances).
+INSTANCE_LOCK_SPACE = 0x746C  # "tl"
+
+# instances i and the granted advisory lock pl that proves it alive; pl.pid is NULL when
+# the lease, the instance or its lock is missing. Two-key advisory locks show in pg_locks
+# as (classid, objid, objsubid = 2).
+_LIVENESS_JOIN = (
+    "LEFT JOIN instances i ON i.id = l.instance_id "
+    "LEFT JOIN pg_locks pl ON pl.locktype = 'advisory' AND pl.granted "
+    "AND pl.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    f"AND pl.classid = {INSTANCE_LOCK_SPACE} AND pl.objid = i.lock_key::oid "
+    "AND pl.objsubid = 2"
+)
 
 
 def open_pool(conninfo: str, *, min_size: int = 2, max_size: int = 20) -> AsyncConnectionPool[Any]:
