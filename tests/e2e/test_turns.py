@@ -1,0 +1,321 @@
+"""Turn lifecycle over HTTP: cancel, tools, busy, idempotent send, errors, edit, export (§2, §4)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from turnlog.client import ApiError, Client
+
+from .support import DEMO, FAST, Follower, Server, blocks_json, find, wait_until
+
+pytestmark = pytest.mark.slow
+
+SLOW = {"tokens_per_second": 20, "length": 400}
+
+
+def _state(c: Client, cid: str) -> str:
+    return str(c.get_conversation(cid)["conversation"]["state"])
+
+
+def _settled(c: Client, cid: str, n_rows: int) -> list[dict[str, Any]] | None:
+    """The rows once the conversation is idle with ``n_rows`` rows, none generating."""
+    state = c.get_conversation(cid)
+    rows: list[dict[str, Any]] = state["messages"]
+    if (
+        state["conversation"]["state"] == "idle"
+        and len(rows) >= n_rows
+        and not any(r["is_generating"] for r in rows)
+    ):
+        return rows
+    return None
+
+
+def test_cancel_aborts_keeps_partial_blocks_and_then_409(server: Server) -> None:
+    """cancel -> 200 aborted with the streamed partial blocks kept; a second cancel is 409."""
+    with server.client() as c:
+        conv = c.create_conversation(model=DEMO, options=SLOW)
+        mid = c.send(conv["id"], "cancel me")["assistant_message"]["id"]
+        follower = Follower(server.client(), mid)
+        follower.start()
+        wait_until(lambda: len(follower.text().split()) >= 5, what="5 streamed tokens")
+        row = c.cancel(mid)
+        assert row["id"] == mid
+        assert row["status"] == "aborted"
+        assert row["is_generating"] is False
+        assert row["blocks"], "partial blocks are kept"
+        follower.join(10)
+        assert not follower.is_alive()
+        assert follower.error is None, follower.error
+        assert follower.fold.done is not None
+        assert follower.fold.done.status == "aborted"
+        stored = find(c.list_messages(conv["id"]), mid)
+        assert stored["status"] == "aborted"
+        assert stored["blocks"] == row["blocks"] == blocks_json(follower.fold.blocks)
+        assert _state(c, conv["id"]) == "idle"
+
+        with pytest.raises(ApiError) as e:
+            c.cancel(mid)
+        assert e.value.status == 409
+        assert e.value.detail
+
+
+def test_cancel_and_retry_answer_409_on_a_completed_message(server: Server) -> None:
+    """A completed message cannot be cancelled or retried: 409 with a detail."""
+    with server.client() as c:
+        conv = c.create_conversation(model=DEMO, options=FAST)
+        mid = c.send(conv["id"], "done quickly")["assistant_message"]["id"]
+        c.follow(mid)
+        for action in (c.cancel, c.retry):
+            with pytest.raises(ApiError) as e:
+                action(mid)
+            assert e.value.status == 409
+            assert e.value.detail
+        assert len(c.list_messages(conv["id"])) == 2
+
+
+def test_retry_of_an_aborted_message_completes_a_new_row(server: Server) -> None:
+    """retry of an aborted row -> 201 with a new assistant row that completes."""
+    with server.client() as c:
+        conv = c.create_conversation(model=DEMO, options=SLOW)
+        mid = c.send(conv["id"], "retry me")["assistant_message"]["id"]
+        c.cancel(mid)
+        c.patch_conversation(conv["id"], options=FAST)
+        new = c.retry(mid)["assistant_message"]
+        assert new["id"] != mid
+        assert new["role"] == "assistant"
+        fold = c.follow(new["id"])
+        assert fold.done is not None
+        assert fold.done.status == "completed"
+        rows = c.list_messages(conv["id"])
+        assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+        assert find(rows, mid)["status"] == "aborted"
+        assert find(rows, new["id"])["status"] == "completed"
+        assert find(rows, new["id"])["blocks"] == blocks_json(fold.blocks)
+
+
+def test_send_while_generating_is_409_and_writes_nothing(server: Server) -> None:
+    """A second send while the conversation generates -> 409; no row is added."""
+    with server.client() as c:
+        conv = c.create_conversation(model=DEMO, options=SLOW)
+        mid = c.send(conv["id"], "first")["assistant_message"]["id"]
+        try:
+            assert _state(c, conv["id"]) == "generating"
+            with pytest.raises(ApiError) as e:
+                c.send(conv["id"], "second")
+            assert e.value.status == 409
+            assert e.value.detail
+            assert len(c.list_messages(conv["id"])) == 2
+        finally:
+            c.cancel(mid)
+
+
+def test_idempotent_send_with_client_message_id(server: Server) -> None:
+    """The same client_message_id again -> 200 with the same rows and no second generation."""
+    with server.client() as c:
+        conv = c.create_conversation(model=DEMO, options=FAST)
+        key = str(uuid.uuid4())
+        r1 = c.http.post(
+            f"/v1/conversations/{conv['id']}/messages",
+            json={"content": "once", "client_message_id": key},
+        )
+        assert r1.status_code == 201, r1.text
+        r2 = c.http.post(
+            f"/v1/conversations/{conv['id']}/messages",
+            json={"content": "once", "client_message_id": key},
+        )
+        assert r2.status_code == 200, r2.text
+        first, again = r1.json(), r2.json()
+        assert again["user_message"]["id"] == first["user_message"]["id"]
+        assert again["assistant_message"]["id"] == first["assistant_message"]["id"]
+        c.follow(first["assistant_message"]["id"])
+        # And once the turn finished, still the same rows, still no new generation.
+        r3 = c.http.post(
+            f"/v1/conversations/{conv['id']}/messages",
+            json={"content": "once", "client_message_id": key},
+        )
+        assert r3.status_code == 200, r3.text
+        assert r3.json()["assistant_message"]["id"] == first["assistant_message"]["id"]
+        rows = c.list_messages(conv["id"])
+        assert [(r["seq"], r["role"]) for r in rows] == [(1, "user"), (2, "assistant")]
+
+
+def test_clock_tool_loop_stores_each_step_as_its_own_row(server: Server) -> None:
+    """tool=clock: rows user, assistant(tool call), tool(result), assistant(text), seq 1..4."""
+    with server.client() as c:
+        conv = c.create_conversation(model=DEMO, options={**FAST, "tool": "clock"})
+        sent = c.send(conv["id"], "what time is it?")
+        first = c.follow(sent["assistant_message"]["id"])
+        assert first.done is not None
+        assert first.done.status == "completed"
+        rows = wait_until(lambda: _settled(c, conv["id"], 4), what="the tool loop to settle")
+        assert [(r["seq"], r["role"]) for r in rows] == [
+            (1, "user"),
+            (2, "assistant"),
+            (3, "tool"),
+            (4, "assistant"),
+        ]
+        call_row, tool_row, answer = rows[1], rows[2], rows[3]
+        assert call_row["id"] == sent["assistant_message"]["id"]
+        assert call_row["blocks"] == blocks_json(first.blocks)
+        calls = [b for b in call_row["blocks"] if b["type"] == "tool_call"]
+        assert len(calls) == 1
+        assert calls[0]["name"] == "clock"
+        assert calls[0]["ready"] is True
+        assert tool_row["tool_call_id"] == calls[0]["id"]
+        assert tool_row["tool_name"] == "clock"
+        assert tool_row["content"]
+        assert all(r["status"] == "completed" for r in rows[1:] if r["role"] == "assistant")
+        assert any(b["type"] == "text" and b["text"] for b in answer["blocks"])
+        # The last step has its own stream; a late subscriber gets its final blocks.
+        last = c.follow(answer["id"])
+        assert blocks_json(last.blocks) == answer["blocks"]
+
+
+def test_ask_user_waits_for_tool_results_then_resumes(server: Server) -> None:
+    """tool=ask_user leaves the conversation awaiting_input; tool-results resumes it
+    (a wrong tool_call_id is a 4xx that writes nothing; send meanwhile is 409)."""
+    with server.client() as c:
+        conv = c.create_conversation(model=DEMO, options={**FAST, "tool": "ask_user"})
+        cid = conv["id"]
+        mid = c.send(cid, "ask me something")["assistant_message"]["id"]
+        c.follow(mid)
+        wait_until(lambda: _state(c, cid) == "awaiting_input", what="awaiting_input")
+        rows = c.list_messages(cid)
+        assert [r["role"] for r in rows] == ["user", "assistant"]
+        calls = [b for b in find(rows, mid)["blocks"] if b["type"] == "tool_call"]
+        assert len(calls) == 1
+        assert calls[0]["name"] == "ask_user"
+        assert calls[0]["ready"]
+        version = c.get_conversation(cid)["conversation"]["version"]
+
+        with pytest.raises(ApiError) as e:
+            c.send(cid, "impatient")
+        assert e.value.status == 409
+
+        r = c.http.post(
+            f"/v1/messages/{mid}/tool-results",
+            json={"tool_call_id": "not-the-call", "content": "blue"},
+        )
+        assert 400 <= r.status_code < 500, r.text
+        assert r.json()["detail"], r.text
+        after = c.get_conversation(cid)
+        assert after["conversation"]["version"] == version
+        assert after["conversation"]["state"] == "awaiting_input"
+        assert len(after["messages"]) == 2
+
+        r = c.http.post(
+            f"/v1/messages/{mid}/tool-results",
+            json={"tool_call_id": calls[0]["id"], "content": "blue"},
+        )
+        assert r.status_code == 201, r.text
+        rows = wait_until(lambda: _settled(c, cid, 4), what="the resumed turn to finish")
+        assert [(r["seq"], r["role"]) for r in rows] == [
+            (1, "user"),
+            (2, "assistant"),
+            (3, "tool"),
+            (4, "assistant"),
+        ]
+        assert rows[2]["tool_call_id"] == calls[0]["id"]
+        assert rows[2]["content"] == "blue"
+        assert rows[3]["status"] == "completed"
+        assert any(b["type"] == "text" and b["text"] for b in rows[3]["blocks"])
+
+        # Answering the same call twice is refused.
+        r = c.http.post(
+            f"/v1/messages/{mid}/tool-results",
+            json={"tool_call_id": calls[0]["id"], "content": "again"},
+        )
+        assert 400 <= r.status_code < 500, r.text
+        assert len(c.list_messages(cid)) == 4
+
+
+def test_provider_failure_after_output_ends_in_error_with_partial_blocks(server: Server) -> None:
+    """fail_after=5: the row ends `error` with its error text and the 5 streamed tokens kept."""
+    with server.client() as c:
+        conv = c.create_conversation(model=DEMO, options={**FAST, "fail_after": 5})
+        mid = c.send(conv["id"], "fail")["assistant_message"]["id"]
+        fold = c.follow(mid)
+        assert fold.done is not None
+        assert fold.done.status == "error"
+        row = find(c.list_messages(conv["id"]), mid)
+        assert row["status"] == "error"
+        assert isinstance(row["error"], str)
+        assert row["error"]
+        assert row["blocks"] == blocks_json(fold.blocks)
+        assert len(fold.text.split()) == 5
+        assert _state(c, conv["id"]) == "idle"
+        assert c.retry(mid)["assistant_message"]["id"] != mid
+
+
+def test_edit_user_message_sets_edited_content(server: Server) -> None:
+    """PUT on a user row sets edited_content/edited_at; on an assistant row it is a 4xx."""
+    with server.client() as c:
+        conv = c.create_conversation(model=DEMO, options=FAST)
+        sent = c.send(conv["id"], "typo hre")
+        c.follow(sent["assistant_message"]["id"])
+        row = c.edit(conv["id"], sent["user_message"]["id"], "typo here")
+        assert row["edited_content"] == "typo here"
+        assert row["edited_at"]
+        assert row["content"] == "typo hre"
+        with pytest.raises(ApiError) as e:
+            c.edit(conv["id"], sent["assistant_message"]["id"], "nope")
+        assert 400 <= e.value.status < 500
+
+
+def test_conversations_crud_and_pagination_newest_first(server: Server) -> None:
+    """Create/list (newest first, cursor)/get/patch/delete; deleted -> 404 everywhere."""
+    user = f"pager-{uuid.uuid4().hex[:8]}"
+    with server.client(user) as c:
+        made = [c.create_conversation(title=f"t{i}", model=DEMO) for i in range(3)]
+        page = c.list_conversations(limit=2)
+        assert [x["id"] for x in page["items"]] == [made[2]["id"], made[1]["id"]]
+        assert page["next"]
+        rest = c.list_conversations(limit=2, cursor=page["next"])
+        assert [x["id"] for x in rest["items"]] == [made[0]["id"]]
+        assert rest["next"] is None
+
+        patched = c.patch_conversation(made[0]["id"], title="renamed", system_prompt="be brief")
+        assert patched["title"] == "renamed"
+        assert patched["system_prompt"] == "be brief"
+        assert patched["version"] > made[0]["version"]
+        got = c.get_conversation(made[0]["id"])
+        assert got["conversation"]["title"] == "renamed"
+        assert got["messages"] == []
+
+        c.delete_conversation(made[0]["id"])
+        for call in (
+            lambda: c.get_conversation(made[0]["id"]),
+            lambda: c.list_messages(made[0]["id"]),
+            lambda: c.send(made[0]["id"], "hello?"),
+            lambda: c.patch_conversation(made[0]["id"], title="x"),
+            lambda: c.delete_conversation(made[0]["id"]),
+            lambda: c.export(made[0]["id"]),
+        ):
+            with pytest.raises(ApiError) as e:
+                call()
+            assert e.value.status == 404
+        assert made[0]["id"] not in [x["id"] for x in c.list_conversations()["items"]]
+
+
+@pytest.mark.parametrize("lang", ["en-US", "ru-RU", "pl", "xx", "en", "de-CH-1996"])
+def test_export_accepts_any_language_tag(server: Server, lang: str) -> None:
+    """Export as markdown and JSON with any lang tag -> 200, built from the stored rows."""
+    with server.client() as c:
+        conv = c.create_conversation(title="export me", model=DEMO, options=FAST)
+        sent = c.send(conv["id"], "export this question")
+        c.follow(sent["assistant_message"]["id"])
+        md = c.http.get(
+            f"/v1/conversations/{conv['id']}/export", params={"format": "markdown", "lang": lang}
+        )
+        assert md.status_code == 200, md.text
+        assert md.headers["content-type"].startswith("text/markdown")
+        assert "export this question" in md.text
+        js = c.http.get(
+            f"/v1/conversations/{conv['id']}/export", params={"format": "json", "lang": lang}
+        )
+        assert js.status_code == 200, js.text
+        assert js.headers["content-type"].startswith("application/json")
+        assert "export this question" in js.text
