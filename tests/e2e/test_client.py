@@ -1,0 +1,91 @@
+"""The reference client alone, against ``httpx.MockTransport``: folding, resync, reconnects,
+errors. (No server process; these pin the client's own behaviour.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from turnlog_reducer import TextBlock
+
+from turnlog.client import ApiError, Client, MessageFold, StreamGapError, StreamItem
+
+
+def _init(k: int, text: str, status: str = "generating") -> bytes:
+    blocks = f'[{{"type":"text","text":"{text}"}}]' if text else "[]"
+    data = f'{{"message_id":"m","seq":{k},"status":"{status}","blocks":{blocks}}}'
+    return f"event: init\nid: {k}\ndata: {data}\n\n".encode()
+
+
+def _delta(k: int, text: str) -> bytes:
+    return f'event: text_delta\nid: {k}\ndata: {{"type":"text_delta","text":"{text}"}}\n\n'.encode()
+
+
+def _done(k: int, status: str = "completed") -> bytes:
+    return f'event: done\nid: {k}\ndata: {{"type":"done","status":"{status}"}}\n\n'.encode()
+
+
+class _Dropping(httpx.SyncByteStream):
+    """Yields ``chunks``, then fails like a connection cut by the peer."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
+        raise httpx.RemoteProtocolError("peer closed connection")
+
+
+def test_stream_reconnects_with_last_event_id_and_init_replaces_the_state() -> None:
+    """A drop before done reconnects with Last-Event-ID; the new init replaces the fold."""
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("last-event-id"))
+        sse = {"content-type": "text/event-stream"}
+        if len(seen) == 1:
+            chunks = [_init(0, ""), _delta(1, "a"), _delta(2, "b")]
+            return httpx.Response(200, headers=sse, stream=_Dropping(chunks))
+        body = _init(3, "abc") + _delta(4, "d") + _done(5)
+        return httpx.Response(200, headers=sse, content=body)
+
+    with Client("http://t", "tok", transport=httpx.MockTransport(handler)) as c:
+        fold = c.follow("m", backoff_s=0)
+    assert seen == [None, "2"]
+    assert fold.inits == 2
+    assert list(fold.blocks) == [TextBlock("abcd")]
+    assert fold.done is not None
+    assert fold.done.status == "completed"
+
+
+def test_fold_rejects_a_missing_or_repeated_id() -> None:
+    """MessageFold raises StreamGapError on a gap or a duplicate after init."""
+    from turnlog_reducer import TextDelta
+
+    from turnlog.client import Init
+
+    fold = MessageFold()
+    fold.feed(StreamItem("init", 2, Init("m", 2, "generating", MessageFold().blocks)))
+    fold.feed(StreamItem("text_delta", 3, TextDelta("x")))
+    with pytest.raises(StreamGapError):
+        fold.feed(StreamItem("text_delta", 3, TextDelta("x")))
+    with pytest.raises(StreamGapError):
+        fold.feed(StreamItem("text_delta", 5, TextDelta("x")))
+    with pytest.raises(StreamGapError):
+        fold.feed(StreamItem("init", 1, Init("m", 1, "generating", MessageFold().blocks)))
+
+
+def test_api_error_carries_status_and_detail() -> None:
+    """A 4xx answer raises ApiError with the server's detail."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(409, json={"detail": "conversation c is generating"})
+
+    with (
+        Client("http://t", "tok", transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(ApiError) as e,
+    ):
+        c.send("c", "hi")
+    assert e.value.status == 409
+    assert e.value.detail == "conversation c is generating"
