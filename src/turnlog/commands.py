@@ -1,0 +1,562 @@
+"""Commands: what a user can ask of turnlog, owner-gated, as domain events.
+
+Each command reads the rows it decides on, makes its ids and timestamps, and appends events
+with the version it read (retrying a lost version race a few times). The HTTP layer maps the
+errors: ``NotFound`` 404, ``ConversationBusy``/``Fenced``/``VersionConflict``/``NotGenerating``
+409, ``BadRequest``/``InvalidEvent`` 400, ``TooLarge`` 413, ``Unavailable`` 503.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import uuid
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import psycopg
+
+from turnlog.config import Settings
+from turnlog.generation.engine import Engine, Turn, interrupt_events, utcnow
+from turnlog.log import events as ev
+from turnlog.log.projection import (
+    Conversation,
+    ConversationBusy,
+    ConversationRecord,
+    DomainError,
+    Fenced,
+    Message,
+    MessageRecord,
+    NotFound,
+)
+from turnlog.log.store import Appended, Store
+from turnlog.providers import validate_model, validate_options
+
+MAX_TITLE_CHARS = 500
+MAX_CLIENT_ID_CHARS = 200
+MAX_PAGE = 100
+
+
+class BadRequest(DomainError):
+    pass
+
+
+class TooLarge(DomainError):
+    pass
+
+
+class NotGenerating(DomainError):
+    pass
+
+
+class Unavailable(DomainError):
+    pass
+
+
+# -- request bodies (strict: unknown fields and wrong types are 400) -----------------------
+
+
+class ConversationIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    title: str | None = None
+    model: str | None = None
+    options: dict[str, Any] | None = None
+    system_prompt: str | None = None
+
+
+class ConversationPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    title: str | msgspec.UnsetType | None = msgspec.UNSET
+    model: str | msgspec.UnsetType = msgspec.UNSET
+    options: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    system_prompt: str | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class MessageIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    content: str
+    client_message_id: str | None = None
+    options: dict[str, Any] | None = None
+
+
+class EditIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    content: str
+
+
+class ToolResultIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    tool_call_id: str
+    content: str
+
+
+class Sent(msgspec.Struct, frozen=True):
+    user_message: Message
+    assistant_message: Message
+    created: bool
+
+
+class Chat:
+    """The commands, bound to one store and engine."""
+
+    def __init__(self, store: Store, engine: Engine, settings: Settings) -> None:
+        self.store = store
+        self.engine = engine
+        self.settings = settings
+
+    def now(self) -> datetime:
+        return self.engine.now()
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def _text(self, name: str, value: str, *, limit: int | None = None) -> None:
+        limit = self.settings.max_message_chars if limit is None else limit
+        if len(value) > limit:
+            raise TooLarge(f"{name} is {len(value)} characters; the limit is {limit}")
+
+    def _content(self, value: str) -> None:
+        if not value.strip():
+            raise BadRequest("content must not be empty")
+        self._text("content", value)
+
+    def _model(self, model: str, options: dict[str, Any]) -> None:
+        try:
+            validate_model(model)
+            validate_options(model, options)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+
+    async def conversation(self, owner: str, cid: uuid.UUID) -> ConversationRecord:
+        record = await self.store.get_conversation(cid)
+        # Another user's conversation is "not found": its existence is not revealed.
+        if record is None or record.owner != owner:
+            raise NotFound(f"conversation {cid} not found")
+        return record
+
+    async def message(self, owner: str, mid: uuid.UUID) -> tuple[MessageRecord, ConversationRecord]:
+        row = await self.store.get_message(mid)
+        if row is None:
+            raise NotFound(f"message {mid} not found")
+        conv = await self.store.get_conversation(row.message.conversation_id)
+        if conv is None or conv.owner != owner:
+            raise NotFound(f"message {mid} not found")
+        return row, conv
+
+    # -- conversations ---------------------------------------------------------------------
+
+    async def create_conversation(self, owner: str, body: ConversationIn) -> Conversation:
+        model = body.model or self.settings.default_model
+        options = body.options or {}
+        self._model(model, options)
+        if body.title is not None:
+            self._text("title", body.title, limit=MAX_TITLE_CHARS)
+        if body.system_prompt is not None:
+            self._text("system_prompt", body.system_prompt)
+        cid = uuid.uuid4()
+        done = await self.store.append(
+            cid,
+            [
+                ev.ConversationCreated(
+                    at=self.now(),
+                    conversation_id=cid,
+                    owner=owner,
+                    title=body.title,
+                    model=model,
+                    options=options,
+                    system_prompt=body.system_prompt,
+                )
+            ],
+            expected_version=0,
+            actor=owner,
+        )
+        assert done.conversation is not None
+        return done.conversation.conversation
+
+    async def list_conversations(
+        self, owner: str, *, limit: int, cursor: str | None
+    ) -> tuple[list[Conversation], str | None]:
+        if not 1 <= limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+        before = _decode_cursor(cursor) if cursor else None
+        rows = await self.store.list_conversations(owner, limit=limit + 1, before=before)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        nxt = _encode_cursor(rows[-1].conversation) if more and rows else None
+        return [r.conversation for r in rows], nxt
+
+    async def update_conversation(
+        self, owner: str, cid: uuid.UUID, patch: ConversationPatch
+    ) -> Conversation:
+        if isinstance(patch.title, str):
+            self._text("title", patch.title, limit=MAX_TITLE_CHARS)
+        if isinstance(patch.system_prompt, str):
+            self._text("system_prompt", patch.system_prompt)
+
+        async def attempt() -> Appended:
+            conv = await self.conversation(owner, cid)
+            c = conv.conversation
+            model = c.model if isinstance(patch.model, msgspec.UnsetType) else patch.model
+            options = c.options if isinstance(patch.options, msgspec.UnsetType) else patch.options
+            self._model(model, options)
+            return await self.store.append(
+                cid,
+                [
+                    ev.ConversationUpdated(
+                        at=self.now(),
+                        title=patch.title,
+                        model=patch.model,
+                        options=patch.options,
+                        system_prompt=patch.system_prompt,
+                    )
+                ],
+                expected_version=c.version,
+                actor=owner,
+            )
+
+        done = await self.store.retrying(attempt)
+        assert done.conversation is not None
+        return done.conversation.conversation
+
+    async def delete_conversation(self, owner: str, cid: uuid.UUID) -> None:
+        async def attempt() -> Appended:
+            conv = await self.conversation(owner, cid)
+            return await self.store.append(
+                cid,
+                [ev.ConversationDeleted(at=self.now())],
+                expected_version=conv.conversation.version,
+                actor=owner,
+            )
+
+        await self.store.retrying(attempt)
+        for mid in self.engine.running_ids():
+            gen = self.engine.running(mid)
+            if gen is not None and gen.turn.conversation_id == cid:
+                gen.cancel("aborted")
+
+    # -- messages --------------------------------------------------------------------------
+
+    async def send(self, owner: str, cid: uuid.UUID, body: MessageIn) -> Sent:
+        self._content(body.content)
+        if body.client_message_id is not None:
+            if not body.client_message_id:
+                raise BadRequest("client_message_id must not be empty")
+            self._text("client_message_id", body.client_message_id, limit=MAX_CLIENT_ID_CHARS)
+        conv = await self.conversation(owner, cid)
+        if body.client_message_id is not None:
+            again = await self._sent_before(cid, body.client_message_id)
+            if again is not None:
+                return again
+        if body.options is not None:
+            self._model(conv.conversation.model, {**conv.conversation.options, **body.options})
+        if self.engine.draining:
+            raise Unavailable("the server is shutting down; try again in a moment")
+
+        turn: Turn | None = None
+
+        async def attempt() -> Appended:
+            nonlocal turn
+            conv = await self.conversation(owner, cid)
+            c = conv.conversation
+            if c.state == "generating" and await self._repair_orphans(cid):
+                conv = await self.conversation(owner, cid)
+                c = conv.conversation
+            if c.state != "idle":
+                raise ConversationBusy(
+                    f"conversation {cid} is {c.state.replace('_', ' ')}; "
+                    "wait for it, cancel the running answer or answer the pending question"
+                )
+            now = self.now()
+            user_id = uuid.uuid4()
+            turn = Turn(
+                conversation_id=cid,
+                message_id=uuid.uuid4(),
+                attempt=uuid.uuid4(),
+                seq=conv.last_seq + 2,
+                model=c.model,
+            )
+            return await self.store.append(
+                cid,
+                [
+                    ev.UserMessageSent(
+                        at=now,
+                        message_id=user_id,
+                        seq=conv.last_seq + 1,
+                        content=body.content,
+                        client_message_id=body.client_message_id,
+                        options=body.options,
+                    ),
+                    ev.AssistantTurnStarted(
+                        at=now,
+                        message_id=turn.message_id,
+                        seq=turn.seq,
+                        attempt=turn.attempt,
+                        model=c.model,
+                        reply_to=user_id,
+                    ),
+                ],
+                expected_version=c.version,
+                actor=owner,
+                instance_id=self.engine.instance_id,
+            )
+
+        try:
+            done = await self.store.retrying(attempt)
+        except psycopg.errors.UniqueViolation:
+            # The same client_message_id sent twice at once: the unique key let one in.
+            again = None
+            if body.client_message_id is not None:
+                again = await self._sent_before(cid, body.client_message_id)
+            if again is None:
+                raise
+            return again
+        assert turn is not None
+        self.engine.start(turn)
+        user, assistant = done.messages
+        return Sent(user.message, assistant.message, created=True)
+
+    async def _sent_before(self, cid: uuid.UUID, client_message_id: str) -> Sent | None:
+        found = await self.store.find_sent(cid, client_message_id)
+        if found is None:
+            return None
+        user, assistant = found
+        if assistant is None:
+            return None
+        return Sent(user.message, assistant.message, created=False)
+
+    async def list_messages(self, owner: str, cid: uuid.UUID) -> list[Message]:
+        await self.conversation(owner, cid)
+        return [r.message for r in await self.store.list_messages(cid)]
+
+    async def edit(self, owner: str, cid: uuid.UUID, mid: uuid.UUID, body: EditIn) -> Message:
+        self._content(body.content)
+
+        async def attempt() -> Appended:
+            conv = await self.conversation(owner, cid)
+            row = await self.store.get_message(mid)
+            if row is None or row.message.conversation_id != cid:
+                raise NotFound(f"message {mid} not found")
+            if row.message.role != "user":
+                raise BadRequest(
+                    f"message {mid} is an {row.message.role} message; "
+                    "only user messages can be edited"
+                )
+            return await self.store.append(
+                cid,
+                [ev.UserMessageEdited(at=self.now(), message_id=mid, content=body.content)],
+                expected_version=conv.conversation.version,
+                actor=owner,
+            )
+
+        done = await self.store.retrying(attempt)
+        return done.messages[0].message
+
+    async def cancel(self, owner: str, mid: uuid.UUID) -> Message:
+        row, _ = await self.message(owner, mid)
+        if row.message.status != "generating":
+            raise NotGenerating(f"message {mid} is {row.message.status}, not generating")
+        if not await self.engine.cancel(mid):
+            # Not running here (its process died, or another one runs it): end it in the
+            # store; the old worker, if any, is fenced off from then on.
+            await self._end_elsewhere(row, aborted=True, reason="cancelled")
+        after = await self.store.get_message(mid)
+        if after is None:
+            raise NotFound(f"message {mid} not found")
+        if after.message.status != "aborted":
+            raise NotGenerating(f"message {mid} is {after.message.status}, not generating")
+        return after.message
+
+    async def retry(self, owner: str, mid: uuid.UUID) -> Message:
+        if self.engine.draining:
+            raise Unavailable("the server is shutting down; try again in a moment")
+        turn: Turn | None = None
+
+        async def attempt() -> Appended:
+            nonlocal turn
+            row, conv = await self.message(owner, mid)
+            m = row.message
+            if m.role != "assistant" or m.status not in ("interrupted", "error", "aborted"):
+                raise NotGenerating(
+                    f"message {mid} is a {m.status} {m.role} message; only interrupted, "
+                    "failed or aborted assistant messages can be retried"
+                )
+            c = conv.conversation
+            if c.state != "idle":
+                raise ConversationBusy(f"conversation {c.id} is {c.state.replace('_', ' ')}")
+            turn = Turn(
+                conversation_id=c.id,
+                message_id=uuid.uuid4(),
+                attempt=uuid.uuid4(),
+                seq=conv.last_seq + 1,
+                model=c.model,
+            )
+            return await self.store.append(
+                c.id,
+                [
+                    ev.AssistantTurnStarted(
+                        at=self.now(),
+                        message_id=turn.message_id,
+                        seq=turn.seq,
+                        attempt=turn.attempt,
+                        model=c.model,
+                        reply_to=m.reply_to,
+                        retry_of=mid,
+                    )
+                ],
+                expected_version=c.version,
+                actor=owner,
+                instance_id=self.engine.instance_id,
+            )
+
+        done = await self.store.retrying(attempt)
+        assert turn is not None
+        self.engine.start(turn)
+        return done.messages[0].message
+
+    async def tool_result(
+        self, owner: str, mid: uuid.UUID, body: ToolResultIn
+    ) -> tuple[Message, Message | None]:
+        self._text("content", body.content)
+        if self.engine.draining:
+            raise Unavailable("the server is shutting down; try again in a moment")
+        turn: Turn | None = None
+
+        async def attempt() -> Appended:
+            nonlocal turn
+            turn = None
+            row, conv = await self.message(owner, mid)
+            if body.tool_call_id not in row.awaiting_user or (
+                body.tool_call_id not in row.open_tool_calls
+            ):
+                raise BadRequest(
+                    f"message {mid} has no question {body.tool_call_id!r} waiting for an "
+                    "answer"
+                    + (
+                        f"; waiting: {', '.join(row.open_tool_calls)}"
+                        if row.open_tool_calls
+                        else ""
+                    )
+                )
+            c = conv.conversation
+            call = next(
+                (b for b in row.message.blocks if getattr(b, "id", None) == body.tool_call_id),
+                None,
+            )
+            now = self.now()
+            batch: list[ev.DomainEvent] = [
+                ev.ToolResultRecorded(
+                    at=now,
+                    message_id=uuid.uuid4(),
+                    seq=conv.last_seq + 1,
+                    reply_to=mid,
+                    tool_call_id=body.tool_call_id,
+                    tool_name=getattr(call, "name", "ask_user"),
+                    content=body.content,
+                )
+            ]
+            still_open = [t for t in row.open_tool_calls if t != body.tool_call_id]
+            if not still_open:
+                turn = Turn(
+                    conversation_id=c.id,
+                    message_id=uuid.uuid4(),
+                    attempt=uuid.uuid4(),
+                    seq=conv.last_seq + 2,
+                    model=c.model,
+                )
+                batch.append(
+                    ev.AssistantTurnStarted(
+                        at=now,
+                        message_id=turn.message_id,
+                        seq=turn.seq,
+                        attempt=turn.attempt,
+                        model=c.model,
+                        reply_to=row.message.reply_to,
+                    )
+                )
+            return await self.store.append(
+                c.id,
+                batch,
+                expected_version=c.version,
+                actor=owner,
+                instance_id=self.engine.instance_id,
+            )
+
+        done = await self.store.retrying(attempt)
+        if turn is not None:
+            self.engine.start(turn)
+        by_role = {r.message.role: r.message for r in done.messages}
+        return by_role["tool"], by_role.get("assistant") if turn is not None else None
+
+    # -- recovery --------------------------------------------------------------------------
+
+    async def interrupt(self, row: MessageRecord, reason: str) -> None:
+        """End a generating row whose generation is gone, keeping its stored blocks."""
+        await self._end_elsewhere(row, aborted=False, reason=reason)
+
+    async def _end_elsewhere(self, row: MessageRecord, *, aborted: bool, reason: str) -> None:
+        """End a generating row from outside its generation (cancel, recovery), closing
+        its unfinished tool calls. If it ended meanwhile, or its conversation was deleted,
+        there is nothing left to do: the outcome is the same."""
+        closing = interrupt_events(row)
+        common: dict[str, Any] = {
+            "at": self.now(),
+            "message_id": row.message.id,
+            "attempt": None,
+            "events": closing,
+            "stream_seq": row.stream_seq + len(closing),
+        }
+        event = ev.TurnAborted(**common) if aborted else ev.TurnInterrupted(**common, reason=reason)
+        with contextlib.suppress(Fenced, NotFound):
+            await self.store.append(row.message.conversation_id, [event])
+
+    async def repair_if_orphan(self, row: MessageRecord) -> MessageRecord:
+        """Mark ``row`` interrupted if it is generating with no living generation."""
+        mid = row.message.id
+        if row.message.status != "generating":
+            return row
+        mine = self.engine.running(mid) is not None
+        if not await self.store.is_orphan(mid, me=self.engine.instance_id, mine=mine):
+            return row
+        await self.interrupt(row, "its generation is gone (the process died)")
+        return await self.store.get_message(mid) or row
+
+    async def _repair_orphans(self, cid: uuid.UUID) -> bool:
+        repaired = False
+        for row in await self.store.list_messages(cid):
+            if row.message.status == "generating":
+                after = await self.repair_if_orphan(row)
+                repaired = repaired or after.message.status != "generating"
+        return repaired
+
+    async def sweep(self) -> int:
+        """At startup: interrupt every generating row whose process is gone."""
+        rows = await self.store.orphans(me=self.engine.instance_id, mine=self.engine.running_ids())
+        for row in rows:
+            await self.interrupt(row, "the server restarted")
+        return len(rows)
+
+
+def _encode_cursor(c: Conversation) -> str:
+    raw = f"{c.created_at.isoformat()}|{c.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, _, cid = raw.partition("|")
+        return datetime.fromisoformat(at), uuid.UUID(cid)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadRequest(f"cursor {cursor!r} is not one this server gave out") from None
+
+
+__all__ = [
+    "BadRequest",
+    "Chat",
+    "ConversationIn",
+    "ConversationPatch",
+    "EditIn",
+    "MessageIn",
+    "NotGenerating",
+    "Sent",
+    "TooLarge",
+    "ToolResultIn",
+    "Unavailable",
+    "utcnow",
+]

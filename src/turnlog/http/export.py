@@ -1,0 +1,96 @@
+"""Conversation export, rendered on the server from stored rows only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from turnlog_reducer import ReasoningBlock, TextBlock, ToolCallBlock
+
+from turnlog.log.projection import Conversation, Message
+
+SUPPORTED = ("en", "ru", "pl")
+
+_WORDS: dict[str, dict[str, str]] = {
+    "en": {
+        "untitled": "Conversation",
+        "model": "Model",
+        "user": "You",
+        "assistant": "Assistant",
+        "tool": "Tool result",
+        "system": "System",
+        "reasoning": "Reasoning",
+        "tool_call": "Tool call",
+        "edited": "edited",
+        "generating": "still generating",
+        "interrupted": "interrupted",
+        "error": "failed",
+        "aborted": "stopped",
+    },
+    "ru": {
+        "untitled": "Разговор",
+        "model": "Модель",
+        "user": "Вы",
+        "assistant": "Ассистент",
+        "tool": "Результат инструмента",
+        "system": "Система",
+        "reasoning": "Рассуждение",
+        "tool_call": "Вызов инструмента",
+        "edited": "изменено",
+        "generating": "ещё генерируется",
+        "interrupted": "прервано",
+        "error": "ошибка",
+        "aborted": "остановлено",
+    },
+    "pl": {
+        "untitled": "Rozmowa",
+        "model": "Model",
+        "user": "Ty",
+        "assistant": "Asystent",
+        "tool": "Wynik narzędzia",
+        "system": "System",
+        "reasoning": "Rozumowanie",
+        "tool_call": "Wywołanie narzędzia",
+        "edited": "edytowano",
+        "generating": "wciąż generowane",
+        "interrupted": "przerwane",
+        "error": "błąd",
+        "aborted": "zatrzymane",
+    },
+}
+
+
+def normalize_lang(tag: str | None) -> str:
+    """Any BCP 47 tag (``en-US``, ``ru_RU``, ``pl``, junk) to a supported language; never
+    an error: unknown or malformed tags fall back to English."""
+    if not tag:
+        return "en"
+    primary = tag.strip().replace("_", "-").split("-", 1)[0].lower()
+    return primary if primary in SUPPORTED else "en"
+
+
+def markdown(conv: Conversation, messages: Sequence[Message], lang: str) -> str:
+    w = _WORDS.get(lang, _WORDS["en"])
+    out = [f"# {conv.title or w['untitled']}", "", f"_{w['model']}: {conv.model}_", ""]
+    for m in messages:
+        heading = w[m.role] + (f" ({m.tool_name})" if m.role == "tool" and m.tool_name else "")
+        notes = []
+        if m.edited_content is not None:
+            notes.append(w["edited"])
+        if m.status != "completed":
+            notes.append(w[m.status])
+        out.append(f"## {heading}" + (f" _({', '.join(notes)})_" if notes else ""))
+        out.append("")
+        if m.role == "assistant":
+            for block in m.blocks:
+                if isinstance(block, TextBlock):
+                    out += [block.text, ""]
+                elif isinstance(block, ReasoningBlock):
+                    quoted = "\n".join("> " + line for line in block.text.splitlines())
+                    out += [f"> **{w['reasoning']}**", ">", quoted, ""]
+                elif isinstance(block, ToolCallBlock):
+                    args = block.arguments_text or "{}"
+                    out += [f"**{w['tool_call']}: `{block.name}`**", "", "```json", args, "```", ""]
+        else:
+            text = m.edited_content if m.edited_content is not None else (m.content or "")
+            out += [text, ""]
+    return "\n".join(out).rstrip() + "\n"
