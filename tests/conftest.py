@@ -1,10 +1,15 @@
-"""Shared pytest setup: Hypothesis profiles (`dev` locally, `ci` under CI=true)."""
+"""Shared pytest setup: Hypothesis profiles (`dev` locally, `ci` under CI=true) and the
+PostgreSQL fixtures every storage and end-to-end test uses (see tests/pg.py)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from tests import pg
 
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile(
@@ -16,3 +21,16 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server for the whole session (embedded, or TURNLOG_TEST_DATABASE_URL)."""
+    yield from pg.server_url(tmp_path_factory)
+
+
+@pytest.fixture
+def fresh_db(pg_server: str) -> Iterator[str]:
+    """The URL of a new, empty database (no schema), dropped after the test."""
+    with pg.fresh_database(pg_server) as url:
+        yield url

@@ -281,32 +281,49 @@ class Engine:
             await anyio.sleep(self.settings.checkpoint_s)
             if not gen.pending:
                 continue
-            async with gen.write_lock:
-                events, seq = gen.take_pending()
-                try:
-                    await self.store.append(
-                        gen.turn.conversation_id,
-                        [
-                            ev.TurnCheckpointed(
-                                at=self.now(),
-                                message_id=gen.turn.message_id,
-                                attempt=gen.turn.attempt,
-                                events=events,
-                                stream_seq=seq,
-                            )
-                        ],
-                    )
-                    gen.stored_seq = seq
-                except DomainError as exc:
-                    # Fenced (the row was ended elsewhere) or the conversation is gone.
-                    log.warning("generation fenced off; stopping", reason=str(exc))
-                    gen.fenced = True
-                    gen.scope.cancel()
-                    return
-                except Exception:
-                    # The database blipped: keep the events for the next checkpoint.
-                    gen.pending[:0] = list(events)
-                    log.warning("checkpoint failed; will retry", exc_info=True)
+            # Shielded: the step's end cancels this task, and a cancel landing inside the
+            # write would lose the events it had taken (or store them unacknowledged).
+            with anyio.CancelScope(shield=True):
+                async with gen.write_lock:
+                    events, seq = gen.take_pending()
+                    try:
+                        await self.store.append(
+                            gen.turn.conversation_id,
+                            [
+                                ev.TurnCheckpointed(
+                                    at=self.now(),
+                                    message_id=gen.turn.message_id,
+                                    attempt=gen.turn.attempt,
+                                    events=events,
+                                    stream_seq=seq,
+                                )
+                            ],
+                        )
+                        gen.stored_seq = seq
+                    except DomainError as exc:
+                        # Fenced (the row was ended elsewhere) or the conversation is gone.
+                        log.warning("generation fenced off; stopping", reason=str(exc))
+                        gen.fenced = True
+                        gen.scope.cancel()
+                        return
+                    except Exception:
+                        log.warning("checkpoint failed; will retry", exc_info=True)
+                        await self._recover_checkpoint(gen, events, seq)
+
+    async def _recover_checkpoint(
+        self, gen: Generation, events: tuple[StreamEvent, ...], seq: int
+    ) -> None:
+        """After a failed checkpoint write, keep its events for the next one -- unless the
+        write did commit and only its answer was lost: sending them again would store the
+        text twice. The row's stream seq tells which."""
+        try:
+            row = await self.store.get_message(gen.turn.message_id)
+        except Exception:
+            row = None  # still unreachable: the next write's fence check decides
+        if row is not None and row.stream_seq >= seq:
+            gen.stored_seq = seq
+            return
+        gen.pending[:0] = list(events)
 
     def _close_open_calls(self, gen: Generation) -> None:
         """Mark tool calls the step left unfinished as ready with null arguments."""

@@ -86,16 +86,20 @@ class FeedHub:
         feeds = self._feeds.get(appended.conversation_id)
         if not feeds:
             return
-        v = appended.version
-        frames = [
-            (v, frame("message", v, _encoder.encode(_MessageChange(r.message, v))))
-            for r in appended.messages
-        ]
         conv = appended.conversation
-        change = _ConversationChange(
-            None if conv is None else conv.conversation, v, deleted=conv is None
-        )
-        frames.append((v, frame("conversation", v, _encoder.encode(change))))
+        frames: list[tuple[int, bytes]] = []
+        for change in appended.changes:
+            v = change.version
+            frames += [
+                (v, frame("message", v, _encoder.encode(_MessageChange(m, v))))
+                for m in change.messages
+            ]
+        last = appended.version
+        if conv is None or any(c.conversation_changed for c in appended.changes):
+            change_ = _ConversationChange(
+                None if conv is None else conv.conversation, last, deleted=conv is None
+            )
+            frames.append((last, frame("conversation", last, _encoder.encode(change_))))
         for feed in list(feeds):
             for item in frames:
                 feed.push(item)

@@ -44,19 +44,42 @@ class VersionConflict(DomainError):
     """Another writer appended to the conversation since the caller read it."""
 
 
+class Change(msgspec.Struct, frozen=True):
+    """What one stored event changed in public view: the messages whose API shape changed
+    and whether the conversation's did (beyond its version and updated_at)."""
+
+    version: int
+    messages: tuple[Message, ...]
+    conversation_changed: bool
+
+
 class Appended(msgspec.Struct, frozen=True):
     """The result of one append: the conversation after it (None once deleted), every
-    message row the events created or changed (final state, seq order) and the events with
-    their versions."""
+    message row the events created or changed (final state, seq order), the events with
+    their versions, and per event what changed in public view (for the live feeds)."""
 
     conversation_id: uuid.UUID
     conversation: ConversationRecord | None
     messages: tuple[MessageRecord, ...]
     events: tuple[tuple[int, DomainEvent], ...]
+    changes: tuple[Change, ...] = ()
 
     @property
     def version(self) -> int:
         return self.events[-1][0]
+
+
+def _public_change(before: ConversationRecord | None, after: ConversationRecord | None) -> bool:
+    if before is None or after is None:
+        return True
+    a, b = before.conversation, after.conversation
+    return (a.title, a.model, a.options, a.system_prompt, a.state) != (
+        b.title,
+        b.model,
+        b.options,
+        b.system_prompt,
+        b.state,
+    )
 
 
 class _RawJson(Loader):
@@ -308,10 +331,17 @@ class Store:
             changed: dict[uuid.UUID, MessageRecord] = {}
             stored: list[tuple[int, DomainEvent]] = []
             deleted = False
+            changes: list[Change] = []
             for event in events:
                 check(conv, messages, event)
                 version += 1
                 outcome = evolve(conv, messages, event, version)
+                public = tuple(
+                    row.message
+                    for row in outcome.messages
+                    if (old := messages.get(row.message.id)) is None or old.message != row.message
+                )
+                changes.append(Change(version, public, _public_change(conv, outcome.conversation)))
                 conv = outcome.conversation
                 for row in outcome.messages:
                     messages[row.message.id] = row
@@ -347,7 +377,7 @@ class Store:
                         _UPSERT_MESSAGE, [message_params(r) for r in rows]
                     )
                 await self._update_leases(conn, rows, instance_id)
-        appended = Appended(conversation_id, conv, rows, tuple(stored))
+        appended = Appended(conversation_id, conv, rows, tuple(stored), tuple(changes))
         if self._on_append is not None:
             self._on_append(appended)
         return appended
