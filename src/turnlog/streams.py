@@ -1,0 +1,472 @@
+"""The in-memory stream registry: one live stream per generating assistant message.
+
+General layout::
+
+    StreamRegistry            message id -> LiveStream; drops finished streams after a linger
+      LiveStream              folded blocks + seq + a ring of SSE frames, each encoded once
+        Subscription          one reader's cursor into that ring; yields SSE frames (bytes)
+
+Why it is shaped this way (issue 4, "design for scale": 500 subscribers on one stream):
+
+* ``publish`` folds the event with the shared reducer, numbers it, encodes its SSE frame
+  exactly once and stores it in a ring indexed by seq. It then sets one broadcast event.
+  It never awaits and never touches a subscriber: its cost does not depend on how many
+  subscribers there are (beyond the event loop waking the ones that wait).
+* A subscription is only a cursor (the last seq it handed out) into that shared ring. The
+  stream keeps no list of subscribers, so a subscriber that stops reading holds no buffer of
+  its own and cannot slow anyone down. When it reads again and its cursor has fallen out of
+  the ring, it gets a fresh ``init`` at the current seq (resynchronised) and carries on.
+* ``subscribe`` reads the blocks and their seq and places the cursor in one synchronous call.
+  asyncio runs one task at a time and nothing in between awaits, so no ``publish`` can slip
+  between the snapshot and the cursor: no delta is duplicated or missed, and no lock is
+  needed.
+* A subscriber always gets a snapshot and the suffix after it at one offset, never a suffix
+  alone (BACKGROUND.md, "OpenAI background responses"); ``Last-Event-ID`` therefore only
+  tells us the client reconnects — it is answered with init at the current seq.
+
+Numbering: the first event after the stored checkpoint ``seq`` gets ``seq + 1``. ``finish``
+publishes the ``done`` event under the next seq D; the blocks are final at D - 1, so a
+subscriber to a finished stream gets ``init`` at D - 1 with the final status, then ``done``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Final
+from uuid import UUID
+
+import anyio
+import anyio.lowlevel
+import msgspec
+from turnlog_reducer import (
+    EMPTY,
+    Block,
+    Blocks,
+    Done,
+    StreamEvent,
+    apply_stream_event,
+    encode_blocks,
+    encode_event,
+)
+
+__all__ = [
+    "LiveStream",
+    "StreamAlreadyOpen",
+    "StreamError",
+    "StreamFinished",
+    "StreamRegistry",
+    "Subscription",
+    "event_frame",
+    "init_frame",
+]
+
+GENERATING: Final = "generating"
+
+
+class StreamError(Exception):
+    """Base of the registry's errors.
+
+    StreamError
+      ├── StreamAlreadyOpen   open() for a message whose stream is still live
+      └── StreamFinished      publish()/finish() on a stream that already finished
+    """
+
+
+class StreamAlreadyOpen(StreamError):
+    """A live, unfinished stream already exists for this message."""
+
+
+class StreamFinished(StreamError):
+    """The stream already published its ``done`` event; nothing may follow it."""
+
+
+# --------------------------------------------------------------------------- SSE frames
+
+_EVENT_NAMES: dict[type, bytes] = {}
+
+
+def _event_name(event: StreamEvent) -> bytes:
+    """The SSE event name of ``event``: its msgspec tag (``text_delta``, …, ``done``)."""
+    cls = type(event)
+    name = _EVENT_NAMES.get(cls)
+    if name is None:
+        tag = cls.__struct_config__.tag
+        if not isinstance(tag, str):  # pragma: no cover - the reducer tags every event
+            raise TypeError(f"{cls.__name__} has no string tag")
+        name = _EVENT_NAMES[cls] = tag.encode()
+    return name
+
+
+def event_frame(seq: int, event: StreamEvent) -> bytes:
+    """The SSE frame of one stream event: ``event: <type>``, ``id: <seq>``, its JSON."""
+    return b"event: %b\nid: %d\ndata: %b\n\n" % (_event_name(event), seq, encode_event(event))
+
+
+def init_frame(message_id: UUID, seq: int, status: str, blocks: Blocks) -> bytes:
+    """The SSE ``init`` frame: the blocks after the first ``seq`` events, and the status.
+
+    Public so that the HTTP layer answers a stored (finished or repaired) row the same way.
+    """
+    data = b'{"message_id":"%b","seq":%d,"status":%b,"blocks":%b}' % (
+        str(message_id).encode(),
+        seq,
+        msgspec.json.encode(status),
+        encode_blocks(blocks),
+    )
+    return b"event: init\nid: %d\ndata: %b\n\n" % (seq, data)
+
+
+# --------------------------------------------------------------------------- the stream
+
+
+class LiveStream:
+    """The live state of one generating message, and the frames subscribers read."""
+
+    __slots__ = (
+        "__weakref__",  # lets tests prove a dropped stream is freed
+        "_base",
+        "_blocks",
+        "_done",
+        "_init_cache",
+        "_on_finish",
+        "_ring",
+        "_ring_size",
+        "_seq",
+        "_subscribers",
+        "_wakeup",
+        "finished_at",
+        "message_id",
+    )
+
+    def __init__(
+        self,
+        message_id: UUID,
+        *,
+        blocks: Sequence[Block] = EMPTY,
+        seq: int = 0,
+        ring_size: int = 4096,
+        on_finish: Callable[[LiveStream], None] | None = None,
+    ) -> None:
+        if seq < 0:
+            raise ValueError(f"seq must be >= 0, got {seq}")
+        if ring_size < 1:
+            raise ValueError(f"ring_size must be >= 1, got {ring_size}")
+        self.message_id: Final = message_id
+        self._blocks = blocks if isinstance(blocks, Blocks) else Blocks(blocks)
+        self._seq = seq
+        # The frame of seq s lives at _ring[(s - _base) % _ring_size]. The list grows up to
+        # _ring_size and then wraps, so a short answer costs only the frames it produced.
+        self._base = seq + 1
+        self._ring: list[bytes] = []
+        self._ring_size = ring_size
+        self._done: Done | None = None
+        self._init_cache: tuple[int, bytes] | None = None
+        # Created only when a subscriber has to wait, so publish allocates nothing when
+        # every subscriber is behind (or there are none). Replaced after every wake-up.
+        self._wakeup: anyio.Event | None = None
+        self._on_finish = on_finish
+        self._subscribers = 0
+        self.finished_at: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<LiveStream {self.message_id} seq={self._seq} status={self.status}>"
+
+    @property
+    def blocks(self) -> Blocks:
+        """The blocks folded from the checkpoint and every event published since."""
+        return self._blocks
+
+    @property
+    def seq(self) -> int:
+        """The seq of the last published event (``done`` included); the checkpoint's if none."""
+        return self._seq
+
+    @property
+    def finished(self) -> bool:
+        """Whether ``finish`` has published the ``done`` event."""
+        return self._done is not None
+
+    @property
+    def status(self) -> str | None:
+        """The final status from ``done``; ``None`` while generating."""
+        return None if self._done is None else self._done.status
+
+    @property
+    def done(self) -> Done | None:
+        """The ``done`` event, once finished."""
+        return self._done
+
+    @property
+    def subscriber_count(self) -> int:
+        """Subscriptions neither closed nor ended (for metrics)."""
+        return self._subscribers
+
+    def publish(self, event: StreamEvent) -> int:
+        """Fold ``event``, give it the next seq, encode its frame once, wake subscribers.
+
+        Synchronous: it never awaits and never waits for a subscriber. An event invalid in
+        context raises ``StreamProtocolError`` and leaves the stream unchanged. A ``Done``
+        is handed to ``finish``. Returns the event's seq.
+        """
+        if isinstance(event, Done):
+            self.finish(event)
+            return self._seq
+        if self._done is not None:
+            raise StreamFinished(f"stream of message {self.message_id} already finished")
+        blocks = apply_stream_event(self._blocks, event)  # may raise: nothing changed yet
+        seq = self._seq + 1
+        self._append(seq, event_frame(seq, event))
+        self._blocks = blocks
+        self._seq = seq
+        self._wake()
+        return seq
+
+    def finish(self, done: Done) -> None:
+        """Publish the ``done`` event and mark the stream finished; later publishes raise."""
+        if self._done is not None:
+            raise StreamFinished(f"stream of message {self.message_id} already finished")
+        seq = self._seq + 1
+        self._append(seq, event_frame(seq, done))
+        self._seq = seq
+        self._done = done
+        self._wake()
+        if self._on_finish is not None:
+            self._on_finish(self)
+
+    def subscribe(self, after: int | None = None) -> Subscription:
+        """A reader starting with ``init`` at the current seq, then every later frame.
+
+        ``after`` is the client's ``Last-Event-ID``. It is accepted and deliberately not used
+        to skip the snapshot: the answer is always init at the current K (>= after) plus the
+        suffix, never a suffix alone, so a client can rebuild its state from this one answer.
+        Any value is accepted (a garbled or future id too): none can change that answer.
+        """
+        del after  # see above: the answer is the same for every Last-Event-ID
+        return Subscription(self)
+
+    # -- internals shared with Subscription ---------------------------------------------
+
+    def _append(self, seq: int, frame: bytes) -> None:
+        if len(self._ring) < self._ring_size:
+            self._ring.append(frame)
+        else:
+            self._ring[(seq - self._base) % self._ring_size] = frame
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set()
+
+    async def _wait(self) -> None:
+        if self._wakeup is None:
+            self._wakeup = anyio.Event()
+        await self._wakeup.wait()
+
+    def _oldest(self) -> int:
+        """The smallest seq whose frame is still in the ring."""
+        return max(self._base, self._seq - self._ring_size + 1)
+
+    def _frame(self, seq: int) -> bytes:
+        return self._ring[(seq - self._base) % self._ring_size]
+
+    def _snapshot(self) -> tuple[int, Blocks, bytes]:
+        """The current init: (K, blocks after K events, its frame), cached per K.
+
+        Many subscribers join or resynchronise at the same K (a burst of reconnects, a
+        broadcast that outran them all): the blocks are encoded once per K, not per reader.
+        """
+        # Keyed by the last seq, done included: finishing bumps it, so the live init at
+        # K and the final init at K (= D - 1, another status) never share a cache entry.
+        k = self._seq if self._done is None else self._seq - 1
+        cached = self._init_cache
+        if cached is None or cached[0] != self._seq:
+            status = GENERATING if self._done is None else self._done.status
+            frame = init_frame(self.message_id, k, status, self._blocks)
+            cached = self._init_cache = (self._seq, frame)
+        return k, self._blocks, cached[1]
+
+
+class Subscription:
+    """One reader of a live stream: an async iterator of SSE frames (bytes).
+
+    The first frame is ``init``; then every frame with seq > its K, in order; the iteration
+    ends after the ``done`` frame. A reader whose cursor fell out of the ring gets a fresh
+    ``init`` at the current seq instead of the frames it missed (and ``init_seq`` /
+    ``init_blocks`` then describe that latest init).
+
+    Use it from one task; ``close`` it when the client goes away.
+    """
+
+    __slots__ = ("_cursor", "_ended", "_init", "_stream", "init_blocks", "init_seq")
+
+    def __init__(self, stream: LiveStream) -> None:
+        # No await between reading the snapshot and placing the cursor: see module doc.
+        k, blocks, frame = stream._snapshot()
+        self._stream = stream
+        self.init_seq = k
+        self.init_blocks = blocks
+        self._cursor = k  # the last seq this reader was given (its init's K, at first)
+        self._init: bytes | None = frame  # pending init frame, sent first
+        self._ended = False
+        stream._subscribers += 1
+
+    @property
+    def stream(self) -> LiveStream:
+        """The stream read."""
+        return self._stream
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> bytes:
+        """The next frame, waiting for it if none is ready."""
+        frame = self._poll()
+        if frame is not None:
+            # A reader catching up on a backlog would never suspend; yield to the loop once
+            # per frame so a client loop that writes without suspending cannot starve it.
+            await anyio.lowlevel.checkpoint()
+            return frame
+        while True:
+            if self._ended:
+                raise StopAsyncIteration
+            await self._stream._wait()
+            frame = self._poll()
+            if frame is not None:
+                return frame
+
+    # ASYNC109: a cancel scope around __anext__ cannot tell "idle, send a ping" from "ended";
+    # returning None on idle keeps the HTTP layer's heartbeat loop one line.
+    async def next_frame(self, timeout: float) -> bytes | None:  # noqa: ASYNC109
+        """Like ``__anext__``, but ``None`` after ``timeout`` idle seconds (time to ping)."""
+        frame = self._poll()
+        if frame is not None:
+            await anyio.lowlevel.checkpoint()
+            return frame
+        with anyio.move_on_after(timeout):
+            while True:
+                if self._ended:
+                    raise StopAsyncIteration
+                await self._stream._wait()
+                frame = self._poll()
+                if frame is not None:
+                    return frame
+        return None
+
+    def close(self) -> None:
+        """Stop reading: later reads end the iteration. Idempotent."""
+        self._end()
+        self._init = None
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._stream._subscribers -= 1
+
+    def _poll(self) -> bytes | None:
+        """The next frame if one is ready, else ``None`` (and ``_ended`` says whether to stop)."""
+        if self._ended:
+            return None
+        stream = self._stream
+        if self._init is not None:
+            frame, self._init = self._init, None
+            return frame
+        wanted = self._cursor + 1
+        if wanted > stream._seq:
+            return None
+        if wanted < stream._oldest():
+            # Fell out of the ring: resynchronise at the current seq rather than hold the
+            # publisher or keep a private backlog. (If the stream finished meanwhile, this
+            # init is at D - 1 and the done frame follows.)
+            k, blocks, frame = stream._snapshot()
+            self._cursor, self.init_seq, self.init_blocks = k, k, blocks
+            return frame
+        self._cursor = wanted
+        if wanted == stream._seq and stream._done is not None:
+            self._end()
+        return stream._frame(wanted)
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+class StreamRegistry:
+    """Live streams by message id; finished ones linger ``linger_s`` for late subscribers."""
+
+    def __init__(self, *, linger_s: float = 5.0, ring_size: int = 4096) -> None:
+        if linger_s < 0:
+            raise ValueError(f"linger_s must be >= 0, got {linger_s}")
+        if ring_size < 1:
+            raise ValueError(f"ring_size must be >= 1, got {ring_size}")
+        self._linger_s = linger_s
+        self._ring_size = ring_size
+        self._streams: dict[UUID, LiveStream] = {}
+        # Finished streams in finish order. The linger is the same for all, so their drop
+        # deadlines are in this order too: the janitor only ever looks at the head.
+        self._expiring: deque[tuple[float, LiveStream]] = deque()
+        self._janitor_wakeup: anyio.Event | None = None
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def open(
+        self, message_id: UUID, *, blocks: Sequence[Block] = EMPTY, seq: int = 0
+    ) -> LiveStream:
+        """Start the stream of ``message_id``, from a stored checkpoint if one is given.
+
+        A finished stream still lingering under that id is replaced; a live one raises
+        ``StreamAlreadyOpen``.
+        """
+        self._purge()
+        existing = self._streams.get(message_id)
+        if existing is not None and not existing.finished:
+            raise StreamAlreadyOpen(f"message {message_id} already has a live stream")
+        stream = LiveStream(
+            message_id,
+            blocks=blocks,
+            seq=seq,
+            ring_size=self._ring_size,
+            on_finish=self._finished,
+        )
+        self._streams[message_id] = stream
+        return stream
+
+    def get(self, message_id: UUID) -> LiveStream | None:
+        """The stream of ``message_id``; ``None`` if there is none or it was dropped."""
+        self._purge()
+        return self._streams.get(message_id)
+
+    async def run(self) -> None:
+        """Drop finished streams ``linger_s`` after they finished, until cancelled.
+
+        Run it in the app's task group. ``get`` and ``open`` also drop expired streams when
+        they look, so correctness never depends on when this loop last ran; it is what
+        returns the memory when nobody looks.
+        """
+        while True:
+            self._purge()
+            if self._expiring:
+                await anyio.sleep(max(0.0, self._expiring[0][0] - anyio.current_time()))
+            else:
+                self._janitor_wakeup = anyio.Event()
+                await self._janitor_wakeup.wait()
+
+    def _finished(self, stream: LiveStream) -> None:
+        now = anyio.current_time()
+        stream.finished_at = now
+        self._expiring.append((now + self._linger_s, stream))
+        wakeup = self._janitor_wakeup
+        if wakeup is not None:
+            self._janitor_wakeup = None
+            wakeup.set()
+
+    def _purge(self) -> None:
+        if not self._expiring:
+            return
+        now = anyio.current_time()
+        while self._expiring and self._expiring[0][0] <= now:
+            _, stream = self._expiring.popleft()
+            # Only if it was not replaced by a newer stream for the same message.
+            if self._streams.get(stream.message_id) is stream:
+                del self._streams[stream.message_id]
