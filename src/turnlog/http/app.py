@@ -579,14 +579,12 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
 
     settings = rt.settings
     rt.loop = asyncio.get_running_loop()
-    embedded: EmbeddedPostgres | None = None
-    started_embedded = False
     if settings.database_url:
         url = settings.database_url
     else:
-        embedded = EmbeddedPostgres(settings.data_dir)
-        started_embedded = not await anyio.to_thread.run_sync(embedded.is_running)
-        url = await anyio.to_thread.run_sync(embedded.ensure_running)
+        # The embedded cluster outlives this process on purpose: a restart (or a crash)
+        # finds it running and reuses it; `turnlog db stop` stops it.
+        url = await anyio.to_thread.run_sync(EmbeddedPostgres(settings.data_dir).ensure_running)
     rt.database_url = url
     await anyio.to_thread.run_sync(apply_schema, url)
     pool = open_pool(url)
@@ -621,8 +619,6 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
         with anyio.CancelScope(shield=True):
             await lock_conn.close()
             await pool.close()
-            if embedded is not None and started_embedded:
-                await anyio.to_thread.run_sync(embedded.stop)
         log.info("stopped")
 
 
