@@ -174,7 +174,8 @@ class Server:
     def http(self, user: str | None = "alice", **kwargs: Any) -> httpx.Client:
         """A raw httpx client, authorized as ``user`` (None: no Authorization header)."""
         headers = {} if user is None else {"Authorization": f"Bearer {make_token(user)}"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=10.0, **kwargs)
+        kwargs.setdefault("timeout", 10.0)
+        return httpx.Client(base_url=self.url, headers=headers, **kwargs)
 
 
 # --------------------------------------------------------------------------- streams

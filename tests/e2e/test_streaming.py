@@ -155,7 +155,7 @@ def test_message_stream_heartbeat_between_slow_tokens(server: Server) -> None:
 
 
 def test_live_feed_snapshot_then_message_events_with_increasing_ids(server: Server) -> None:
-    """The feed opens with a snapshot at V, then message events with increasing ids = versions."""
+    """The feed opens with a snapshot at V, then message events whose ids (= versions) grow."""
     with server.client() as c:
         cid = c.create_conversation(model=DEMO, options=FAST)["id"]
         events: list[tuple[str, int, Any]] = []
@@ -191,9 +191,11 @@ def test_live_feed_snapshot_then_message_events_with_increasing_ids(server: Serv
         assert snap["version"] == v0
         assert snap["conversation"]["id"] == cid
         assert snap["messages"] == []
+        # One stored event may change several rows (and the conversation): its frames
+        # share that event's version, so ids never decrease and all follow the snapshot.
         ids = [e[1] for e in events]
         assert ids == sorted(ids), ids
-        assert len(set(ids)) == len(ids), ids
+        assert all(i > v0 for i in ids[1:]), ids
         for event, event_id, data in events[1:]:
             assert event in ("message", "conversation"), event
             assert data["version"] == event_id
