@@ -707,6 +707,7 @@ def cli_chat(settings: Settings, args: argparse.Namespace) -> int:
     from turnlog.http.auth import load_secret, make_token
 
     token = make_token(load_secret(settings), args.user, 24 * 3600)
+    last: str | None = None  # the assistant row /retry and /cancel act on
     with Client(args.url, token) as client:
         try:
             if args.conversation:
@@ -717,13 +718,13 @@ def cli_chat(settings: Settings, args: argparse.Namespace) -> int:
                         print(f"> {row['edited_content'] or row['content']}")
                     elif row["role"] == "assistant":
                         print(text_of(row["blocks"]))
+                        last = str(row["id"])
             else:
                 cid = str(client.create_conversation(title="turnlog chat")["id"])
         except (ApiError, httpx.HTTPError) as e:
             print(f"turnlog chat: {e}", file=sys.stderr)
             return 1
         print(f"conversation {cid}\n{_HELP}")
-        last: str | None = None
         while True:
             try:
                 line = input("> ").strip()

@@ -1,0 +1,73 @@
+"""``turnlog chat``, the terminal client, driven through stdin against a real server (§6)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from turnlog.client import text_of
+
+from .support import DEMO, FAST, JWT_SECRET, Server
+
+pytestmark = pytest.mark.slow
+
+
+def _chat(
+    server: Server, tmp_path: Path, stdin: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TURNLOG_")}
+    env.update(TURNLOG_JWT_SECRET=JWT_SECRET, TURNLOG_DATA_DIR=str(tmp_path))
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "turnlog.cli",
+            "chat",
+            "--url",
+            server.url,
+            "--user",
+            "alice",
+            *extra,
+        ],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_chat_sends_a_line_and_prints_the_streamed_answer(server: Server, tmp_path: Path) -> None:
+    """A line on stdin is sent; the streamed answer is printed; /quit exits 0."""
+    done = _chat(server, tmp_path, "hello from the terminal\n/quit\n")
+    assert done.returncode == 0, done.stderr
+    match = re.search(r"conversation ([0-9a-f-]{36})", done.stdout)
+    assert match, done.stdout
+    with server.client() as c:
+        rows = c.list_messages(match.group(1))
+    assert [r["role"] for r in rows] == ["user", "assistant"]
+    assert rows[0]["content"] == "hello from the terminal"
+    assert rows[1]["status"] == "completed"
+    assert text_of(rows[1]["blocks"]) in done.stdout
+
+
+def test_chat_opens_an_existing_conversation_and_retries(server: Server, tmp_path: Path) -> None:
+    """--conversation prints the stored history; /retry of a completed answer shows the 409."""
+    with server.client() as c:
+        cid = c.create_conversation(model=DEMO, options=FAST)["id"]
+        mid = c.send(cid, "an earlier question")["assistant_message"]["id"]
+        c.follow(mid)
+    done = _chat(server, tmp_path, "/retry\nsecond question\n/quit\n", "--conversation", cid)
+    assert done.returncode == 0, done.stderr
+    assert "> an earlier question" in done.stdout
+    assert "error 409" in done.stdout  # nothing to retry on a completed answer
+    with server.client() as c:
+        rows = c.list_messages(cid)
+    assert [r["role"] for r in rows] == ["user", "assistant", "user", "assistant"]
+    assert rows[3]["status"] == "completed"
+    assert text_of(rows[3]["blocks"]) in done.stdout
