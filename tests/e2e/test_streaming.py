@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from turnlog.client import Init, MessageFold
 
-from .support import DEMO, FAST, Server, blocks_json, find, parse_sse
+from .support import DEMO, FAST, Server, blocks_json, find, make_token, parse_sse
 
 pytestmark = pytest.mark.slow
 
@@ -281,3 +282,39 @@ def test_subscribers_joining_and_dropping_all_fold_to_the_stored_blocks(
         assert fold.done is not None
         assert fold.done.status == "completed"
         assert blocks_json(fold.blocks) == stored["blocks"]
+
+
+def test_stuck_and_vanished_subscribers_neither_stop_nor_slow_the_generation(
+    server: Server,
+) -> None:
+    """A subscriber that never reads and one that leaves after init do not slow or stop the
+    generation: it finishes on schedule and a normal subscriber folds the stored blocks."""
+    length, tps = 6000, 3000.0  # 2 s of tokens, ~400 kB of frames
+    with server.client() as c:
+        conv = c.create_conversation(
+            model=DEMO, options={"tokens_per_second": tps, "length": length}
+        )
+        start = time.monotonic()
+        mid = c.send(conv["id"], "flood")["assistant_message"]["id"]
+
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect(("127.0.0.1", server.port))
+        stuck.sendall(
+            f"GET /v1/messages/{mid}/stream HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {make_token('alice')}\r\n\r\n".encode()
+        )
+        try:
+            with server.client() as gone:
+                first = next(iter(gone.stream_message(mid, reconnects=0)))
+                assert first.event == "init"
+            fold = c.follow(mid)
+            elapsed = time.monotonic() - start
+        finally:
+            stuck.close()
+        assert fold.done is not None
+        assert fold.done.status == "completed"
+        assert elapsed < length / tps + 3.0, f"took {elapsed:.2f} s for {length / tps:.1f} s"
+        stored = find(c.list_messages(conv["id"]), mid)
+        assert stored["blocks"] == blocks_json(fold.blocks)
+        assert len(fold.text.split()) == length
