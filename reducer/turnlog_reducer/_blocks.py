@@ -11,20 +11,27 @@ chunks it sees. Appending to a version whose ``m`` equals the list's length mean
 appended after it, so the chunk goes onto the shared list and the new version sees ``m + 1``;
 the old version still sees its ``m`` chunks and is unchanged. Appending to an older version
 (a *fork*: two different events applied to the same state) finds the list longer than ``m``
-and copies its first ``m`` chunks first. The list of blocks uses the same scheme: the blocks
-before the last are a shared entry list plus a count, and the last block is held apart, so
-growing it never touches the list.
+and copies its first ``m`` chunks first.
 
-The append is done before the ownership check (``append``, then ``chunks[m] is chunk``), not
+The same scheme holds the rest of the state. A ``Blocks`` is a ``_Prefix`` (every block but
+the last) and the last block's entry, so a delta to the last block builds two small objects
+and shares the prefix. The prefix keeps its blocks as a shared entry list plus a count, then
+a short tuple of the most recent blocks (``TAIL``), where an argument delta to a tool call
+that is not last costs O(TAIL); only a tool call older than that costs a copy of the list.
+Tool-call ids live in an append-only registry of the same kind: a shared list of
+``(id, index)`` with a count, and a dict from id to list position that is valid below the
+count (a fork copies the list and rebuilds the dict, so no version sees another's ids).
+
+The append is done before the ownership check (``append``, then ``items[m] is item``), not
 after a length test, so two threads forking the same version cannot both believe they own
-the tail: ``list.append`` is atomic, and the loser sees someone else's chunk at ``m`` and
-copies. Its stray chunk lies past every version's ``m`` and is never read.
+the tail: ``list.append`` is atomic, and the loser sees someone else's item at ``m`` and
+copies. Its stray item lies past every version's count and is never read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, TypeAlias, overload
+from typing import Any, TypeAlias, TypeVar, overload
 
 import msgspec
 
@@ -38,6 +45,11 @@ __all__ = [
     "decode_blocks",
     "encode_blocks",
 ]
+
+_T = TypeVar("_T")
+
+TAIL = 8
+"""How many blocks before the last stay cheap to change (parallel tool calls' arguments)."""
 
 
 class _Block(msgspec.Struct, frozen=True, tag_field="type"):
@@ -76,13 +88,13 @@ def _join(chunks: list[str], m: int) -> str:
     return "".join(chunks[:m])
 
 
-def _append(chunks: list[str], m: int, chunk: str) -> list[str]:
-    """Return a chunk list whose first ``m + 1`` chunks are ``chunks[:m]`` then ``chunk``."""
-    if len(chunks) == m:
-        chunks.append(chunk)
-        if chunks[m] is chunk:  # we own the tail (see the module docstring)
-            return chunks
-    return [*chunks[:m], chunk]
+def _append(items: list[_T], m: int, item: _T) -> list[_T]:
+    """Return a list whose first ``m + 1`` items are ``items[:m]`` then ``item``."""
+    if len(items) == m:
+        items.append(item)
+        if items[m] is item:  # we own the tail (see the module docstring)
+            return items
+    return [*items[:m], item]
 
 
 class _Run:
@@ -157,20 +169,97 @@ def _entry(block: object, index: int) -> _Entry:
     if isinstance(block, ReasoningBlock):
         return _Run(ReasoningBlock, [block.text], 1, block)
     if isinstance(block, ToolCallBlock):
-        text = block.arguments_text
         return _Tool(
-            block.id,
-            block.name,
-            [text],
-            1,
-            block.arguments,
-            block.ready,
-            block,
+            block.id, block.name, [block.arguments_text], 1, block.arguments, block.ready, block
         )
     raise TypeError(
         f"expected a TextBlock, ReasoningBlock or ToolCallBlock at index {index}, "
         f"got {type(block).__name__}"
     )
+
+
+class _Tools:
+    """The tool-call registry of one version: ``pairs[:k]`` are its ``(id, block index)``."""
+
+    __slots__ = ("k", "pairs", "position")
+
+    def __init__(self, pairs: list[tuple[str, int]], k: int, position: dict[str, int]) -> None:
+        self.pairs = pairs
+        self.k = k
+        self.position = position  # id -> index into pairs; valid only below k
+
+    def index_of(self, tool_id: str) -> int | None:
+        p = self.position.get(tool_id)
+        if p is None or p >= self.k:
+            return None
+        return self.pairs[p][1]
+
+    def added(self, tool_id: str, index: int) -> _Tools:
+        k = self.k
+        pairs = _append(self.pairs, k, (tool_id, index))
+        if pairs is self.pairs:
+            position = self.position
+        else:  # forked: positions at or above k in the shared dict belong to someone else
+            position = {pair[0]: p for p, pair in enumerate(pairs[:k])}
+        position[tool_id] = k
+        return _Tools(pairs, k + 1, position)
+
+    def ids(self) -> list[str]:
+        return [pair[0] for pair in self.pairs[: self.k]]
+
+
+def _tools_of(entries: Sequence[_Entry]) -> _Tools:
+    pairs = [(e.id, i) for i, e in enumerate(entries) if type(e) is _Tool]
+    return _Tools(pairs, len(pairs), {pair[0]: p for p, pair in enumerate(pairs)})
+
+
+class _Prefix:
+    """Every block before the last: ``items[:n]``, then ``tail``; and the tool registry."""
+
+    __slots__ = ("items", "n", "tail", "tools")
+
+    def __init__(self, items: list[_Entry], n: int, tail: tuple[_Entry, ...], tools: _Tools):
+        self.items = items
+        self.n = n
+        self.tail = tail
+        self.tools = tools
+
+    def appended(self, entry: _Entry) -> _Prefix:
+        """This prefix followed by ``entry`` (the block that was last until now)."""
+        tail = (*self.tail, entry)
+        items = self.items
+        n = self.n
+        if len(tail) > TAIL:
+            items = _append(items, n, tail[0])
+            tail = tail[1:]
+            n += 1
+        return _Prefix(items, n, tail, self.tools)
+
+    def replaced(self, index: int, entry: _Entry) -> _Prefix:
+        """This prefix with the block at ``index`` (< its length) replaced by ``entry``."""
+        n = self.n
+        if index >= n:
+            j = index - n
+            tail = self.tail
+            return _Prefix(self.items, n, (*tail[:j], entry, *tail[j + 1 :]), self.tools)
+        items = self.items[:n]  # an old block: copy the list, O(number of blocks)
+        items[index] = entry
+        return _Prefix(items, n, self.tail, self.tools)
+
+    def at(self, index: int) -> _Entry:
+        n = self.n
+        return self.items[index] if index < n else self.tail[index - n]
+
+    def entries(self) -> Iterator[_Entry]:
+        items = self.items
+        for i in range(self.n):
+            yield items[i]
+        yield from self.tail
+
+
+def _empty_prefix() -> _Prefix:
+    # Always fresh lists: a prefix shared by every fold from EMPTY would collect their entries.
+    return _Prefix([], 0, (), _Tools([], 0, {}))
 
 
 class Blocks(Sequence[Block]):
@@ -180,39 +269,34 @@ class Blocks(Sequence[Block]):
     A ``Blocks`` equals any ``Blocks``, list or tuple holding equal blocks in the same order.
     """
 
-    # _items[:_n] are the entries of the blocks before the last; _last is the last block's
-    # entry (None only when empty). _ids maps a tool-call id to its index; it is shared by
-    # the versions sharing _items, and an index above _n belongs to another version's future.
-    __slots__ = ("_ids", "_items", "_last", "_n")
+    # _prefix holds every block but the last; _last is the last block's entry (None only
+    # when empty). The length is _prefix.n + len(_prefix.tail) + 1.
+    __slots__ = ("_last", "_prefix")
 
-    _items: list[_Entry]
-    _n: int
-    _ids: dict[str, int]
+    _prefix: _Prefix
     _last: _Entry | None
 
     def __init__(self, blocks: Iterable[Block] = ()) -> None:
         entries = [_entry(block, index) for index, block in enumerate(blocks)]
-        ids: dict[str, int] = {}
-        for index, entry in enumerate(entries):
-            if type(entry) is _Tool:
-                ids[entry.id] = index
-        self._ids = ids
         self._last = entries.pop() if entries else None
-        self._items = entries
-        self._n = len(entries)
+        cut = max(0, len(entries) - TAIL)
+        tools = _tools_of([*entries, self._last] if self._last is not None else entries)
+        self._prefix = _Prefix(entries[:cut], cut, tuple(entries[cut:]), tools)
 
     def __len__(self) -> int:
-        return self._n + (self._last is not None)
+        prefix = self._prefix
+        return prefix.n + len(prefix.tail) + (self._last is not None)
 
     def _entry_at(self, index: int) -> _Entry:
-        n = self._n
-        if index < 0:
-            index += n + 1
+        prefix = self._prefix
+        size = prefix.n + len(prefix.tail)  # the index of the last block
         last = self._last
-        if index == n and last is not None:
+        if index < 0:
+            index += size + 1
+        if index == size and last is not None:
             return last
-        if 0 <= index < n:
-            return self._items[index]
+        if 0 <= index < size:
+            return prefix.at(index)
         raise IndexError(f"block index out of range: {index} (length {len(self)})")
 
     @overload
@@ -227,9 +311,7 @@ class Blocks(Sequence[Block]):
         return self._entry_at(index).materialize()
 
     def _entries(self) -> Iterator[_Entry]:
-        items = self._items
-        for i in range(self._n):
-            yield items[i]
+        yield from self._prefix.entries()
         if self._last is not None:
             yield self._last
 
@@ -265,71 +347,38 @@ class Blocks(Sequence[Block]):
         # Pickle and deepcopy see the plain blocks, never the shared chunk lists.
         return (Blocks, (list(self),))
 
-    def _push(self, entry: _Entry) -> Blocks:
-        """A new version with ``entry`` appended as the last block (registers tool ids)."""
+    def _pushed(self, entry: _Entry) -> Blocks:
+        """A new version with ``entry`` appended as the last block (registers a tool id)."""
         last = self._last
-        new = _new(Blocks)
-        new._last = entry
-        if last is None:
-            # A fresh list: an empty state's list must not become shared by every fold.
-            new._items = []
-            new._n = 0
-            new._ids = {entry.id: 0} if type(entry) is _Tool else {}
-            return new
-        items = self._items
-        n = self._n
-        ids = self._ids
-        if len(items) == n:
-            items.append(last)
-            if items[n] is not last:  # someone else appended first (see the module docstring)
-                items, ids = _fork(items, n, ids, last)
-        else:
-            items, ids = _fork(items, n, ids, last)
-        new._items = items
-        new._n = n + 1
-        new._ids = ids
+        prefix = _empty_prefix() if last is None else self._prefix.appended(last)
         if type(entry) is _Tool:
-            ids[entry.id] = n + 1
+            tools = prefix.tools.added(entry.id, prefix.n + len(prefix.tail))
+            prefix = _Prefix(prefix.items, prefix.n, prefix.tail, tools)
+        new = _new(Blocks)
+        new._prefix = prefix
+        new._last = entry
         return new
 
     def _tool_index(self, tool_id: str) -> int | None:
-        index = self._ids.get(tool_id)
-        if index is None or index > self._n:
-            return None
-        return index
+        return self._prefix.tools.index_of(tool_id)
 
-    def _replace(self, index: int, entry: _Entry) -> Blocks:
+    def _tool_ids(self) -> list[str]:
+        return self._prefix.tools.ids()
+
+    def _replaced(self, index: int, entry: _Entry) -> Blocks:
         """A new version with the block at ``index`` replaced (same kind, same id)."""
+        prefix = self._prefix
         new = _new(Blocks)
-        n = self._n
-        if index == n:
-            new._items = self._items
-            new._n = n
-            new._ids = self._ids
+        if index == prefix.n + len(prefix.tail):
+            new._prefix = prefix
             new._last = entry
-            return new
-        # A block before the last: copy the entry list (cost O(number of blocks)).
-        items = self._items[:n]
-        items[index] = entry
-        new._items = items
-        new._n = n
-        new._ids = _ids_upto(self._ids, n)
-        new._last = self._last
+        else:
+            new._prefix = prefix.replaced(index, entry)
+            new._last = self._last
         return new
 
 
 _new = object.__new__
-
-
-def _ids_upto(ids: dict[str, int], n: int) -> dict[str, int]:
-    # dict.copy() is atomic; iterating the shared dict itself is not.
-    return {k: v for k, v in ids.copy().items() if v <= n}
-
-
-def _fork(
-    items: list[_Entry], n: int, ids: dict[str, int], last: _Entry
-) -> tuple[list[_Entry], dict[str, int]]:
-    return [*items[:n], last], _ids_upto(ids, n)
 
 
 EMPTY = Blocks()

@@ -34,8 +34,9 @@ def apply_stream_event(blocks: Sequence[Block], event: StreamEvent) -> Blocks:
 
     ``blocks`` may be ``EMPTY``, any ``Blocks`` or a list/tuple of block Structs. Raises
     ``StreamProtocolError`` for a tool-call event naming an unknown id, or a
-    ``tool_call_started`` reusing one. Cost: O(1) amortized for a delta to the last block,
-    O(number of blocks) for an argument delta to an earlier tool call.
+    ``tool_call_started`` reusing one. Cost: O(1) amortized for a delta to the last block;
+    for an argument delta to another tool call, O(TAIL) among the last few blocks, else
+    O(number of blocks).
     """
     if type(blocks) is not Blocks:
         blocks = _as_blocks(blocks)
@@ -46,7 +47,18 @@ def apply_stream_event(blocks: Sequence[Block], event: StreamEvent) -> Blocks:
         kind = ReasoningBlock
     else:
         return _apply_other(blocks, event)
-    return _grow(blocks, kind, event.text)
+    # _grow, inlined: this line runs once per token of every stream.
+    text = event.text
+    if not text:
+        return blocks
+    last = blocks._last
+    if type(last) is _Run and last.kind is kind:
+        m = last.m
+        new = _new(Blocks)
+        new._prefix = blocks._prefix
+        new._last = _Run(kind, _append(last.chunks, m, text), m + 1)
+        return new
+    return blocks._pushed(_Run(kind, [text], 1))
 
 
 def _grow(blocks: Blocks, kind: type[TextBlock] | type[ReasoningBlock], text: str) -> Blocks:
@@ -57,12 +69,10 @@ def _grow(blocks: Blocks, kind: type[TextBlock] | type[ReasoningBlock], text: st
     if type(last) is _Run and last.kind is kind:
         m = last.m
         new = _new(Blocks)
-        new._items = blocks._items
-        new._n = blocks._n
-        new._ids = blocks._ids
+        new._prefix = blocks._prefix
         new._last = _Run(kind, _append(last.chunks, m, text), m + 1)
         return new
-    return blocks._push(_Run(kind, [text], 1))
+    return blocks._pushed(_Run(kind, [text], 1))
 
 
 def _apply_other(blocks: Blocks, event: StreamEvent) -> Blocks:
@@ -71,9 +81,7 @@ def _apply_other(blocks: Blocks, event: StreamEvent) -> Blocks:
             index = _known(blocks, tool_id, "tool_call_delta")
             if not delta:
                 return blocks
-            tool = blocks._entry_at(index)
-            assert type(tool) is _Tool
-            return blocks._replace(index, tool.extended(delta))
+            return blocks._replaced(index, _tool_at(blocks, index).extended(delta))
         case ToolCallStarted(id=tool_id, name=name):
             taken = blocks._tool_index(tool_id)
             if taken is not None:
@@ -81,12 +89,10 @@ def _apply_other(blocks: Blocks, event: StreamEvent) -> Blocks:
                     f"tool_call_started with id {tool_id!r}: expected a new id, "
                     f"but block {taken} is already the tool call {tool_id!r}"
                 )
-            return blocks._push(_Tool(tool_id, name, [], 0, None, False))
+            return blocks._pushed(_Tool(tool_id, name, [], 0, None, False))
         case ToolCallReady(id=tool_id, arguments=arguments):
             index = _known(blocks, tool_id, "tool_call_ready")
-            tool = blocks._entry_at(index)
-            assert type(tool) is _Tool
-            return blocks._replace(index, tool.made_ready(arguments))
+            return blocks._replaced(index, _tool_at(blocks, index).made_ready(arguments))
         case Done():
             return blocks
         # Only subclasses of the delta events get here; the exact types take the fast path.
@@ -100,12 +106,18 @@ def _apply_other(blocks: Blocks, event: StreamEvent) -> Blocks:
 def _known(blocks: Blocks, tool_id: str, event_type: str) -> int:
     index = blocks._tool_index(tool_id)
     if index is None:
-        known = [e.id for e in blocks._entries() if type(e) is _Tool]
+        known = blocks._tool_ids()
         raise StreamProtocolError(
             f"{event_type} for unknown tool call id {tool_id!r}: expected the id of an "
             f"earlier tool_call_started (known ids: {', '.join(map(repr, known)) or 'none'})"
         )
     return index
+
+
+def _tool_at(blocks: Blocks, index: int) -> _Tool:
+    tool = blocks._entry_at(index)
+    assert type(tool) is _Tool, "the tool registry points at a tool-call block"
+    return tool
 
 
 def fold(blocks: Sequence[Block], events: Iterable[StreamEvent]) -> Blocks:
