@@ -110,6 +110,9 @@ class StreamItem(NamedTuple):
 
 
 def _decode_item(sse: ServerSentEvent) -> StreamItem:
+    # Callers skip events without data: httpx-sse dispatches an empty "message" event for
+    # the blank line after a `: ping` comment once an id was seen, which the SSE spec says
+    # not to dispatch (an empty data buffer dispatches nothing).
     event_id = int(sse.id) if sse.id else None
     if sse.event == "init":
         raw = msgspec.json.decode(sse.data)
@@ -417,7 +420,8 @@ class Client:
                 response.read()
                 _check(response)
             for sse in EventSource(response).iter_sse():
-                yield _decode_item(sse)
+                if sse.data:  # see _decode_item
+                    yield _decode_item(sse)
 
     def follow(self, mid: str, **kwargs: Any) -> MessageFold:
         """Stream ``mid`` to its ``done`` and return the fold."""
@@ -441,7 +445,8 @@ class Client:
                 response.read()
                 _check(response)
             for sse in EventSource(response).iter_sse():
-                yield sse.event, int(sse.id), msgspec.json.decode(sse.data)
+                if sse.data:  # see _decode_item
+                    yield sse.event, int(sse.id), msgspec.json.decode(sse.data)
 
 
 class AsyncClient:
@@ -616,7 +621,8 @@ class AsyncClient:
                 await response.aread()
                 _check(response)
             async for sse in EventSource(response).aiter_sse():
-                yield _decode_item(sse)
+                if sse.data:  # see _decode_item
+                    yield _decode_item(sse)
 
     async def follow(self, mid: str, **kwargs: Any) -> MessageFold:
         """Stream ``mid`` to its ``done`` and return the fold."""

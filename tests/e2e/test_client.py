@@ -89,3 +89,15 @@ def test_api_error_carries_status_and_detail() -> None:
         c.send("c", "hi")
     assert e.value.status == 409
     assert e.value.detail == "conversation c is generating"
+
+
+def test_heartbeat_comments_between_events_are_skipped() -> None:
+    """`: ping` comments (and the blank line after them) never reach the fold."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = _init(0, "") + b": ping\n\n" + _delta(1, "a") + b": ping\n\n" + _done(2)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    with Client("http://t", "tok", transport=httpx.MockTransport(handler)) as c:
+        items = list(c.stream_message("m"))
+    assert [i.event for i in items] == ["init", "text_delta", "done"]

@@ -19,6 +19,40 @@ from .support import DEMO, FAST, Server, blocks_json, find, make_token, parse_ss
 
 pytestmark = pytest.mark.slow
 
+ROW_FIELDS = {
+    "id",
+    "conversation_id",
+    "seq",
+    "role",
+    "content",
+    "blocks",
+    "status",
+    "is_generating",
+    "interrupted",
+    "error",
+    "finish_reason",
+    "usage",
+    "model",
+    "reply_to",
+    "tool_call_id",
+    "tool_name",
+    "edited_content",
+    "edited_at",
+    "created_at",
+    "updated_at",
+}
+CONVERSATION_FIELDS = {
+    "id",
+    "title",
+    "model",
+    "options",
+    "system_prompt",
+    "state",
+    "version",
+    "created_at",
+    "updated_at",
+}
+
 
 def test_send_stream_done_fold_equals_stored_blocks(server: Server) -> None:
     """init + deltas folded by the client equal the stored blocks of the completed row."""
@@ -39,7 +73,12 @@ def test_send_stream_done_fold_equals_stored_blocks(server: Server) -> None:
 
         rows = c.list_messages(conv["id"])
         assert [r["seq"] for r in rows] == [1, 2]
+        for r in rows:
+            assert set(r) >= ROW_FIELDS, ROW_FIELDS - set(r)
+        assert set(conv) >= CONVERSATION_FIELDS, CONVERSATION_FIELDS - set(conv)
         row = find(rows, assistant["id"])
+        assert row["reply_to"] in (None, user["id"])
+        assert row["conversation_id"] == conv["id"]
         assert row["status"] == "completed"
         assert row["is_generating"] is False
         assert row["interrupted"] is False

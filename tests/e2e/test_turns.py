@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -248,6 +249,24 @@ def test_provider_failure_after_output_ends_in_error_with_partial_blocks(server:
         assert len(fold.text.split()) == 5
         assert _state(c, conv["id"]) == "idle"
         assert c.retry(mid)["assistant_message"]["id"] != mid
+
+
+def test_provider_failure_before_output_is_retried_then_ends_in_error(server: Server) -> None:
+    """fail_after=0 fails before any output: retried with backoff, then the row is `error`."""
+    with server.client() as c:
+        conv = c.create_conversation(model=DEMO, options={**FAST, "fail_after": 0})
+        start = time.monotonic()
+        mid = c.send(conv["id"], "fail at once")["assistant_message"]["id"]
+        fold = c.follow(mid)
+        elapsed = time.monotonic() - start
+        assert fold.done is not None
+        assert fold.done.status == "error"
+        row = find(c.list_messages(conv["id"]), mid)
+        assert row["status"] == "error"
+        assert row["error"]
+        assert row["blocks"] == []
+        assert elapsed > 0.2, f"failed after {elapsed:.2f} s: no backoff before giving up"
+        assert _state(c, conv["id"]) == "idle"
 
 
 def test_edit_user_message_sets_edited_content(server: Server) -> None:
