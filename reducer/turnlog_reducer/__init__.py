@@ -56,3 +56,9 @@ __all__ = [
     "encode_event",
     "fold",
 ]
+
+# Public classes answer to the package name (tracebacks, reprs, pickles), not the module
+# that happens to define them.
+for _cls in (Blocks, StreamProtocolError):
+    _cls.__module__ = __name__
+del _cls

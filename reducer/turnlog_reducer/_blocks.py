@@ -265,8 +265,9 @@ def _empty_prefix() -> _Prefix:
 class Blocks(Sequence[Block]):
     """An immutable sequence of blocks; the state ``apply_stream_event`` returns.
 
-    Indexing and iteration give plain block Structs (their text joined once, then cached).
-    A ``Blocks`` equals any ``Blocks``, list or tuple holding equal blocks in the same order.
+    ``Blocks(iterable)`` builds one from block Structs. Indexing and iteration give plain
+    block Structs (their text joined once, then cached). A ``Blocks`` equals any ``Blocks``,
+    list or tuple holding equal blocks in the same order.
     """
 
     # _prefix holds every block but the last; _last is the last block's entry (None only

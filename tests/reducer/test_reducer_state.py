@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import gc
 import pickle
+import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -103,6 +105,36 @@ def test_a_sequence_of_non_blocks_is_a_type_error() -> None:
     """Passing something that is not a block Struct names what was expected and where."""
     with pytest.raises(TypeError, match="at index 1, got dict"):
         apply_stream_event([TextBlock("a"), {"type": "text", "text": "b"}], TextDelta("c"))  # type: ignore[list-item]
+
+
+def test_forks_made_in_threads_at_once_do_not_interfere() -> None:
+    """Threads extending the same states at the same moment each get their own result."""
+    rounds, workers = 500, 4
+    bases = [fold(EMPTY, [ToolCallStarted("t", "f"), TextDelta("b")]) for _ in range(rounds)]
+    barrier = threading.Barrier(workers)
+    wrong: list[tuple[int, int, Blocks]] = []
+
+    def work(worker: int) -> None:
+        mark = str(worker)
+        for r in range(rounds):
+            barrier.wait()  # all workers fork bases[r] together
+            state = apply_stream_event(bases[r], TextDelta(mark))
+            state = apply_stream_event(state, ToolCallDelta("t", mark))
+            if state != [ToolCallBlock("t", "f", mark), TextBlock("b" + mark)]:
+                wrong.append((worker, r, state))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: invite the races
+    try:
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == []
+    assert all(base == [ToolCallBlock("t", "f"), TextBlock("b")] for base in bases)
 
 
 def test_folds_from_empty_leave_nothing_behind() -> None:
