@@ -309,11 +309,15 @@ def _fields(record: ConversationRecord | MessageRecord) -> dict[str, Any]:
     return out
 
 
+# Generated from ``status`` by PostgreSQL: a wrong status is reported once, as status.
+_DERIVED = frozenset({"is_generating", "interrupted"})
+
+
 def _field_diff(label: str, projection: dict[str, Any], log: dict[str, Any]) -> list[str]:
     return [
         f"{label}: {name}: projection {_show_value(projection[name])}, log {_show_value(value)}"
         for name, value in log.items()
-        if projection.get(name) != value
+        if name not in _DERIVED and projection.get(name) != value
     ]
 
 
