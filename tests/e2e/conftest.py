@@ -25,7 +25,8 @@ FALLBACK_PG = os.environ.get(
     "TURNLOG_TEST_PG", "postgresql://postgres@/postgres?host=/tmp/pgt/sock"
 )
 
-_started: list[tuple[Server, int]] = []
+# Every server started in this session, so a failing test can print what they logged.
+_started: list[Server] = []
 
 
 def _admin_url(request: pytest.FixtureRequest) -> str:
@@ -80,7 +81,7 @@ def _make_server(
         log_path=data_dir / "server.log",
         env_overrides=env,
     )
-    _started.append((server, 0))
+    _started.append(server)
     return server
 
 
@@ -118,7 +119,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 @pytest.fixture(autouse=True)
 def _server_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     """Print what every server wrote during a failed test."""
-    marks = {id(s): s.log_size() for s, _ in _started}
+    marks = {id(s): s.log_size() for s in _started}
     yield
     failed = any(
         getattr(request.node, f"rep_{when}", None) is not None
@@ -127,7 +128,7 @@ def _server_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     )
     if not failed:
         return
-    for srv, _ in _started:
+    for srv in _started:
         start = marks.get(id(srv), 0)
         text = srv.log(start)
         if text:
