@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import uuid
 from datetime import datetime
 from typing import Any
@@ -27,6 +26,7 @@ from turnlog.log.projection import (
     ConversationRecord,
     DomainError,
     Fenced,
+    InvalidEvent,
     Message,
     MessageRecord,
     NotFound,
@@ -110,6 +110,7 @@ class Chat:
         limit = self.settings.max_message_chars if limit is None else limit
         if len(value) > limit:
             raise TooLarge(f"{name} is {len(value)} characters; the limit is {limit}")
+        _no_nul(name, value)
 
     def _content(self, value: str) -> None:
         if not value.strip():
@@ -117,6 +118,8 @@ class Chat:
         self._text("content", value)
 
     def _model(self, model: str, options: dict[str, Any]) -> None:
+        _no_nul("model", model)
+        _no_nul("options", options)
         try:
             validate_model(model)
             validate_options(model, options)
@@ -493,17 +496,31 @@ class Chat:
         """End a generating row from outside its generation (cancel, recovery), closing
         its unfinished tool calls. If it ended meanwhile, or its conversation was deleted,
         there is nothing left to do: the outcome is the same."""
-        closing = interrupt_events(row)
-        common: dict[str, Any] = {
-            "at": self.now(),
-            "message_id": row.message.id,
-            "attempt": None,
-            "events": closing,
-            "stream_seq": row.stream_seq + len(closing),
-        }
-        event = ev.TurnAborted(**common) if aborted else ev.TurnInterrupted(**common, reason=reason)
-        with contextlib.suppress(Fenced, NotFound):
-            await self.store.append(row.message.conversation_id, [event])
+        current: MessageRecord | None = row
+        for _ in range(5):
+            if current is None or current.message.status != "generating":
+                return
+            closing = interrupt_events(current)
+            common: dict[str, Any] = {
+                "at": self.now(),
+                "message_id": current.message.id,
+                "attempt": None,
+                "events": closing,
+                "stream_seq": current.stream_seq + len(closing),
+            }
+            event = (
+                ev.TurnAborted(**common) if aborted else ev.TurnInterrupted(**common, reason=reason)
+            )
+            try:
+                await self.store.append(current.message.conversation_id, [event])
+                return
+            except (Fenced, NotFound):
+                return
+            except InvalidEvent:
+                # A checkpoint landed after we read the row (its stream seq moved on):
+                # read it again and close what it holds now.
+                current = await self.store.get_message(row.message.id)
+        raise ConversationBusy(f"message {row.message.id} kept changing; try again")
 
     async def repair_if_orphan(self, row: MessageRecord) -> MessageRecord:
         """Mark ``row`` interrupted if it is generating with no living generation."""
@@ -530,6 +547,21 @@ class Chat:
         for row in rows:
             await self.interrupt(row, "the server restarted")
         return len(rows)
+
+
+def _no_nul(name: str, value: Any) -> None:
+    """PostgreSQL text and jsonb cannot hold U+0000: refuse it here (400) rather than fail
+    at the append (a 500 and nothing stored)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise BadRequest(f"{name} must not contain NUL (U+0000) characters")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(name, key)
+            _no_nul(name, item)
+    elif isinstance(value, list):
+        for item in value:
+            _no_nul(name, item)
 
 
 def _encode_cursor(c: Conversation) -> str:

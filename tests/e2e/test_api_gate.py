@@ -150,6 +150,9 @@ BAD_SENDS: list[tuple[str, bytes, tuple[int, ...]]] = [
     ("client-id-int", b'{"content": "hi", "client_message_id": 5}', (400,)),
     ("empty-content", b'{"content": ""}', ()),
     ("bad-demo-option", b'{"content": "hi", "options": {"tokens_per_second": "x"}}', ()),
+    ("nul-in-content", b'{"content": "a\\u0000b"}', (400,)),
+    ("nul-in-client-id", b'{"content": "hi", "client_message_id": "c\\u0000"}', (400,)),
+    ("nul-in-options", b'{"content": "hi", "options": {"x\\u0000": 1}}', (400,)),
 ]
 
 
@@ -193,6 +196,7 @@ BAD_CONVERSATIONS: list[tuple[str, bytes]] = [
     ("options-list", b'{"options": [1, 2]}'),
     ("unknown-field", b'{"title": "x", "owner": "mallory"}'),
     ("system-prompt-int", b'{"system_prompt": 1}'),
+    ("nul-in-title", b'{"title": "t\\u0000"}'),
 ]
 
 

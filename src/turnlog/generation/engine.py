@@ -22,10 +22,14 @@ import structlog
 from anyio.abc import TaskGroup
 from turnlog_reducer import (
     Done,
+    ReasoningDelta,
     StreamEvent,
     StreamProtocolError,
+    TextDelta,
     ToolCallBlock,
+    ToolCallDelta,
     ToolCallReady,
+    ToolCallStarted,
 )
 
 from turnlog.config import Settings
@@ -254,6 +258,7 @@ class Engine:
                 async for item in provider.stream(request):
                     if isinstance(item, StepEnd):
                         return item
+                    item = without_nul(item)
                     try:
                         gen.stream.publish(item)
                     except StreamProtocolError as exc:
@@ -472,6 +477,30 @@ class Engine:
             del self._running[gen.turn.message_id]
         ended, self._ended = self._ended, anyio.Event()
         ended.set()
+
+
+def without_nul(event: StreamEvent) -> StreamEvent:
+    """The event with U+0000 replaced by U+FFFD: PostgreSQL text and jsonb cannot store
+    NUL, and a model that emits one must not cost the answer its checkpoints. Replaced
+    before publishing, so subscribers and the store see the same text."""
+    match event:
+        case TextDelta(text=t) | ReasoningDelta(text=t) if "\x00" in t:
+            return type(event)(text=t.replace("\x00", "\ufffd"))
+        case ToolCallDelta(arguments_delta=t) if "\x00" in t:
+            return ToolCallDelta(id=event.id, arguments_delta=t.replace("\x00", "\ufffd"))
+        case ToolCallStarted(name=t) if "\x00" in t or "\x00" in event.id:
+            return ToolCallStarted(
+                id=event.id.replace("\x00", "\ufffd"), name=t.replace("\x00", "\ufffd")
+            )
+        case ToolCallReady() if "\\u0000" in msgspec.json.encode(event.arguments).decode():
+            return ToolCallReady(
+                id=event.id,
+                arguments=msgspec.json.decode(
+                    msgspec.json.encode(event.arguments).decode().replace("\\u0000", "\\ufffd")
+                ),
+            )
+        case _:
+            return event
 
 
 def done_for(row: MessageRecord | None) -> Done:
