@@ -267,13 +267,7 @@ class Chat:
                 )
             now = self.now()
             user_id = uuid.uuid4()
-            turn = Turn(
-                conversation_id=cid,
-                message_id=uuid.uuid4(),
-                attempt=uuid.uuid4(),
-                seq=conv.last_seq + 2,
-                model=c.model,
-            )
+            turn = Turn.new(cid, conv.last_seq + 2, c.model, reply_to=user_id)
             return await self.store.append(
                 cid,
                 [
@@ -285,14 +279,7 @@ class Chat:
                         client_message_id=body.client_message_id,
                         options=body.options,
                     ),
-                    ev.AssistantTurnStarted(
-                        at=now,
-                        message_id=turn.message_id,
-                        seq=turn.seq,
-                        attempt=turn.attempt,
-                        model=c.model,
-                        reply_to=user_id,
-                    ),
+                    turn.started(now),
                 ],
                 expected_version=c.version,
                 actor=owner,
@@ -324,8 +311,14 @@ class Chat:
         return Sent(user.message, assistant.message, created=False)
 
     async def list_messages(self, owner: str, cid: uuid.UUID) -> list[Message]:
-        await self.conversation(owner, cid)
-        return [r.message for r in await self.store.list_messages(cid)]
+        return (await self.conversation_with_messages(owner, cid))[1]
+
+    async def conversation_with_messages(
+        self, owner: str, cid: uuid.UUID
+    ) -> tuple[Conversation, list[Message]]:
+        """The owner-gated conversation and its messages in seq order."""
+        conv = await self.conversation(owner, cid)
+        return conv.conversation, [r.message for r in await self.store.list_messages(cid)]
 
     async def edit(self, owner: str, cid: uuid.UUID, mid: uuid.UUID, body: EditIn) -> Message:
         self._content(body.content)
@@ -382,26 +375,10 @@ class Chat:
             c = conv.conversation
             if c.state != "idle":
                 raise ConversationBusy(f"conversation {c.id} is {c.state.replace('_', ' ')}")
-            turn = Turn(
-                conversation_id=c.id,
-                message_id=uuid.uuid4(),
-                attempt=uuid.uuid4(),
-                seq=conv.last_seq + 1,
-                model=c.model,
-            )
+            turn = Turn.new(c.id, conv.last_seq + 1, c.model, reply_to=m.reply_to)
             return await self.store.append(
                 c.id,
-                [
-                    ev.AssistantTurnStarted(
-                        at=self.now(),
-                        message_id=turn.message_id,
-                        seq=turn.seq,
-                        attempt=turn.attempt,
-                        model=c.model,
-                        reply_to=m.reply_to,
-                        retry_of=mid,
-                    )
-                ],
+                [turn.started(self.now(), retry_of=mid)],
                 expected_version=c.version,
                 actor=owner,
                 instance_id=self.engine.instance_id,
@@ -455,23 +432,8 @@ class Chat:
             ]
             still_open = [t for t in row.open_tool_calls if t != body.tool_call_id]
             if not still_open:
-                turn = Turn(
-                    conversation_id=c.id,
-                    message_id=uuid.uuid4(),
-                    attempt=uuid.uuid4(),
-                    seq=conv.last_seq + 2,
-                    model=c.model,
-                )
-                batch.append(
-                    ev.AssistantTurnStarted(
-                        at=now,
-                        message_id=turn.message_id,
-                        seq=turn.seq,
-                        attempt=turn.attempt,
-                        model=c.model,
-                        reply_to=row.message.reply_to,
-                    )
-                )
+                turn = Turn.new(c.id, conv.last_seq + 2, c.model, reply_to=row.message.reply_to)
+                batch.append(turn.started(now))
             return await self.store.append(
                 c.id,
                 batch,

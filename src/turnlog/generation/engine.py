@@ -67,6 +67,40 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True):
     attempt: uuid.UUID
     seq: int
     model: str
+    # The user message this turn answers (its per-message options apply to every step).
+    reply_to: uuid.UUID | None = None
+
+    @classmethod
+    def new(
+        cls, conversation_id: uuid.UUID, seq: int, model: str, reply_to: uuid.UUID | None
+    ) -> Turn:
+        """A turn for a new assistant row at ``seq``, with fresh message and attempt ids."""
+        return cls(
+            conversation_id=conversation_id,
+            message_id=uuid.uuid4(),
+            attempt=uuid.uuid4(),
+            seq=seq,
+            model=model,
+            reply_to=reply_to,
+        )
+
+    def next_step(self, seq: int) -> Turn:
+        """The turn of the step after this one (a new row, same question)."""
+        return Turn.new(self.conversation_id, seq, self.model, self.reply_to)
+
+    def started(
+        self, at: datetime, *, retry_of: uuid.UUID | None = None
+    ) -> ev.AssistantTurnStarted:
+        """The event that creates this turn's row."""
+        return ev.AssistantTurnStarted(
+            at=at,
+            message_id=self.message_id,
+            seq=self.seq,
+            attempt=self.attempt,
+            model=self.model,
+            reply_to=self.reply_to,
+            retry_of=retry_of,
+        )
 
 
 class Generation:
@@ -80,9 +114,8 @@ class Generation:
         # Set when a write was fenced off: someone else already ended the row.
         self.fenced = False
         self.finished = anyio.Event()
-        # Published but not yet stored, and the stream seq up to which the store has them.
+        # Published but not yet stored.
         self.pending: list[StreamEvent] = []
-        self.stored_seq = stream.seq
         self.write_lock = anyio.Lock()
 
     def take_pending(self) -> tuple[tuple[StreamEvent, ...], int]:
@@ -235,11 +268,9 @@ class Engine:
             raise Fenced(f"conversation {turn.conversation_id} is gone")
         rows = await self.store.list_messages(turn.conversation_id)
         options = dict(conv.conversation.options)
-        me = next((r for r in rows if r.message.id == turn.message_id), None)
-        if me is not None and me.message.reply_to is not None:
-            asked = next((r for r in rows if r.message.id == me.message.reply_to), None)
-            if asked is not None and asked.options:
-                options.update(asked.options)
+        asked = next((r for r in rows if r.message.id == turn.reply_to), None)
+        if asked is not None and asked.options:
+            options.update(asked.options)
         provider, name = self.provider_for(turn.model, self.settings)
         request = ModelRequest(
             model=name,
@@ -304,7 +335,6 @@ class Engine:
                                 )
                             ],
                         )
-                        gen.stored_seq = seq
                     except DomainError as exc:
                         # Fenced (the row was ended elsewhere) or the conversation is gone.
                         log.warning("generation fenced off; stopping", reason=str(exc))
@@ -325,10 +355,8 @@ class Engine:
             row = await self.store.get_message(gen.turn.message_id)
         except Exception:
             row = None  # still unreachable: the next write's fence check decides
-        if row is not None and row.stream_seq >= seq:
-            gen.stored_seq = seq
-            return
-        gen.pending[:0] = list(events)
+        if row is None or row.stream_seq < seq:
+            gen.pending[:0] = list(events)
 
     def _close_open_calls(self, gen: Generation) -> None:
         """Mark tool calls the step left unfinished as ready with null arguments."""
@@ -378,24 +406,8 @@ class Engine:
                 )
                 next_seq += 1
             if server_calls and not awaiting:
-                me = await self.store.get_message(turn.message_id)
-                next_turn = Turn(
-                    conversation_id=turn.conversation_id,
-                    message_id=uuid.uuid4(),
-                    attempt=uuid.uuid4(),
-                    seq=next_seq,
-                    model=turn.model,
-                )
-                batch.append(
-                    ev.AssistantTurnStarted(
-                        at=now,
-                        message_id=next_turn.message_id,
-                        seq=next_seq,
-                        attempt=next_turn.attempt,
-                        model=turn.model,
-                        reply_to=None if me is None else me.message.reply_to,
-                    )
-                )
+                next_turn = turn.next_step(next_seq)
+                batch.append(next_turn.started(now))
             try:
                 await self._write(turn, batch)
             except Fenced:

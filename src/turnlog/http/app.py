@@ -22,7 +22,8 @@ from litestar import Litestar, Request, Response, delete, get, patch, post, put
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.response import Stream
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Message as ASGIMessage
 from turnlog_reducer import Blocks
 
 from turnlog.commands import (
@@ -42,12 +43,14 @@ from turnlog.db.schema import apply_schema
 from turnlog.generation.engine import Engine, done_for, utcnow
 from turnlog.http import export
 from turnlog.http.auth import Unauthorized, load_secret, user_from_header
-from turnlog.http.feeds import FeedHub
+from turnlog.http.feeds import Feed, FeedHub, frame
 from turnlog.log.projection import (
+    Conversation,
     ConversationBusy,
     DomainError,
     Fenced,
     InvalidEvent,
+    Message,
     MessageRecord,
     NotFound,
 )
@@ -221,9 +224,8 @@ async def list_conversations(request: Request[Any, Any, Any]) -> Response[bytes]
 async def get_conversation(request: Request[Any, Any, Any], cid: str) -> Response[bytes]:
     owner = user(request)
     rt = runtime(request)
-    conv = await rt.chat.conversation(owner, parse_id(cid, "conversation"))
-    messages = await rt.chat.list_messages(owner, conv.conversation.id)
-    return json_response({"conversation": conv.conversation, "messages": messages})
+    conv, messages = await rt.chat.conversation_with_messages(owner, parse_id(cid, "conversation"))
+    return json_response({"conversation": conv, "messages": messages})
 
 
 @patch("/v1/conversations/{cid:str}")
@@ -278,15 +280,14 @@ async def edit_message(request: Request[Any, Any, Any], cid: str, mid: str) -> R
 async def export_conversation(request: Request[Any, Any, Any], cid: str) -> Response[bytes]:
     owner = user(request)
     rt = runtime(request)
-    conv = await rt.chat.conversation(owner, parse_id(cid, "conversation"))
-    rows = await rt.chat.list_messages(owner, conv.conversation.id)
+    conv, rows = await rt.chat.conversation_with_messages(owner, parse_id(cid, "conversation"))
     fmt = (request.query_params.get("format") or "markdown").lower()
     lang = export.normalize_lang(request.query_params.get("lang"))
     if fmt == "json":
-        return json_response({"conversation": conv.conversation, "messages": rows})
+        return json_response({"conversation": conv, "messages": rows})
     if fmt not in ("markdown", "md"):
         raise BadRequest(f"format must be 'markdown' or 'json', got {fmt!r}")
-    text = export.markdown(conv.conversation, rows, lang)
+    text = export.markdown(conv, rows, lang)
     return Response(
         text.encode(),
         media_type="text/markdown; charset=utf-8",
@@ -357,10 +358,9 @@ async def _message_frames(
                 next_frame = await sub.next_frame(heartbeat)
             except StopAsyncIteration:
                 return
+            # next_frame suspends once per frame even when frames are queued, so this
+            # writer loop never starves the server after its client is gone.
             yield PING if next_frame is None else next_frame
-            # A real suspension per frame even when frames are queued: a writer loop that
-            # never yields control would starve the server once its client is gone.
-            await anyio.lowlevel.checkpoint()
     finally:
         sub.close()
 
@@ -400,14 +400,13 @@ async def conversation_live(request: Request[Any, Any, Any], cid: str) -> Stream
     owner = user(request)
     rt = runtime(request)
     conversation_id = parse_id(cid, "conversation")
-    await rt.chat.conversation(owner, conversation_id)
     last_event_id(request)  # validated; the answer is always a snapshot at the current V
-    # Subscribe before reading the snapshot, then drop queued changes the snapshot already
-    # holds: snapshot at V plus every change after V, none lost, none twice.
+    # Subscribe before reading the snapshot (which also checks the owner), then drop
+    # queued changes the snapshot already holds: snapshot at V plus every change after V,
+    # none lost, none twice.
     feed = rt.hub.subscribe(conversation_id)
     try:
-        conv = await rt.chat.conversation(owner, conversation_id)
-        messages = await rt.chat.list_messages(owner, conversation_id)
+        conv, messages = await rt.chat.conversation_with_messages(owner, conversation_id)
     except BaseException:
         rt.hub.unsubscribe(conversation_id, feed)
         raise
@@ -415,13 +414,11 @@ async def conversation_live(request: Request[Any, Any, Any], cid: str) -> Stream
 
 
 async def _feed_frames(
-    rt: Runtime, cid: uuid.UUID, feed: Any, conv: Any, messages: Any
+    rt: Runtime, cid: uuid.UUID, feed: Feed, conv: Conversation, messages: list[Message]
 ) -> AsyncIterator[bytes]:
-    from turnlog.http.feeds import frame
-
-    v = conv.conversation.version
+    v = conv.version
     try:
-        snapshot = {"conversation": conv.conversation, "messages": messages, "version": v}
+        snapshot = {"conversation": conv, "messages": messages, "version": v}
         yield frame("snapshot", v, _json.encode(snapshot))
         while True:
             item = await feed.next(rt.settings.heartbeat_s)
@@ -501,7 +498,7 @@ def request_log(rt: Runtime) -> Callable[[ASGIApp], ASGIApp]:
             status = 500
             started = time.perf_counter()
 
-            async def send_logged(message: Message) -> None:
+            async def send_logged(message: ASGIMessage) -> None:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]

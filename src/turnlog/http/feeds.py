@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
+from typing import Literal
 
 import anyio
 import msgspec
@@ -54,7 +55,7 @@ class Feed:
             self.closed = True
         self._wakeup.set()
 
-    async def next(self, timeout: float) -> tuple[int, bytes] | bool | None:  # noqa: ASYNC109
+    async def next(self, timeout: float) -> tuple[int, bytes] | Literal[False] | None:  # noqa: ASYNC109
         """The next (version, frame); ``None`` at the end; ``False`` after ``timeout``
         seconds with nothing to send (time for a heartbeat)."""
         if not self._frames:
