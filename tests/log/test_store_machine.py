@@ -81,7 +81,11 @@ class StoreMachine(RuleBasedStateMachine):
             conn.execute("TRUNCATE events, conversations, messages, leases, instances")
         self.pool = open_pool(self.url, min_size=2, max_size=4)
         self.portal.call(self.pool.open)
-        self.store = Store(self.pool)
+        # Two stores on one database, as two server processes: each remembers what it last
+        # wrote, so whenever the other one writes, its next (guarded) append finds itself
+        # behind and must go the locked way.
+        self.stores = (Store(self.pool), Store(self.pool))
+        self.store = self.stores[0]
         self.versions: dict[uuid.UUID, int] = {}  # expected version, deleted ones included
         self.deleted: set[uuid.UUID] = set()
         self.ended_attempts: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID]] = []  # cid, mid, attempt
@@ -155,9 +159,9 @@ class StoreMachine(RuleBasedStateMachine):
         assert len(rows) <= 1
         return rows[0] if rows else None
 
-    def stream_events(self, data: st.DataObject, row: MessageRecord) -> list[StreamEvent]:
-        """A valid continuation of ``row``'s stream: deltas, new and growing tool calls."""
-        ids = [b.id for b in row.message.blocks if isinstance(b, ToolCallBlock)]
+    def stream_events(self, data: st.DataObject, ids: list[str]) -> list[StreamEvent]:
+        """A valid continuation of a stream whose tool calls are ``ids`` (which it extends):
+        deltas, new and growing tool calls."""
         out: list[StreamEvent] = []
         kinds = st.sampled_from(["text", "text", "reasoning", "start", "delta", "ready"])
         for kind in data.draw(st.lists(kinds, max_size=6), label="stream"):
@@ -240,23 +244,36 @@ class StoreMachine(RuleBasedStateMachine):
         else:
             self.append(cid, batch)
 
+    @rule(which=st.sampled_from([0, 1]))
+    def switch_store(self, which: int) -> None:
+        """Write through the other store from now on (as another process would)."""
+        self.store = self.stores[which]
+
     @precondition(lambda self: self.live())
-    @rule(data=st.data())
-    def checkpoint(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), checkpoints=st.integers(1, 3))
+    def checkpoint(self, data: st.DataObject, checkpoints: int) -> None:
         cid = data.draw(st.sampled_from(self.live()))
         row = self.generating(cid)
         if row is None:
             return
-        stream = self.stream_events(data, row)
-        event = ev.TurnCheckpointed(
-            at=self.now(),
-            message_id=row.message.id,
-            attempt=row.attempt,
-            events=ev.coalesce(stream),
-            stream_seq=row.stream_seq + len(stream),
-        )
+        ids = [b.id for b in row.message.blocks if isinstance(b, ToolCallBlock)]
+        seq = row.stream_seq
+        batch: list[ev.DomainEvent] = []
+        for _ in range(checkpoints):
+            stream = self.stream_events(data, ids)
+            seq += len(stream)
+            batch.append(
+                ev.TurnCheckpointed(
+                    at=self.now(),
+                    message_id=row.message.id,
+                    attempt=row.attempt,
+                    events=ev.coalesce(stream),
+                    stream_seq=seq,
+                )
+            )
         # Workers append checkpoints unversioned: their guard is the attempt (the fence).
-        self.append(cid, [event], expected=data.draw(st.booleans()))
+        # Several in one batch are a run, which the store folds as one checkpoint.
+        self.append(cid, batch, expected=data.draw(st.booleans()))
 
     @precondition(lambda self: self.live())
     @rule(data=st.data(), how=st.sampled_from(["complete", "fail", "abort", "interrupt"]))
@@ -265,7 +282,9 @@ class StoreMachine(RuleBasedStateMachine):
         row = self.generating(cid)
         if row is None:
             return
-        stream = self.stream_events(data, row)
+        stream = self.stream_events(
+            data, [b.id for b in row.message.blocks if isinstance(b, ToolCallBlock)]
+        )
         common: dict[str, Any] = {
             "at": self.now(),
             "message_id": row.message.id,
@@ -494,9 +513,9 @@ class StoreMachine(RuleBasedStateMachine):
             )
             errors = Fenced
         else:
-            # Valid for the projection, refused by PostgreSQL at INSERT (jsonb has no NUL).
+            # Valid for the projection, refused by the store before any SQL (PostgreSQL has no NUL).
             bad = ev.ConversationUpdated(at=self.now(), title="nul \x00 here")
-            errors = psycopg.errors.UntranslatableCharacter
+            errors = InvalidEvent
         self.append_fails(cid, [good, bad], errors, expected_version=self.versions[cid])
 
     @precondition(lambda self: self.deleted)

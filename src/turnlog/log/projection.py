@@ -146,6 +146,17 @@ def referenced_messages(event: DomainEvent) -> tuple[uuid.UUID, ...]:
             return ()
 
 
+def created_messages(event: DomainEvent) -> tuple[uuid.UUID, ...]:
+    """The message rows ``event`` creates."""
+    match event:
+        case UserMessageSent(message_id=mid) | AssistantTurnStarted(message_id=mid):
+            return (mid,)
+        case ToolResultRecorded(message_id=mid):
+            return (mid,)
+        case _:
+            return ()
+
+
 def check(
     conv: ConversationRecord | None,
     messages: Mapping[uuid.UUID, MessageRecord],

@@ -12,6 +12,7 @@ Error tree (all from :mod:`turnlog.log.projection` plus one here)::
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -24,17 +25,19 @@ from psycopg import sql
 from psycopg.adapt import Loader
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
-from turnlog_reducer import Block
+from turnlog_reducer import Block, StreamProtocolError
 
 from turnlog.log import events as ev
-from turnlog.log.events import DomainEvent
+from turnlog.log.events import DomainEvent, TurnCheckpointed
 from turnlog.log.projection import (
     Conversation,
     ConversationRecord,
     DomainError,
+    InvalidEvent,
     Message,
     MessageRecord,
     check,
+    created_messages,
     evolve,
     referenced_messages,
 )
@@ -45,8 +48,9 @@ class VersionConflict(DomainError):
 
 
 class Change(msgspec.Struct, frozen=True):
-    """What one stored event changed in public view: the messages whose API shape changed
-    and whether the conversation's did (beyond its version and updated_at)."""
+    """A change in public view, as of ``version``: message rows whose API shape an append
+    changed (their final state) or that the conversation's did (beyond its version and
+    updated_at)."""
 
     version: int
     messages: tuple[Message, ...]
@@ -56,7 +60,7 @@ class Change(msgspec.Struct, frozen=True):
 class Appended(msgspec.Struct, frozen=True):
     """The result of one append: the conversation after it (None once deleted), every
     message row the events created or changed (final state, seq order), the events with
-    their versions, and per event what changed in public view (for the live feeds)."""
+    their versions, and what changed in public view in version order (for the feeds)."""
 
     conversation_id: uuid.UUID
     conversation: ConversationRecord | None
@@ -279,7 +283,198 @@ def upsert_message_sql(table: str = "messages") -> sql.Composed:
 _UPSERT_CONVERSATION = upsert_conversation_sql().as_string()
 _UPSERT_MESSAGE = upsert_message_sql().as_string()
 
+# The one statement of a guarded append (autocommit: its own transaction, one round trip).
+# The guard is the UPDATE of the conversation row: its row lock serialises writers of the
+# conversation exactly as the locked way's FOR UPDATE does (and is likewise the first lock
+# the statement takes: `guard` is the first relation named, so rebuild's swap cannot
+# deadlock with it), and its version test, re-checked on the newest row after any wait for
+# that lock, matches nothing when another writer got there first. Every other write of the
+# statement is conditioned on the guard's row, so then nothing at all is written.
+# Events: ORDER BY v so positions follow versions. Messages come as one JSON array of rows
+# (jsonb_populate_recordset), the whole batch's rows in one parameter.
+_APPEND_GUARDED = (
+    "WITH guard AS ("
+    " UPDATE conversations SET title = %(title)s, model = %(model)s,"
+    " options = %(options)s::jsonb, system_prompt = %(system_prompt)s, state = %(state)s,"
+    " version = %(version)s, last_seq = %(last_seq)s, updated_at = %(updated_at)s"
+    " WHERE id = %(id)s AND version = %(expected)s RETURNING id"
+    "), logged AS ("
+    " INSERT INTO events (conversation_id, version, type, data, metadata)"
+    " SELECT %(id)s, v, t, d::jsonb, %(metadata)s::jsonb"
+    " FROM unnest(%(versions)b::int[], %(types)b::text[], %(data)b::text[]) AS e (v, t, d)"
+    " WHERE EXISTS (SELECT FROM guard) ORDER BY v"
+    "), written AS ("
+    f" INSERT INTO messages ({MESSAGE_COLUMNS}) SELECT {MESSAGE_COLUMNS}"
+    " FROM jsonb_populate_recordset(NULL::messages, %(messages)s::jsonb)"
+    " WHERE EXISTS (SELECT FROM guard) ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _MESSAGE_WRITABLE if c != "id")
+    + "), ended AS ("
+    " DELETE FROM leases WHERE message_id = ANY(%(ended)s::uuid[])"
+    " AND EXISTS (SELECT FROM guard)"
+    "), started AS ("
+    " INSERT INTO leases (message_id, attempt, instance_id)"
+    " SELECT m, a, %(instance)s::uuid"
+    " FROM unnest(%(lease_ids)s::uuid[], %(lease_attempts)s::uuid[]) AS l (m, a)"
+    " WHERE EXISTS (SELECT FROM guard) ON CONFLICT (message_id) DO UPDATE"
+    " SET attempt = EXCLUDED.attempt, instance_id = EXCLUDED.instance_id"
+    ") SELECT count(*) FROM guard"
+)
+# The locked way's events INSERT: ORDER BY v so positions follow versions. The arrays go in
+# binary (%b): the text array format would escape every quote of the JSON, one regex call
+# each. The unique (conversation_id, version) key would reject a writer that raced past the
+# row lock (none can; the key costs nothing).
+_INSERT_EVENTS = (
+    "INSERT INTO events (conversation_id, version, type, data, metadata) "
+    "SELECT %s, v, t, d::jsonb, %s::jsonb "
+    "FROM unnest(%b::int[], %b::text[], %b::text[]) AS e (v, t, d) ORDER BY v"
+)
+# How many conversations a store remembers for guarded appends (least recent dropped).
+KNOWN_CONVERSATIONS = 4096
+
 OnAppend = Callable[[Appended], None]
+
+
+class _Folded(msgspec.Struct):
+    """A checked batch folded onto the rows it touches, ready to write."""
+
+    conversation: ConversationRecord | None  # None once deleted
+    rows: tuple[MessageRecord, ...]  # every row created or changed, final state, seq order
+    seen: dict[uuid.UUID, MessageRecord]  # the rows folded onto, as the batch left them
+    stored: tuple[tuple[int, DomainEvent], ...]
+    changes: tuple[Change, ...]
+    types: list[str]
+    data: list[str]
+
+
+# A JSON string's escape of NUL: backslash-u-0000 whose backslash is not itself escaped.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _fold(
+    cid: uuid.UUID,
+    conv: ConversationRecord | None,
+    messages: dict[uuid.UUID, MessageRecord],
+    events: Sequence[DomainEvent],
+) -> _Folded:
+    """Check and fold ``events`` in order onto ``conv`` and ``messages`` (updated in
+    place); raise the first rule an event breaks. Nothing here touches the database.
+
+    A run of checkpoints of one row is checked event by event but folded as one merged
+    checkpoint (its stream events joined, its last time and stream seq): folding them one
+    by one would give the same row, materialising its blocks once per event on the way.
+    """
+    version = 0 if conv is None else conv.conversation.version
+    conv_before = conv
+    before: dict[uuid.UUID, Message | None] = {}  # public rows as the batch found them
+    touched: dict[uuid.UUID, int] = {}  # row -> version of its last public change
+    changed: dict[uuid.UUID, MessageRecord] = {}
+    stored: list[tuple[int, DomainEvent]] = []
+    i, n = 0, len(events)
+    while i < n:
+        if conv is None and i > 0:
+            raise InvalidEvent(f"conversation {cid}: no event may follow its deletion")
+        event = events[i]
+        check(conv, messages, event)
+        run = 1
+        if type(event) is TurnCheckpointed:
+            row = messages[event.message_id]
+            while i + run < n:
+                nxt = events[i + run]
+                if type(nxt) is not TurnCheckpointed or nxt.message_id != event.message_id:
+                    break
+                # Within the run only the row's stream seq moves (status and attempt stay).
+                prev = events[i + run - 1]
+                assert isinstance(prev, TurnCheckpointed)
+                row = msgspec.structs.replace(row, stream_seq=prev.stream_seq)
+                check(conv, {row.message.id: row}, nxt)
+                run += 1
+            if run > 1:
+                last = events[i + run - 1]
+                assert isinstance(last, TurnCheckpointed)
+                joined = tuple(
+                    e
+                    for c in events[i : i + run]
+                    if isinstance(c, TurnCheckpointed)
+                    for e in c.events
+                )
+                event = msgspec.structs.replace(last, events=joined)
+        stored += [(version + k + 1, events[i + k]) for k in range(run)]
+        version += run
+        i += run
+        outcome = evolve(conv, messages, event, version)
+        for row in outcome.messages:
+            mid = row.message.id
+            old = messages.get(mid)
+            if old is None or old.message is not row.message:
+                before.setdefault(mid, None if old is None else old.message)
+                touched[mid] = version
+            messages[mid] = row
+            changed[mid] = row
+        conv = outcome.conversation
+    if conv is None:
+        changed = {}
+    rows = tuple(sorted(changed.values(), key=lambda r: r.message.seq))
+    # What the live feeds show: each row whose public shape the batch changed, at the
+    # version of its last change. States in between were never visible to any reader.
+    changes = sorted(
+        (
+            Change(touched[r.message.id], (r.message,), False)
+            for r in rows
+            if r.message.id in touched and before[r.message.id] != r.message
+        ),
+        key=lambda c: c.version,
+    )
+    if _public_change(conv_before, conv):
+        changes.append(Change(version, (), True))
+    data = [ev.encode(e).decode() for _, e in stored]
+    for text in data:
+        # PostgreSQL text and jsonb cannot hold NUL: refused here with a clear error,
+        # before any SQL, rather than by whichever column meets it first.
+        if "\\u0000" in text and _JSON_NUL.search(text):
+            raise InvalidEvent(f"conversation {cid}: text cannot contain NUL (U+0000)")
+    return _Folded(
+        conv,
+        rows,
+        messages,
+        tuple(stored),
+        tuple(changes),
+        [ev.event_type(e) for _, e in stored],
+        data,
+    )
+
+
+def _lease_changes(
+    rows: Sequence[MessageRecord], instance_id: uuid.UUID | None
+) -> tuple[list[uuid.UUID], list[tuple[uuid.UUID, uuid.UUID]]]:
+    """(assistant rows that stopped generating: their leases go; (row, attempt) of rows
+    generating, whose lease ``instance_id`` takes)."""
+    ended = [
+        r.message.id for r in rows if r.message.role == "assistant" and not r.message.is_generating
+    ]
+    started = (
+        []
+        if instance_id is None
+        else [
+            (r.message.id, r.attempt)
+            for r in rows
+            if r.message.is_generating and r.attempt is not None
+        ]
+    )
+    return ended, started
+
+
+def _message_json(r: MessageRecord) -> dict[str, Any]:
+    """A message row as jsonb_populate_recordset reads it: column name to value."""
+    row = msgspec.structs.asdict(r.message)
+    row.update(
+        attempt=r.attempt,
+        stream_seq=r.stream_seq,
+        client_message_id=r.client_message_id,
+        options=r.options,
+        open_tool_calls=r.open_tool_calls,
+        awaiting_user=r.awaiting_user,
+    )
+    return row
 
 
 class Store:
@@ -288,6 +483,10 @@ class Store:
     def __init__(self, pool: AsyncConnectionPool[Any], on_append: OnAppend | None = None) -> None:
         self.pool = pool
         self._on_append = on_append
+        # The conversations this store wrote last (oldest first, for eviction), as it left
+        # them: the state the guarded fast way of append folds onto.
+        self._known: dict[uuid.UUID, tuple[ConversationRecord, dict[uuid.UUID, MessageRecord]]]
+        self._known = {}
 
     def set_on_append(self, on_append: OnAppend | None) -> None:
         """Called after every committed append (the live conversation feeds use it)."""
@@ -313,83 +512,151 @@ class Store:
         event is checked against the rows as the previous ones left them, so a failing
         event aborts the whole batch and leaves no trace. ``instance_id`` takes the lease
         of any assistant turn the events start.
+
+        Two ways in, one outcome. When this store last wrote the conversation and still
+        holds the rows the events touch, it checks and folds the batch on those rows and
+        writes it in one guarded statement (one round trip, see ``_APPEND_GUARDED``). If
+        another writer has moved the conversation since, the guard writes nothing, and
+        the batch goes the locked way: lock, read, check, fold and write in a transaction.
         """
         if not events:
             raise ValueError("append needs at least one event")
         metadata = _json.encode({"actor": actor, "request_id": request_id}).decode()
+        fold = await self._append_guarded(
+            conversation_id, events, expected_version, metadata, instance_id
+        )
+        if fold is None:
+            fold = await self._append_locked(
+                conversation_id, events, expected_version, metadata, instance_id
+            )
+        self._remember(conversation_id, fold)
+        appended = Appended(
+            conversation_id, fold.conversation, fold.rows, fold.stored, fold.changes
+        )
+        if self._on_append is not None:
+            self._on_append(appended)
+        return appended
+
+    async def _append_guarded(
+        self,
+        cid: uuid.UUID,
+        events: Sequence[DomainEvent],
+        expected_version: int | None,
+        metadata: str,
+        instance_id: uuid.UUID | None,
+    ) -> _Folded | None:
+        """The fast way: fold onto the remembered rows and write them if the conversation
+        is still at their version. None when it cannot (the caller goes the locked way)."""
+        known = self._known.get(cid)
+        if known is None:
+            return None
+        conv, hot = known
+        version = conv.conversation.version
+        if expected_version is not None and expected_version != version:
+            return None  # perhaps we are behind: the locked way decides
+        needed: set[uuid.UUID] = set()
+        created: set[uuid.UUID] = set()
+        for event in events:
+            needed.update(m for m in referenced_messages(event) if m not in created)
+            created.update(created_messages(event))
+        if not needed <= hot.keys():
+            return None
+        try:
+            fold = _fold(cid, conv, dict(hot), events)
+        except (DomainError, StreamProtocolError):
+            return None  # judged on rows that may be stale: the locked way judges again
+        if fold.conversation is None:
+            return None  # deletions go the locked way
+        c, rows = fold.conversation, fold.rows
+        ended, started = _lease_changes(rows, instance_id)
+        async with self.pool.connection() as conn:
+            try:
+                cur = await conn.execute(
+                    _APPEND_GUARDED,
+                    {
+                        "id": cid,
+                        "expected": version,
+                        "title": c.conversation.title,
+                        "model": c.conversation.model,
+                        "options": _json.encode(c.conversation.options).decode(),
+                        "system_prompt": c.conversation.system_prompt,
+                        "state": c.conversation.state,
+                        "version": c.conversation.version,
+                        "last_seq": c.last_seq,
+                        "updated_at": c.conversation.updated_at,
+                        "metadata": metadata,
+                        "versions": [v for v, _ in fold.stored],
+                        "types": fold.types,
+                        "data": fold.data,
+                        "messages": _json.encode([_message_json(r) for r in rows]).decode(),
+                        "ended": ended,
+                        "lease_ids": [m for m, _ in started],
+                        "lease_attempts": [a for _, a in started],
+                        "instance": instance_id,
+                    },
+                )
+            except psycopg.errors.UniqueViolation:
+                return None  # raced a writer of another way in: let the locked way judge
+            row = await cur.fetchone()
+        if row is None or row[0] != 1:
+            self._known.pop(cid, None)
+            return None
+        return fold
+
+    async def _append_locked(
+        self,
+        cid: uuid.UUID,
+        events: Sequence[DomainEvent],
+        expected_version: int | None,
+        metadata: str,
+        instance_id: uuid.UUID | None,
+    ) -> _Folded:
         async with self.pool.connection() as conn, conn.transaction():
-            conv = await self._lock_conversation(conn, conversation_id)
+            conv = await self._lock_conversation(conn, cid)
             if expected_version is not None:
                 found = 0 if conv is None else conv.conversation.version
                 if found != expected_version:
                     raise VersionConflict(
-                        f"expected version {expected_version} of conversation "
-                        f"{conversation_id}, found {found}"
+                        f"expected version {expected_version} of conversation {cid}, found {found}"
                     )
             wanted = {m for e in events for m in referenced_messages(e)}
             messages = await self._load_messages(conn, wanted) if wanted else {}
-            version = 0 if conv is None else conv.conversation.version
-            changed: dict[uuid.UUID, MessageRecord] = {}
-            stored: list[tuple[int, DomainEvent]] = []
-            deleted = False
-            changes: list[Change] = []
-            for event in events:
-                check(conv, messages, event)
-                version += 1
-                outcome = evolve(conv, messages, event, version)
-                public = tuple(
-                    row.message
-                    for row in outcome.messages
-                    if (old := messages.get(row.message.id)) is None or old.message != row.message
-                )
-                changes.append(Change(version, public, _public_change(conv, outcome.conversation)))
-                conv = outcome.conversation
-                for row in outcome.messages:
-                    messages[row.message.id] = row
-                    changed[row.message.id] = row
-                stored.append((version, event))
-                if conv is None:
-                    deleted = True
-                    break
+            fold = _fold(cid, conv, messages, events)
             # One multi-row INSERT: one statement and one round trip for the whole batch
-            # (executemany would send one statement per event), rows taken in version
-            # order so positions follow versions. The arrays go in binary (%b): the text
-            # array format would escape every quote of the JSON, one regex call each.
-            # The unique (conversation_id, version) key rejects a writer that raced past
-            # the row lock (it cannot, but the key costs nothing).
+            # (executemany would send one statement per event).
             try:
                 await conn.execute(
-                    "INSERT INTO events (conversation_id, version, type, data, metadata) "
-                    "SELECT %s, v, t, d::jsonb, %s::jsonb "
-                    "FROM unnest(%b::int[], %b::text[], %b::text[]) AS e (v, t, d) ORDER BY v",
-                    (
-                        conversation_id,
-                        metadata,
-                        [v for v, _ in stored],
-                        [ev.event_type(e) for _, e in stored],
-                        [ev.encode(e).decode() for _, e in stored],
-                    ),
+                    _INSERT_EVENTS,
+                    (cid, metadata, [v for v, _ in fold.stored], fold.types, fold.data),
                 )
             except psycopg.errors.UniqueViolation as exc:
-                raise VersionConflict(
-                    f"conversation {conversation_id} was appended to concurrently"
-                ) from exc
-            if deleted:
-                await self._delete_conversation(conn, conversation_id)
-                rows: tuple[MessageRecord, ...] = ()
-            else:
-                assert conv is not None
-                await conn.execute(_UPSERT_CONVERSATION, conversation_params(conv))
-                rows = tuple(sorted(changed.values(), key=lambda r: r.message.seq))
-                if rows:
-                    await conn.cursor().executemany(
-                        _UPSERT_MESSAGE, [message_params(r) for r in rows]
-                    )
-                await self._update_leases(conn, rows, instance_id)
-        appended = Appended(conversation_id, conv, rows, tuple(stored), tuple(changes))
-        if self._on_append is not None:
-            self._on_append(appended)
-        return appended
+                raise VersionConflict(f"conversation {cid} was appended to concurrently") from exc
+            if fold.conversation is None:
+                await self._delete_conversation(conn, cid)
+                return fold
+            await conn.execute(_UPSERT_CONVERSATION, conversation_params(fold.conversation))
+            if fold.rows:
+                await conn.cursor().executemany(
+                    _UPSERT_MESSAGE, [message_params(r) for r in fold.rows]
+                )
+            await self._update_leases(conn, fold.rows, instance_id)
+        return fold
+
+    def _remember(self, cid: uuid.UUID, fold: _Folded) -> None:
+        """Keep the conversation as this append left it, with its hot rows: the ones the
+        next events of a generation will name (generating, or waiting for tool results)."""
+        conv = fold.conversation
+        known = self._known.pop(cid, None)
+        if conv is None:
+            return
+        if known is not None and known[0].conversation.version > conv.conversation.version:
+            # A concurrent append of this process got further: keep what it left.
+            self._known[cid] = known
+            return
+        hot = {m: r for m, r in fold.seen.items() if r.message.is_generating or r.open_tool_calls}
+        self._known[cid] = (conv, hot)
+        if len(self._known) > KNOWN_CONVERSATIONS:
+            del self._known[next(iter(self._known))]
 
     async def _lock_conversation(
         self, conn: psycopg.AsyncConnection[Any], cid: uuid.UUID
@@ -435,26 +702,15 @@ class Store:
         rows: Sequence[MessageRecord],
         instance_id: uuid.UUID | None,
     ) -> None:
-        ended = [
-            r.message.id
-            for r in rows
-            if r.message.role == "assistant" and not r.message.is_generating
-        ]
+        ended, started = _lease_changes(rows, instance_id)
         if ended:
             await conn.execute("DELETE FROM leases WHERE message_id = ANY(%s)", (ended,))
-        if instance_id is None:
-            return
-        started = [
-            (r.message.id, r.attempt, instance_id)
-            for r in rows
-            if r.message.is_generating and r.attempt is not None
-        ]
         if started:
             await conn.cursor().executemany(
                 "INSERT INTO leases (message_id, attempt, instance_id) VALUES (%s, %s, %s) "
                 "ON CONFLICT (message_id) DO UPDATE SET attempt = EXCLUDED.attempt, "
                 "instance_id = EXCLUDED.instance_id",
-                started,
+                [(m, a, instance_id) for m, a in started],
             )
 
     async def retrying(
