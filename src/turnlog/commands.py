@@ -469,6 +469,9 @@ class Chat:
                 "attempt": None,
                 "events": closing,
                 "stream_seq": current.stream_seq + len(closing),
+                # Exactly on top of what we read: a checkpoint landing in between is
+                # refused (InvalidEvent) and we read again.
+                "from_seq": current.stream_seq,
             }
             event = (
                 ev.TurnAborted(**common) if aborted else ev.TurnInterrupted(**common, reason=reason)

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
+from turnlog import replay
 from turnlog.client import Init, text_of
 
+from .pgproxy import LostAnswers
 from .support import DEMO, FAST, Follower, Server, blocks_json, find, is_prefix, wait_until
 
 pytestmark = pytest.mark.slow
@@ -169,3 +173,40 @@ def test_sigterm_mid_answer_exits_within_grace_and_loses_nothing(
         if expected == "completed":
             assert len(text_of(row["blocks"]).split()) == length
         _assert_answered_at_once(srv, mid, expected, row["blocks"])
+
+
+@pytest.mark.parametrize("times", [1, 3])
+def test_a_checkpoint_whose_answer_is_lost_is_stored_once(
+    spawn: Callable[..., Server], databases: Any, tmp_path: Path, times: int
+) -> None:
+    """The database commits a checkpoint but its answer never reaches the server (the
+    proxy drops the connection in place of the final ReadyForQuery). The server cannot
+    tell whether the write landed; it sends the very same checkpoint again, the store
+    recognises the repeat, and the answer is stored exactly as streamed: nothing doubled,
+    nothing lost, and the generation carries on to completion."""
+    direct = databases.create()
+    proxy = LostAnswers(
+        direct, tmp_path / "proxy", marker=b"turn_checkpointed", times=times
+    ).start()
+    try:
+        srv = spawn(
+            env={"TURNLOG_CHECKPOINT_S": "0.2"},
+            database_url=proxy.url(urlsplit(direct).path.lstrip("/")),
+        ).start()
+        with srv.client() as c:
+            conv = c.create_conversation(
+                model=DEMO, options={"tokens_per_second": 40, "length": 80}
+            )
+            cid = conv["id"]
+            mid = c.send(cid, "lose my answers")["assistant_message"]["id"]
+            fold = c.follow(mid)
+            assert fold.done is not None
+            assert fold.done.status == "completed"
+            row = _stored(c, cid, mid)
+        assert proxy.fired == times, "the proxy lost fewer answers than planned"
+        assert srv.log().count("checkpoint failed; will retry") == times
+        assert row["status"] == "completed"
+        assert row["blocks"] == blocks_json(fold.blocks)
+        assert replay.verify(direct).ok
+    finally:
+        proxy.stop()

@@ -19,7 +19,7 @@ from turnlog_reducer import TextDelta, ToolCallDelta, ToolCallStarted
 from turnlog import replay
 from turnlog.db.schema import apply_schema
 from turnlog.log import events as ev
-from turnlog.log.projection import ConversationBusy, Fenced, InvalidEvent
+from turnlog.log.projection import AlreadyStored, ConversationBusy, Fenced, InvalidEvent
 from turnlog.log.store import Store, VersionConflict, open_pool
 
 pytestmark = pytest.mark.anyio
@@ -79,10 +79,20 @@ async def started_turn(store: Store, clock: Clock) -> tuple[uuid.UUID, uuid.UUID
 
 
 def checkpoint(
-    clock: Clock, mid: uuid.UUID, attempt: uuid.UUID, seq: int, *events: ev.StreamEvent
+    clock: Clock,
+    mid: uuid.UUID,
+    attempt: uuid.UUID,
+    seq: int,
+    *events: ev.StreamEvent,
+    from_seq: int | ev.UnsetType = ev.UNSET,
 ) -> ev.TurnCheckpointed:
     return ev.TurnCheckpointed(
-        at=clock(), message_id=mid, attempt=attempt, events=events, stream_seq=seq
+        at=clock(),
+        message_id=mid,
+        attempt=attempt,
+        events=events,
+        stream_seq=seq,
+        from_seq=from_seq,
     )
 
 
@@ -227,3 +237,32 @@ async def test_nul_is_refused_before_any_sql(stores: tuple[Store, Store, str]) -
     assert done.conversation is not None
     assert done.conversation.conversation.title == "a\\u0000b"
     assert versions(url, cid) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("repeater", ["same store", "other store"])
+async def test_a_checkpoint_sent_again_is_recognised(
+    stores: tuple[Store, Store, str], repeater: str
+) -> None:
+    """A worker whose write failed cannot tell whether it committed, so it sends the very
+    same checkpoint again. The store knows the repeat by its from_seq and refuses it with
+    AlreadyStored, leaving the text stored once; any other overlap or gap is refused."""
+    a, b, url = stores
+    clock = Clock()
+    cid, mid, attempt = await started_turn(a, clock)
+    first = checkpoint(clock, mid, attempt, 2, TextDelta("Hel"), TextDelta("lo"), from_seq=0)
+    await a.append(cid, [first])
+    again = a if repeater == "same store" else b
+    with pytest.raises(AlreadyStored):
+        await again.append(cid, [first])
+    for wrong in (
+        checkpoint(clock, mid, attempt, 3, TextDelta("Hello!"), from_seq=0),  # overlaps
+        checkpoint(clock, mid, attempt, 4, TextDelta("!"), from_seq=3),  # leaves a gap
+    ):
+        with pytest.raises(InvalidEvent):
+            await again.append(cid, [wrong])
+    await again.append(cid, [checkpoint(clock, mid, attempt, 3, TextDelta("!"), from_seq=2)])
+    row = await a.get_message(mid)
+    assert row is not None
+    assert [getattr(x, "text", None) for x in row.message.blocks] == ["Hello!"]
+    assert versions(url, cid) == [1, 2, 3, 4, 5]
+    assert replay.verify(url).ok

@@ -11,6 +11,7 @@ generation's attempt id, so once anyone else has ended the row the store rejects
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -36,7 +37,7 @@ from turnlog.config import Settings
 from turnlog.generation.history import build_history
 from turnlog.generation.tools import INTERACTIVE, TOOLS, run_server_tool
 from turnlog.log import events as ev
-from turnlog.log.projection import DomainError, Fenced, MessageRecord
+from turnlog.log.projection import AlreadyStored, DomainError, Fenced, MessageRecord
 from turnlog.log.store import Store
 from turnlog.providers import get_provider
 from turnlog.providers.base import ModelRequest, Provider, ProviderError, StepEnd, UnknownModel
@@ -116,6 +117,10 @@ class Generation:
         self.finished = anyio.Event()
         # Published but not yet stored.
         self.pending: list[StreamEvent] = []
+        # The stream seq the store holds for the row (every write names it as from_seq),
+        # and a checkpoint whose write failed without telling whether it committed.
+        self.stored_seq = 0
+        self.unacked: ev.TurnCheckpointed | None = None
         self.write_lock = anyio.Lock()
 
     def take_pending(self) -> tuple[tuple[StreamEvent, ...], int]:
@@ -315,26 +320,25 @@ class Engine:
         """Store the new events every TURNLOG_CHECKPOINT_S, only when there are some."""
         while True:
             await anyio.sleep(self.settings.checkpoint_s)
-            if not gen.pending:
+            if not gen.pending and gen.unacked is None:
                 continue
             # Shielded: the step's end cancels this task, and a cancel landing inside the
             # write would lose the events it had taken (or store them unacknowledged).
             with anyio.CancelScope(shield=True):
                 async with gen.write_lock:
-                    events, seq = gen.take_pending()
                     try:
-                        await self.store.append(
-                            gen.turn.conversation_id,
-                            [
-                                ev.TurnCheckpointed(
-                                    at=self.now(),
-                                    message_id=gen.turn.message_id,
-                                    attempt=gen.turn.attempt,
-                                    events=events,
-                                    stream_seq=seq,
-                                )
-                            ],
-                        )
+                        await self._settle(gen)
+                        if gen.pending:
+                            events, seq = gen.take_pending()
+                            gen.unacked = ev.TurnCheckpointed(
+                                at=self.now(),
+                                message_id=gen.turn.message_id,
+                                attempt=gen.turn.attempt,
+                                events=events,
+                                stream_seq=seq,
+                                from_seq=gen.stored_seq,
+                            )
+                            await self._settle(gen)
                     except DomainError as exc:
                         # Fenced (the row was ended elsewhere) or the conversation is gone.
                         log.warning("generation fenced off; stopping", reason=str(exc))
@@ -342,21 +346,36 @@ class Engine:
                         gen.scope.cancel()
                         return
                     except Exception:
+                        # Committed or not, it cannot tell: the very same event goes again
+                        # next time, and the store knows a repeat (AlreadyStored).
                         log.warning("checkpoint failed; will retry", exc_info=True)
-                        await self._recover_checkpoint(gen, events, seq)
 
-    async def _recover_checkpoint(
-        self, gen: Generation, events: tuple[StreamEvent, ...], seq: int
-    ) -> None:
-        """After a failed checkpoint write, keep its events for the next one -- unless the
-        write did commit and only its answer was lost: sending them again would store the
-        text twice. The row's stream seq tells which."""
-        try:
-            row = await self.store.get_message(gen.turn.message_id)
-        except Exception:
-            row = None  # still unreachable: the next write's fence check decides
-        if row is None or row.stream_seq < seq:
-            gen.pending[:0] = list(events)
+    async def _settle(self, gen: Generation) -> None:
+        """Store the checkpoint in ``gen.unacked``, if any: sent as is, however often it
+        takes, so a write whose answer was lost is never stored twice. Raises what the
+        write raised (it stays unacked) or the DomainError that fenced it."""
+        event = gen.unacked
+        if event is None:
+            return
+        # AlreadyStored: an earlier try of this very write committed; its answer was lost.
+        with contextlib.suppress(AlreadyStored):
+            await self.store.append(gen.turn.conversation_id, [event])
+        gen.unacked = None
+        gen.stored_seq = event.stream_seq
+
+    async def _settle_before_end(self, gen: Generation) -> None:
+        """Before a step's last write: store a checkpoint left unacked, retrying a while."""
+        for i in range(FINAL_WRITE_TRIES):
+            try:
+                await self._settle(gen)
+                return
+            except DomainError:
+                raise
+            except Exception:
+                if i == FINAL_WRITE_TRIES - 1:
+                    raise
+                log.warning("storing a checkpoint failed; retrying", exc_info=True)
+                await anyio.sleep(0.2 * 2**i)
 
     def _close_open_calls(self, gen: Generation) -> None:
         """Mark tool calls the step left unfinished as ready with null arguments."""
@@ -374,6 +393,11 @@ class Engine:
         awaiting = tuple(c.id for c in calls if c.name in INTERACTIVE)
         now = self.now()
         async with gen.write_lock:
+            try:
+                await self._settle_before_end(gen)
+            except DomainError:  # fenced, or the conversation is gone
+                await self._finish_from_store(gen)
+                return None
             events, seq = gen.take_pending()
             batch: list[ev.DomainEvent] = [
                 ev.StepCompleted(
@@ -382,6 +406,7 @@ class Engine:
                     attempt=turn.attempt,
                     events=events,
                     stream_seq=seq,
+                    from_seq=gen.stored_seq,
                     finish_reason=step_end.finish_reason,
                     usage=step_end.usage,
                     awaiting_user=awaiting,
@@ -430,6 +455,11 @@ class Engine:
         turn = gen.turn
         self._close_open_calls(gen)
         async with gen.write_lock:
+            try:
+                await self._settle_before_end(gen)
+            except DomainError:  # fenced, or the conversation is gone
+                await self._finish_from_store(gen)
+                return
             events, seq = gen.take_pending()
             common: dict[str, Any] = {
                 "at": self.now(),
@@ -437,6 +467,7 @@ class Engine:
                 "attempt": turn.attempt,
                 "events": events,
                 "stream_seq": seq,
+                "from_seq": gen.stored_seq,
             }
             event: ev.DomainEvent
             if how == "aborted":

@@ -71,12 +71,19 @@ class AssistantTurnStarted(_Event, frozen=True, tag="assistant_turn_started"):
 
 class _TurnEvent(_Event, frozen=True, kw_only=True):
     """An event about a generating assistant row, carrying the stream events since the
-    previous stored one (coalesced) and the stream seq they reach."""
+    previous stored one (coalesced) and the stream seq they reach.
+
+    ``from_seq``, when set, is the stream seq the row must hold for these events to follow
+    on: the store refuses a gap or an overlap. It also makes a checkpoint safe to send
+    again when the answer to a write was lost: a repeat is recognised (the row already
+    holds its ``stream_seq``, from further back) and refused as ``AlreadyStored``, so no
+    text is ever stored twice."""
 
     message_id: uuid.UUID
     attempt: uuid.UUID | None
     events: tuple[StreamEvent, ...] = ()
     stream_seq: int
+    from_seq: int | UnsetType = UNSET
 
 
 class TurnCheckpointed(_TurnEvent, frozen=True, tag="turn_checkpointed"):

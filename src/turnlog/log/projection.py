@@ -131,6 +131,10 @@ class InvalidEvent(DomainError):
     pass
 
 
+class AlreadyStored(DomainError):
+    """A repeat of a checkpoint the log already holds (sent again after a lost answer)."""
+
+
 def referenced_messages(event: DomainEvent) -> tuple[uuid.UUID, ...]:
     """The existing message rows :func:`check` and :func:`evolve` need to see."""
     match event:
@@ -206,6 +210,20 @@ def check(
                 )
             if event.attempt is None and not isinstance(event, TurnAborted | TurnInterrupted):
                 raise InvalidEvent(f"{type(event).__name__} needs the generation's attempt id")
+            if event.from_seq is not UNSET and event.from_seq != row.stream_seq:
+                if (
+                    isinstance(event, TurnCheckpointed)
+                    and event.from_seq < row.stream_seq
+                    and event.stream_seq == row.stream_seq
+                ):
+                    raise AlreadyStored(
+                        f"message {event.message_id} already holds this checkpoint "
+                        f"(stream seq {event.from_seq} to {event.stream_seq})"
+                    )
+                raise InvalidEvent(
+                    f"message {event.message_id} holds stream seq {row.stream_seq}, but the "
+                    f"event follows on from {event.from_seq}"
+                )
             if event.stream_seq < row.stream_seq:
                 raise InvalidEvent(
                     f"message {event.message_id} already holds stream seq {row.stream_seq}, "

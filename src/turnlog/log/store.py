@@ -7,6 +7,7 @@ Error tree (all from :mod:`turnlog.log.projection` plus one here)::
     ├── ConversationBusy    generating or awaiting input
     ├── Fenced              a late write from a generation that no longer owns its row
     ├── InvalidEvent        any other rule of projection.check
+    ├── AlreadyStored       a checkpoint sent again after its answer was lost
     └── VersionConflict     expected_version was not the conversation's version
 """
 
