@@ -42,6 +42,7 @@ from turnlog import replay
 from turnlog.db.schema import apply_schema
 from turnlog.log import events as ev
 from turnlog.log.projection import (
+    AlreadyStored,
     ConversationBusy,
     ConversationRecord,
     DomainError,
@@ -258,22 +259,30 @@ class StoreMachine(RuleBasedStateMachine):
             return
         ids = [b.id for b in row.message.blocks if isinstance(b, ToolCallBlock)]
         seq = row.stream_seq
+        chained = data.draw(st.booleans(), label="with from_seq")
         batch: list[ev.DomainEvent] = []
         for _ in range(checkpoints):
             stream = self.stream_events(data, ids)
-            seq += len(stream)
             batch.append(
                 ev.TurnCheckpointed(
                     at=self.now(),
                     message_id=row.message.id,
                     attempt=row.attempt,
                     events=ev.coalesce(stream),
-                    stream_seq=seq,
+                    stream_seq=seq + len(stream),
+                    from_seq=seq if chained else ev.UNSET,
                 )
             )
+            seq += len(stream)
         # Workers append checkpoints unversioned: their guard is the attempt (the fence).
         # Several in one batch are a run, which the store folds as one checkpoint.
         self.append(cid, batch, expected=data.draw(st.booleans()))
+        last = batch[-1]
+        if chained and isinstance(last, ev.TurnCheckpointed) and last.events:
+            # Say the worker's answer was lost: it sends its last checkpoint again, as is
+            # (through whichever store is current). Recognised as a repeat, refused, and no
+            # trace left.
+            self.append_fails(cid, [last], AlreadyStored)
 
     @precondition(lambda self: self.live())
     @rule(data=st.data(), how=st.sampled_from(["complete", "fail", "abort", "interrupt"]))
@@ -557,7 +566,7 @@ def test_store_state_machine(fresh_db: str) -> None:
         machine,
         settings=settings(
             max_examples=20,
-            stateful_step_count=20,
+            stateful_step_count=30,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
