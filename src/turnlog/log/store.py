@@ -22,7 +22,6 @@ from typing import Any
 
 import msgspec
 import psycopg
-from psycopg import sql
 from psycopg.adapt import Loader
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
@@ -255,61 +254,43 @@ def message_params(r: MessageRecord) -> tuple[Any, ...]:
     )
 
 
-def _upsert(table: str, columns: list[str], conflict: str) -> sql.Composed:
-    casts = {"options": "::jsonb", "blocks": "::jsonb", "usage": "::jsonb"}
-    values = sql.SQL(", ").join(sql.SQL("%s" + casts.get(c, "")) for c in columns)
-    updates = sql.SQL(", ").join(
-        sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in columns if c != conflict
-    )
-    return sql.SQL(
-        "INSERT INTO {t} ({cols}) VALUES ({vals}) ON CONFLICT ({k}) DO UPDATE SET {u}"
-    ).format(
-        t=sql.Identifier(table),
-        cols=sql.SQL(", ").join(map(sql.Identifier, columns)),
-        vals=values,
-        k=sql.Identifier(conflict),
-        u=updates,
-    )
+def _updates(columns: list[str], key: str = "id") -> str:
+    return ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != key)
 
 
-def upsert_conversation_sql(table: str = "conversations") -> sql.Composed:
-    return _upsert(table, _CONVERSATION_WRITABLE, "id")
-
-
-def upsert_message_sql(table: str = "messages") -> sql.Composed:
-    return _upsert(table, _MESSAGE_WRITABLE, "id")
-
-
-# Rendered to text once: psycopg would render a Composed again on every execute (~0.1 ms).
-_UPSERT_CONVERSATION = upsert_conversation_sql().as_string()
-_UPSERT_MESSAGE = upsert_message_sql().as_string()
-
-# The one statement of a guarded append (autocommit: its own transaction, one round trip).
-# The guard is the UPDATE of the conversation row: its row lock serialises writers of the
-# conversation exactly as the locked way's FOR UPDATE does (and is likewise the first lock
-# the statement takes: `guard` is the first relation named, so rebuild's swap cannot
-# deadlock with it), and its version test, re-checked on the newest row after any wait for
-# that lock, matches nothing when another writer got there first. Every other write of the
-# statement is conditioned on the guard's row, so then nothing at all is written.
-# Events: ORDER BY v so positions follow versions. Messages come as one JSON array of rows
-# (jsonb_populate_recordset), the whole batch's rows in one parameter.
-_APPEND_GUARDED = (
-    "WITH guard AS ("
-    " UPDATE conversations SET title = %(title)s, model = %(model)s,"
-    " options = %(options)s::jsonb, system_prompt = %(system_prompt)s, state = %(state)s,"
-    " version = %(version)s, last_seq = %(last_seq)s, updated_at = %(updated_at)s"
-    " WHERE id = %(id)s AND version = %(expected)s RETURNING id"
-    "), logged AS ("
+# Every append writes with one statement (autocommit on the guarded way: its own
+# transaction, one round trip). Its first step, `guard`, writes the conversation row, only
+# if the conversation is still at the version the batch was folded onto (%(expected)s, 0
+# for a creation). Every other write of the statement is conditioned on the guard's row, so
+# when another writer got there first nothing at all is written.
+# - The guard takes the conversation's row lock, the same lock the locked way's FOR UPDATE
+#   takes, so it serialises writers the same way; ON CONFLICT evaluates its version test on
+#   the newest row, after any wait for that lock. It is the first relation the statement
+#   names, hence the first lock it takes, so rebuild's swap (conversations, then events)
+#   cannot deadlock with it.
+# - Events: ORDER BY v so positions follow versions. The arrays go in binary (%b): the text
+#   array format would escape every quote of the JSON, one regex call each. The unique
+#   (conversation_id, version) key backs the guard.
+# - Messages come as one JSON array of rows (jsonb_populate_recordset): the whole batch's
+#   rows in one parameter.
+_LOG_EVENTS = (
+    "logged AS ("
     " INSERT INTO events (conversation_id, version, type, data, metadata)"
     " SELECT %(id)s, v, t, d::jsonb, %(metadata)s::jsonb"
     " FROM unnest(%(versions)b::int[], %(types)b::text[], %(data)b::text[]) AS e (v, t, d)"
-    " WHERE EXISTS (SELECT FROM guard) ORDER BY v"
-    "), written AS ("
-    f" INSERT INTO messages ({MESSAGE_COLUMNS}) SELECT {MESSAGE_COLUMNS}"
+    " WHERE EXISTS (SELECT FROM guard) ORDER BY v)"
+)
+_WRITE = (
+    f"WITH guard AS (INSERT INTO conversations ({CONVERSATION_COLUMNS}) VALUES ("
+    + ", ".join(f"%({c})s::jsonb" if c == "options" else f"%({c})s" for c in _CONVERSATION_WRITABLE)
+    + f") ON CONFLICT (id) DO UPDATE SET {_updates(_CONVERSATION_WRITABLE)}"
+    " WHERE conversations.version = %(expected)s RETURNING id), "
+    + _LOG_EVENTS
+    + f", written AS (INSERT INTO messages ({MESSAGE_COLUMNS}) SELECT {MESSAGE_COLUMNS}"
     " FROM jsonb_populate_recordset(NULL::messages, %(messages)s::jsonb)"
-    " WHERE EXISTS (SELECT FROM guard) ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _MESSAGE_WRITABLE if c != "id")
-    + "), ended AS ("
+    " WHERE EXISTS (SELECT FROM guard)"
+    f" ON CONFLICT (id) DO UPDATE SET {_updates(_MESSAGE_WRITABLE)}"
+    "), ended AS ("
     " DELETE FROM leases WHERE message_id = ANY(%(ended)s::uuid[])"
     " AND EXISTS (SELECT FROM guard)"
     "), started AS ("
@@ -320,14 +301,18 @@ _APPEND_GUARDED = (
     " SET attempt = EXCLUDED.attempt, instance_id = EXCLUDED.instance_id"
     ") SELECT count(*) FROM guard"
 )
-# The locked way's events INSERT: ORDER BY v so positions follow versions. The arrays go in
-# binary (%b): the text array format would escape every quote of the JSON, one regex call
-# each. The unique (conversation_id, version) key would reject a writer that raced past the
-# row lock (none can; the key costs nothing).
-_INSERT_EVENTS = (
-    "INSERT INTO events (conversation_id, version, type, data, metadata) "
-    "SELECT %s, v, t, d::jsonb, %s::jsonb "
-    "FROM unnest(%b::int[], %b::text[], %b::text[]) AS e (v, t, d) ORDER BY v"
+# A batch ending in the conversation's deletion: the same guard as a DELETE, then its rows
+# and their leases go (all CTEs see the statement's snapshot, so `leases_gone` still finds
+# the messages that `messages_gone` deletes).
+_WRITE_DELETION = (
+    "WITH guard AS (DELETE FROM conversations WHERE id = %(id)s AND version = %(expected)s"
+    " RETURNING id), "
+    + _LOG_EVENTS
+    + ", leases_gone AS (DELETE FROM leases USING messages m WHERE leases.message_id = m.id"
+    " AND m.conversation_id = %(id)s AND EXISTS (SELECT FROM guard))"
+    ", messages_gone AS (DELETE FROM messages WHERE conversation_id = %(id)s"
+    " AND EXISTS (SELECT FROM guard))"
+    " SELECT count(*) FROM guard"
 )
 # How many conversations a store remembers for guarded appends (least recent dropped).
 KNOWN_CONVERSATIONS = 4096
@@ -478,6 +463,43 @@ def _message_json(r: MessageRecord) -> dict[str, Any]:
     return row
 
 
+async def _write(
+    conn: psycopg.AsyncConnection[Any],
+    cid: uuid.UUID,
+    fold: _Folded,
+    expected: int,
+    metadata: str,
+    instance_id: uuid.UUID | None,
+) -> bool:
+    """Write a folded batch with its one statement (``_WRITE``); False when the guard found
+    the conversation past ``expected`` and so nothing was written."""
+    params: dict[str, Any] = {
+        "id": cid,
+        "expected": expected,
+        "metadata": metadata,
+        "versions": [v for v, _ in fold.stored],
+        "types": fold.types,
+        "data": fold.data,
+    }
+    if fold.conversation is None:
+        cur = await conn.execute(_WRITE_DELETION, params)
+    else:
+        ended, started = _lease_changes(fold.rows, instance_id)
+        params.update(
+            zip(_CONVERSATION_WRITABLE, conversation_params(fold.conversation), strict=True)
+        )
+        params.update(
+            messages=_json.encode([_message_json(r) for r in fold.rows]).decode(),
+            ended=ended,
+            lease_ids=[m for m, _ in started],
+            lease_attempts=[a for _, a in started],
+            instance=instance_id,
+        )
+        cur = await conn.execute(_WRITE, params)
+    row = await cur.fetchone()
+    return row is not None and row[0] == 1
+
+
 class Store:
     """Appends and reads, over a psycopg async pool of autocommit connections."""
 
@@ -516,9 +538,10 @@ class Store:
 
         Two ways in, one outcome. When this store last wrote the conversation and still
         holds the rows the events touch, it checks and folds the batch on those rows and
-        writes it in one guarded statement (one round trip, see ``_APPEND_GUARDED``). If
+        writes it in one guarded statement (one round trip, see ``_WRITE``). If
         another writer has moved the conversation since, the guard writes nothing, and
-        the batch goes the locked way: lock, read, check, fold and write in a transaction.
+        the batch goes the locked way: lock, read, check and fold in a transaction, then
+        the same write.
         """
         if not events:
             raise ValueError("append needs at least one event")
@@ -566,40 +589,12 @@ class Store:
             fold = _fold(cid, conv, dict(hot), events)
         except (DomainError, StreamProtocolError):
             return None  # judged on rows that may be stale: the locked way judges again
-        if fold.conversation is None:
-            return None  # deletions go the locked way
-        c, rows = fold.conversation, fold.rows
-        ended, started = _lease_changes(rows, instance_id)
         async with self.pool.connection() as conn:
             try:
-                cur = await conn.execute(
-                    _APPEND_GUARDED,
-                    {
-                        "id": cid,
-                        "expected": version,
-                        "title": c.conversation.title,
-                        "model": c.conversation.model,
-                        "options": _json.encode(c.conversation.options).decode(),
-                        "system_prompt": c.conversation.system_prompt,
-                        "state": c.conversation.state,
-                        "version": c.conversation.version,
-                        "last_seq": c.last_seq,
-                        "updated_at": c.conversation.updated_at,
-                        "metadata": metadata,
-                        "versions": [v for v, _ in fold.stored],
-                        "types": fold.types,
-                        "data": fold.data,
-                        "messages": _json.encode([_message_json(r) for r in rows]).decode(),
-                        "ended": ended,
-                        "lease_ids": [m for m, _ in started],
-                        "lease_attempts": [a for _, a in started],
-                        "instance": instance_id,
-                    },
-                )
+                written = await _write(conn, cid, fold, version, metadata, instance_id)
             except psycopg.errors.UniqueViolation:
-                return None  # raced a writer of another way in: let the locked way judge
-            row = await cur.fetchone()
-        if row is None or row[0] != 1:
+                written = False  # raced a writer of the locked way: let it judge
+        if not written:
             self._known.pop(cid, None)
             return None
         return fold
@@ -614,33 +609,20 @@ class Store:
     ) -> _Folded:
         async with self.pool.connection() as conn, conn.transaction():
             conv = await self._lock_conversation(conn, cid)
-            if expected_version is not None:
-                found = 0 if conv is None else conv.conversation.version
-                if found != expected_version:
-                    raise VersionConflict(
-                        f"expected version {expected_version} of conversation {cid}, found {found}"
-                    )
+            found = 0 if conv is None else conv.conversation.version
+            if expected_version is not None and found != expected_version:
+                raise VersionConflict(
+                    f"expected version {expected_version} of conversation {cid}, found {found}"
+                )
             wanted = {m for e in events for m in referenced_messages(e)}
             messages = await self._load_messages(conn, wanted) if wanted else {}
             fold = _fold(cid, conv, messages, events)
-            # One multi-row INSERT: one statement and one round trip for the whole batch
-            # (executemany would send one statement per event).
             try:
-                await conn.execute(
-                    _INSERT_EVENTS,
-                    (cid, metadata, [v for v, _ in fold.stored], fold.types, fold.data),
-                )
-            except psycopg.errors.UniqueViolation as exc:
-                raise VersionConflict(f"conversation {cid} was appended to concurrently") from exc
-            if fold.conversation is None:
-                await self._delete_conversation(conn, cid)
-                return fold
-            await conn.execute(_UPSERT_CONVERSATION, conversation_params(fold.conversation))
-            if fold.rows:
-                await conn.cursor().executemany(
-                    _UPSERT_MESSAGE, [message_params(r) for r in fold.rows]
-                )
-            await self._update_leases(conn, fold.rows, instance_id)
+                written = await _write(conn, cid, fold, found, metadata, instance_id)
+            except psycopg.errors.UniqueViolation:
+                written = False
+            if not written:  # only a creation can race (there was no row to lock)
+                raise VersionConflict(f"conversation {cid} was appended to concurrently")
         return fold
 
     def _remember(self, cid: uuid.UUID, fold: _Folded) -> None:
@@ -685,34 +667,6 @@ class Store:
             f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ANY(%s)", (list(ids),)
         )
         return {r.message.id: r for r in map(message_from_row, await cur.fetchall())}
-
-    async def _delete_conversation(
-        self, conn: psycopg.AsyncConnection[Any], cid: uuid.UUID
-    ) -> None:
-        await conn.execute(
-            "DELETE FROM leases WHERE message_id IN "
-            "(SELECT id FROM messages WHERE conversation_id = %s)",
-            (cid,),
-        )
-        await conn.execute("DELETE FROM messages WHERE conversation_id = %s", (cid,))
-        await conn.execute("DELETE FROM conversations WHERE id = %s", (cid,))
-
-    async def _update_leases(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        rows: Sequence[MessageRecord],
-        instance_id: uuid.UUID | None,
-    ) -> None:
-        ended, started = _lease_changes(rows, instance_id)
-        if ended:
-            await conn.execute("DELETE FROM leases WHERE message_id = ANY(%s)", (ended,))
-        if started:
-            await conn.cursor().executemany(
-                "INSERT INTO leases (message_id, attempt, instance_id) VALUES (%s, %s, %s) "
-                "ON CONFLICT (message_id) DO UPDATE SET attempt = EXCLUDED.attempt, "
-                "instance_id = EXCLUDED.instance_id",
-                [(m, a, instance_id) for m, a in started],
-            )
 
     async def retrying(
         self,
