@@ -32,7 +32,7 @@ from turnlog.log.projection import (
     NotFound,
 )
 from turnlog.log.store import Appended, Store
-from turnlog.providers import validate_model, validate_options
+from turnlog.providers import validate_options
 
 MAX_TITLE_CHARS = 500
 MAX_CLIENT_ID_CHARS = 200
@@ -121,8 +121,7 @@ class Chat:
         _no_nul("model", model)
         _no_nul("options", options)
         try:
-            validate_model(model)
-            validate_options(model, options)
+            validate_options(model, options)  # checks the model first
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
 

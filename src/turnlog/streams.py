@@ -98,12 +98,17 @@ def _event_name(event: StreamEvent) -> bytes:
     return name
 
 
+def sse_frame(name: bytes, frame_id: int, data: bytes) -> bytes:
+    """One SSE event: ``event: <name>``, ``id: <frame_id>``, ``data: <data>`` (one line)."""
+    return b"event: %b\nid: %d\ndata: %b\n\n" % (name, frame_id, data)
+
+
 def event_frame(seq: int, event: StreamEvent) -> bytes:
     """The SSE frame of one stream event: ``event: <type>``, ``id: <seq>``, its JSON."""
-    return b"event: %b\nid: %d\ndata: %b\n\n" % (_event_name(event), seq, encode_event(event))
+    return sse_frame(_event_name(event), seq, encode_event(event))
 
 
-def init_frame(message_id: UUID, seq: int, status: str, blocks: Blocks) -> bytes:
+def init_frame(message_id: UUID, seq: int, status: str, blocks: Sequence[Block]) -> bytes:
     """The SSE ``init`` frame: the blocks after the first ``seq`` events, and the status.
 
     Public so that the HTTP layer answers a stored (finished or repaired) row the same way.
@@ -114,7 +119,7 @@ def init_frame(message_id: UUID, seq: int, status: str, blocks: Blocks) -> bytes
         msgspec.json.encode(status),
         encode_blocks(blocks),
     )
-    return b"event: init\nid: %d\ndata: %b\n\n" % (seq, data)
+    return sse_frame(b"init", seq, data)
 
 
 # --------------------------------------------------------------------------- the stream
@@ -135,7 +140,6 @@ class LiveStream:
         "_seq",
         "_subscribers",
         "_wakeup",
-        "finished_at",
         "message_id",
     )
 
@@ -167,7 +171,6 @@ class LiveStream:
         self._wakeup: anyio.Event | None = None
         self._on_finish = on_finish
         self._subscribers = 0
-        self.finished_at: float | None = None
 
     def __repr__(self) -> str:
         return f"<LiveStream {self.message_id} seq={self._seq} status={self.status}>"
@@ -191,11 +194,6 @@ class LiveStream:
     def status(self) -> str | None:
         """The final status from ``done``; ``None`` while generating."""
         return None if self._done is None else self._done.status
-
-    @property
-    def done(self) -> Done | None:
-        """The ``done`` event, once finished."""
-        return self._done
 
     @property
     def subscriber_count(self) -> int:
@@ -322,6 +320,17 @@ class Subscription:
 
     async def __anext__(self) -> bytes:
         """The next frame, waiting for it if none is ready."""
+        return await self._next()
+
+    # ASYNC109: a cancel scope around __anext__ cannot tell "idle, send a ping" from "ended";
+    # returning None on idle keeps the HTTP layer's heartbeat loop one line.
+    async def next_frame(self, timeout: float) -> bytes | None:  # noqa: ASYNC109
+        """Like ``__anext__``, but ``None`` after ``timeout`` idle seconds (time to ping)."""
+        with anyio.move_on_after(timeout):
+            return await self._next()
+        return None
+
+    async def _next(self) -> bytes:
         frame = self._poll()
         if frame is not None:
             # A reader catching up on a backlog would never suspend; yield to the loop once
@@ -335,24 +344,6 @@ class Subscription:
             frame = self._poll()
             if frame is not None:
                 return frame
-
-    # ASYNC109: a cancel scope around __anext__ cannot tell "idle, send a ping" from "ended";
-    # returning None on idle keeps the HTTP layer's heartbeat loop one line.
-    async def next_frame(self, timeout: float) -> bytes | None:  # noqa: ASYNC109
-        """Like ``__anext__``, but ``None`` after ``timeout`` idle seconds (time to ping)."""
-        frame = self._poll()
-        if frame is not None:
-            await anyio.lowlevel.checkpoint()
-            return frame
-        with anyio.move_on_after(timeout):
-            while True:
-                if self._ended:
-                    raise StopAsyncIteration
-                await self._stream._wait()
-                frame = self._poll()
-                if frame is not None:
-                    return frame
-        return None
 
     def close(self) -> None:
         """Stop reading: later reads end the iteration. Idempotent."""
@@ -454,7 +445,6 @@ class StreamRegistry:
 
     def _finished(self, stream: LiveStream) -> None:
         now = anyio.current_time()
-        stream.finished_at = now
         self._expiring.append((now + self._linger_s, stream))
         wakeup = self._janitor_wakeup
         if wakeup is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -22,6 +22,7 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup
 from turnlog_reducer import (
+    Block,
     Done,
     ReasoningDelta,
     StreamEvent,
@@ -365,25 +366,13 @@ class Engine:
 
     async def _settle_before_end(self, gen: Generation) -> None:
         """Before a step's last write: store a checkpoint left unacked, retrying a while."""
-        for i in range(FINAL_WRITE_TRIES):
-            try:
-                await self._settle(gen)
-                return
-            except DomainError:
-                raise
-            except Exception:
-                if i == FINAL_WRITE_TRIES - 1:
-                    raise
-                log.warning("storing a checkpoint failed; retrying", exc_info=True)
-                await anyio.sleep(0.2 * 2**i)
+        await _retrying(lambda: self._settle(gen), "storing a checkpoint failed; retrying")
 
     def _close_open_calls(self, gen: Generation) -> None:
         """Mark tool calls the step left unfinished as ready with null arguments."""
-        for block in gen.stream.blocks:
-            if isinstance(block, ToolCallBlock) and not block.ready:
-                event = ToolCallReady(id=block.id, arguments=None)
-                gen.stream.publish(event)
-                gen.pending.append(event)
+        for event in closing_events(gen.stream.blocks):
+            gen.stream.publish(event)
+            gen.pending.append(event)
 
     async def _complete(self, gen: Generation, step_end: StepEnd) -> Generation | None:
         turn = gen.turn
@@ -484,17 +473,10 @@ class Engine:
         gen.stream.finish(Done(status=how, error=error or None))
 
     async def _write(self, turn: Turn, batch: list[ev.DomainEvent]) -> None:
-        for i in range(FINAL_WRITE_TRIES):
-            try:
-                await self.store.append(turn.conversation_id, batch, instance_id=self.instance_id)
-                return
-            except DomainError:
-                raise
-            except Exception:
-                if i == FINAL_WRITE_TRIES - 1:
-                    raise
-                log.warning("storing the end of a step failed; retrying", exc_info=True)
-                await anyio.sleep(0.2 * 2**i)
+        async def append() -> None:
+            await self.store.append(turn.conversation_id, batch, instance_id=self.instance_id)
+
+        await _retrying(append, "storing the end of a step failed; retrying")
 
     async def _finish_from_store(self, gen: Generation) -> None:
         """Someone else ended the row: close the live stream with what the store says."""
@@ -510,8 +492,6 @@ class Engine:
                 log.exception("could not store the end of a crashed generation")
                 if not gen.stream.finished:
                     gen.stream.finish(Done(status="interrupted"))
-            finally:
-                self._forget(gen)
 
     def _forget(self, gen: Generation) -> None:
         if not gen.finished.is_set():
@@ -555,13 +535,34 @@ def done_for(row: MessageRecord | None) -> Done:
     return Done(status=status, finish_reason=m.finish_reason, usage=m.usage, error=m.error)
 
 
-def interrupt_events(row: MessageRecord) -> tuple[StreamEvent, ...]:
-    """Events that close a dead generation's unfinished tool calls (pure)."""
+async def _retrying(write: Callable[[], Awaitable[object]], failed: str) -> None:
+    """Run a step's final ``write``, retrying a failure that is not a DomainError (a lost
+    connection, say) with backoff; the last failure is raised."""
+    for i in range(FINAL_WRITE_TRIES):
+        try:
+            await write()
+            return
+        except DomainError:
+            raise
+        except Exception:
+            if i == FINAL_WRITE_TRIES - 1:
+                raise
+            log.warning(failed, exc_info=True)
+            await anyio.sleep(0.2 * 2**i)
+
+
+def closing_events(blocks: Sequence[Block]) -> tuple[ToolCallReady, ...]:
+    """Events that close the unfinished tool calls among ``blocks``, null arguments (pure)."""
     return tuple(
         ToolCallReady(id=b.id, arguments=None)
-        for b in row.message.blocks
+        for b in blocks
         if isinstance(b, ToolCallBlock) and not b.ready
     )
 
 
-__all__ = ["Engine", "Generation", "Turn", "done_for", "interrupt_events"]
+def interrupt_events(row: MessageRecord) -> tuple[StreamEvent, ...]:
+    """Events that close a dead generation's unfinished tool calls (pure)."""
+    return closing_events(row.message.blocks)
+
+
+__all__ = ["Engine", "Generation", "Turn", "closing_events", "done_for", "interrupt_events"]

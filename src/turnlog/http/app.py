@@ -24,7 +24,6 @@ from litestar.exceptions import HTTPException
 from litestar.response import Stream
 from litestar.types import ASGIApp, Receive, Scope, Send
 from litestar.types import Message as ASGIMessage
-from turnlog_reducer import Blocks
 
 from turnlog.commands import (
     BadRequest,
@@ -43,7 +42,7 @@ from turnlog.db.schema import apply_schema
 from turnlog.generation.engine import Engine, done_for, utcnow
 from turnlog.http import export
 from turnlog.http.auth import Unauthorized, load_secret, user_from_header
-from turnlog.http.feeds import Feed, FeedHub, frame
+from turnlog.http.feeds import Feed, FeedHub
 from turnlog.log.projection import (
     Conversation,
     ConversationBusy,
@@ -55,7 +54,7 @@ from turnlog.log.projection import (
     NotFound,
 )
 from turnlog.log.store import Store, VersionConflict, open_pool
-from turnlog.streams import StreamRegistry, event_frame, init_frame
+from turnlog.streams import StreamRegistry, event_frame, init_frame, sse_frame
 
 log = structlog.get_logger("turnlog.http")
 
@@ -74,7 +73,6 @@ class Runtime:
         self.secret = load_secret(settings)
         self.instance_id = uuid.uuid4()
         self.ready = False
-        self.database_url = ""
         self.store: Store
         self.registry = StreamRegistry()
         self.engine: Engine
@@ -368,13 +366,13 @@ async def _message_frames(
 def _final_frames(row: MessageRecord) -> list[bytes]:
     m = row.message
     k = row.stream_seq
-    return [init_frame(m.id, k, m.status, Blocks(m.blocks)), event_frame(k + 1, done_for(row))]
+    return [init_frame(m.id, k, m.status, m.blocks), event_frame(k + 1, done_for(row))]
 
 
 async def _follow_store(rt: Runtime, row: MessageRecord) -> AsyncIterator[bytes]:
     """init now, then a fresh init whenever the stored checkpoint moves, then done."""
     m = row.message
-    yield init_frame(m.id, row.stream_seq, m.status, Blocks(m.blocks))
+    yield init_frame(m.id, row.stream_seq, m.status, m.blocks)
     seen = row.stream_seq
     idle = 0.0
     while not rt.closing.is_set():
@@ -389,7 +387,7 @@ async def _follow_store(rt: Runtime, row: MessageRecord) -> AsyncIterator[bytes]
             return
         if current.stream_seq != seen:
             seen, idle = current.stream_seq, 0.0
-            yield init_frame(m.id, seen, "generating", Blocks(current.message.blocks))
+            yield init_frame(m.id, seen, "generating", current.message.blocks)
         elif idle >= rt.settings.heartbeat_s:
             idle = 0.0
             yield PING
@@ -419,7 +417,7 @@ async def _feed_frames(
     v = conv.version
     try:
         snapshot = {"conversation": conv, "messages": messages, "version": v}
-        yield frame("snapshot", v, _json.encode(snapshot))
+        yield sse_frame(b"snapshot", v, _json.encode(snapshot))
         while True:
             item = await feed.next(rt.settings.heartbeat_s)
             if item is None:
@@ -430,7 +428,6 @@ async def _feed_frames(
             version, data = item
             if version > v:
                 yield data
-            await anyio.lowlevel.checkpoint()
     finally:
         rt.hub.unsubscribe(cid, feed)
 
@@ -572,17 +569,13 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
 
 @asynccontextmanager
 async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
-    from turnlog.db.embedded import EmbeddedPostgres
+    from turnlog.db.embedded import resolve_database_url
 
     settings = rt.settings
     rt.loop = asyncio.get_running_loop()
-    if settings.database_url:
-        url = settings.database_url
-    else:
-        # The embedded cluster outlives this process on purpose: a restart (or a crash)
-        # finds it running and reuses it; `turnlog db stop` stops it.
-        url = await anyio.to_thread.run_sync(EmbeddedPostgres(settings.data_dir).ensure_running)
-    rt.database_url = url
+    # An embedded cluster outlives this process on purpose: a restart (or a crash) finds it
+    # running and reuses it; `turnlog db stop` stops it.
+    url, _ = await anyio.to_thread.run_sync(resolve_database_url, settings)
     await anyio.to_thread.run_sync(apply_schema, url)
     pool = open_pool(url)
     await pool.open(wait=True)
@@ -607,9 +600,7 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
                 rt.ready = False
                 with anyio.CancelScope(shield=True):
                     # Shut down without a drain first (a second signal): interrupt at once.
-                    await rt.engine.drain(0 if rt.drain_requested.is_set() else 0.5)
-                    rt.hub.close_all()
-                    rt.closing.set()
+                    await _drain(rt, 0 if rt.drain_requested.is_set() else 0.5)
                     await rt.store.unregister_instance(rt.instance_id)
                 tg.cancel_scope.cancel()
     finally:
@@ -619,12 +610,18 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
         log.info("stopped")
 
 
+async def _drain(rt: Runtime, grace_s: float) -> None:
+    """Let generations finish for ``grace_s`` (then interrupt them), end every feed and
+    stream response."""
+    await rt.engine.drain(grace_s)
+    rt.hub.close_all()
+    rt.closing.set()
+
+
 async def _drain_when_asked(rt: Runtime) -> None:
     await rt.drain_requested.wait()
     log.info("draining", grace_s=rt.settings.shutdown_grace_s, running=len(rt.engine))
-    await rt.engine.drain(rt.settings.shutdown_grace_s)
-    rt.hub.close_all()
-    rt.closing.set()
+    await _drain(rt, rt.settings.shutdown_grace_s)
     log.info("drained")
     if rt.on_drained is not None:
         rt.on_drained()

@@ -12,10 +12,12 @@ from collections import deque
 from typing import Literal
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from turnlog.log.projection import Conversation, Message
 from turnlog.log.store import Appended
+from turnlog.streams import sse_frame
 
 QUEUE_FRAMES = 1024
 
@@ -31,10 +33,6 @@ class _ConversationChange(msgspec.Struct):
     conversation: Conversation | None
     version: int
     deleted: bool = False
-
-
-def frame(event: str, version: int, data: bytes) -> bytes:
-    return b"event: %s\nid: %d\ndata: %s\n\n" % (event.encode(), version, data)
 
 
 class Feed:
@@ -58,7 +56,11 @@ class Feed:
     async def next(self, timeout: float) -> tuple[int, bytes] | Literal[False] | None:  # noqa: ASYNC109
         """The next (version, frame); ``None`` at the end; ``False`` after ``timeout``
         seconds with nothing to send (time for a heartbeat)."""
-        if not self._frames:
+        if self._frames:
+            # Queued already: still yield to the loop once per frame, so a reader catching
+            # up on a backlog cannot starve the server.
+            await anyio.lowlevel.checkpoint()
+        else:
             self._wakeup = anyio.Event()
             with anyio.move_on_after(timeout):
                 await self._wakeup.wait()
@@ -92,7 +94,7 @@ class FeedHub:
         for change in appended.changes:
             v = change.version
             frames += [
-                (v, frame("message", v, _encoder.encode(_MessageChange(m, v))))
+                (v, sse_frame(b"message", v, _encoder.encode(_MessageChange(m, v))))
                 for m in change.messages
             ]
         last = appended.version
@@ -100,7 +102,7 @@ class FeedHub:
             change_ = _ConversationChange(
                 None if conv is None else conv.conversation, last, deleted=conv is None
             )
-            frames.append((last, frame("conversation", last, _encoder.encode(change_))))
+            frames.append((last, sse_frame(b"conversation", last, _encoder.encode(change_))))
         for feed in list(feeds):
             for item in frames:
                 feed.push(item)
