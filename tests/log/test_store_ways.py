@@ -266,3 +266,27 @@ async def test_a_checkpoint_sent_again_is_recognised(
     assert [getattr(x, "text", None) for x in row.message.blocks] == ["Hello!"]
     assert versions(url, cid) == [1, 2, 3, 4, 5]
     assert replay.verify(url).ok
+
+
+@pytest.mark.parametrize("writer", ["remembering store", "other store"])
+async def test_a_client_message_id_sent_twice_is_the_callers_to_judge(
+    stores: tuple[Store, Store, str], writer: str
+) -> None:
+    """The unique client_message_id key surfaces as itself (the send command answers the
+    first send again), whichever way the append went, not as a version conflict."""
+    a, b, url = stores
+    clock = Clock()
+    cid, mid, attempt = await started_turn(a, clock)
+    await a.append(
+        cid, [ev.StepCompleted(at=clock(), message_id=mid, attempt=attempt, stream_seq=0)]
+    )
+    first = ev.UserMessageSent(
+        at=clock(), message_id=uuid.uuid4(), seq=3, content="once", client_message_id="k"
+    )
+    await a.append(cid, [first])
+    again = ev.UserMessageSent(
+        at=clock(), message_id=uuid.uuid4(), seq=4, content="once", client_message_id="k"
+    )
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        await (a if writer == "remembering store" else b).append(cid, [again])
+    assert versions(url, cid) == [1, 2, 3, 4, 5]

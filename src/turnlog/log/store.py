@@ -619,7 +619,10 @@ class Store:
             fold = _fold(cid, conv, messages, events)
             try:
                 written = await _write(conn, cid, fold, found, metadata, instance_id)
-            except psycopg.errors.UniqueViolation:
+            except psycopg.errors.UniqueViolation as exc:
+                # Another key (a client_message_id sent twice) is the caller's to judge.
+                if exc.diag.constraint_name != "events_conversation_version":
+                    raise
                 written = False
             if not written:  # only a creation can race (there was no row to lock)
                 raise VersionConflict(f"conversation {cid} was appended to concurrently")
