@@ -702,9 +702,6 @@ def _follow_turn(client: Client, cid: str, first_mid: str) -> str | None:
                     reply = input("answer> ")
                     client.tool_result(last_row["id"], block["id"], reply)
             continue
-        for row in rows:
-            if row["role"] == "tool" and row["id"] not in watched:
-                watched.add(row["id"])
         return last
 
 

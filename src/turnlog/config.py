@@ -41,15 +41,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"{name} must be positive, got {raw!r}")
             return value
 
+        d = cls()  # the defaults
         return cls(
             database_url=e.get("TURNLOG_DATABASE_URL") or None,
-            data_dir=Path(e.get("TURNLOG_DATA_DIR") or ".turnlog").absolute(),
+            data_dir=Path(e.get("TURNLOG_DATA_DIR") or d.data_dir).absolute(),
             jwt_secret=e.get("TURNLOG_JWT_SECRET") or None,
-            default_model=e.get("TURNLOG_DEFAULT_MODEL") or "demo:default",
-            checkpoint_s=number("TURNLOG_CHECKPOINT_S", 1.0),
-            heartbeat_s=number("TURNLOG_HEARTBEAT_S", 15.0),
-            max_message_chars=int(number("TURNLOG_MAX_MESSAGE_CHARS", 100_000)),
-            shutdown_grace_s=number("TURNLOG_SHUTDOWN_GRACE_S", 10.0),
+            default_model=e.get("TURNLOG_DEFAULT_MODEL") or d.default_model,
+            checkpoint_s=number("TURNLOG_CHECKPOINT_S", d.checkpoint_s),
+            heartbeat_s=number("TURNLOG_HEARTBEAT_S", d.heartbeat_s),
+            max_message_chars=int(number("TURNLOG_MAX_MESSAGE_CHARS", d.max_message_chars)),
+            shutdown_grace_s=number("TURNLOG_SHUTDOWN_GRACE_S", d.shutdown_grace_s),
             openai_api_key=e.get("OPENAI_API_KEY") or None,
             openai_base_url=e.get("OPENAI_BASE_URL") or None,
             anthropic_api_key=e.get("ANTHROPIC_API_KEY") or None,

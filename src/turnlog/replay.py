@@ -65,8 +65,12 @@ class Folded(msgspec.Struct):
     version: int = 0
     conversation: ConversationRecord | None = None
     messages: dict[uuid.UUID, MessageRecord] = msgspec.field(default_factory=dict)
-    deleted: bool = False
     problem: str | None = None
+
+    @property
+    def deleted(self) -> bool:
+        # A log can only fold to no row after its creation by deleting it.
+        return self.conversation is None and self.version > 0
 
 
 Progress = Callable[[int], None]
@@ -148,7 +152,6 @@ def _step(state: Folded, version: int, data: bytes) -> None:
     state.version = version
     state.conversation = outcome.conversation
     if outcome.conversation is None:
-        state.deleted = True
         state.messages.clear()
     else:
         for row in outcome.messages:
@@ -270,9 +273,8 @@ def _diff(
             )
     elif live is None:
         out.append(f"conversation {cid}: missing from the projection (log version {f.version})")
-    else:
-        label = f"conversation {cid}"
-        out += _field_diff(label, _fields(live), _fields(f.conversation))
+    elif live != f.conversation:
+        out += _field_diff(f"conversation {cid}", _fields(live), _fields(f.conversation))
     for mid in sorted(rows.keys() | f.messages.keys(), key=lambda m: _seq(rows, f.messages, m)):
         want, have = f.messages.get(mid), rows.get(mid)
         if want is None:
@@ -280,7 +282,7 @@ def _diff(
             out.append(f"{_message_label(have)}: in the projection but not in the log")
         elif have is None:
             out.append(f"{_message_label(want)}: missing from the projection")
-        else:
+        elif have != want:
             out += _field_diff(_message_label(want), _fields(have), _fields(want))
     return out
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from turnlog_reducer import ReasoningDelta, StreamEvent, TextDelta
@@ -185,6 +185,3 @@ def coalesce(events: list[StreamEvent]) -> tuple[StreamEvent, ...]:
             out.append(ev)
     flush()
     return tuple(out)
-
-
-TurnStatus = Literal["generating", "completed", "interrupted", "error", "aborted"]

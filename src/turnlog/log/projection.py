@@ -27,6 +27,7 @@ from turnlog.log.events import (
     ToolResultRecorded,
     TurnAborted,
     TurnCheckpointed,
+    TurnEvent,
     TurnFailed,
     TurnInterrupted,
     UserMessageEdited,
@@ -294,13 +295,14 @@ def evolve(
                 client_message_id=event.client_message_id,
                 options=event.options,
             )
-            return _with(conv, msgspec.structs.replace(c, updated_at=at), version, row, event.seq)
+            c = msgspec.structs.replace(c, updated_at=at)
+            return _with(conv, c, version, (row,), event.seq)
         case UserMessageEdited():
             old = messages[event.message_id]
             m = msgspec.structs.replace(
                 old.message, edited_content=event.content, edited_at=at, updated_at=at
             )
-            return _with(conv, c, version, msgspec.structs.replace(old, message=m))
+            return _with(conv, c, version, (msgspec.structs.replace(old, message=m),))
         case AssistantTurnStarted():
             m = _new_message(
                 event.message_id,
@@ -314,7 +316,7 @@ def evolve(
             )
             row = MessageRecord(message=m, attempt=event.attempt)
             c = msgspec.structs.replace(c, state="generating", updated_at=at)
-            return _with(conv, c, version, row, event.seq)
+            return _with(conv, c, version, (row,), event.seq)
         case ToolResultRecorded():
             parent = messages[event.reply_to]
             parent = msgspec.structs.replace(
@@ -332,14 +334,7 @@ def evolve(
                 tool_call_id=event.tool_call_id,
                 tool_name=event.tool_name,
             )
-            return Outcome(
-                ConversationRecord(
-                    conversation=msgspec.structs.replace(c, version=version),
-                    owner=conv.owner,
-                    last_seq=event.seq,
-                ),
-                (parent, MessageRecord(message=m)),
-            )
+            return _with(conv, c, version, (parent, MessageRecord(message=m)), event.seq)
         case (
             TurnCheckpointed() | StepCompleted() | TurnFailed() | TurnAborted() | TurnInterrupted()
         ):
@@ -350,7 +345,7 @@ def evolve(
 def _evolve_turn(
     conv: ConversationRecord,
     old: MessageRecord,
-    event: TurnCheckpointed | StepCompleted | TurnFailed | TurnAborted | TurnInterrupted,
+    event: TurnEvent,
     version: int,
 ) -> Outcome:
     at = event.at
@@ -359,7 +354,7 @@ def _evolve_turn(
     row = msgspec.structs.replace(old, message=m, stream_seq=event.stream_seq)
     c = conv.conversation
     if isinstance(event, TurnCheckpointed):
-        return _with(conv, c, version, row)
+        return _with(conv, c, version, (row,))
     if isinstance(event, StepCompleted):
         calls = tuple(b.id for b in blocks if isinstance(b, ToolCallBlock))
         m = _end(m, "completed", finish_reason=event.finish_reason, usage=event.usage)
@@ -378,7 +373,7 @@ def _evolve_turn(
     else:
         row = msgspec.structs.replace(row, message=_end(m, "interrupted"), attempt=None)
         state = "idle"
-    return _with(conv, msgspec.structs.replace(c, state=state, updated_at=at), version, row)
+    return _with(conv, msgspec.structs.replace(c, state=state, updated_at=at), version, (row,))
 
 
 def _end(m: Message, status: Status, **fields: Any) -> Message:
@@ -391,7 +386,7 @@ def _with(
     conv: ConversationRecord,
     c: Conversation,
     version: int,
-    row: MessageRecord | None = None,
+    rows: tuple[MessageRecord, ...] = (),
     last_seq: int | None = None,
 ) -> Outcome:
     record = ConversationRecord(
@@ -399,7 +394,7 @@ def _with(
         owner=conv.owner,
         last_seq=conv.last_seq if last_seq is None else last_seq,
     )
-    return Outcome(record, () if row is None else (row,))
+    return Outcome(record, rows)
 
 
 def _new_message(
