@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
 
+import anyio
 import httpx
 import msgspec
 from httpx_sse import EventSource, ServerSentEvent
@@ -237,6 +238,61 @@ def _stream_headers(last_event_id: int | None) -> dict[str, str]:
     return headers
 
 
+def _list_params(limit: int | None, cursor: str | None) -> dict[str, str | int]:
+    params: dict[str, str | int] = {}
+    if limit is not None:
+        params["limit"] = limit
+    if cursor is not None:
+        params["cursor"] = cursor
+    return params
+
+
+def _send_body(
+    content: str, client_message_id: str | None, options: Mapping[str, Any] | None
+) -> JSON:
+    body: JSON = {"content": content}
+    if client_message_id is not None:
+        body["client_message_id"] = client_message_id
+    if options is not None:
+        body["options"] = dict(options)
+    return body
+
+
+def _export_params(format: str, lang: str | None) -> dict[str, str]:
+    return {"format": format} if lang is None else {"format": format, "lang": lang}
+
+
+def _exported(response: httpx.Response, format: str) -> Any:
+    _check(response)
+    return response.text if format == "markdown" else response.json()
+
+
+class _Reconnects:
+    """The reconnect policy of ``stream_message``, shared by both clients: where to resume
+    (the last event id seen) and how long to wait before the next try."""
+
+    def __init__(self, last_event_id: int | None, reconnects: int, backoff_s: float) -> None:
+        self.last_event_id = last_event_id
+        self.reconnects = reconnects
+        self.backoff_s = backoff_s
+        self.failures = 0
+
+    def seen(self, item: StreamItem) -> None:
+        self.failures = 0
+        if item.id is not None:
+            self.last_event_id = item.id
+
+    def pause(self, dropped: BaseException | None) -> float:
+        """Seconds to wait before reopening after ``dropped`` (None: the server closed
+        the stream without ``done``); raises once ``reconnects`` tries in a row failed."""
+        if self.failures >= self.reconnects:
+            if dropped is not None:
+                raise dropped
+            raise httpx.RemoteProtocolError("message stream ended without done")
+        self.failures += 1
+        return self.backoff_s * self.failures
+
+
 class Client:
     """A synchronous client of one turnlog server, acting as the user of ``token``.
 
@@ -289,11 +345,7 @@ class Client:
 
     def list_conversations(self, *, limit: int | None = None, cursor: str | None = None) -> JSON:
         """GET /v1/conversations -> ``{"items": [...], "next": cursor or null}``."""
-        params: dict[str, str | int] = {}
-        if limit is not None:
-            params["limit"] = limit
-        if cursor is not None:
-            params["cursor"] = cursor
+        params = _list_params(limit, cursor)
         result: JSON = _decoded(self.http.get("/v1/conversations", params=params))
         return result
 
@@ -331,11 +383,7 @@ class Client:
         options: Mapping[str, Any] | None = None,
     ) -> JSON:
         """POST a user message -> ``{"user_message": row, "assistant_message": row}``."""
-        body: JSON = {"content": content}
-        if client_message_id is not None:
-            body["client_message_id"] = client_message_id
-        if options is not None:
-            body["options"] = dict(options)
+        body = _send_body(content, client_message_id, options)
         result: JSON = _decoded(self.http.post(_Routes.messages(cid), json=body))
         return result
 
@@ -367,12 +415,9 @@ class Client:
 
     def export(self, cid: str, *, format: str = "markdown", lang: str | None = None) -> Any:
         """GET .../export: the markdown text, or the decoded JSON document."""
-        params = {"format": format}
-        if lang is not None:
-            params["lang"] = lang
+        params = _export_params(format, lang)
         response = self.http.get(f"{_Routes.conversation(cid)}/export", params=params)
-        _check(response)
-        return response.text if format == "markdown" else response.json()
+        return _exported(response, format)
 
     # -- streams ----------------------------------------------------------------------
 
@@ -389,25 +434,19 @@ class Client:
         A drop before ``done`` reopens the stream with ``Last-Event-ID`` (at most
         ``reconnects`` times in a row); the server then answers with a fresh ``init``.
         """
-        failures = 0
+        policy = _Reconnects(last_event_id, reconnects, backoff_s)
         while True:
+            dropped: BaseException | None = None
             try:
-                for item in self._stream_once(mid, last_event_id):
-                    failures = 0
-                    if item.id is not None:
-                        last_event_id = item.id
+                for item in self._stream_once(mid, policy.last_event_id):
+                    policy.seen(item)
                     yield item
                     if item.event == "done":
                         return
-            except _DROPPED:
-                if failures >= reconnects:
-                    raise
-            else:
-                # The server closed the stream without ``done``: reopen it the same way.
-                if failures >= reconnects:
-                    raise httpx.RemoteProtocolError("message stream ended without done")
-            failures += 1
-            time.sleep(backoff_s * failures)
+            except _DROPPED as exc:
+                dropped = exc
+            # Dropped, or closed by the server without ``done``: reopen the same way.
+            time.sleep(policy.pause(dropped))
 
     def _stream_once(self, mid: str, last_event_id: int | None) -> Iterator[StreamItem]:
         with self.http.stream(
@@ -497,11 +536,7 @@ class AsyncClient:
         self, *, limit: int | None = None, cursor: str | None = None
     ) -> JSON:
         """GET /v1/conversations -> ``{"items": [...], "next": cursor or null}``."""
-        params: dict[str, str | int] = {}
-        if limit is not None:
-            params["limit"] = limit
-        if cursor is not None:
-            params["cursor"] = cursor
+        params = _list_params(limit, cursor)
         result: JSON = _decoded(await self.http.get("/v1/conversations", params=params))
         return result
 
@@ -537,11 +572,7 @@ class AsyncClient:
         options: Mapping[str, Any] | None = None,
     ) -> JSON:
         """POST a user message -> ``{"user_message": row, "assistant_message": row}``."""
-        body: JSON = {"content": content}
-        if client_message_id is not None:
-            body["client_message_id"] = client_message_id
-        if options is not None:
-            body["options"] = dict(options)
+        body = _send_body(content, client_message_id, options)
         result: JSON = _decoded(await self.http.post(_Routes.messages(cid), json=body))
         return result
 
@@ -573,12 +604,9 @@ class AsyncClient:
 
     async def export(self, cid: str, *, format: str = "markdown", lang: str | None = None) -> Any:
         """GET .../export: the markdown text, or the decoded JSON document."""
-        params = {"format": format}
-        if lang is not None:
-            params["lang"] = lang
+        params = _export_params(format, lang)
         response = await self.http.get(f"{_Routes.conversation(cid)}/export", params=params)
-        _check(response)
-        return response.text if format == "markdown" else response.json()
+        return _exported(response, format)
 
     async def stream_message(
         self,
@@ -589,26 +617,18 @@ class AsyncClient:
         backoff_s: float = 0.2,
     ) -> AsyncIterator[StreamItem]:
         """The message's stream events until ``done``, reconnecting on a dropped connection."""
-        import anyio
-
-        failures = 0
+        policy = _Reconnects(last_event_id, reconnects, backoff_s)
         while True:
+            dropped: BaseException | None = None
             try:
-                async for item in self._stream_once(mid, last_event_id):
-                    failures = 0
-                    if item.id is not None:
-                        last_event_id = item.id
+                async for item in self._stream_once(mid, policy.last_event_id):
+                    policy.seen(item)
                     yield item
                     if item.event == "done":
                         return
-            except _DROPPED:
-                if failures >= reconnects:
-                    raise
-            else:
-                if failures >= reconnects:
-                    raise httpx.RemoteProtocolError("message stream ended without done")
-            failures += 1
-            await anyio.sleep(backoff_s * failures)
+            except _DROPPED as exc:
+                dropped = exc
+            await anyio.sleep(policy.pause(dropped))
 
     async def _stream_once(self, mid: str, last_event_id: int | None) -> AsyncIterator[StreamItem]:
         async with self.http.stream(

@@ -3,13 +3,21 @@ errors. (No server process; these pin the client's own behaviour.)"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import anyio
 import httpx
 import pytest
 from turnlog_reducer import TextBlock
 
-from turnlog.client import ApiError, Client, MessageFold, StreamGapError, StreamItem
+from turnlog.client import (
+    ApiError,
+    AsyncClient,
+    Client,
+    MessageFold,
+    StreamGapError,
+    StreamItem,
+)
 
 
 def _init(k: int, text: str, status: str = "generating") -> bytes:
@@ -57,6 +65,61 @@ def test_stream_reconnects_with_last_event_id_and_init_replaces_the_state() -> N
     assert list(fold.blocks) == [TextBlock("abcd")]
     assert fold.done is not None
     assert fold.done.status == "completed"
+
+
+class _AsyncDropping(httpx.AsyncByteStream):
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+        raise httpx.RemoteProtocolError("peer closed connection")
+
+
+def test_async_stream_reconnects_the_same_way() -> None:
+    """AsyncClient: the same reconnect policy (Last-Event-ID, fresh init) as Client."""
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("last-event-id"))
+        sse = {"content-type": "text/event-stream"}
+        if len(seen) == 1:
+            chunks = [_init(0, ""), _delta(1, "a"), _delta(2, "b")]
+            return httpx.Response(200, headers=sse, stream=_AsyncDropping(chunks))
+        body = _init(3, "abc") + _delta(4, "d") + _done(5)
+        return httpx.Response(200, headers=sse, content=body)
+
+    async def main() -> MessageFold:
+        async with AsyncClient("http://t", "tok", transport=httpx.MockTransport(handler)) as c:
+            return await c.follow("m", backoff_s=0)
+
+    fold = anyio.run(main)
+    assert seen == [None, "2"]
+    assert fold.inits == 2
+    assert list(fold.blocks) == [TextBlock("abcd")]
+
+
+@pytest.mark.parametrize("how", ["dropped", "closed without done"])
+def test_stream_gives_up_after_reconnects_failures_in_a_row(how: str) -> None:
+    """Every try fails before a single event: the client raises after ``reconnects``
+    reconnects in a row (1 + 2 tries). (An event received resets the count.)"""
+    tries = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal tries
+        tries += 1
+        sse = {"content-type": "text/event-stream"}
+        if how == "dropped":
+            return httpx.Response(200, headers=sse, stream=_Dropping([]))
+        return httpx.Response(200, headers=sse, content=b"")
+
+    with (
+        Client("http://t", "tok", transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(httpx.RemoteProtocolError),
+    ):
+        c.follow("m", backoff_s=0, reconnects=2)
+    assert tries == 3
 
 
 def test_fold_rejects_a_missing_or_repeated_id() -> None:

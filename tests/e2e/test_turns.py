@@ -6,11 +6,21 @@ import time
 import uuid
 from typing import Any
 
+import anyio
 import pytest
 
-from turnlog.client import ApiError, Client
+from turnlog.client import ApiError, AsyncClient, Client
 
-from .support import DEMO, FAST, Follower, Server, blocks_json, find, wait_until
+from .support import (
+    DEMO,
+    FAST,
+    Follower,
+    Server,
+    blocks_json,
+    find,
+    make_token,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -338,3 +348,30 @@ def test_export_accepts_any_language_tag(server: Server, lang: str) -> None:
         assert js.status_code == 200, js.text
         assert js.headers["content-type"].startswith("application/json")
         assert "export this question" in js.text
+
+
+def test_async_client_drives_a_turn_like_the_sync_one(server: Server) -> None:
+    """AsyncClient against the real server: create, send, follow to done, read back, page,
+    export, and its errors are the same ApiError."""
+
+    async def main() -> None:
+        async with AsyncClient(server.url, make_token("alice")) as c:
+            conv = await c.create_conversation(model=DEMO, options=FAST, title="async")
+            cid = conv["id"]
+            sent = await c.send(cid, "hello", client_message_id="async-1")
+            fold = await c.follow(sent["assistant_message"]["id"])
+            assert fold.done is not None
+            assert fold.done.status == "completed"
+            rows = await c.list_messages(cid)
+            assert [r["role"] for r in rows] == ["user", "assistant"]
+            assert rows[1]["blocks"] == blocks_json(fold.blocks)
+            again = await c.send(cid, "hello", client_message_id="async-1")
+            assert again["user_message"]["id"] == sent["user_message"]["id"]
+            page = await c.list_conversations(limit=50)
+            assert cid in [item["id"] for item in page["items"]]
+            assert "hello" in await c.export(cid)
+            with pytest.raises(ApiError) as err:
+                await c.get_conversation(str(uuid.uuid4()))
+            assert err.value.status == 404
+
+    anyio.run(main)
