@@ -34,8 +34,8 @@ def _done(k: int, status: str = "completed") -> bytes:
     return f'event: done\nid: {k}\ndata: {{"type":"done","status":"{status}"}}\n\n'.encode()
 
 
-class _Dropping(httpx.SyncByteStream):
-    """Yields ``chunks``, then fails like a connection cut by the peer."""
+class _Dropping(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """Yields ``chunks``, then fails like a connection cut by the peer (sync or async)."""
 
     def __init__(self, chunks: list[bytes]) -> None:
         self.chunks = chunks
@@ -44,9 +44,16 @@ class _Dropping(httpx.SyncByteStream):
         yield from self.chunks
         raise httpx.RemoteProtocolError("peer closed connection")
 
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+        raise httpx.RemoteProtocolError("peer closed connection")
 
-def test_stream_reconnects_with_last_event_id_and_init_replaces_the_state() -> None:
-    """A drop before done reconnects with Last-Event-ID; the new init replaces the fold."""
+
+@pytest.mark.parametrize("kind", ["Client", "AsyncClient"])
+def test_stream_reconnects_with_last_event_id_and_init_replaces_the_state(kind: str) -> None:
+    """A drop before done reconnects with Last-Event-ID; the new init replaces the fold.
+    Both clients follow the same policy."""
     seen: list[str | None] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -58,46 +65,20 @@ def test_stream_reconnects_with_last_event_id_and_init_replaces_the_state() -> N
         body = _init(3, "abc") + _delta(4, "d") + _done(5)
         return httpx.Response(200, headers=sse, content=body)
 
-    with Client("http://t", "tok", transport=httpx.MockTransport(handler)) as c:
-        fold = c.follow("m", backoff_s=0)
+    async def follow_async() -> MessageFold:
+        async with AsyncClient("http://t", "tok", transport=httpx.MockTransport(handler)) as c:
+            return await c.follow("m", backoff_s=0)
+
+    if kind == "Client":
+        with Client("http://t", "tok", transport=httpx.MockTransport(handler)) as c:
+            fold = c.follow("m", backoff_s=0)
+    else:
+        fold = anyio.run(follow_async)
     assert seen == [None, "2"]
     assert fold.inits == 2
     assert list(fold.blocks) == [TextBlock("abcd")]
     assert fold.done is not None
     assert fold.done.status == "completed"
-
-
-class _AsyncDropping(httpx.AsyncByteStream):
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self.chunks:
-            yield chunk
-        raise httpx.RemoteProtocolError("peer closed connection")
-
-
-def test_async_stream_reconnects_the_same_way() -> None:
-    """AsyncClient: the same reconnect policy (Last-Event-ID, fresh init) as Client."""
-    seen: list[str | None] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.headers.get("last-event-id"))
-        sse = {"content-type": "text/event-stream"}
-        if len(seen) == 1:
-            chunks = [_init(0, ""), _delta(1, "a"), _delta(2, "b")]
-            return httpx.Response(200, headers=sse, stream=_AsyncDropping(chunks))
-        body = _init(3, "abc") + _delta(4, "d") + _done(5)
-        return httpx.Response(200, headers=sse, content=body)
-
-    async def main() -> MessageFold:
-        async with AsyncClient("http://t", "tok", transport=httpx.MockTransport(handler)) as c:
-            return await c.follow("m", backoff_s=0)
-
-    fold = anyio.run(main)
-    assert seen == [None, "2"]
-    assert fold.inits == 2
-    assert list(fold.blocks) == [TextBlock("abcd")]
 
 
 @pytest.mark.parametrize("how", ["dropped", "closed without done"])
