@@ -210,3 +210,40 @@ def test_a_checkpoint_whose_answer_is_lost_is_stored_once(
         assert replay.verify(direct).ok
     finally:
         proxy.stop()
+
+
+def test_a_step_end_whose_answer_is_lost_still_starts_the_next_step(
+    spawn: Callable[..., Server], databases: Any, tmp_path: Path
+) -> None:
+    """A server-tool step ends in one write: the step's completion, the tool's result and
+    the next step's row. That write commits but its answer is lost. The server's retry is
+    refused (the row has ended), and it must see that its own write ended it: the next
+    step runs to completion instead of being left generating with no generation."""
+    direct = databases.create()
+    proxy = LostAnswers(direct, tmp_path / "proxy", marker=b"step_completed", times=1).start()
+    try:
+        srv = spawn(database_url=proxy.url(urlsplit(direct).path.lstrip("/"))).start()
+        with srv.client() as c:
+            conv = c.create_conversation(model=DEMO, options={**FAST, "tool": "clock"})
+            cid = conv["id"]
+            first = c.send(cid, "what time is it")["assistant_message"]["id"]
+            c.follow(first)
+
+            def settled() -> list[dict[str, Any]] | None:
+                state = c.get_conversation(cid)
+                rows: list[dict[str, Any]] = state["messages"]
+                done = state["conversation"]["state"] == "idle" and len(rows) == 4
+                return rows if done and not any(r["is_generating"] for r in rows) else None
+
+            rows = wait_until(settled, timeout=20, what="the tool step and the next step")
+        assert proxy.fired == 1
+        assert [(r["role"], r["status"]) for r in rows] == [
+            ("user", "completed"),
+            ("assistant", "completed"),
+            ("tool", "completed"),
+            ("assistant", "completed"),
+        ]
+        assert rows[3]["blocks"], "the next step streamed its answer"
+        assert replay.verify(direct).ok
+    finally:
+        proxy.stop()

@@ -425,8 +425,15 @@ class Engine:
             try:
                 await self._write(turn, batch)
             except Fenced:
-                await self._finish_from_store(gen)
-                return None
+                # Refused because the row has ended; but a retry after a lost answer is
+                # refused the same way when our own write ended it. The next step's row,
+                # whose id only this write knows, tells which.
+                landed = next_turn is not None and (
+                    await self.store.get_message(next_turn.message_id) is not None
+                )
+                if not landed:
+                    await self._finish_from_store(gen)
+                    return None
         nxt = None
         if next_turn is not None:
             nxt = Generation(next_turn, self.registry.open(next_turn.message_id))
