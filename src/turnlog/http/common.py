@@ -1,0 +1,171 @@
+"""What every route module shares: the runtime, the caller, bodies, ids and error answers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import anyio
+import msgspec
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+from litestar.response import Stream
+
+from turnlog.commands import (
+    BadRequest,
+    Chat,
+    NotGenerating,
+    TooLarge,
+    Unavailable,
+)
+from turnlog.config import Settings
+from turnlog.generation.engine import Engine
+from turnlog.http.auth import load_secret, user_from_header
+from turnlog.http.feeds import FeedHub
+from turnlog.log.projection import (
+    ConversationBusy,
+    Fenced,
+    InvalidEvent,
+    NotFound,
+)
+from turnlog.log.store import Store, VersionConflict
+from turnlog.streams import StreamRegistry
+
+log = structlog.get_logger("turnlog.http")
+
+T = TypeVar("T")
+json_encoder = msgspec.json.Encoder()
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+PING = b": ping\n\n"
+
+
+class Runtime:
+    """What the lifespan builds and the handlers use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.secret = load_secret(settings)
+        self.instance_id = uuid.uuid4()
+        self.ready = False
+        self.store: Store
+        self.registry = StreamRegistry()
+        self.engine: Engine
+        self.chat: Chat
+        self.hub = FeedHub()
+        self.drain_requested = anyio.Event()
+        self.closing = anyio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.on_ready: Callable[[Runtime], None] | None = None
+        self.on_drained: Callable[[], None] | None = None
+        self.responses: dict[int, int] = {}
+
+    def request_drain(self) -> None:
+        """Thread- and signal-safe: begin the graceful drain."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.drain_requested.set)
+
+
+def runtime(request: Request[Any, Any, Any]) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+# -- errors ------------------------------------------------------------------------------
+
+_STATUS: list[tuple[type[Exception], int]] = [
+    (NotFound, 404),
+    (ConversationBusy, 409),
+    (Fenced, 409),
+    (VersionConflict, 409),
+    (NotGenerating, 409),
+    (TooLarge, 413),
+    (Unavailable, 503),
+    (BadRequest, 400),
+    (InvalidEvent, 400),
+]
+
+
+def error_response(status: int, detail: str) -> Response[bytes]:
+    return Response(
+        json_encoder.encode({"status_code": status, "detail": detail}),
+        status_code=status,
+        media_type="application/json",
+    )
+
+
+def domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
+    return error_response(status, str(exc))
+
+
+def unauthorized(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    response = error_response(401, str(exc))
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def http_exception(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, str(exc.detail))
+
+
+def internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.error("unhandled error", exc_info=exc)
+    return error_response(500, "internal error; the request was not applied")
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def user(request: Request[Any, Any, Any]) -> str:
+    uid = user_from_header(runtime(request).secret, request.headers.get("authorization"))
+    structlog.contextvars.bind_contextvars(user=uid)
+    return uid
+
+
+def parse_id(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        # Not an id we could have given out, so it names nothing: 404, like an unknown id.
+        raise NotFound(f"{what} {value!r} not found") from None
+
+
+async def body(request: Request[Any, Any, Any], kind: type[T], *, empty_ok: bool = False) -> T:
+    raw = await request.body()
+    if not raw.strip():
+        if empty_ok:
+            raw = b"{}"
+        else:
+            raise BadRequest("request body is empty; expected a JSON object")
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+def json_response(value: Any, status: int = 200) -> Response[bytes]:
+    return Response(json_encoder.encode(value), status_code=status, media_type="application/json")
+
+
+def last_event_id(request: Request[Any, Any, Any]) -> int | None:
+    raw = request.headers.get("last-event-id")
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise BadRequest(f"Last-Event-ID must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise BadRequest(f"Last-Event-ID must be >= 0, got {value}")
+    return value
+
+
+def sse(frames: AsyncIterator[bytes]) -> Stream:
+    return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)

@@ -1,0 +1,143 @@
+"""The SSE routes of CONTRACT.md section 3: a message's stream and a conversation's feed."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import structlog
+from litestar import Request, get
+from litestar.response import Stream
+
+from turnlog.generation.engine import done_for
+from turnlog.http.common import (
+    PING,
+    Runtime,
+    json_encoder,
+    last_event_id,
+    parse_id,
+    runtime,
+    sse,
+    user,
+)
+from turnlog.http.feeds import Feed
+from turnlog.log.projection import Conversation, Message, MessageRecord
+from turnlog.streams import event_frame, init_frame, sse_frame
+
+
+@get("/v1/messages/{mid:str}/stream")
+async def message_stream(request: Request[Any, Any, Any], mid: str) -> Stream:
+    owner = user(request)
+    rt = runtime(request)
+    row, _ = await rt.chat.message(owner, parse_id(mid, "message"))
+    after = last_event_id(request)
+    structlog.contextvars.bind_contextvars(
+        conversation_id=str(row.message.conversation_id), message_id=str(row.message.id)
+    )
+    return sse(_message_frames(rt, row, after))
+
+
+async def _message_frames(
+    rt: Runtime, row: MessageRecord, after: int | None
+) -> AsyncIterator[bytes]:
+    mid = row.message.id
+    heartbeat = rt.settings.heartbeat_s
+    live = rt.registry.get(mid)
+    if live is None and row.message.status == "generating":
+        row = await rt.chat.repair_if_orphan(row)
+        live = rt.registry.get(mid)
+    if live is None:
+        if row.message.status != "generating":
+            for frame in _final_frames(row):
+                yield frame
+            return
+        # Another living server process runs it: follow its checkpoints from the store.
+        async for frame in _follow_store(rt, row):
+            yield frame
+        return
+    sub = live.subscribe(after=after)
+    try:
+        while True:
+            try:
+                next_frame = await sub.next_frame(heartbeat)
+            except StopAsyncIteration:
+                return
+            # next_frame suspends once per frame even when frames are queued, so this
+            # writer loop never starves the server after its client is gone.
+            yield PING if next_frame is None else next_frame
+    finally:
+        sub.close()
+
+
+def _final_frames(row: MessageRecord) -> list[bytes]:
+    m = row.message
+    k = row.stream_seq
+    return [init_frame(m.id, k, m.status, m.blocks), event_frame(k + 1, done_for(row))]
+
+
+async def _follow_store(rt: Runtime, row: MessageRecord) -> AsyncIterator[bytes]:
+    """init now, then a fresh init whenever the stored checkpoint moves, then done."""
+    m = row.message
+    yield init_frame(m.id, row.stream_seq, m.status, m.blocks)
+    seen = row.stream_seq
+    idle = 0.0
+    while not rt.closing.is_set():
+        await anyio.sleep(rt.settings.checkpoint_s)
+        idle += rt.settings.checkpoint_s
+        current = await rt.store.get_message(m.id)
+        if current is None:
+            return
+        if current.message.status != "generating":
+            for frame in _final_frames(current):
+                yield frame
+            return
+        if current.stream_seq != seen:
+            seen, idle = current.stream_seq, 0.0
+            yield init_frame(m.id, seen, "generating", current.message.blocks)
+        elif idle >= rt.settings.heartbeat_s:
+            idle = 0.0
+            yield PING
+
+
+@get("/v1/conversations/{cid:str}/live")
+async def conversation_live(request: Request[Any, Any, Any], cid: str) -> Stream:
+    owner = user(request)
+    rt = runtime(request)
+    conversation_id = parse_id(cid, "conversation")
+    last_event_id(request)  # validated; the answer is always a snapshot at the current V
+    # Subscribe before reading the snapshot (which also checks the owner), then drop
+    # queued changes the snapshot already holds: snapshot at V plus every change after V,
+    # none lost, none twice.
+    feed = rt.hub.subscribe(conversation_id)
+    try:
+        conv, messages = await rt.chat.conversation_with_messages(owner, conversation_id)
+    except BaseException:
+        rt.hub.unsubscribe(conversation_id, feed)
+        raise
+    return sse(_feed_frames(rt, conversation_id, feed, conv, messages))
+
+
+async def _feed_frames(
+    rt: Runtime, cid: uuid.UUID, feed: Feed, conv: Conversation, messages: list[Message]
+) -> AsyncIterator[bytes]:
+    v = conv.version
+    try:
+        snapshot = {"conversation": conv, "messages": messages, "version": v}
+        yield sse_frame(b"snapshot", v, json_encoder.encode(snapshot))
+        while True:
+            item = await feed.next(rt.settings.heartbeat_s)
+            if item is None:
+                return
+            if item is False:
+                yield PING
+                continue
+            version, data = item
+            if version > v:
+                yield data
+    finally:
+        rt.hub.unsubscribe(cid, feed)
+
+
+ROUTES = [message_stream, conversation_live]
