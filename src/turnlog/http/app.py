@@ -26,11 +26,13 @@ from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Receive, Scope, Send
 from litestar.types import Message as ASGIMessage
 
+from turnlog.cluster import Cluster
 from turnlog.commands import Chat
 from turnlog.config import Settings
 from turnlog.db.schema import apply_schema
+from turnlog.follow import Follower
 from turnlog.generation.engine import Engine, utcnow
-from turnlog.http import conversations, live, ops
+from turnlog.http import conversations, internal, live, ops
 from turnlog.http.auth import Unauthorized
 from turnlog.http.common import (
     Runtime,
@@ -99,7 +101,7 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             yield
 
     app = Litestar(
-        route_handlers=[*conversations.ROUTES, *live.ROUTES, *ops.ROUTES],
+        route_handlers=[*conversations.ROUTES, *live.ROUTES, *ops.ROUTES, *internal.ROUTES],
         lifespan=[lifespan],
         exception_handlers={
             DomainError: domain_error,
@@ -134,8 +136,17 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
         rt.engine = Engine(rt.store, rt.registry, settings, instance_id=rt.instance_id)
         rt.chat = Chat(rt.store, rt.engine, settings)
         await rt.store.register_instance(lock_conn, rt.instance_id, utcnow())
+        rt.cluster = Cluster(url, rt.store, rt.hub, rt.engine, rt.instance_id)
+        rt.store.set_on_append(rt.cluster.on_append)
+        rt.chat.cancel_elsewhere = rt.cluster.request_cancel
+        await rt.cluster.register(rt.internal_url)
+        rt.follower = Follower(
+            rt.cluster, rt.chat, token=rt.internal_token, heartbeat_s=settings.heartbeat_s
+        )
         async with anyio.create_task_group() as tg:
             rt.engine.bind(tg)
+            rt.follower.bind(tg)
+            tg.start_soon(rt.cluster.run)
             tg.start_soon(rt.registry.run)
             repaired = await rt.chat.sweep()
             log.info("started", instance_id=str(rt.instance_id), interrupted_orphans=repaired)
@@ -154,6 +165,8 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
                 tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
+            if hasattr(rt, "follower"):
+                await rt.follower.aclose()
             await lock_conn.close()
             await pool.close()
         log.info("stopped")
@@ -164,6 +177,7 @@ async def _drain(rt: Runtime, grace_s: float) -> None:
     stream response."""
     await rt.engine.drain(grace_s)
     rt.hub.close_all()
+    rt.follower.drop_all()
     rt.closing.set()
 
 
