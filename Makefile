@@ -22,6 +22,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint
+	scripts/ensure-debian-packages nginx=nginx
 	$(BIN)/pytest
 
 bench: $(STAMP)

@@ -185,11 +185,18 @@ class Follower:
             return None
         url = f"{owner.internal_url}/internal/v1/messages/{mid}/stream"
         request = self._http.build_request("GET", url, headers={INTERNAL_HEADER: self._token})
-        try:
-            response = await self._http.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            log.info("owner not reachable", url=url, error=str(exc))
-            return None
+        for pause in (0.02, 0.1, 0.3, None):
+            try:
+                response = await self._http.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                log.info("owner not reachable", url=url, error=str(exc))
+                return None
+            if response.status_code != 404 or pause is None:
+                break
+            # The owner writes a turn's lease before it opens the turn's stream: a follower
+            # can come in between. Anything else answered 404 is for the store to settle.
+            await response.aclose()
+            await anyio.sleep(pause)
         upstream = _Upstream(response)
         try:
             if response.status_code != 200:
