@@ -73,9 +73,11 @@ class ProviderError(Exception):
     connection reset); false for errors that will repeat (bad request, failure after output).
     """
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        # Seconds the provider asked to wait before trying again (its Retry-After), if any.
+        self.retry_after = retry_after
 
 
 class UnknownModel(ValueError):
