@@ -56,15 +56,25 @@ from turnlog_reducer import (
     ToolCallStarted,
 )
 
-from turnlog.providers.base import ChatMessage, ModelRequest, ProviderError, StepEnd, ToolSpec
+from turnlog.config import Settings
+from turnlog.models import ProviderSpec
+from turnlog.providers.base import (
+    Adapter,
+    ChatMessage,
+    ModelRequest,
+    ProviderError,
+    StepEnd,
+    ToolSpec,
+    usage,
+)
 
 __all__ = [
+    "ADAPTER",
     "OMITTED_THINKING",
     "AnthropicOptions",
     "AnthropicProvider",
     "history_messages",
     "parse_anthropic_options",
-    "validate_anthropic_options",
 ]
 
 log = structlog.get_logger("turnlog.providers.anthropic")
@@ -116,11 +126,6 @@ def parse_anthropic_options(options: Mapping[str, Any]) -> AnthropicOptions:
         return msgspec.convert(dict(options), AnthropicOptions)
     except (msgspec.ValidationError, TypeError, ValueError) as e:
         raise ValueError(f"invalid options for an anthropic model: {e}") from None
-
-
-def validate_anthropic_options(options: Mapping[str, Any]) -> None:
-    """Raise a readable ``ValueError`` unless ``options`` are valid anthropic options."""
-    parse_anthropic_options(options)
 
 
 class AnthropicProvider:
@@ -186,6 +191,22 @@ class AnthropicProvider:
         return ProviderError(text, retryable=isinstance(e, anthropic.APIConnectionError))
 
 
+def _make(spec: ProviderSpec, settings: Settings) -> AnthropicProvider:
+    return AnthropicProvider(
+        api_key=spec.api_key,
+        base_url=spec.base_url,
+        connect_timeout_s=settings.provider_connect_timeout_s,
+        stall_timeout_s=settings.provider_stall_timeout_s,
+    )
+
+
+ADAPTER = Adapter(
+    make=_make,
+    options=AnthropicOptions,
+    capabilities={"tools": True, "reasoning": True, "signatures": True},
+)
+
+
 def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
     raw_ms = headers.get("retry-after-ms")
@@ -227,13 +248,13 @@ class _Open(msgspec.Struct):
 
 async def _translate(stream: AsyncIterator[Any]) -> AsyncIterator[StreamEvent | StepEnd]:
     """The SDK's raw stream events as reducer events and one ``StepEnd``."""
-    usage: dict[str, int] = {}
+    reported: dict[str, int] = {}
     finish = "stop"
     blocks: dict[int, _Open] = {}
     async for event in stream:
         match event.type:
             case "message_start":
-                _add_usage(usage, event.message.usage)
+                _add_usage(reported, event.message.usage)
             case "content_block_start":
                 block = event.content_block
                 match block.type:
@@ -277,12 +298,12 @@ async def _translate(stream: AsyncIterator[Any]) -> AsyncIterator[StreamEvent | 
                     for item in _close_block(opened):
                         yield item
             case "message_delta":
-                _add_usage(usage, event.usage)
+                _add_usage(reported, event.usage)
                 if event.delta.stop_reason is not None:
                     reason = event.delta.stop_reason
                     finish = _FINISH.get(reason, reason)
             case "message_stop":
-                yield StepEnd(finish, usage=_usage(usage))
+                yield StepEnd(finish, usage=_usage(reported))
                 return
             case _:
                 pass
@@ -308,7 +329,7 @@ def _close_block(opened: _Open) -> list[StreamEvent]:
             return []
 
 
-def _add_usage(usage: dict[str, int], reported: Any) -> None:
+def _add_usage(into: dict[str, int], reported: Any) -> None:
     """Merge ``message_start``'s or ``message_delta``'s usage (both are cumulative)."""
     for name in (
         "input_tokens",
@@ -318,29 +339,27 @@ def _add_usage(usage: dict[str, int], reported: Any) -> None:
     ):
         value = getattr(reported, name, None)
         if isinstance(value, int):
-            usage[name] = value
+            into[name] = value
     details = getattr(reported, "output_tokens_details", None)
     thinking = getattr(details, "thinking_tokens", None)
     if isinstance(thinking, int):
-        usage["thinking_tokens"] = thinking
+        into["thinking_tokens"] = thinking
 
 
-def _usage(usage: dict[str, int]) -> dict[str, int] | None:
-    """The one usage shape: input counts every prompt token (cache reads and writes too)."""
-    if not usage:
+def _usage(reported: dict[str, int]) -> dict[str, int] | None:
+    """The one usage shape: input counts every prompt token (cache reads and writes too,
+    which the API counts apart)."""
+    if not reported:
         return None
-    cached = usage.get("cache_read_input_tokens", 0)
-    out = {
-        "input_tokens": usage.get("input_tokens", 0)
-        + cached
-        + usage.get("cache_creation_input_tokens", 0),
-        "output_tokens": usage.get("output_tokens", 0),
-    }
-    if "cache_read_input_tokens" in usage:
-        out["cached_tokens"] = cached
-    if "thinking_tokens" in usage:
-        out["reasoning_tokens"] = usage["thinking_tokens"]
-    return out
+    cached = reported.get("cache_read_input_tokens")
+    return usage(
+        reported.get("input_tokens", 0)
+        + (cached or 0)
+        + reported.get("cache_creation_input_tokens", 0),
+        reported.get("output_tokens"),
+        cached_tokens=cached,
+        reasoning_tokens=reported.get("thinking_tokens"),
+    )
 
 
 # -- the request -----------------------------------------------------------------------------
