@@ -32,7 +32,7 @@ from turnlog.config import Settings
 from turnlog.db.schema import apply_schema
 from turnlog.follow import Follower
 from turnlog.generation.engine import Engine, utcnow
-from turnlog.http import conversations, internal, live, ops
+from turnlog.http import conversations, internal, live, models, ops
 from turnlog.http.auth import Unauthorized
 from turnlog.http.common import (
     Runtime,
@@ -101,7 +101,13 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             yield
 
     app = Litestar(
-        route_handlers=[*conversations.ROUTES, *live.ROUTES, *ops.ROUTES, *internal.ROUTES],
+        route_handlers=[
+            *conversations.ROUTES,
+            *live.ROUTES,
+            *models.ROUTES,
+            *ops.ROUTES,
+            *internal.ROUTES,
+        ],
         lifespan=[lifespan],
         exception_handlers={
             DomainError: domain_error,

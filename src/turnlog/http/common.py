@@ -18,6 +18,7 @@ from turnlog.cluster import Cluster, internal_token
 from turnlog.commands import (
     BadRequest,
     Chat,
+    Forbidden,
     NotGenerating,
     TooLarge,
     Unavailable,
@@ -86,6 +87,7 @@ def runtime(request: Request[Any, Any, Any]) -> Runtime:
 
 _STATUS: list[tuple[type[Exception], int]] = [
     (NotFound, 404),
+    (Forbidden, 403),
     (ConversationBusy, 409),
     (Fenced, 409),
     (VersionConflict, 409),
