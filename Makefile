@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test lint bench clean test-aisdk
 
 $(STAMP): pyproject.toml reducer/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint test-aisdk
 	$(BIN)/pytest
+
+# The Vercel AI SDK suite (tests/aisdk): the real `ai` client, pinned by its lock file.
+AISDK := tests/aisdk
+$(AISDK)/node_modules/.installed: $(AISDK)/package.json $(AISDK)/package-lock.json
+	cd $(AISDK) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test-aisdk: $(STAMP) $(AISDK)/node_modules/.installed
+	cd $(AISDK) && node --test --test-concurrency=1
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
