@@ -23,6 +23,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     openai_base_url: str | None = None
     anthropic_api_key: str | None = None
     gemini_api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -55,4 +56,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             openai_base_url=e.get("OPENAI_BASE_URL") or None,
             anthropic_api_key=e.get("ANTHROPIC_API_KEY") or None,
             gemini_api_key=e.get("GEMINI_API_KEY") or None,
+            cors_origins=tuple(
+                o.strip().rstrip("/")
+                for o in e.get("TURNLOG_CORS_ORIGINS", "").split(",")
+                if o.strip()
+            ),
         )
