@@ -44,13 +44,19 @@ const state = {
 
 // -- auth and requests -----------------------------------------------------------------------
 
+/** Move a `#token=` from the URL into session storage (keeping `#c=`, the open chat). */
 function takeToken() {
   const match = /(?:^#|&)token=([^&]+)/.exec(location.hash);
   if (match) {
     sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
-    history.replaceState(null, "", location.pathname + location.search);
+    const chat = chosenChat();
+    history.replaceState(null, "", location.pathname + location.search + (chat ? `#c=${chat}` : ""));
   }
   return sessionStorage.getItem(TOKEN_KEY);
+}
+
+function chosenChat() {
+  return /(?:^#|&)c=([0-9a-f-]+)/.exec(location.hash)?.[1] ?? null;
 }
 
 class ApiError extends Error {
@@ -536,7 +542,7 @@ async function start() {
   $("signin").hidden = true;
   await loadModels();
   await renderList();
-  const chosen = /(?:^#|&)c=([0-9a-f-]+)/.exec(location.hash)?.[1];
+  const chosen = chosenChat();
   if (chosen) await openConversation(chosen);
 }
 
