@@ -1,246 +1,227 @@
-"""A scripted HTTP server on loopback that plays a model provider's API to its real SDK.
+"""A fake model API on loopback: a real HTTP/1.1 server that replays scripted replies.
 
-It speaks plain HTTP/1.1 over a real socket (an asyncio server in a daemon thread), so the
-SDK's own HTTP client, SSE parser and error handling run unchanged; nothing is patched.
-Each request takes the next scripted ``Reply`` (or asks ``handler``); every request and
-every client disconnect mid-response is recorded::
+Generic on purpose (any provider, any SDK): the tests give it ``Reply`` objects (a status,
+headers and a body of byte chunks with ``Pause`` and ``Hold`` steps between them), either
+queued in order or made by a function of the request, and read back what the SDK sent
+(``requests``: method, path, query, headers, JSON body) and whether the client hung up
+while a reply was still streaming (``Recorded.disconnected``).
 
-    with FakeServer() as srv:
-        srv.script(Reply.sse([chunk1, chunk2], done="[DONE]"), Reply.json(429, {...}))
-        client = SDK(base_url=srv.url + "/v1")
-        ...
-        srv.requests[0].json      # what the SDK sent
-        srv.wait_for_disconnects(1)
+It runs in a thread of the test process (``with FakeServer() as fake: fake.url``), so it
+serves an SDK in the test itself and a ``turnlog serve`` subprocess alike.
 
-A streamed reply is a list of parts: ``bytes`` written as they come, ``Pause(s)`` between
-them, ``Hang()`` to stall until the client goes away. Every response closes its connection
-(``Connection: close``), so one request is one connection and a disconnect is unambiguous.
+    fake.queue(Reply(429, headers={"retry-after": "1"}, body=[b'{"error": ...}']))
+    fake.queue(Reply(200, headers=SSE, body=[sse("message_start", {...}), Pause(0.1), ...]))
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
+import select
+import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+JSON_HEADERS = {"content-type": "application/json"}
 
 
 @dataclass(frozen=True)
 class Pause:
-    """Wait this long before the next part."""
+    """Wait this long before the next chunk (the body so far is flushed)."""
 
     seconds: float
 
 
 @dataclass(frozen=True)
-class Hang:
-    """Send nothing more, until the client disconnects."""
+class Hold:
+    """Send nothing more until the client disconnects (or ``seconds`` pass): a stall."""
+
+    seconds: float = 60.0
 
 
-Part = bytes | Pause | Hang
+Chunk = bytes | Pause | Hold
 
 
 @dataclass
 class Reply:
-    """One scripted response."""
+    """One scripted answer: status, headers and the body's chunks, sent chunk by chunk."""
 
     status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    parts: list[Part] = field(default_factory=list)
-    # Send the whole body with a Content-Length (a plain JSON answer) instead of streaming.
-    whole: bool = False
-
-    @classmethod
-    def json(cls, status: int, body: Any, headers: Mapping[str, str] | None = None) -> Reply:
-        return cls(
-            status,
-            {"Content-Type": "application/json", **(headers or {})},
-            [json.dumps(body).encode()],
-            whole=True,
-        )
-
-    @classmethod
-    def sse(
-        cls,
-        events: Iterable[Any | Part],
-        *,
-        done: str | None = None,
-        event_names: bool = False,
-        headers: Mapping[str, str] | None = None,
-    ) -> Reply:
-        """A ``text/event-stream`` of ``data: <json>`` frames; ``Pause``/``Hang`` pass
-        through. ``event_names``: each event is ``(name, body)`` and gets an ``event:`` line
-        (Anthropic's format). ``done``: a last ``data:`` line (OpenAI's ``[DONE]``)."""
-        parts: list[Part] = []
-        for item in events:
-            if isinstance(item, Pause | Hang | bytes):
-                parts.append(item)
-            elif event_names:
-                name, body = item
-                parts.append(f"event: {name}\ndata: {json.dumps(body)}\n\n".encode())
-            else:
-                parts.append(f"data: {json.dumps(item)}\n\n".encode())
-        if done is not None:
-            parts.append(f"data: {done}\n\n".encode())
-        return cls(200, {"Content-Type": "text/event-stream", **(headers or {})}, parts)
+    headers: dict[str, str] = field(default_factory=lambda: dict(SSE_HEADERS))
+    body: Sequence[Chunk] = ()
 
 
-@dataclass(frozen=True)
+@dataclass
 class Recorded:
-    """A request as the server received it."""
+    """One request the server received, and what happened to its reply."""
 
     method: str
     path: str
-    headers: dict[str, str]  # lower-cased names
+    query: dict[str, list[str]]
+    headers: dict[str, str]
     body: bytes
-    at: float  # time.monotonic() when it arrived
+    disconnected: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
 
-    @property
     def json(self) -> Any:
         return json.loads(self.body)
 
 
+def sse(event: str | None, data: Any) -> bytes:
+    """One SSE frame: ``event: NAME`` (if named) and one ``data:`` line of JSON."""
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def json_reply(status: int, body: Any, headers: dict[str, str] | None = None) -> Reply:
+    """A plain JSON answer (an HTTP error, say)."""
+    return Reply(status, {**JSON_HEADERS, **(headers or {})}, [json.dumps(body).encode()])
+
+
 class FakeServer:
-    """See the module docstring. ``handler``, if set, answers requests the script does not."""
+    """The server; see the module docstring. ``handler(recorded) -> Reply`` answers when
+    the queue is empty (default: 500)."""
 
     def __init__(self, handler: Callable[[Recorded], Reply] | None = None) -> None:
         self.handler = handler
         self.requests: list[Recorded] = []
-        self.disconnects: list[Recorded] = []  # requests whose client left mid-response
-        self.completed: list[Recorded] = []  # requests whose response was sent in full
-        self._script: list[Reply] = []
+        self._queue: deque[Reply] = deque()
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._server: asyncio.Server | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self.port = 0
-
-    # -- lifecycle -----------------------------------------------------------------------
-
-    def __enter__(self) -> FakeServer:
-        self._thread.start()
-        fut = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
-        fut.result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in asyncio.all_tasks():
-            if task is not asyncio.current_task():
-                task.cancel()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd.daemon_threads = True
+        # A short poll interval: shutdown() waits up to one interval, at every test's end.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
 
-    # -- scripting and waiting -------------------------------------------------------------
-
-    def script(self, *replies: Reply) -> None:
-        """Queue replies for the next requests, in order."""
+    def queue(self, *replies: Reply) -> None:
         with self._lock:
-            self._script.extend(replies)
+            self._queue.extend(replies)
 
-    def wait_for(self, probe: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    def wait_requests(self, n: int, timeout: float = 30.0) -> list[Recorded]:
+        """Wait until ``n`` requests have arrived; the requests so far."""
         deadline = time.monotonic() + timeout
-        while not probe():
+        while len(self.requests) < n:
             if time.monotonic() > deadline:
-                raise AssertionError(f"fake server: timed out waiting for {what or probe}")
-            time.sleep(0.02)
+                raise AssertionError(f"expected {n} requests, got {len(self.requests)}")
+            time.sleep(0.01)
+        return list(self.requests)
 
-    def wait_for_disconnects(self, n: int, timeout: float = 30.0) -> None:
-        self.wait_for(lambda: len(self.disconnects) >= n, timeout, f"{n} disconnects")
-
-    # -- the server ------------------------------------------------------------------------
-
-    def _next_reply(self, request: Recorded) -> Reply:
+    def _next_reply(self, recorded: Recorded) -> Reply:
         with self._lock:
-            if self._script:
-                return self._script.pop(0)
+            self.requests.append(recorded)
+            if self._queue:
+                return self._queue.popleft()
         if self.handler is not None:
-            return self.handler(request)
-        return Reply.json(500, {"error": {"message": "fake server: nothing scripted"}})
+            return self.handler(recorded)
+        return json_reply(500, {"error": "the fake server has no reply queued"})
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await _read_request(reader)
-            if request is None:
-                return
-            self.requests.append(request)
-            reply = self._next_reply(request)
-            if await _send(reply, reader, writer):
-                self.completed.append(request)
-            else:
-                self.disconnects.append(request)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+    def __enter__(self) -> FakeServer:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(10)
 
 
-async def _read_request(reader: asyncio.StreamReader) -> Recorded | None:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    method, path, _ = lines[0].split(" ", 2)
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if ":" in line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    body = b""
-    if "content-length" in headers:
-        body = await reader.readexactly(int(headers["content-length"]))
-    elif headers.get("transfer-encoding", "").lower() == "chunked":
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
-            chunk = await reader.readexactly(size + 2)
-            if size == 0:
-                break
-            body += chunk[:-2]
-    return Recorded(method, path, headers, body, time.monotonic())
-
-
-async def _send(reply: Reply, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-    """Write ``reply``; False if the client went away before it was all sent."""
-    reason = {200: "OK", 429: "Too Many Requests", 500: "Internal Server Error"}.get(
-        reply.status, "Status"
-    )
-    headers = {"Connection": "close", **reply.headers}
-    body = b"".join(p for p in reply.parts if isinstance(p, bytes))
-    if reply.whole:
-        headers["Content-Length"] = str(len(body))
-    head = f"HTTP/1.1 {reply.status} {reason}\r\n"
-    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-    writer.write(head.encode("latin-1"))
-    # The client sends nothing more on this connection: end of input means it hung up.
-    gone = asyncio.ensure_future(reader.read(1))
-    parts = [body] if reply.whole else reply.parts
-    try:
-        for part in parts:
-            if isinstance(part, Pause):
-                await asyncio.wait([gone], timeout=part.seconds)
-            elif isinstance(part, Hang):
-                await gone
-            else:
-                writer.write(part)
-                await writer.drain()
-            if gone.done():
-                return False
-        return True
-    except ConnectionError:
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether the client closed its end (readable, and a peek reads end-of-file)."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
         return False
-    finally:
-        gone.cancel()
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def _make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # quiet: the tests read `requests`
+
+        def do_GET(self) -> None:
+            self._serve()
+
+        def do_POST(self) -> None:
+            self._serve()
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length) if length else b""
+            parts = urlsplit(self.path)
+            recorded = Recorded(
+                method=self.command,
+                path=parts.path,
+                query=parse_qs(parts.query),
+                headers={k.lower(): v for k, v in self.headers.items()},
+                body=body,
+            )
+            reply = server._next_reply(recorded)
+            try:
+                self._send(reply, recorded)
+            except OSError:  # BrokenPipe, ConnectionReset: the client hung up
+                recorded.disconnected.set()
+                self.close_connection = True
+            finally:
+                recorded.finished.set()
+
+        def _send(self, reply: Reply, recorded: Recorded) -> None:
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            self.wfile.flush()
+            for chunk in reply.body:
+                if isinstance(chunk, bytes):
+                    if chunk:
+                        self.wfile.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                        self.wfile.flush()
+                    continue
+                if self._wait(chunk.seconds):
+                    recorded.disconnected.set()
+                    self.close_connection = True
+                    return
+                if isinstance(chunk, Hold):
+                    break  # held long enough: end the reply
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+
+        def _wait(self, seconds: float) -> bool:
+            """Wait ``seconds``; True as soon as the client hangs up."""
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                with contextlib.suppress(OSError):
+                    if _peer_closed(self.connection):
+                        return True
+                time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+            return False
+
+    return Handler
+
+
+@contextlib.contextmanager
+def running(handler: Callable[[Recorded], Reply] | None = None) -> Iterator[FakeServer]:
+    """``with running() as fake:`` a started server, shut down afterwards."""
+    with FakeServer(handler) as fake:
+        yield fake

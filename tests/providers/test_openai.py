@@ -30,7 +30,7 @@ from turnlog.models import ProviderSpec
 from turnlog.providers.base import CLOCK_TOOL, ChatMessage, ModelRequest, ProviderError, StepEnd
 from turnlog.providers.openai import OpenAIProvider
 
-from .fakeserver import FakeServer, Hang, Pause, Reply
+from .fakeserver import FakeServer, Hold, Pause, Reply, json_reply, sse
 
 KEY = "sk-test-0123456789abcdefghijklmnop"
 
@@ -59,6 +59,13 @@ def request(*history: ChatMessage, system: str | None = None, **options: Any) ->
         options=options,
         tools=(CLOCK_TOOL,),
     )
+
+
+def stream(*events: Any, done: bool = True) -> Reply:
+    """An OpenAI SSE reply: ``data: {chunk}`` frames (Pause/Hold pass through), then
+    ``data: [DONE]``."""
+    body = [e if isinstance(e, Pause | Hold) else sse(None, e) for e in events]
+    return Reply(body=[*body, b"data: [DONE]\n\n"] if done else body)
 
 
 def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any) -> Any:
@@ -113,16 +120,13 @@ async def run(p: OpenAIProvider, req: ModelRequest) -> tuple[list[StreamEvent], 
 @pytest.mark.anyio
 async def test_plain_text_and_the_request_sent(srv: FakeServer) -> None:
     """Text deltas fold to one text block; the request streams with usage, tools and key."""
-    srv.script(
-        Reply.sse(
-            [
-                chunk({"role": "assistant", "content": ""}),
-                chunk({"content": "Hel"}),
-                chunk({"content": "lo!"}),
-                chunk({}, "stop"),
-                usage_chunk(9, 2),
-            ],
-            done="[DONE]",
+    srv.queue(
+        stream(
+            chunk({"role": "assistant", "content": ""}),
+            chunk({"content": "Hel"}),
+            chunk({"content": "lo!"}),
+            chunk({}, "stop"),
+            usage_chunk(9, 2),
         )
     )
     events, end = await run(provider(srv), request(system="Be brief.", temperature=0.5))
@@ -131,7 +135,7 @@ async def test_plain_text_and_the_request_sent(srv: FakeServer) -> None:
     sent = srv.requests[0]
     assert sent.path == "/v1/chat/completions"
     assert sent.headers["authorization"] == f"Bearer {KEY}"
-    body = sent.json
+    body = sent.json()
     assert body["model"] == "test-model"
     assert body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
@@ -147,16 +151,13 @@ async def test_plain_text_and_the_request_sent(srv: FakeServer) -> None:
 @pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
 async def test_reasoning_from_either_field(srv: FakeServer, field: str) -> None:
     """vLLM/OpenRouter send delta.reasoning, DeepSeek/llama.cpp delta.reasoning_content."""
-    srv.script(
-        Reply.sse(
-            [
-                chunk({"role": "assistant", field: "Let me "}),
-                chunk({field: "think."}),
-                chunk({"content": "42"}),
-                chunk({}, "stop"),
-                usage_chunk(5, 7, completion_tokens_details={"reasoning_tokens": 4}),
-            ],
-            done="[DONE]",
+    srv.queue(
+        stream(
+            chunk({"role": "assistant", field: "Let me "}),
+            chunk({field: "think."}),
+            chunk({"content": "42"}),
+            chunk({}, "stop"),
+            usage_chunk(5, 7, completion_tokens_details={"reasoning_tokens": 4}),
         )
     )
     events, end = await run(provider(srv), request())
@@ -168,15 +169,12 @@ async def test_reasoning_from_either_field(srv: FakeServer, field: str) -> None:
 @pytest.mark.anyio
 async def test_tool_call_arguments_in_pieces(srv: FakeServer) -> None:
     """Argument fragments keyed by index join into one call; ready carries the parsed JSON."""
-    srv.script(
-        Reply.sse(
-            [
-                chunk({"role": "assistant", "tool_calls": [call(0, "call_a", "clock", "")]}),
-                chunk({"tool_calls": [call(0, args='{"time')]}),
-                chunk({"tool_calls": [call(0, args='zone": "UTC"}')]}),
-                chunk({}, "tool_calls"),
-            ],
-            done="[DONE]",
+    srv.queue(
+        stream(
+            chunk({"role": "assistant", "tool_calls": [call(0, "call_a", "clock", "")]}),
+            chunk({"tool_calls": [call(0, args='{"time')]}),
+            chunk({"tool_calls": [call(0, args='zone": "UTC"}')]}),
+            chunk({}, "tool_calls"),
         )
     )
     events, end = await run(provider(srv), request())
@@ -193,17 +191,14 @@ async def test_tool_call_arguments_in_pieces(srv: FakeServer) -> None:
 @pytest.mark.anyio
 async def test_two_parallel_tool_calls_interleaved(srv: FakeServer) -> None:
     """Two calls whose fragments interleave by index become two ready calls in order."""
-    srv.script(
-        Reply.sse(
-            [
-                chunk({"tool_calls": [call(0, "c0", "clock", '{"timezone":')]}),
-                chunk({"tool_calls": [call(1, "c1", "clock", '{"timezone":')]}),
-                chunk({"tool_calls": [call(0, args='"UTC"}')]}),
-                chunk({"tool_calls": [call(1, args='"Europe/Warsaw"}')]}),
-                chunk({}, "tool_calls"),
-                usage_chunk(20, 30, prompt_tokens_details={"cached_tokens": 16}),
-            ],
-            done="[DONE]",
+    srv.queue(
+        stream(
+            chunk({"tool_calls": [call(0, "c0", "clock", '{"timezone":')]}),
+            chunk({"tool_calls": [call(1, "c1", "clock", '{"timezone":')]}),
+            chunk({"tool_calls": [call(0, args='"UTC"}')]}),
+            chunk({"tool_calls": [call(1, args='"Europe/Warsaw"}')]}),
+            chunk({}, "tool_calls"),
+            usage_chunk(20, 30, prompt_tokens_details={"cached_tokens": 16}),
         )
     )
     events, end = await run(provider(srv), request())
@@ -218,12 +213,7 @@ async def test_two_parallel_tool_calls_interleaved(srv: FakeServer) -> None:
 @pytest.mark.anyio
 async def test_quirk_finish_reason_stop_after_tool_calls(srv: FakeServer) -> None:
     """llama.cpp and some vLLM parsers end a tool-calling step with "stop"."""
-    srv.script(
-        Reply.sse(
-            [chunk({"tool_calls": [call(0, "c0", "clock", "{}")]}), chunk({}, "stop")],
-            done="[DONE]",
-        )
-    )
+    srv.queue(stream(chunk({"tool_calls": [call(0, "c0", "clock", "{}")]}), chunk({}, "stop")))
     _, end = await run(provider(srv), request())
     assert end.finish_reason == "tool_calls"
 
@@ -231,15 +221,12 @@ async def test_quirk_finish_reason_stop_after_tool_calls(srv: FakeServer) -> Non
 @pytest.mark.anyio
 async def test_quirk_missing_index_and_id_only_on_the_first_fragment(srv: FakeServer) -> None:
     """Fragments without index continue the last call; a new id starts the next one."""
-    srv.script(
-        Reply.sse(
-            [
-                chunk({"tool_calls": [call(None, "c0", "clock", '{"timezone"')]}),
-                chunk({"tool_calls": [call(None, args=': "UTC"}')]}),
-                chunk({"tool_calls": [call(None, "c1", "clock", "{}")]}),
-                chunk({}, "tool_calls"),
-            ],
-            done="[DONE]",
+    srv.queue(
+        stream(
+            chunk({"tool_calls": [call(None, "c0", "clock", '{"timezone"')]}),
+            chunk({"tool_calls": [call(None, args=': "UTC"}')]}),
+            chunk({"tool_calls": [call(None, "c1", "clock", "{}")]}),
+            chunk({}, "tool_calls"),
         )
     )
     events, _ = await run(provider(srv), request())
@@ -250,14 +237,11 @@ async def test_quirk_missing_index_and_id_only_on_the_first_fragment(srv: FakeSe
 @pytest.mark.anyio
 async def test_quirk_every_parallel_call_under_index_zero(srv: FakeServer) -> None:
     """A repeated index with a new id is a new call, not more arguments for the old one."""
-    srv.script(
-        Reply.sse(
-            [
-                chunk({"tool_calls": [call(0, "c0", "clock", '{"timezone": "UTC"}')]}),
-                chunk({"tool_calls": [call(0, "c1", "clock", '{"timezone": "Asia/Tokyo"}')]}),
-                chunk({}, "tool_calls"),
-            ],
-            done="[DONE]",
+    srv.queue(
+        stream(
+            chunk({"tool_calls": [call(0, "c0", "clock", '{"timezone": "UTC"}')]}),
+            chunk({"tool_calls": [call(0, "c1", "clock", '{"timezone": "Asia/Tokyo"}')]}),
+            chunk({}, "tool_calls"),
         )
     )
     events, _ = await run(provider(srv), request())
@@ -271,13 +255,10 @@ async def test_quirk_every_parallel_call_under_index_zero(srv: FakeServer) -> No
 @pytest.mark.anyio
 async def test_quirk_arguments_as_an_object(srv: FakeServer) -> None:
     """Some Ollama versions send arguments as a JSON object instead of a string."""
-    srv.script(
-        Reply.sse(
-            [
-                chunk({"tool_calls": [call(0, "c0", "clock", {"timezone": "UTC"})]}),
-                chunk({}, "tool_calls"),
-            ],
-            done="[DONE]",
+    srv.queue(
+        stream(
+            chunk({"tool_calls": [call(0, "c0", "clock", {"timezone": "UTC"})]}),
+            chunk({}, "tool_calls"),
         )
     )
     events, _ = await run(provider(srv), request())
@@ -290,12 +271,11 @@ async def test_quirk_arguments_as_an_object(srv: FakeServer) -> None:
 @pytest.mark.anyio
 async def test_error_mid_stream_after_output(srv: FakeServer) -> None:
     """An error object inside the stream raises ProviderError after the text so far."""
-    srv.script(
-        Reply.sse(
-            [
-                chunk({"content": "partial "}),
-                {"error": {"message": "model crashed", "type": "server_error", "code": None}},
-            ]
+    srv.queue(
+        stream(
+            chunk({"content": "partial "}),
+            {"error": {"message": "model crashed", "type": "server_error", "code": None}},
+            done=False,
         )
     )
     seen: list[StreamEvent | StepEnd] = []
@@ -313,8 +293,8 @@ async def test_error_mid_stream_after_output(srv: FakeServer) -> None:
 @pytest.mark.anyio
 async def test_429_is_retryable_with_retry_after(srv: FakeServer) -> None:
     """A 429 becomes a retryable ProviderError carrying the Retry-After seconds."""
-    srv.script(
-        Reply.json(
+    srv.queue(
+        json_reply(
             429,
             {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate"}},
             {"Retry-After": "2"},
@@ -330,7 +310,7 @@ async def test_429_is_retryable_with_retry_after(srv: FakeServer) -> None:
 @pytest.mark.anyio
 async def test_bad_request_is_final_and_never_shows_the_key(srv: FakeServer) -> None:
     """A 401 is not retryable; the adapter's message does not repeat the request's key."""
-    srv.script(Reply.json(401, {"error": {"message": "Incorrect API key provided"}}))
+    srv.queue(json_reply(401, {"error": {"message": "Incorrect API key provided"}}))
     with pytest.raises(ProviderError, match="401") as info:
         await run(provider(srv), request())
     assert not info.value.retryable
@@ -351,7 +331,7 @@ async def test_connection_refused_is_retryable() -> None:
 @pytest.mark.anyio
 async def test_cancel_closes_the_request_at_once(srv: FakeServer) -> None:
     """Cancelling the consumer mid-answer closes the HTTP request: the server sees it go."""
-    srv.script(Reply.sse([chunk({"content": "thinking"}), Pause(0.05), Hang()]))
+    srv.queue(stream(chunk({"content": "thinking"}), Pause(0.05), Hold(60), done=False))
     got_first = anyio.Event()
 
     async def consume() -> None:
@@ -362,14 +342,14 @@ async def test_cancel_closes_the_request_at_once(srv: FakeServer) -> None:
         tg.start_soon(consume)
         await got_first.wait()
         tg.cancel_scope.cancel()
-    await anyio.to_thread.run_sync(srv.wait_for_disconnects, 1)
-    assert srv.completed == []
+    (sent,) = srv.requests
+    assert await anyio.to_thread.run_sync(sent.disconnected.wait, 30)
 
 
 @pytest.mark.anyio
 async def test_history_carries_tool_ids_and_results(srv: FakeServer) -> None:
     """An earlier step's tool call and its result go back with the call's id."""
-    srv.script(Reply.sse([chunk({"content": "done"}), chunk({}, "stop")], done="[DONE]"))
+    srv.queue(stream(chunk({"content": "done"}), chunk({}, "stop")))
     call_block = ToolCallBlock("call_9", "clock", '{"timezone":"UTC"}', {"timezone": "UTC"}, True)
     history = (
         ChatMessage(role="user", content="time?"),
@@ -377,7 +357,7 @@ async def test_history_carries_tool_ids_and_results(srv: FakeServer) -> None:
         ChatMessage(role="tool", content="2026-01-01T00:00:00Z", tool_call_id="call_9"),
     )
     await run(provider(srv), request(*history))
-    messages = srv.requests[0].json["messages"]
+    messages = srv.requests[0].json()["messages"]
     assert messages[1] == {
         "role": "assistant",
         "content": "Checking.",
