@@ -32,6 +32,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     provider_stall_timeout_s: float = 60.0
     provider_retries: int = 3
     provider_backoff_s: float = 0.5
+    cors_origins: tuple[str, ...] = ()
     # Where this instance serves its live streams to the other instances (docs/deployment.md).
     internal_host: str = "127.0.0.1"
 
@@ -86,5 +87,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             provider_retries=count("TURNLOG_PROVIDER_RETRIES", d.provider_retries),
             provider_backoff_s=number("TURNLOG_PROVIDER_BACKOFF_S", d.provider_backoff_s),
+            cors_origins=tuple(
+                o.strip().rstrip("/")
+                for o in e.get("TURNLOG_CORS_ORIGINS", "").split(",")
+                if o.strip()
+            ),
             internal_host=e.get("TURNLOG_INTERNAL_HOST") or d.internal_host,
         )

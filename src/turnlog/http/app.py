@@ -32,7 +32,7 @@ from turnlog.config import Settings
 from turnlog.db.schema import apply_schema
 from turnlog.follow import Follower
 from turnlog.generation.engine import Engine, utcnow
-from turnlog.http import conversations, internal, live, models, ops
+from turnlog.http import conversations, internal, live, models, ops, ui_chat, web
 from turnlog.http.auth import Unauthorized
 from turnlog.http.common import (
     Runtime,
@@ -81,6 +81,7 @@ def request_log(rt: Runtime) -> Callable[[ASGIApp], ASGIApp]:
                 log.info(
                     "request",
                     method=scope.get("method"),
+                    # The path alone: the query may hold a stream token (never logged).
                     path=scope["path"],
                     status=status,
                     duration_ms=round((time.perf_counter() - started) * 1000, 1),
@@ -106,6 +107,8 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             *live.ROUTES,
             *models.ROUTES,
             *ops.ROUTES,
+            *ui_chat.ROUTES,
+            *web.ROUTES,
             *internal.ROUTES,
         ],
         lifespan=[lifespan],
@@ -116,6 +119,7 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             Exception: internal_error,
         },
         middleware=[request_log(rt)],
+        cors_config=web.cors(settings),
         logging_config=None,
         openapi_config=None,
         debug=False,

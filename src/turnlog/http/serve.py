@@ -50,11 +50,15 @@ def banner(settings: Settings, secret: str, base: str) -> str:
         if settings.database_url
         else (f"embedded PostgreSQL under {settings.data_dir}")
     )
-    return (
+    text = (
         f"turnlog is serving on {base} ({where})\n"
         f"bearer token for user {DEMO_USER!r} (30 days):\n{token}\n"
         f"try:  curl -s -X POST {base}/v1/conversations -H 'Authorization: Bearer {token}'"
     )
+    if not settings.database_url:
+        # The fragment never leaves the browser: the page moves it to session storage.
+        text += f"\nweb chat, signed in as {DEMO_USER!r}: {base}/#token={token}"
+    return text
 
 
 def bind(host: str, port: int) -> socket.socket:
