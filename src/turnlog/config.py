@@ -23,6 +23,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     openai_base_url: str | None = None
     anthropic_api_key: str | None = None
     gemini_api_key: str | None = None
+    # Per-user limits (0: unlimited), counted in the database across processes.
+    max_concurrent_generations: int = 0
+    max_sends_per_minute: int = 0
+    # Request bodies larger than this are refused with 413 before they are read whole;
+    # 0 derives it from max_message_chars (room for the longest content, JSON-escaped).
+    max_body_bytes: int = 0
+
+    @property
+    def body_limit(self) -> int:
+        """The request body limit in bytes."""
+        return self.max_body_bytes or max(1 << 20, 6 * self.max_message_chars + (64 << 10))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -41,6 +52,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"{name} must be positive, got {raw!r}")
             return value
 
+        def count(name: str) -> int:
+            raw = e.get(name)
+            if raw is None or raw.strip() == "":
+                return 0
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+            if value < 0:
+                raise ValueError(f"{name} must be 0 (unlimited) or more, got {raw!r}")
+            return value
+
         d = cls()  # the defaults
         return cls(
             database_url=e.get("TURNLOG_DATABASE_URL") or None,
@@ -55,4 +78,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             openai_base_url=e.get("OPENAI_BASE_URL") or None,
             anthropic_api_key=e.get("ANTHROPIC_API_KEY") or None,
             gemini_api_key=e.get("GEMINI_API_KEY") or None,
+            max_concurrent_generations=count("TURNLOG_MAX_CONCURRENT_GENERATIONS"),
+            max_sends_per_minute=count("TURNLOG_MAX_SENDS_PER_MINUTE"),
+            max_body_bytes=count("TURNLOG_MAX_BODY_BYTES"),
         )

@@ -23,11 +23,17 @@ from turnlog.http.common import (
     user,
 )
 from turnlog.http.feeds import Feed
+from turnlog.http.openapi import Text, api
 from turnlog.log.projection import Conversation, Message, MessageRecord
 from turnlog.streams import event_frame, init_frame, sse_frame
 
+_SSE = Text("text/event-stream", "server-sent events (CONTRACT.md section 3)")
 
-@get("/v1/messages/{mid:str}/stream")
+
+@get(
+    "/v1/messages/{mid:str}/stream",
+    opt=api("a message's stream: init, stream events, done", {200: _SSE}),
+)
 async def message_stream(request: Request[Any, Any, Any], mid: str) -> Stream:
     owner = user(request)
     rt = runtime(request)
@@ -101,7 +107,10 @@ async def _follow_store(rt: Runtime, row: MessageRecord) -> AsyncIterator[bytes]
             yield PING
 
 
-@get("/v1/conversations/{cid:str}/live")
+@get(
+    "/v1/conversations/{cid:str}/live",
+    opt=api("a conversation's feed: snapshot, then changes", {200: _SSE}),
+)
 async def conversation_live(request: Request[Any, Any, Any], cid: str) -> Stream:
     owner = user(request)
     rt = runtime(request)
