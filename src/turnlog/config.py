@@ -7,6 +7,8 @@ from pathlib import Path
 
 import msgspec
 
+from turnlog.models import Catalog
+
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Every knob turnlog reads from the environment, with its default."""
@@ -23,6 +25,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     openai_base_url: str | None = None
     anthropic_api_key: str | None = None
     gemini_api_key: str | None = None
+    # Providers, models and access (env + TURNLOG_CONFIG), and how long a provider may take.
+    models: Catalog = msgspec.field(default_factory=Catalog.demo_only)
+    provider_connect_timeout_s: float = 10.0
+    provider_first_token_timeout_s: float = 120.0
+    provider_stall_timeout_s: float = 60.0
+    provider_retries: int = 3
+    provider_backoff_s: float = 0.5
     # Per-user limits (0: unlimited), counted in the database across processes.
     max_concurrent_generations: int = 0
     max_sends_per_minute: int = 0
@@ -52,17 +61,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"{name} must be positive, got {raw!r}")
             return value
 
-        def count(name: str) -> int:
+        def count(name: str, default: int) -> int:
             raw = e.get(name)
-            if raw is None or raw.strip() == "":
-                return 0
-            try:
-                value = int(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
-            if value < 0:
-                raise ValueError(f"{name} must be 0 (unlimited) or more, got {raw!r}")
-            return value
+            if raw is None or raw == "":
+                return default
+            if not raw.strip().isdigit():
+                raise ValueError(f"{name} must be a whole number >= 0, got {raw!r}")
+            return int(raw)
 
         d = cls()  # the defaults
         return cls(
@@ -78,7 +83,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             openai_base_url=e.get("OPENAI_BASE_URL") or None,
             anthropic_api_key=e.get("ANTHROPIC_API_KEY") or None,
             gemini_api_key=e.get("GEMINI_API_KEY") or None,
-            max_concurrent_generations=count("TURNLOG_MAX_CONCURRENT_GENERATIONS"),
-            max_sends_per_minute=count("TURNLOG_MAX_SENDS_PER_MINUTE"),
-            max_body_bytes=count("TURNLOG_MAX_BODY_BYTES"),
+            max_concurrent_generations=count("TURNLOG_MAX_CONCURRENT_GENERATIONS", 0),
+            max_sends_per_minute=count("TURNLOG_MAX_SENDS_PER_MINUTE", 0),
+            max_body_bytes=count("TURNLOG_MAX_BODY_BYTES", 0),
+            models=Catalog.load(e),
+            provider_connect_timeout_s=number(
+                "TURNLOG_PROVIDER_CONNECT_TIMEOUT_S", d.provider_connect_timeout_s
+            ),
+            provider_first_token_timeout_s=number(
+                "TURNLOG_PROVIDER_FIRST_TOKEN_TIMEOUT_S", d.provider_first_token_timeout_s
+            ),
+            provider_stall_timeout_s=number(
+                "TURNLOG_PROVIDER_STALL_TIMEOUT_S", d.provider_stall_timeout_s
+            ),
+            provider_retries=count("TURNLOG_PROVIDER_RETRIES", d.provider_retries),
+            provider_backoff_s=number("TURNLOG_PROVIDER_BACKOFF_S", d.provider_backoff_s),
         )

@@ -36,6 +36,7 @@ CONTRACT_ROUTES = {
     ("post", "/v1/messages/{mid}/cancel"),
     ("post", "/v1/messages/{mid}/retry"),
     ("post", "/v1/messages/{mid}/tool-results"),
+    ("get", "/v1/models"),
     ("get", "/openapi.json"),
     ("get", "/healthz"),
     ("get", "/readyz"),

@@ -30,7 +30,7 @@ from turnlog.commands import Chat
 from turnlog.config import Settings
 from turnlog.db.schema import apply_schema
 from turnlog.generation.engine import Engine, utcnow
-from turnlog.http import conversations, live, openapi, ops
+from turnlog.http import conversations, live, models, openapi, ops
 from turnlog.http.auth import Unauthorized
 from turnlog.http.common import (
     Runtime,
@@ -104,7 +104,13 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             yield
 
     app = Litestar(
-        route_handlers=[*conversations.ROUTES, *live.ROUTES, *ops.ROUTES, *openapi.ROUTES],
+        route_handlers=[
+            *conversations.ROUTES,
+            *live.ROUTES,
+            *models.ROUTES,
+            *ops.ROUTES,
+            *openapi.ROUTES,
+        ],
         lifespan=[lifespan],
         exception_handlers={
             DomainError: domain_error,

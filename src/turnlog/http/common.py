@@ -18,6 +18,7 @@ from turnlog.commands import (
     BadRequest,
     Chat,
     Conflict,
+    Forbidden,
     NotGenerating,
     TooLarge,
     Unavailable,
@@ -82,6 +83,7 @@ def runtime(request: Request[Any, Any, Any]) -> Runtime:
 
 _STATUS: list[tuple[type[Exception], int]] = [
     (NotFound, 404),
+    (Forbidden, 403),
     (ConversationBusy, 409),
     (Fenced, 409),
     (VersionConflict, 409),
