@@ -32,6 +32,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     provider_stall_timeout_s: float = 60.0
     provider_retries: int = 3
     provider_backoff_s: float = 0.5
+    cors_origins: tuple[str, ...] = ()
     # Per-user limits (0: unlimited), counted in the database across processes.
     max_concurrent_generations: int = 0
     max_sends_per_minute: int = 0
@@ -98,4 +99,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             provider_retries=count("TURNLOG_PROVIDER_RETRIES", d.provider_retries),
             provider_backoff_s=number("TURNLOG_PROVIDER_BACKOFF_S", d.provider_backoff_s),
+            cors_origins=tuple(
+                o.strip().rstrip("/")
+                for o in e.get("TURNLOG_CORS_ORIGINS", "").split(",")
+                if o.strip()
+            ),
         )

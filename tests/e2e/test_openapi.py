@@ -37,6 +37,7 @@ CONTRACT_ROUTES = {
     ("post", "/v1/messages/{mid}/retry"),
     ("post", "/v1/messages/{mid}/tool-results"),
     ("get", "/v1/models"),
+    ("post", "/v1/conversations/{cid}/stream-token"),
     ("get", "/openapi.json"),
     ("get", "/healthz"),
     ("get", "/readyz"),

@@ -30,7 +30,7 @@ from turnlog.commands import Chat
 from turnlog.config import Settings
 from turnlog.db.schema import apply_schema
 from turnlog.generation.engine import Engine, utcnow
-from turnlog.http import conversations, live, models, openapi, ops
+from turnlog.http import conversations, live, models, openapi, ops, web
 from turnlog.http.auth import Unauthorized
 from turnlog.http.common import (
     Runtime,
@@ -84,6 +84,7 @@ def request_log(rt: Runtime) -> Callable[[ASGIApp], ASGIApp]:
                 log.info(
                     "request",
                     method=method,
+                    # The path alone: the query may hold a stream token (never logged).
                     path=scope["path"],
                     status=status,
                     duration_ms=round(elapsed * 1000, 1),
@@ -110,6 +111,7 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             *models.ROUTES,
             *ops.ROUTES,
             *openapi.ROUTES,
+            *web.ROUTES,
         ],
         lifespan=[lifespan],
         exception_handlers={
@@ -119,6 +121,7 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             Exception: internal_error,
         },
         middleware=[request_log(rt)],
+        cors_config=web.cors(settings),
         logging_config=None,
         openapi_config=None,
         # Larger bodies are answered 413 from Content-Length, or as soon as the streamed
