@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/reducer.py
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV)
