@@ -4,13 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test test-js test-aisdk web lint bench clean
 
 $(STAMP): pyproject.toml reducer/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ./reducer
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,all]'
 	touch $(STAMP)
 
 serve: $(STAMP)
@@ -21,12 +21,34 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint test-js test-aisdk
 	$(BIN)/pytest
+
+# The JS reducer (tsc, conformance, fast-check laws), then the web chat: deriveTimeline in
+# Node and the page in Debian's Chromium against a real `turnlog serve`. Screenshots go to
+# test-artifacts/web/.
+test-js: $(STAMP) reducer/js/node_modules/.installed tests/web/node_modules/.installed
+	cd reducer/js && npm test
+	scripts/ensure-debian-packages chromium=chromium
+	cd tests/web && npm test
+
+%/node_modules/.installed: %/package.json %/package-lock.json
+	cd $* && npm ci --no-audit --no-fund
+	touch $@
+
+# The page ships a copy of the JS reducer (no Node needed to run it); a test keeps them equal.
+web:
+	cp reducer/js/reducer.js src/turnlog/web/static/reducer.js
+
+# The Vercel AI SDK suite: the real `ai` client (pinned by tests/aisdk/package-lock.json)
+# against a real `turnlog serve` (CONTRACT.md section 3b).
+test-aisdk: $(STAMP) tests/aisdk/node_modules/.installed
+	cd tests/aisdk && npm test
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/reducer.py
+	node bench/reducer.mjs
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/load.py
 

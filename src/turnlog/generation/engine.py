@@ -12,6 +12,8 @@ generation's attempt id, so once anyone else has ended the row the store rejects
 from __future__ import annotations
 
 import contextlib
+import random
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -46,8 +48,9 @@ from turnlog.streams import LiveStream, StreamRegistry
 
 log = structlog.get_logger("turnlog.generation")
 
-# Failures before any output are retried after these pauses (seconds), then the row fails.
-RETRY_BACKOFF_S = (0.25, 1.0, 3.0)
+# A retry waits at most this long, whatever the provider's Retry-After asks; a longer ask
+# ends the row as failed rather than holding the conversation for minutes.
+MAX_RETRY_PAUSE_S = 60.0
 # Store writes at the end of a step are retried this many times (the database may blip);
 # the row stays generating if they all fail, and recovery marks it interrupted later.
 FINAL_WRITE_TRIES = 5
@@ -251,7 +254,9 @@ class Engine:
                     try:
                         step_end = await self._consume(gen, provider, request)
                     except ProviderError as exc:
-                        error = str(exc) or type(exc).__name__
+                        error = scrub(
+                            str(exc) or type(exc).__name__, self.settings.models.secrets()
+                        )
                     tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
                 if gen.fenced:
@@ -288,34 +293,75 @@ class Engine:
         return request, provider
 
     async def _consume(self, gen: Generation, provider: Provider, request: ModelRequest) -> StepEnd:
-        """Publish the provider's step; retry failures that came before any output."""
-        for attempt, pause in enumerate((*RETRY_BACKOFF_S, None)):
-            produced = False
+        """Publish the provider's step. A failure before any output is retried (bounded,
+        exponential backoff with jitter, or the provider's Retry-After); after output it is
+        final. No first event within the first-token timeout, or none for the stall
+        timeout after that, fails the step."""
+        settings = self.settings
+        for attempt in range(settings.provider_retries + 1):
+            produced = [False]
             try:
-                async for item in provider.stream(request):
-                    if isinstance(item, StepEnd):
-                        return item
-                    item = without_nul(item)
-                    try:
-                        gen.stream.publish(item)
-                    except StreamProtocolError as exc:
-                        raise ProviderError(
-                            f"provider broke the stream: {exc}", retryable=False
-                        ) from exc
-                    gen.pending.append(item)
-                    produced = True
-                raise ProviderError("provider ended the step without a result", retryable=False)
+                return await self._attempt(gen, provider, request, produced)
             except ProviderError as exc:
-                if produced or not exc.retryable or pause is None:
+                pause = None if produced[0] else retry_pause(exc, attempt, settings)
+                if produced[0] or not exc.retryable or pause is None:
                     raise
+                if attempt == settings.provider_retries:
+                    raise ProviderError(
+                        f"{exc} (gave up after {attempt + 1} attempts)", retryable=False
+                    ) from exc
                 log.warning(
                     "provider failed before output; retrying",
                     attempt=attempt + 1,
-                    error=str(exc),
-                    pause_s=pause,
+                    error=scrub(str(exc), settings.models.secrets()),
+                    pause_s=round(pause, 3),
                 )
                 await anyio.sleep(pause)
         raise AssertionError("unreachable")
+
+    async def _attempt(
+        self, gen: Generation, provider: Provider, request: ModelRequest, produced: list[bool]
+    ) -> StepEnd:
+        """One try of a step; ``produced[0]`` is set once something was published."""
+        settings = self.settings
+        stream = provider.stream(request)
+        try:
+            while True:
+                waited = (
+                    settings.provider_stall_timeout_s
+                    if produced[0]
+                    else settings.provider_first_token_timeout_s
+                )
+                with anyio.move_on_after(waited) as timer:
+                    try:
+                        item = await anext(stream)
+                    except StopAsyncIteration:
+                        raise ProviderError(
+                            "provider ended the step without a result", retryable=False
+                        ) from None
+                if timer.cancelled_caught:
+                    what = "for the first token" if not produced[0] else "(the stream stalled)"
+                    raise ProviderError(
+                        f"provider timed out: nothing for {waited:g} s {what}", retryable=False
+                    )
+                if isinstance(item, StepEnd):
+                    return item
+                item = without_nul(item)
+                try:
+                    gen.stream.publish(item)
+                except StreamProtocolError as exc:
+                    raise ProviderError(
+                        f"provider broke the stream: {exc}", retryable=False
+                    ) from exc
+                gen.pending.append(item)
+                produced[0] = True
+        finally:
+            # Close the provider's request now (cancel, timeout, error): its server sees the
+            # disconnect at once. Shielded, so a cancelled step still gets to close it.
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
 
     async def _checkpointer(self, gen: Generation) -> None:
         """Store the new events every TURNLOG_CHECKPOINT_S, only when there are some."""
@@ -531,6 +577,31 @@ def without_nul(event: StreamEvent) -> StreamEvent:
             )
         case _:
             return event
+
+
+def retry_pause(exc: ProviderError, attempt: int, settings: Settings) -> float | None:
+    """Seconds to wait before retry number ``attempt + 1``, or None to give up: the
+    provider's Retry-After if it sent one (up to MAX_RETRY_PAUSE_S), else exponential
+    backoff from ``provider_backoff_s`` with full jitter in [0.5, 1.5)."""
+    asked: float | None = exc.retry_after
+    if asked is not None:
+        return asked if asked <= MAX_RETRY_PAUSE_S else None
+    pause = settings.provider_backoff_s * 2.0**attempt * random.uniform(0.5, 1.5)
+    return min(pause, MAX_RETRY_PAUSE_S)
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every API key in ``secrets`` (and anything shaped like a bearer token
+    or an ``sk-`` key) masked: provider error texts are stored on rows and logged."""
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    text = _BEARER.sub(r"\1[redacted]", text)
+    return _KEYLIKE.sub("[redacted]", text)
+
+
+_BEARER = re.compile(r"((?:Bearer|x-api-key:?|key=)\s*)[A-Za-z0-9._\-]{8,}", re.IGNORECASE)
+_KEYLIKE = re.compile(r"\b(?:sk|sk-ant|AIza)[-_A-Za-z0-9]{16,}")
 
 
 def done_for(row: MessageRecord | None) -> Done:

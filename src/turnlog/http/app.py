@@ -30,7 +30,7 @@ from turnlog.commands import Chat
 from turnlog.config import Settings
 from turnlog.db.schema import apply_schema
 from turnlog.generation.engine import Engine, utcnow
-from turnlog.http import conversations, live, ops
+from turnlog.http import conversations, live, models, ops, ui_chat, web
 from turnlog.http.auth import Unauthorized
 from turnlog.http.common import (
     Runtime,
@@ -79,6 +79,7 @@ def request_log(rt: Runtime) -> Callable[[ASGIApp], ASGIApp]:
                 log.info(
                     "request",
                     method=scope.get("method"),
+                    # The path alone: the query may hold a stream token (never logged).
                     path=scope["path"],
                     status=status,
                     duration_ms=round((time.perf_counter() - started) * 1000, 1),
@@ -99,7 +100,14 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             yield
 
     app = Litestar(
-        route_handlers=[*conversations.ROUTES, *live.ROUTES, *ops.ROUTES],
+        route_handlers=[
+            *conversations.ROUTES,
+            *live.ROUTES,
+            *models.ROUTES,
+            *ops.ROUTES,
+            *ui_chat.ROUTES,
+            *web.ROUTES,
+        ],
         lifespan=[lifespan],
         exception_handlers={
             DomainError: domain_error,
@@ -108,6 +116,7 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             Exception: internal_error,
         },
         middleware=[request_log(rt)],
+        cors_config=web.cors(settings),
         logging_config=None,
         openapi_config=None,
         debug=False,
