@@ -167,7 +167,10 @@ class Chat:
 
     # -- conversations ---------------------------------------------------------------------
 
-    async def create_conversation(self, owner: str, body: ConversationIn) -> Conversation:
+    async def create_conversation(
+        self, owner: str, body: ConversationIn, *, cid: uuid.UUID | None = None
+    ) -> Conversation:
+        """A new conversation; ``cid`` names it when the caller derived its id (a UI chat)."""
         model = body.model or self.settings.default_model
         options = body.options or {}
         self._model(owner, model, options)
@@ -175,7 +178,7 @@ class Chat:
             self._text("title", body.title, limit=MAX_TITLE_CHARS)
         if body.system_prompt is not None:
             self._text("system_prompt", body.system_prompt)
-        cid = uuid.uuid4()
+        cid = cid or uuid.uuid4()
         done = await self.store.append(
             cid,
             [

@@ -30,7 +30,7 @@ from turnlog.commands import Chat
 from turnlog.config import Settings
 from turnlog.db.schema import apply_schema
 from turnlog.generation.engine import Engine, utcnow
-from turnlog.http import conversations, live, models, openapi, ops, web
+from turnlog.http import conversations, live, models, openapi, ops, ui_chat, web
 from turnlog.http.auth import Unauthorized
 from turnlog.http.common import (
     Runtime,
@@ -111,6 +111,7 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             *models.ROUTES,
             *ops.ROUTES,
             *openapi.ROUTES,
+            *ui_chat.ROUTES,
             *web.ROUTES,
         ],
         lifespan=[lifespan],
