@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/reducer.py
 	node bench/reducer.mjs
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV)
