@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test test-js web lint bench clean
+.PHONY: serve test test-js test-aisdk web lint bench clean
 
 $(STAMP): pyproject.toml reducer/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint test-js
+test: lint test-js test-aisdk
 	$(BIN)/pytest
 
 # The JS reducer (tsc, conformance, fast-check laws), then the web chat: deriveTimeline in
@@ -40,11 +40,17 @@ test-js: $(STAMP) reducer/js/node_modules/.installed tests/web/node_modules/.ins
 web:
 	cp reducer/js/reducer.js src/turnlog/web/static/reducer.js
 
+# The Vercel AI SDK suite: the real `ai` client (pinned by tests/aisdk/package-lock.json)
+# against a real `turnlog serve` (CONTRACT.md section 3b).
+test-aisdk: $(STAMP) tests/aisdk/node_modules/.installed
+	cd tests/aisdk && npm test
+
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/reducer.py
 	node bench/reducer.mjs
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV)
