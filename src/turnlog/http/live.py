@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import msgspec
 import structlog
 from litestar import Request, get
 from litestar.response import Stream
@@ -24,8 +25,15 @@ from turnlog.http.common import (
     user,
 )
 from turnlog.http.feeds import Feed
+from turnlog.http.openapi import Text, api
 from turnlog.log.projection import Conversation, Message, MessageRecord, NotFound
 from turnlog.streams import event_frame, init_frame, sse_frame
+
+_SSE = Text("text/event-stream", "server-sent events (CONTRACT.md section 3)")
+
+
+class StreamQuery(msgspec.Struct, frozen=True, kw_only=True):
+    token: str | None = None  # a stream token, instead of the Authorization header
 
 
 def reader(request: Request[Any, Any, Any]) -> tuple[str, uuid.UUID | None]:
@@ -48,7 +56,10 @@ def _within(scope: uuid.UUID | None, conversation_id: uuid.UUID, what: str) -> N
         raise NotFound(f"{what} not found")
 
 
-@get("/v1/messages/{mid:str}/stream")
+@get(
+    "/v1/messages/{mid:str}/stream",
+    opt=api("a message's stream: init, stream events, done", {200: _SSE}, query=StreamQuery),
+)
 async def message_stream(request: Request[Any, Any, Any], mid: str) -> Stream:
     owner, scope = reader(request)
     rt = runtime(request)
@@ -123,7 +134,10 @@ async def _follow_store(rt: Runtime, row: MessageRecord) -> AsyncIterator[bytes]
             yield PING
 
 
-@get("/v1/conversations/{cid:str}/live")
+@get(
+    "/v1/conversations/{cid:str}/live",
+    opt=api("a conversation's feed: snapshot, then changes", {200: _SSE}, query=StreamQuery),
+)
 async def conversation_live(request: Request[Any, Any, Any], cid: str) -> Stream:
     owner, scope = reader(request)
     rt = runtime(request)
