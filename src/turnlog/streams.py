@@ -347,7 +347,7 @@ class Subscription:
         """Like ``__anext__``, but ``None`` after ``timeout`` idle seconds (time to ping)."""
         return await self._next(timeout)
 
-    async def _next(self, timeout: float | None = None) -> bytes | None:
+    async def _next(self, timeout: float | None = None) -> bytes | None:  # noqa: ASYNC109
         frame = self._poll()
         if frame is not None:
             # A reader catching up on a backlog would never suspend; yield to the loop once
@@ -376,7 +376,8 @@ class Subscription:
         frame: one timer per subscription, armed at the first timed wait, checks the
         deadline when it fires and re-arms itself if a frame came meanwhile.
         """
-        waiter = self._waiter = loop.create_future()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiter = waiter
         self._stream._waiters.append(waiter)
         if timed:
             timer = self._timer

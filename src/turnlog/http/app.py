@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -62,7 +62,9 @@ def request_log(rt: Runtime) -> Callable[[ASGIApp], ASGIApp]:
             status = 500
             started = time.perf_counter()
 
-            async def send_logged(message: ASGIMessage) -> None:
+            # Not a coroutine: it hands back send's own awaitable, so the SSE body chunks
+            # (hundreds per second per stream) pay no extra coroutine frame for the log.
+            def send_logged(message: ASGIMessage) -> Awaitable[None]:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
@@ -70,7 +72,7 @@ def request_log(rt: Runtime) -> Callable[[ASGIApp], ASGIApp]:
                         *message.get("headers", []),
                         (b"x-request-id", request_id.encode()),
                     ]
-                await send(message)
+                return send(message)
 
             try:
                 await app(scope, receive, send_logged)

@@ -8,6 +8,7 @@ second signal skips the wait.
 
 from __future__ import annotations
 
+import gc
 import sys
 from types import FrameType
 
@@ -37,12 +38,32 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
+# Garbage collection: a server allocates a young object or two per frame and per event, and
+# with the default thresholds (700, 10, 10) the collector ran every few hundred frames and
+# took 20-25% of the CPU at 500 generations, with ~145 ms full collections (issue 14). Young
+# collections every 50,000 allocations, and startup's objects frozen out of every scan.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """Raise the collector's thresholds; call ``freeze_startup_objects`` once started."""
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def freeze_startup_objects() -> None:
+    """Move everything alive now (modules, routes, the app) out of the collector's reach."""
+    gc.collect()
+    gc.freeze()
+
+
 def run_server(settings: Settings, *, host: str, port: int) -> int:
     logs.configure()
+    tune_gc()
     rt = Runtime(settings)
     base = f"http://{host}:{port}"
 
     def ready(rt: Runtime) -> None:
+        freeze_startup_objects()
         token = make_token(rt.secret, DEMO_USER, 30 * 24 * 3600)
         where = (
             "external PostgreSQL"
