@@ -22,6 +22,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint test-js test-aisdk
+	scripts/ensure-debian-packages nginx=nginx
 	$(BIN)/pytest
 
 # The JS reducer (tsc, conformance, fast-check laws), then the web chat: deriveTimeline in
