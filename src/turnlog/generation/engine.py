@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import random
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ from turnlog.generation.tools import INTERACTIVE, TOOLS, run_server_tool
 from turnlog.log import events as ev
 from turnlog.log.projection import AlreadyStored, DomainError, Fenced, MessageRecord
 from turnlog.log.store import Store
+from turnlog.metrics import Metrics, provider_and_model
 from turnlog.providers import get_provider
 from turnlog.providers.base import ModelRequest, Provider, ProviderError, StepEnd, UnknownModel
 from turnlog.streams import LiveStream, StreamRegistry
@@ -74,6 +76,8 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True):
     model: str
     # The user message this turn answers (its per-message options apply to every step).
     reply_to: uuid.UUID | None = None
+    # A retry's options: they replace the user message's for every step of this turn.
+    options: dict[str, Any] | None = None
 
     @classmethod
     def new(
@@ -90,8 +94,9 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True):
         )
 
     def next_step(self, seq: int) -> Turn:
-        """The turn of the step after this one (a new row, same question)."""
-        return Turn.new(self.conversation_id, seq, self.model, self.reply_to)
+        """The turn of the step after this one (a new row, same question and options)."""
+        nxt = Turn.new(self.conversation_id, seq, self.model, self.reply_to)
+        return msgspec.structs.replace(nxt, options=self.options)
 
     def started(
         self, at: datetime, *, retry_of: uuid.UUID | None = None
@@ -105,6 +110,7 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True):
             model=self.model,
             reply_to=self.reply_to,
             retry_of=retry_of,
+            options=self.options,
         )
 
 
@@ -126,13 +132,26 @@ class Generation:
         self.stored_seq = 0
         self.unacked: ev.TurnCheckpointed | None = None
         self.write_lock = anyio.Lock()
+        # For metrics (time.monotonic()): when this step started, when its first event
+        # came, and when the oldest event not yet stored was published (pending or unacked).
+        self.started_at = time.monotonic()
+        self.first_at: float | None = None
+        self.pending_since: float | None = None
+        self.unacked_since: float | None = None
 
     def take_pending(self) -> tuple[tuple[StreamEvent, ...], int]:
         """The unstored events, coalesced, and the seq they reach; no await in between, so
         nothing published meanwhile can slip between the two."""
         events = ev.coalesce(self.pending)
         self.pending = []
+        if self.unacked_since is None:
+            self.unacked_since = self.pending_since
+        self.pending_since = None
         return events, self.stream.seq
+
+    def unstored_since(self) -> float | None:
+        """When the oldest event not yet stored was published; None if all are stored."""
+        return self.unacked_since or self.pending_since
 
     def cancel(self, reason: EndReason) -> None:
         if self.end_reason is None:
@@ -152,6 +171,7 @@ class Engine:
         instance_id: uuid.UUID,
         now: Clock = utcnow,
         provider_for: ProviderFor = get_provider,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -159,6 +179,7 @@ class Engine:
         self.instance_id = instance_id
         self.now = now
         self.provider_for = provider_for
+        self.metrics = metrics or Metrics()
         self.draining = False
         self._interrupting = False
         self._tg: TaskGroup | None = None
@@ -178,6 +199,11 @@ class Engine:
 
     def __len__(self) -> int:
         return len(self._running)
+
+    def oldest_unstored_s(self) -> float:
+        """Age in seconds of the oldest published event not yet stored (0 if none)."""
+        times = [t for g in self._running.values() if (t := g.unstored_since()) is not None]
+        return time.monotonic() - min(times) if times else 0.0
 
     def start(self, turn: Turn) -> Generation:
         """Open the row's live stream now (so it exists before the HTTP answer) and run the
@@ -222,6 +248,8 @@ class Engine:
                 message_id=str(gen.turn.message_id),
             )
             current = gen
+            provider, model = provider_and_model(current.turn.model)
+            self.metrics.generations_started.labels(provider, model).inc()
             try:
                 gen = await self._step(current)
             except DomainError as exc:
@@ -236,6 +264,12 @@ class Engine:
                 log.exception("generation crashed")
                 await self._end_after_crash(current)
                 gen = None
+            finally:
+                status = current.stream.status or "interrupted"
+                self.metrics.generations_ended.labels(provider, model, status).inc()
+                self.metrics.generation_duration.labels(provider, model, status).observe(
+                    time.monotonic() - current.started_at
+                )
 
     async def _step(self, gen: Generation) -> Generation | None:
         """Run one step of ``gen``; return the next step's generation after server tools."""
@@ -280,7 +314,10 @@ class Engine:
         rows = await self.store.list_messages(turn.conversation_id)
         options = dict(conv.conversation.options)
         asked = next((r for r in rows if r.message.id == turn.reply_to), None)
-        if asked is not None and asked.options:
+        mine = next((r for r in rows if r.message.id == turn.message_id), None)
+        if mine is not None and mine.options is not None:
+            options.update(mine.options)  # a retry's options replace the message's
+        elif asked is not None and asked.options:
             options.update(asked.options)
         provider, name = self.provider_for(turn.model, self.settings)
         request = ModelRequest(
@@ -304,12 +341,16 @@ class Engine:
                 return await self._attempt(gen, provider, request, produced)
             except ProviderError as exc:
                 pause = None if produced[0] else retry_pause(exc, attempt, settings)
+                which = provider_and_model(gen.turn.model)[0]
+                kind = "retryable" if exc.retryable and not produced[0] else "fatal"
+                self.metrics.provider_errors.labels(which, kind).inc()
                 if produced[0] or not exc.retryable or pause is None:
                     raise
                 if attempt == settings.provider_retries:
                     raise ProviderError(
                         f"{exc} (gave up after {attempt + 1} attempts)", retryable=False
                     ) from exc
+                self.metrics.provider_retries.labels(which).inc()
                 log.warning(
                     "provider failed before output; retrying",
                     attempt=attempt + 1,
@@ -354,6 +395,13 @@ class Engine:
                         f"provider broke the stream: {exc}", retryable=False
                     ) from exc
                 gen.pending.append(item)
+                if gen.pending_since is None:
+                    gen.pending_since = time.monotonic()
+                    if gen.first_at is None:
+                        gen.first_at = gen.pending_since
+                        self.metrics.time_to_first_token.labels(
+                            *provider_and_model(gen.turn.model)
+                        ).observe(gen.first_at - gen.started_at)
                 produced[0] = True
         finally:
             # Close the provider's request now (cancel, timeout, error): its server sees the
@@ -405,9 +453,12 @@ class Engine:
         if event is None:
             return
         # AlreadyStored: an earlier try of this very write committed; its answer was lost.
+        started = time.monotonic()
         with contextlib.suppress(AlreadyStored):
             await self.store.append(gen.turn.conversation_id, [event])
+        self.metrics.checkpoint_write.observe(time.monotonic() - started)
         gen.unacked = None
+        gen.unacked_since = None
         gen.stored_seq = event.stream_seq
 
     async def _settle_before_end(self, gen: Generation) -> None:
@@ -486,10 +537,18 @@ class Engine:
             self._running[next_turn.message_id] = nxt
             if self._interrupting:
                 nxt.cancel("interrupted")
+        self._count_tokens(turn, step_end.usage)
         gen.stream.finish(
             Done(status="completed", finish_reason=step_end.finish_reason, usage=step_end.usage)
         )
         return nxt
+
+    def _count_tokens(self, turn: Turn, usage: dict[str, Any] | None) -> None:
+        provider, model = provider_and_model(turn.model)
+        for key, direction in (("input_tokens", "in"), ("output_tokens", "out")):
+            n = (usage or {}).get(key)
+            if isinstance(n, int) and n > 0:
+                self.metrics.tokens.labels(provider, model, direction).inc(n)
 
     async def _end(
         self, gen: Generation, how: Literal["aborted", "interrupted", "error"], error: str = ""

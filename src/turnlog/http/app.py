@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -26,11 +26,13 @@ from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Receive, Scope, Send
 from litestar.types import Message as ASGIMessage
 
+from turnlog.cluster import Cluster
 from turnlog.commands import Chat
 from turnlog.config import Settings
 from turnlog.db.schema import apply_schema
+from turnlog.follow import Follower
 from turnlog.generation.engine import Engine, utcnow
-from turnlog.http import conversations, live, models, ops, ui_chat, web
+from turnlog.http import conversations, internal, live, models, openapi, ops, ui_chat, web
 from turnlog.http.auth import Unauthorized
 from turnlog.http.common import (
     Runtime,
@@ -62,7 +64,9 @@ def request_log(rt: Runtime) -> Callable[[ASGIApp], ASGIApp]:
             status = 500
             started = time.perf_counter()
 
-            async def send_logged(message: ASGIMessage) -> None:
+            # Not a coroutine: it hands back send's own awaitable, so the SSE body chunks
+            # (hundreds per second per stream) pay no extra coroutine frame for the log.
+            def send_logged(message: ASGIMessage) -> Awaitable[None]:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
@@ -70,19 +74,24 @@ def request_log(rt: Runtime) -> Callable[[ASGIApp], ASGIApp]:
                         *message.get("headers", []),
                         (b"x-request-id", request_id.encode()),
                     ]
-                await send(message)
+                return send(message)
 
             try:
                 await app(scope, receive, send_logged)
             finally:
-                rt.responses[status] = rt.responses.get(status, 0) + 1
+                elapsed = time.perf_counter() - started
+                method = str(scope.get("method", ""))
+                # The route's template (`/v1/messages/{mid}/stream`), never the raw path:
+                # ids in labels would make a new time series per conversation.
+                route = scope.get("path_template") or "unmatched"
+                rt.metrics.http_request(method, route, status, elapsed)
                 log.info(
                     "request",
-                    method=scope.get("method"),
+                    method=method,
                     # The path alone: the query may hold a stream token (never logged).
                     path=scope["path"],
                     status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                    duration_ms=round(elapsed * 1000, 1),
                 )
                 structlog.contextvars.clear_contextvars()
 
@@ -105,8 +114,10 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             *live.ROUTES,
             *models.ROUTES,
             *ops.ROUTES,
+            *openapi.ROUTES,
             *ui_chat.ROUTES,
             *web.ROUTES,
+            *internal.ROUTES,
         ],
         lifespan=[lifespan],
         exception_handlers={
@@ -119,6 +130,9 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
         cors_config=web.cors(settings),
         logging_config=None,
         openapi_config=None,
+        # Larger bodies are answered 413 from Content-Length, or as soon as the streamed
+        # body passes the limit: never read whole.
+        request_max_body_size=settings.body_limit,
         debug=False,
     )
     app.state.runtime = rt
@@ -140,11 +154,24 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
     lock_conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
     try:
         rt.store = Store(pool, on_append=rt.hub.publish)
-        rt.engine = Engine(rt.store, rt.registry, settings, instance_id=rt.instance_id)
-        rt.chat = Chat(rt.store, rt.engine, settings)
+        rt.engine = Engine(
+            rt.store, rt.registry, settings, instance_id=rt.instance_id, metrics=rt.metrics
+        )
+        _gauges(rt)
+        await rt.limits.open(url)
+        rt.chat = Chat(rt.store, rt.engine, settings, rt.limits)
         await rt.store.register_instance(lock_conn, rt.instance_id, utcnow())
+        rt.cluster = Cluster(url, rt.store, rt.hub, rt.engine, rt.instance_id)
+        rt.store.set_on_append(rt.cluster.on_append)
+        rt.chat.cancel_elsewhere = rt.cluster.request_cancel
+        await rt.cluster.register(rt.internal_url)
+        rt.follower = Follower(
+            rt.cluster, rt.chat, token=rt.internal_token, heartbeat_s=settings.heartbeat_s
+        )
         async with anyio.create_task_group() as tg:
             rt.engine.bind(tg)
+            rt.follower.bind(tg)
+            tg.start_soon(rt.cluster.run)
             tg.start_soon(rt.registry.run)
             repaired = await rt.chat.sweep()
             log.info("started", instance_id=str(rt.instance_id), interrupted_orphans=repaired)
@@ -163,9 +190,46 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
                 tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
+            if hasattr(rt, "follower"):
+                await rt.follower.aclose()
             await lock_conn.close()
+            await rt.limits.close()
             await pool.close()
         log.info("stopped")
+
+
+def _gauges(rt: Runtime) -> None:
+    """Gauges read at scrape time from what the runtime holds."""
+    m = rt.metrics
+    m.gauge("turnlog_generations_running", "Generations running here.", lambda: len(rt.engine))
+    m.gauge(
+        "turnlog_oldest_unstored_delta_seconds",
+        "Age of the oldest streamed event not yet stored (what a crash would lose).",
+        rt.engine.oldest_unstored_s,
+    )
+    m.gauge(
+        "turnlog_streams_open", "Live streams (running or lingering).", lambda: len(rt.registry)
+    )
+    m.gauge(
+        "turnlog_stream_subscribers",
+        "Readers of live streams.",
+        rt.registry.subscriber_count,
+    )
+    m.gauge("turnlog_feeds_open", "Open conversation feeds.", lambda: len(rt.hub))
+
+    def pool_stat(key: str) -> Callable[[], float]:
+        return lambda: float(rt.store.pool.get_stats().get(key, 0))
+
+    def in_use() -> float:
+        stats = rt.store.pool.get_stats()
+        return float(stats.get("pool_size", 0) - stats.get("pool_available", 0))
+
+    m.gauge("turnlog_db_pool_connections_in_use", "Pool connections lent out.", in_use)
+    m.gauge(
+        "turnlog_db_pool_requests_waiting",
+        "Requests waiting for a pool connection.",
+        pool_stat("requests_waiting"),
+    )
 
 
 async def _drain(rt: Runtime, grace_s: float) -> None:
@@ -173,6 +237,7 @@ async def _drain(rt: Runtime, grace_s: float) -> None:
     stream response."""
     await rt.engine.drain(grace_s)
     rt.hub.close_all()
+    rt.follower.drop_all()
     rt.closing.set()
 
 

@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import msgspec
 import structlog
 from litestar import Request, get
 from litestar.response import Stream
 
+from turnlog.follow import mirror_frames
 from turnlog.generation.engine import done_for
 from turnlog.http.auth import stream_reader
 from turnlog.http.common import (
@@ -24,8 +26,15 @@ from turnlog.http.common import (
     user,
 )
 from turnlog.http.feeds import Feed
+from turnlog.http.openapi import Text, api
 from turnlog.log.projection import Conversation, Message, MessageRecord, NotFound
 from turnlog.streams import event_frame, init_frame, sse_frame
+
+_SSE = Text("text/event-stream", "server-sent events (CONTRACT.md section 3)")
+
+
+class StreamQuery(msgspec.Struct, frozen=True, kw_only=True):
+    token: str | None = None  # a stream token, instead of the Authorization header
 
 
 def reader(request: Request[Any, Any, Any]) -> tuple[str, uuid.UUID | None]:
@@ -48,7 +57,10 @@ def _within(scope: uuid.UUID | None, conversation_id: uuid.UUID, what: str) -> N
         raise NotFound(f"{what} not found")
 
 
-@get("/v1/messages/{mid:str}/stream")
+@get(
+    "/v1/messages/{mid:str}/stream",
+    opt=api("a message's stream: init, stream events, done", {200: _SSE}, query=StreamQuery),
+)
 async def message_stream(request: Request[Any, Any, Any], mid: str) -> Stream:
     owner, scope = reader(request)
     rt = runtime(request)
@@ -75,8 +87,11 @@ async def _message_frames(
             for frame in _final_frames(row):
                 yield frame
             return
-        # Another living server process runs it: follow its checkpoints from the store.
-        async for frame in _follow_store(rt, row):
+        # Another living instance runs it: mirror its live stream (one upstream per
+        # message here, turnlog.follow); failing that, follow its checkpoints in the store.
+        mirror = await rt.follower.mirror(mid)
+        frames = _follow_store(rt, row) if mirror is None else mirror_frames(mirror, heartbeat)
+        async for frame in frames:
             yield frame
         return
     sub = live.subscribe(after=after)
@@ -111,6 +126,9 @@ async def _follow_store(rt: Runtime, row: MessageRecord) -> AsyncIterator[bytes]
         current = await rt.store.get_message(m.id)
         if current is None:
             return
+        if current.message.status == "generating":
+            # Its owner may have died meanwhile: never wait for a generation that is gone.
+            current = await rt.chat.repair_if_orphan(current)
         if current.message.status != "generating":
             for frame in _final_frames(current):
                 yield frame
@@ -123,7 +141,10 @@ async def _follow_store(rt: Runtime, row: MessageRecord) -> AsyncIterator[bytes]
             yield PING
 
 
-@get("/v1/conversations/{cid:str}/live")
+@get(
+    "/v1/conversations/{cid:str}/live",
+    opt=api("a conversation's feed: snapshot, then changes", {200: _SSE}, query=StreamQuery),
+)
 async def conversation_live(request: Request[Any, Any, Any], cid: str) -> Stream:
     owner, scope = reader(request)
     rt = runtime(request)
@@ -139,6 +160,7 @@ async def conversation_live(request: Request[Any, Any, Any], cid: str) -> Stream
     except BaseException:
         rt.hub.unsubscribe(conversation_id, feed)
         raise
+    rt.hub.seed(conversation_id, conv.version)
     return sse(_feed_frames(rt, conversation_id, feed, conv, messages))
 
 

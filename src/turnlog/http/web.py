@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.config.cors import CORSConfig
 from litestar.static_files import create_static_files_router
@@ -20,6 +21,7 @@ from litestar.types import ControllerRouterHandler
 from turnlog.config import Settings
 from turnlog.http.auth import make_stream_token
 from turnlog.http.common import json_response, parse_id, runtime, user
+from turnlog.http.openapi import api
 from turnlog.web import STATIC
 
 STREAM_TOKEN_TTL_S = 600
@@ -69,7 +71,16 @@ async def index() -> Response[bytes]:
     )
 
 
-@post("/v1/conversations/{cid:str}/stream-token", status_code=201)
+class StreamToken(msgspec.Struct, frozen=True, kw_only=True):
+    token: str
+    expires_at: str
+
+
+@post(
+    "/v1/conversations/{cid:str}/stream-token",
+    status_code=201,
+    opt=api("a short-lived token that reads this conversation's SSE", {201: StreamToken}),
+)
 async def stream_token(request: Request[Any, Any, Any], cid: str) -> Response[bytes]:
     owner = user(request)
     rt = runtime(request)
@@ -77,7 +88,7 @@ async def stream_token(request: Request[Any, Any, Any], cid: str) -> Response[by
     await rt.chat.conversation(owner, conversation_id)  # 404 unless the caller's
     token, expires = make_stream_token(rt.secret, owner, conversation_id, STREAM_TOKEN_TTL_S)
     expires_at = dt.datetime.fromtimestamp(expires, dt.UTC).isoformat().replace("+00:00", "Z")
-    return json_response({"token": token, "expires_at": expires_at}, 201)
+    return json_response(StreamToken(token=token, expires_at=expires_at), 201)
 
 
 ROUTES: list[ControllerRouterHandler] = [
