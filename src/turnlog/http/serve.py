@@ -12,6 +12,7 @@ worker of ``serve --workers N`` shares the public socket with its siblings but n
 
 from __future__ import annotations
 
+import gc
 import socket
 import sys
 from types import FrameType
@@ -40,6 +41,24 @@ class _Server(uvicorn.Server):
 
     def _drained(self) -> None:
         self.should_exit = True
+
+
+# Garbage collection: a server allocates a young object or two per frame and per event, and
+# with the default thresholds (700, 10, 10) the collector ran every few hundred frames and
+# took 20-25% of the CPU at 500 generations, with ~145 ms full collections (issue 14). Young
+# collections every 50,000 allocations, and startup's objects frozen out of every scan.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """Raise the collector's thresholds; call ``freeze_startup_objects`` once started."""
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def freeze_startup_objects() -> None:
+    """Move everything alive now (modules, routes, the app) out of the collector's reach."""
+    gc.collect()
+    gc.freeze()
 
 
 def banner(settings: Settings, secret: str, base: str) -> str:
@@ -73,14 +92,16 @@ def bind(host: str, port: int) -> socket.socket:
 
 def run_server(settings: Settings, *, host: str, port: int, worker_fd: int | None = None) -> int:
     logs.configure()
+    tune_gc()
     rt = Runtime(settings)
     base = f"http://{host}:{port}"
 
     def ready(rt: Runtime) -> None:
-        print(banner(settings, rt.secret, base), flush=True)
+        freeze_startup_objects()
+        if worker_fd is None:  # a worker's supervisor prints it once for all
+            print(banner(settings, rt.secret, base), flush=True)
 
-    if worker_fd is None:  # a worker's supervisor prints it once for all
-        rt.on_ready = ready
+    rt.on_ready = ready
     public = bind(host, port) if worker_fd is None else socket.socket(fileno=worker_fd)
     internal = bind(settings.internal_host, 0)
     internal_host = settings.internal_host
