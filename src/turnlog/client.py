@@ -403,9 +403,11 @@ class Client:
         result: JSON = _decoded(self.http.post(_Routes.message(mid, "cancel")))
         return result
 
-    def retry(self, mid: str) -> JSON:
-        """POST /v1/messages/{mid}/retry -> ``{"assistant_message": row}`` (201)."""
-        result: JSON = _decoded(self.http.post(_Routes.message(mid, "retry")))
+    def retry(self, mid: str, *, options: Mapping[str, Any] | None = None) -> JSON:
+        """POST /v1/messages/{mid}/retry -> ``{"assistant_message": row}`` (201); ``options``
+        given replace the failed turn's."""
+        body = None if options is None else {"options": dict(options)}
+        result: JSON = _decoded(self.http.post(_Routes.message(mid, "retry"), json=body))
         return result
 
     def tool_result(self, mid: str, tool_call_id: str, content: str) -> Any:
@@ -592,9 +594,11 @@ class AsyncClient:
         result: JSON = _decoded(await self.http.post(_Routes.message(mid, "cancel")))
         return result
 
-    async def retry(self, mid: str) -> JSON:
-        """POST /v1/messages/{mid}/retry -> ``{"assistant_message": row}`` (201)."""
-        result: JSON = _decoded(await self.http.post(_Routes.message(mid, "retry")))
+    async def retry(self, mid: str, *, options: Mapping[str, Any] | None = None) -> JSON:
+        """POST /v1/messages/{mid}/retry -> ``{"assistant_message": row}`` (201); ``options``
+        given replace the failed turn's."""
+        body = None if options is None else {"options": dict(options)}
+        result: JSON = _decoded(await self.http.post(_Routes.message(mid, "retry"), json=body))
         return result
 
     async def tool_result(self, mid: str, tool_call_id: str, content: str) -> Any:
