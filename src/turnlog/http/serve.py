@@ -8,7 +8,10 @@ second signal skips the wait.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -16,7 +19,7 @@ import uvicorn
 from turnlog import logs
 from turnlog.config import Settings
 from turnlog.http.app import Runtime, create_app
-from turnlog.http.auth import make_token
+from turnlog.http.auth import make_token, secret_source
 
 DEMO_USER = "demo-user"
 
@@ -41,6 +44,7 @@ def run_server(settings: Settings, *, host: str, port: int) -> int:
     logs.configure()
     rt = Runtime(settings)
     base = f"http://{host}:{port}"
+    pid_file = Path(settings.data_dir) / "serve.pid"
 
     def ready(rt: Runtime) -> None:
         token = make_token(rt.secret, DEMO_USER, 30 * 24 * 3600)
@@ -51,6 +55,7 @@ def run_server(settings: Settings, *, host: str, port: int) -> int:
         )
         print(
             f"turnlog is serving on {base} ({where})\n"
+            f"tokens are signed with {secret_source(settings)}\n"
             f"bearer token for user {DEMO_USER!r} (30 days):\n{token}\n"
             f"try:  curl -s -X POST {base}/v1/conversations -H 'Authorization: Bearer {token}'",
             flush=True,
@@ -58,6 +63,10 @@ def run_server(settings: Settings, *, host: str, port: int) -> int:
         if not settings.database_url:
             # The fragment never leaves the browser: the page moves it to session storage.
             print(f"web chat, signed in as {DEMO_USER!r}: {base}/#token={token}", flush=True)
+        # So that this server, and only this one, can be stopped: kill $(cat DATA_DIR/serve.pid)
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{os.getpid()}\n", encoding="utf-8")
+        print(f"pid {os.getpid()} (in {pid_file})", flush=True)
 
     rt.on_ready = ready
     config = uvicorn.Config(
@@ -75,6 +84,11 @@ def run_server(settings: Settings, *, host: str, port: int) -> int:
         server.run()
     except KeyboardInterrupt:
         return 130
+    finally:
+        # Only our own: another server may have written its pid since.
+        with contextlib.suppress(OSError):
+            if pid_file.read_text(encoding="utf-8").strip() == str(os.getpid()):
+                pid_file.unlink()
     if not server.started:
         print("turnlog: the server did not start (see the log above)", file=sys.stderr)
         return 1
