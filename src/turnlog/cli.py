@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="server processes sharing the port (default 1)"
+    )
+    # Set by `serve --workers N` for its workers: the listening socket they inherit.
+    serve.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
 
     token = sub.add_parser(
         "token",
@@ -101,9 +106,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     match args.command:
         case "serve":
+            if args.workers < 1:
+                print(f"turnlog: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+                return 2
+            if args.workers > 1:
+                from turnlog.http.workers import supervise
+
+                return supervise(settings, host=args.host, port=args.port, workers=args.workers)
             from turnlog.http.serve import run_server
 
-            return run_server(settings, host=args.host, port=args.port)
+            return run_server(settings, host=args.host, port=args.port, worker_fd=args.worker_fd)
         case "token":
             from turnlog.http.auth import cli_token
 

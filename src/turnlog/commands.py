@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -122,6 +123,9 @@ class Chat:
         self.engine = engine
         self.settings = settings
         self.limits = limits or Limits(Settings())  # the default: unlimited
+        # Asks the living instance that runs a row to cancel it (turnlog.cluster); False
+        # when this one has to end the row itself.
+        self.cancel_elsewhere: Callable[[MessageRecord], Awaitable[bool]] | None = None
 
     def now(self) -> datetime:
         return self.engine.now()
@@ -387,8 +391,10 @@ class Chat:
             return await self._withdraw(owner, mid)
         if row.message.status != "generating":
             raise NotGenerating(f"message {mid} is {row.message.status}, not generating")
-        if not await self.engine.cancel(mid):
-            # Not running here (its process died, or another one runs it): end it in the
+        if not await self.engine.cancel(mid) and (
+            self.cancel_elsewhere is None or not await self.cancel_elsewhere(row)
+        ):
+            # Nobody living runs it (or its owner did not act in time): end it in the
             # store; the old worker, if any, is fenced off from then on.
             await self._end_elsewhere(row, aborted=True, reason="cancelled")
         after = await self.store.get_message(mid)

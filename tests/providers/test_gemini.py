@@ -232,7 +232,7 @@ async def test_bad_request_is_final(fake: FakeServer) -> None:
 async def test_stall_times_out_and_hangs_up(fake: FakeServer) -> None:
     """No bytes for the stall timeout: a retryable ProviderError, the connection closed."""
     fake.queue(Reply(body=[w.chunk(w.text("slow")), Hold(30)]))
-    items, error = await run_to_error(provider(fake, stall_timeout_s=0.5), request())
+    items, error = await run_to_error(provider(fake, read_timeout_s=0.5), request())
     assert items == [TextDelta("slow")]
     assert error.retryable
     assert fake.requests[0].disconnected.wait(10)

@@ -141,12 +141,12 @@ class GeminiProvider:
         api_key: str | None,
         base_url: str | None = None,
         connect_timeout_s: float = 10.0,
-        stall_timeout_s: float = 120.0,
+        read_timeout_s: float = 120.0,
     ) -> None:
         self.api_key = api_key
         self.base_url = base_url
         self.connect_timeout_s = connect_timeout_s
-        self.stall_timeout_s = stall_timeout_s
+        self.read_timeout_s = read_timeout_s
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent | StepEnd]:
         """One step of ``request``: its stream events, then one ``StepEnd``."""
@@ -159,7 +159,7 @@ class GeminiProvider:
         # Our own HTTP client: its read timeout is "no bytes for this long" (a stall), and
         # closing it is what hangs up on a cancelled step.
         http = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.stall_timeout_s, connect=self.connect_timeout_s)
+            timeout=httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s)
         )
         client = genai.Client(
             # A placeholder key lets a keyless gateway work; the API itself answers 401/403.
@@ -167,7 +167,7 @@ class GeminiProvider:
             http_options=types.HttpOptions(
                 base_url=self.base_url,
                 # The SDK passes this to every request as its one timeout (milliseconds).
-                timeout=int(self.stall_timeout_s * 1000),
+                timeout=int(self.read_timeout_s * 1000),
                 httpx_async_client=http,
             ),
         )
@@ -207,7 +207,12 @@ def _make(spec: ProviderSpec, settings: Settings) -> GeminiProvider:
         api_key=spec.api_key,
         base_url=spec.base_url,
         connect_timeout_s=settings.provider_connect_timeout_s,
-        stall_timeout_s=settings.provider_stall_timeout_s,
+        # The engine times the first token and stalls; the SDK's read timeout is only a
+        # backstop behind both, so it never fires first.
+        read_timeout_s=max(
+            settings.provider_first_token_timeout_s, settings.provider_stall_timeout_s
+        )
+        + 5.0,
     )
 
 

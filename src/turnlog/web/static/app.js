@@ -227,6 +227,7 @@ async function openStream(mid, overlay, generation) {
   overlay.source = source;
   // Every (re)connection starts with init: the state at K, which replaces ours.
   source.addEventListener("init", (e) => {
+    overlay.retry = 0;
     overlay.blocks = decodeBlocks(JSON.parse(e.data).blocks);
     schedule();
   });
