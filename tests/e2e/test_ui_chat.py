@@ -24,7 +24,7 @@ def chat_body(chat_id: str, text: str = "hello", **extra: Any) -> dict[str, Any]
         "id": f"ui-{uuid.uuid4().hex[:8]}",
         "role": "user",
         "parts": [{"type": "text", "text": text}],
-    }  # noqa: E501
+    }
     return {"id": chat_id, "messages": [message], "trigger": "submit-message", **extra}
 
 
