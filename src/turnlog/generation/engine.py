@@ -41,7 +41,13 @@ from turnlog.config import Settings
 from turnlog.generation.history import build_history
 from turnlog.generation.tools import INTERACTIVE, TOOLS, run_server_tool
 from turnlog.log import events as ev
-from turnlog.log.projection import AlreadyStored, DomainError, Fenced, MessageRecord
+from turnlog.log.projection import (
+    AlreadyStored,
+    ConversationRecord,
+    DomainError,
+    Fenced,
+    MessageRecord,
+)
 from turnlog.log.store import Store
 from turnlog.metrics import Metrics, provider_and_model
 from turnlog.providers import get_provider
@@ -56,6 +62,17 @@ MAX_RETRY_PAUSE_S = 60.0
 # Store writes at the end of a step are retried this many times (the database may blip);
 # the row stays generating if they all fail, and recovery marks it interrupted later.
 FINAL_WRITE_TRIES = 5
+
+# The durability promise under load (issue 14): every generating row's stored events are
+# at most TURNLOG_CHECKPOINT_S + CHECKPOINT_SLACK_S apart. Checkpoints start early by up to
+# STAGGER of an interval the first time (spreading rows started together). The server
+# refuses new generations (503) for OVERLOAD_HOLD_S intervals (at least 1 s) once at least
+# OVERLOAD_MIN_LATE rows, and OVERLOAD_SHARE of those running, hold events older than that.
+CHECKPOINT_SLACK_S = 0.25
+STAGGER = 0.5
+OVERLOAD_MIN_LATE = 2
+OVERLOAD_SHARE = 0.1
+OVERLOAD_HOLD_S = 2.0
 
 EndReason = Literal["aborted", "interrupted"]
 Clock = Callable[[], datetime]
@@ -117,9 +134,13 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True):
 class Generation:
     """The running state of one assistant row. Owned by the engine's task group."""
 
-    def __init__(self, turn: Turn, stream: LiveStream) -> None:
+    def __init__(
+        self, turn: Turn, stream: LiveStream, conversation: ConversationRecord | None = None
+    ) -> None:
         self.turn = turn
         self.stream = stream
+        # The conversation as the append that started this turn left it (None: read it).
+        self.conversation = conversation
         self.scope = anyio.CancelScope()
         self.end_reason: EndReason | None = None
         # Set when a write was fenced off: someone else already ended the row.
@@ -184,6 +205,10 @@ class Engine:
         self._interrupting = False
         self._tg: TaskGroup | None = None
         self._running: dict[uuid.UUID, Generation] = {}
+        # Recent checkpoint write latency (an average, s), and until when (monotonic) new
+        # generations are refused because checkpoints are late (0: they are not).
+        self._write_s = 0.0
+        self._refuse_until = 0.0
         # Set (and replaced) whenever a generation ends; drain waits on it.
         self._ended = anyio.Event()
 
@@ -200,17 +225,59 @@ class Engine:
     def __len__(self) -> int:
         return len(self._running)
 
+    @property
+    def _write_lead(self) -> float:
+        """How early a checkpoint write starts: twice the recent write latency, at most
+        half an interval."""
+        return min(self.settings.checkpoint_s / 2, 2 * self._write_s + 0.005)
+
+    def overloaded(self) -> float | None:
+        """Seconds to wait before starting a generation, or None when one may start now.
+
+        The promise (CONTRACT: a crash loses at most TURNLOG_CHECKPOINT_S of output) is
+        broken when an event waits longer than that, plus CHECKPOINT_SLACK_S, to be
+        stored. One late row may be one stuck conversation; when at least
+        OVERLOAD_MIN_LATE rows and OVERLOAD_SHARE of those running are late, the server as
+        a whole cannot keep up: it says so (a log line, the turnlog_overloaded gauge) and
+        refuses new generations for OVERLOAD_HOLD_S intervals rather than silently let a
+        crash lose more. O(running) per call: only sends and retries ask.
+        """
+        now = time.monotonic()
+        if now < self._refuse_until:
+            return self._refuse_until - now
+        limit = now - self.settings.checkpoint_s - CHECKPOINT_SLACK_S
+        late = [
+            t for g in self._running.values() if (t := g.unstored_since()) is not None and t < limit
+        ]
+        if len(late) < max(OVERLOAD_MIN_LATE, OVERLOAD_SHARE * len(self._running)):
+            if self._refuse_until:
+                self._refuse_until = 0.0
+                log.info("overload over: accepting new generations again")
+            return None
+        hold = max(1.0, OVERLOAD_HOLD_S * self.settings.checkpoint_s)
+        self._refuse_until = now + hold
+        log.warning(
+            "overloaded: checkpoints are late, refusing new generations",
+            late_rows=len(late),
+            running=len(self._running),
+            oldest_unstored_s=round(now - min(late), 3),
+            checkpoint_s=self.settings.checkpoint_s,
+            refuse_s=hold,
+        )
+        return hold
+
     def oldest_unstored_s(self) -> float:
         """Age in seconds of the oldest published event not yet stored (0 if none)."""
         times = [t for g in self._running.values() if (t := g.unstored_since()) is not None]
         return time.monotonic() - min(times) if times else 0.0
 
-    def start(self, turn: Turn) -> Generation:
+    def start(self, turn: Turn, conversation: ConversationRecord | None = None) -> Generation:
         """Open the row's live stream now (so it exists before the HTTP answer) and run the
-        turn in the background task group."""
+        turn in the background task group. ``conversation``: the conversation as the append
+        that started the turn left it, which saves the generation reading it again."""
         if self._tg is None:
             raise RuntimeError("engine is not bound to a task group")
-        gen = Generation(turn, self.registry.open(turn.message_id))
+        gen = Generation(turn, self.registry.open(turn.message_id), conversation)
         self._running[turn.message_id] = gen
         self._tg.start_soon(self._run, gen, name=f"generation {turn.message_id}")
         return gen
@@ -275,7 +342,8 @@ class Engine:
         """Run one step of ``gen``; return the next step's generation after server tools."""
         try:
             try:
-                request, provider = await self._request(gen.turn)
+                request, provider = await self._request(gen.turn, gen.conversation)
+                gen.conversation = None
             except UnknownModel as exc:
                 with anyio.CancelScope(shield=True):
                     await self._end(gen, "error", error=str(exc))
@@ -307,8 +375,13 @@ class Engine:
         finally:
             self._forget(gen)
 
-    async def _request(self, turn: Turn) -> tuple[ModelRequest, Provider]:
-        conv = await self.store.get_conversation(turn.conversation_id)
+    async def _request(
+        self, turn: Turn, conv: ConversationRecord | None = None
+    ) -> tuple[ModelRequest, Provider]:
+        # The system prompt and options cannot change while the turn runs (the conversation
+        # is busy), so the row its start was appended with is as good as a fresh read.
+        if conv is None:
+            conv = await self.store.get_conversation(turn.conversation_id)
         if conv is None:
             raise Fenced(f"conversation {turn.conversation_id} is gone")
         rows = await self.store.list_messages(turn.conversation_id)
@@ -323,7 +396,9 @@ class Engine:
         request = ModelRequest(
             model=name,
             system_prompt=conv.conversation.system_prompt,
-            messages=build_history(rows, before_seq=turn.seq),
+            messages=build_history(
+                rows, before_seq=turn.seq, provider=turn.model.partition(":")[0]
+            ),
             options=options,
             tools=TOOLS,
         )
@@ -412,11 +487,32 @@ class Engine:
                     await aclose()
 
     async def _checkpointer(self, gen: Generation) -> None:
-        """Store the new events every TURNLOG_CHECKPOINT_S, only when there are some."""
+        """Store the new events so that none waits longer than TURNLOG_CHECKPOINT_S.
+
+        Deadline-based, not a fixed sleep: a write is due TURNLOG_CHECKPOINT_S after the
+        oldest event it stores was published, and starts early by the recent write latency
+        so that it commits by then (a sleep of a full interval plus the write used to widen
+        the gap under load). Generations started together would all be due together: each
+        one's first write comes early by a fraction of the interval drawn from its message
+        id, which spreads their writes over the interval for good (a later write is due one
+        interval after the first event that followed the previous one).
+        """
+        interval = self.settings.checkpoint_s
+        stagger = interval * STAGGER * (gen.turn.message_id.int % 1024) / 1024
+        failed = False
         while True:
-            await anyio.sleep(self.settings.checkpoint_s)
-            if not gen.pending and gen.unacked is None:
+            since = gen.unstored_since()
+            if since is None:
+                # Nothing to store: look again in half an interval (an event published
+                # meanwhile is then still well before its due time).
+                await anyio.sleep(interval / 2)
                 continue
+            due = since + interval - self._write_lead - stagger
+            wait = due - time.monotonic()
+            if wait > 0:
+                await anyio.sleep(wait)
+                continue  # look again: an end-of-step write may have taken the events
+            stagger = 0.0
             # Shielded: the step's end cancels this task, and a cancel landing inside the
             # write would lose the events it had taken (or store them unacknowledged).
             with anyio.CancelScope(shield=True):
@@ -444,6 +540,10 @@ class Engine:
                         # Committed or not, it cannot tell: the very same event goes again
                         # next time, and the store knows a repeat (AlreadyStored).
                         log.warning("checkpoint failed; will retry", exc_info=True)
+                        failed = True
+            if failed:  # the events are overdue now: pause before trying again
+                failed = False
+                await anyio.sleep(interval / 2)
 
     async def _settle(self, gen: Generation) -> None:
         """Store the checkpoint in ``gen.unacked``, if any: sent as is, however often it
@@ -453,10 +553,15 @@ class Engine:
         if event is None:
             return
         # AlreadyStored: an earlier try of this very write committed; its answer was lost.
+        since = gen.unacked_since
         started = time.monotonic()
         with contextlib.suppress(AlreadyStored):
             await self.store.append(gen.turn.conversation_id, [event])
-        self.metrics.checkpoint_write.observe(time.monotonic() - started)
+        ended = time.monotonic()
+        self.metrics.checkpoint_write.observe(ended - started)
+        self._write_s += 0.2 * (ended - started - self._write_s)
+        if since is not None and ended - since > self.settings.checkpoint_s + CHECKPOINT_SLACK_S:
+            self.metrics.checkpoint_misses.inc()
         gen.unacked = None
         gen.unacked_since = None
         gen.stored_seq = event.stream_seq
@@ -498,11 +603,14 @@ class Engine:
                     awaiting_user=awaiting,
                 )
             ]
-            conv = await self.store.get_conversation(turn.conversation_id)
-            if conv is None:
-                raise Fenced(f"conversation {turn.conversation_id} is gone")
             next_turn: Turn | None = None
-            next_seq = conv.last_seq + 1
+            if server_calls:
+                # Only tool results need the next seq. Otherwise no read: a conversation
+                # deleted meanwhile makes the append itself fail (a DomainError, as here).
+                conv = await self.store.get_conversation(turn.conversation_id)
+                if conv is None:
+                    raise Fenced(f"conversation {turn.conversation_id} is gone")
+                next_seq = conv.last_seq + 1
             for call in server_calls:
                 batch.append(
                     ev.ToolResultRecorded(

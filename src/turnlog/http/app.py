@@ -208,6 +208,11 @@ def _gauges(rt: Runtime) -> None:
         rt.engine.oldest_unstored_s,
     )
     m.gauge(
+        "turnlog_overloaded",
+        "1 while new generations are refused because checkpoints are late (see the log).",
+        lambda: float(rt.engine.overloaded() is not None),
+    )
+    m.gauge(
         "turnlog_streams_open", "Live streams (running or lingering).", lambda: len(rt.registry)
     )
     m.gauge(

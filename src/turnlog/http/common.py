@@ -21,6 +21,7 @@ from turnlog.commands import (
     Conflict,
     Forbidden,
     NotGenerating,
+    Overloaded,
     TooLarge,
     Unavailable,
 )
@@ -117,7 +118,7 @@ def error_response(status: int, detail: str) -> Response[bytes]:
 def domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
     response = error_response(status, str(exc))
-    if isinstance(exc, TooMany):
+    if isinstance(exc, TooMany | Overloaded):
         response.headers["Retry-After"] = str(exc.retry_after)
     return response
 
