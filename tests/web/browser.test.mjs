@@ -42,6 +42,7 @@ describe("the web chat in Chromium", () => {
     allowed?.server.close();
     refused?.server.close();
     if (shots.length) console.log(`screenshots (${ARTIFACTS}):\n  ${shots.join("\n  ")}`);
+    if (turnlog) console.log(`server log: ${turnlog.logPath}`);
   });
 
   /** Open the printed URL on the conversation `cid`. */
