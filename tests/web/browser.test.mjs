@@ -154,6 +154,20 @@ describe("the web chat in Chromium", () => {
     await page.close();
   });
 
+  test("a provider error ends the row as error, partial text kept, with Retry", async () => {
+    const conv = await turnlog.conversation({ tokens_per_second: 200, length: 40, fail_after: 6 });
+    const page = await open(conv.id);
+    await send(page, "Fail me");
+    await page.waitForSelector("li.status[data-status=error] .retry");
+    const row = await lastAssistant(conv.id);
+    assert.equal(row.status, "error");
+    assert.ok(storedText(row).length > 0);
+    assert.equal((await lastText(page)).text, storedText(row));
+    assert.ok((await page.textContent("li.status[data-status=error] .what")).startsWith("error: "));
+    shots.push(await screenshot(page, "4b-error"));
+    await page.close();
+  });
+
   test("ask_user is answered inline and the answer resumes the generation", async () => {
     const conv = await turnlog.conversation({ tool: "ask_user", tokens_per_second: 200, length: 12 });
     const page = await open(conv.id);
