@@ -16,6 +16,11 @@ on asyncio with httptools, so the clients stay cheap). Scenarios:
   ``TURNLOG_CHECKPOINT_S=3600`` (what checkpoints cost);
 - ``sends``: 10 clients send for N seconds, each round-robin over its own conversations
   (1-token answers), counting 201s.
+- with ``--workers N`` (default 2; 0 skips): ``fan-out`` and ``gens`` again on
+  ``turnlog serve --workers N`` (same database), rows labelled ``--workers N`` beside a
+  ``--workers 1`` run measured right after, ratio between them. Subscribers land on any
+  worker and follow the generation's owner through one internal stream per worker (issue
+  13, docs/deployment.md). CPU counts every worker; RSS is the supervisor's only.
 
 Columns (turnlog, baseline, ratio): deliveries/s (frames of deltas received by all
 subscribers), p50/p99 lag (arrival behind the demo schedule token i at start + i/tps, start
@@ -308,9 +313,12 @@ class Server:
         self.token = token
         self.postmaster: int | None = None
         self.db_url: str | None = None
+        self.workers = 1
 
     def pids(self) -> list[int]:
         pids = [self.proc.pid]
+        if self.workers > 1:  # `serve --workers N`: the supervisor's worker processes
+            pids += _children(self.proc.pid)
         if self.postmaster is not None:
             pids.append(self.postmaster)
             pids += _children(self.postmaster)
@@ -378,12 +386,15 @@ class RssPeak:
         self._thread.join()
 
 
-def start_turnlog(data_dir: Path, extra_env: dict[str, str] | None = None) -> Server:
+def start_turnlog(
+    data_dir: Path, extra_env: dict[str, str] | None = None, *, workers: int = 1
+) -> Server:
     port = free_port()
     env = {**os.environ, "TURNLOG_DATA_DIR": str(data_dir), **(extra_env or {})}
     env.pop("TURNLOG_DATABASE_URL", None)
+    command = [str(Path(sys.executable).parent / "turnlog"), "serve", "--port", str(port)]
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "turnlog"), "serve", "--port", str(port)],
+        [*command, "--workers", str(workers)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -400,6 +411,7 @@ def start_turnlog(data_dir: Path, extra_env: dict[str, str] | None = None) -> Se
     threading.Thread(target=proc.stdout.read, daemon=True).start()  # drain
     wait_port(proc, port)
     server = Server("turnlog", proc, port, token)
+    server.workers = workers
     from turnlog.db.embedded import EmbeddedPostgres
 
     embedded = EmbeddedPostgres(data_dir)
@@ -792,11 +804,15 @@ def _cell(value: float, fmt: str) -> str:
     return "-" if value != value else fmt.format(value)
 
 
-def table(results: list[tuple[str, Row, Row]]) -> str:
+Result = tuple[str, Row, Row] | tuple[str, Row, Row, tuple[str, str]]
+
+
+def table(results: list[Result]) -> str:
     header = ["scenario", "server", *(title for _, title, _ in COLUMNS), "folds"]
     lines = [header]
-    for name, mine, base in results:
-        for who, row in (("turnlog", mine), ("baseline", base)):
+    for name, mine, base, *named in results:
+        who_is = named[0] if named else ("turnlog", "baseline")
+        for who, row in zip(who_is, (mine, base), strict=True):
             cells = [_cell(getattr(row, f), fmt) for f, _, fmt in COLUMNS]
             lines.append([f"{name} (per {mine.unit})", who, *cells, row.folds_ok])
         ratio = []
@@ -867,10 +883,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=2, help="client processes per scenario")
     ap.add_argument("--only", choices=["turnlog", "both"], default="both")
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="also run fan-out and gens on `turnlog serve --workers N`, beside the single "
+        "process (0 or 1: skip)",
+    )
     args = ap.parse_args(argv)
 
     print(f"machine: {machine()}", flush=True)
-    results: list[tuple[str, Row, Row]] = []
+    results: list[Result] = []
     started = time.monotonic()
     with servers(args.keep) as (turnlog, baseline, tmp):
         print(f"turnlog pid {turnlog.proc.pid}, baseline pid {baseline.proc.pid}", flush=True)
@@ -903,6 +926,29 @@ def main(argv: list[str] | None = None) -> int:
                 )
             finally:
                 off.stop()
+        if args.workers > 1:
+            # The same scenarios on N worker processes behind one port (same database),
+            # beside the single process, measured now: subscribers land on any worker and
+            # follow the generation's owner through its internal stream (issue 13).
+            multi = start_turnlog(tmp / "data", workers=args.workers)
+            labels = (f"--workers {args.workers}", "--workers 1")
+            try:
+                runs: list[tuple[str, Callable[[Server], Row]]] = [
+                    (
+                        f"fan-out S={s}",
+                        lambda srv, s=s: fanout(srv, s, args.fanout_tokens, args.clients),
+                    )
+                    for s in args.fanout
+                ]
+                runs += [
+                    (f"gens G={g}", lambda srv, g=g: gens(srv, g, args.tokens, args.clients))
+                    for g in args.gens
+                ]
+                for name, run in runs:
+                    results.append((name, run(multi), run(turnlog), labels))
+                    print(f"  {name} x{args.workers}: done", flush=True)
+            finally:
+                multi.stop()
     print()
     print(table(results))
     print(f"\n(total {time.monotonic() - started:.0f} s)")

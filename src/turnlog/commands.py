@@ -283,12 +283,21 @@ class Chat:
 
     # -- messages --------------------------------------------------------------------------
 
-    async def send(self, owner: str, cid: uuid.UUID, body: MessageIn) -> Sent:
+    def check_message(self, body: MessageIn) -> None:
+        """The checks of ``send`` that need no stored row (content and client id), for a
+        caller that must not write anything for a message it would refuse."""
         self._content(body.content)
         if body.client_message_id is not None:
             if not body.client_message_id:
                 raise BadRequest("client_message_id must not be empty")
             self._text("client_message_id", body.client_message_id, limit=MAX_CLIENT_ID_CHARS)
+
+    def check_model(self, owner: str, model: str, options: dict[str, Any]) -> None:
+        """400 unless ``model`` takes ``options``; 403 if ``owner`` may not use it."""
+        self._model(owner, model, options)
+
+    async def send(self, owner: str, cid: uuid.UUID, body: MessageIn) -> Sent:
+        self.check_message(body)
         conv = await self.conversation(owner, cid)
         if body.client_message_id is not None:
             again = await self._sent_before(cid, body.client_message_id, body.content)

@@ -64,7 +64,7 @@ def test_chat_opens_an_existing_conversation_and_retries(server: Server, tmp_pat
         c.follow(mid)
     done = _chat(server, tmp_path, "/retry\nsecond question\n/quit\n", "--conversation", cid)
     assert done.returncode == 0, done.stderr
-    assert "> an earlier question" in done.stdout
+    assert "you: an earlier question" in done.stdout
     assert "error 409" in done.stdout  # nothing to retry on a completed answer
     with server.client() as c:
         rows = c.list_messages(cid)

@@ -44,6 +44,10 @@ class Dialect:
     # A reply with signed reasoning then one `clock` call with this id (and a signature,
     # where the API signs calls).
     signed_call: Callable[[str], Reply]
+    # A 429 asking to wait 1 s (with the key echoed in its text), and a reply that fails
+    # after the text "Half an answer".
+    rate_limited: Callable[[], Reply]
+    fails_midway: Callable[[], Reply]
     # The signatures and the tool ids (in calls, in results) of a captured request body.
     signatures: Callable[[Any], list[str]]
     tool_ids: Callable[[Any], tuple[list[str], list[str]]]
@@ -97,13 +101,28 @@ def _a_tool_ids(body: Any) -> tuple[list[str], list[str]]:
     )
 
 
+A_KEY = "sk-ant-e2e-0123456789abcdef"
+G_KEY = "AIza-e2e-0123456789abcdef"
+
+
+def _a_rate_limited() -> Reply:
+    return aw.http_error(429, "rate_limit_error", f"Slow down, {A_KEY}", {"retry-after": "1"})
+
+
+def _a_fails_midway() -> Reply:
+    frames = _a_text_frames(0, ["Half an ", "answer"], 0.0)[:-1]  # the block never stops
+    return Reply(body=[aw.message_start(), *frames, aw.error_event("api_error", "model crashed")])
+
+
 ANTHROPIC = Dialect(
     kind="anthropic",
     model=f"anthropic:{aw.MODEL}",
-    env=lambda url: {"ANTHROPIC_API_KEY": "sk-ant-e2e", "ANTHROPIC_BASE_URL": url},
+    env=lambda url: {"ANTHROPIC_API_KEY": A_KEY, "ANTHROPIC_BASE_URL": url},
     text=_a_text,
     reasoned_text=_a_reasoned_text,
     signed_call=_a_signed_call,
+    rate_limited=_a_rate_limited,
+    fails_midway=_a_fails_midway,
     signatures=_a_signatures,
     tool_ids=_a_tool_ids,
 )
@@ -154,10 +173,16 @@ def _g_tool_ids(body: Any) -> tuple[list[str], list[str]]:
 GEMINI = Dialect(
     kind="gemini",
     model=f"gemini:{gw.MODEL}",
-    env=lambda url: {"GEMINI_API_KEY": "AIza-e2e", "GEMINI_BASE_URL": url},
+    env=lambda url: {"GEMINI_API_KEY": G_KEY, "GEMINI_BASE_URL": url},
     text=_g_text,
     reasoned_text=_g_reasoned_text,
     signed_call=_g_signed_call,
+    rate_limited=lambda: gw.http_error(429, "RESOURCE_EXHAUSTED", f"Quota, {G_KEY}", retry="1s"),
+    fails_midway=lambda: gw.reply(
+        gw.chunk(gw.text("Half an ")),
+        gw.chunk(gw.text("answer")),
+        gw.error_chunk(500, "INTERNAL", "model crashed"),
+    ),
     signatures=_g_signatures,
     tool_ids=_g_tool_ids,
 )
@@ -347,3 +372,61 @@ def test_sigkill_mid_answer_is_interrupted_and_retry_completes(
                     assert "word0" not in str(fakes[d.kind].requests[-1].json())
         finally:
             srv.kill()
+
+
+@pytest.mark.parametrize("d", DIALECTS, ids=lambda d: d.kind)
+def test_429_then_success_honours_the_wait_asked_for(stack: Stack, d: Dialect) -> None:
+    """A 429 before any output is retried after the wait the API asked for (Anthropic's
+    Retry-After, Gemini's RetryInfo), then the answer completes."""
+    fake = stack.fake(d)
+    before = len(fake.requests)
+    fake.queue(d.rate_limited(), d.text(["After ", "waiting."], 0.0))
+    with stack.server.client() as c:
+        cid = c.create_conversation(model=d.model)["id"]
+        c.send(cid, "hello")
+        rows = wait_until(lambda: _settled(c, cid, 2), timeout=60, what="the answer")
+    assert rows[1]["status"] == "completed"
+    assert rows[1]["blocks"] == [{"type": "text", "text": "After waiting."}]
+    first, second = fake.wait_requests(before + 2)[before:]
+    assert second.at - first.at >= 0.95, "the retry came before the asked wait had passed"
+
+
+@pytest.mark.parametrize("d", DIALECTS, ids=lambda d: d.kind)
+def test_error_mid_stream_ends_the_row_error_with_its_partial_blocks(
+    stack: Stack, d: Dialect
+) -> None:
+    """An error event after output is final: the row is `error`, keeps its text, is not
+    retried, and its error text names the failure without the key."""
+    fake = stack.fake(d)
+    before = len(fake.requests)
+    fake.queue(d.fails_midway())
+    with stack.server.client() as c:
+        cid = c.create_conversation(model=d.model)["id"]
+        c.send(cid, "go")
+        rows = wait_until(lambda: _settled(c, cid, 2), timeout=60, what="the failed row")
+    assert rows[1]["status"] == "error"
+    assert "model crashed" in rows[1]["error"]
+    assert rows[1]["blocks"] == [{"type": "text", "text": "Half an answer"}]
+    assert len(fake.requests) == before + 1
+    assert A_KEY not in stack.server.log()
+    assert G_KEY not in stack.server.log()
+
+
+@pytest.mark.parametrize("d", DIALECTS, ids=lambda d: d.kind)
+def test_cancel_closes_the_provider_request_at_once(stack: Stack, d: Dialect) -> None:
+    """cancel aborts the row with its partial text, and the provider's server sees its
+    request go away."""
+    fake = stack.fake(d)
+    before = len(fake.requests)
+    fake.queue(d.text(["Partial"] + [" more"] * 1000, 0.05))
+    with stack.server.client() as c:
+        cid = c.create_conversation(model=d.model)["id"]
+        mid = c.send(cid, "long one")["assistant_message"]["id"]
+        follower = Follower(stack.server.client(), mid)
+        follower.start()
+        wait_until(lambda: follower.text().startswith("Partial"), what="the first text")
+        row = c.cancel(mid)
+        follower.join(10)
+    assert row["status"] == "aborted"
+    assert row["blocks"][0]["text"].startswith("Partial")
+    assert fake.requests[before].disconnected.wait(10)

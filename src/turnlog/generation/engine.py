@@ -390,7 +390,9 @@ class Engine:
         request = ModelRequest(
             model=name,
             system_prompt=conv.conversation.system_prompt,
-            messages=build_history(rows, before_seq=turn.seq),
+            messages=build_history(
+                rows, before_seq=turn.seq, provider=turn.model.partition(":")[0]
+            ),
             options=options,
             tools=TOOLS,
         )
