@@ -14,6 +14,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import anyio
 import msgspec
 import psycopg
 
@@ -31,7 +32,7 @@ from turnlog.log.projection import (
     MessageRecord,
     NotFound,
 )
-from turnlog.log.store import Appended, Store
+from turnlog.log.store import Appended, Store, VersionConflict
 from turnlog.providers import validate_options
 
 MAX_TITLE_CHARS = 500
@@ -287,8 +288,11 @@ class Chat:
 
         try:
             done = await self.store.retrying(attempt)
-        except psycopg.errors.UniqueViolation:
-            # The same client_message_id sent twice at once: the unique key let one in.
+        except (psycopg.errors.UniqueViolation, ConversationBusy, VersionConflict):
+            # The same client_message_id sent several times at once: one of them got in,
+            # and the others find the conversation busy with it, lose the version race to
+            # it, or hit the unique key. Each of them is answered with its rows (the busy
+            # state was read after that send committed, so its rows are visible now).
             again = None
             if body.client_message_id is not None:
                 again = await self._sent_before(cid, body.client_message_id)
@@ -506,7 +510,11 @@ class Chat:
         return repaired
 
     async def sweep(self) -> int:
-        """At startup: interrupt every generating row whose process is gone."""
+        """At startup: interrupt every generating row whose process is gone. Right after a
+        database restart that cannot be told yet (LIVENESS_GRACE_S): wait it out first."""
+        unsettled = await self.store.liveness_unsettled_s()
+        if unsettled > 0:
+            await anyio.sleep(unsettled)
         rows = await self.store.orphans(me=self.engine.instance_id, mine=self.engine.running_ids())
         for row in rows:
             await self.interrupt(row, "the server restarted")

@@ -19,6 +19,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_s: float = 15.0
     max_message_chars: int = 100_000
     shutdown_grace_s: float = 10.0
+    # How long one database call may take (connection included) before the request gets a
+    # 503 with Retry-After; and how long a client may take to send a request head.
+    db_timeout_s: float = 2.0
+    header_timeout_s: float = 10.0
     openai_api_key: str | None = None
     openai_base_url: str | None = None
     anthropic_api_key: str | None = None
@@ -51,6 +55,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             heartbeat_s=number("TURNLOG_HEARTBEAT_S", d.heartbeat_s),
             max_message_chars=int(number("TURNLOG_MAX_MESSAGE_CHARS", d.max_message_chars)),
             shutdown_grace_s=number("TURNLOG_SHUTDOWN_GRACE_S", d.shutdown_grace_s),
+            db_timeout_s=number("TURNLOG_DB_TIMEOUT_S", d.db_timeout_s),
+            header_timeout_s=number("TURNLOG_HEADER_TIMEOUT_S", d.header_timeout_s),
             openai_api_key=e.get("OPENAI_API_KEY") or None,
             openai_base_url=e.get("OPENAI_BASE_URL") or None,
             anthropic_api_key=e.get("ANTHROPIC_API_KEY") or None,
