@@ -2,20 +2,24 @@
 
 Valid streams come from ``event_sequences()``: text and reasoning deltas (empty ones
 included) interleaved with several tool calls whose arguments stream in while other blocks
-grow, then an optional ``done``. Invalid cases (``invalid_streams()``,
-``wrong_type_event_json()``) are built from the same pieces.
+grow, signatures on whatever block is last, redacted reasoning, then an optional ``done``.
+Invalid cases (``invalid_streams()``, ``wrong_type_event_json()``) are built from the same
+pieces.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from hypothesis import strategies as st
 from turnlog_reducer import (
     Block,
     Done,
     ReasoningBlock,
     ReasoningDelta,
+    ReasoningRedacted,
+    Signature,
     StreamEvent,
     TextBlock,
     TextDelta,
@@ -31,6 +35,8 @@ EVENT_TYPES = (
     "tool_call_started",
     "tool_call_delta",
     "tool_call_ready",
+    "signature",
+    "reasoning_redacted",
     "done",
 )
 STATUSES = ("completed", "interrupted", "error", "aborted")
@@ -66,6 +72,8 @@ events: st.SearchStrategy[StreamEvent] = st.one_of(
     st.builds(ToolCallStarted, tool_ids, tool_names),
     st.builds(ToolCallDelta, tool_ids, texts),
     st.builds(ToolCallReady, tool_ids, json_values),
+    st.builds(Signature, texts),
+    st.builds(ReasoningRedacted, texts),
     dones,
 )
 
@@ -76,9 +84,16 @@ def event_sequences(draw: st.DrawFn, max_size: int = 40) -> list[StreamEvent]:
     started: list[str] = []
     out: list[StreamEvent] = []
     for _ in range(draw(st.integers(0, max_size))):
-        kinds = ["text", "reasoning", "start"] + (["delta", "delta", "ready"] if started else [])
+        kinds = ["text", "reasoning", "start", "redacted"]
+        kinds += ["delta", "delta", "ready"] if started else []
+        # A signature needs a block to sign: any non-empty delta, start or redaction made one.
+        kinds += ["sign"] if any(_makes_block(e) for e in out) else []
         kind = draw(st.sampled_from(kinds))
-        if kind == "text":
+        if kind == "sign":
+            out.append(Signature(draw(texts)))
+        elif kind == "redacted":
+            out.append(ReasoningRedacted(draw(texts)))
+        elif kind == "text":
             out.append(TextDelta(draw(texts)))
         elif kind == "reasoning":
             out.append(ReasoningDelta(draw(texts)))
@@ -95,6 +110,12 @@ def event_sequences(draw: st.DrawFn, max_size: int = 40) -> list[StreamEvent]:
     return out
 
 
+def _makes_block(event: StreamEvent) -> bool:
+    if isinstance(event, TextDelta | ReasoningDelta):
+        return bool(event.text)
+    return isinstance(event, ToolCallStarted | ReasoningRedacted)
+
+
 @st.composite
 def wide_event_sequences(draw: st.DrawFn) -> list[StreamEvent]:
     """A valid stream with many parallel tool calls (more than the reducer's cheap tail),
@@ -108,8 +129,10 @@ def wide_event_sequences(draw: st.DrawFn) -> list[StreamEvent]:
         out.append(ToolCallStarted(tool_id, draw(tool_names)))
     for _ in range(draw(st.integers(0, 40))):
         tool_id = draw(st.sampled_from(ids))
-        kind = draw(st.sampled_from(["delta", "delta", "ready", "text"]))
-        if kind == "delta":
+        kind = draw(st.sampled_from(["delta", "delta", "ready", "text", "sign"]))
+        if kind == "sign":
+            out.append(Signature(draw(texts)))
+        elif kind == "delta":
             out.append(ToolCallDelta(tool_id, draw(texts)))
         elif kind == "ready":
             out.append(ToolCallReady(tool_id, draw(json_values)))
@@ -167,6 +190,8 @@ _WRONG_FIELDS: dict[str, dict[str, list[Any]]] = {
         "usage": ["many", 3, [1]],
         "error": [404, {"message": "x"}],
     },
+    "signature": {"signature": [1, None, ["s"]]},
+    "reasoning_redacted": {"data": [2, None, {}]},
 }
 _VALID_FIELDS: dict[str, dict[str, Any]] = {
     "text_delta": {"text": "hi"},
@@ -174,6 +199,8 @@ _VALID_FIELDS: dict[str, dict[str, Any]] = {
     "tool_call_started": {"id": "t1", "name": "calc"},
     "tool_call_delta": {"id": "t1", "arguments_delta": "{"},
     "tool_call_ready": {"id": "t1", "arguments": {}},
+    "signature": {"signature": "s"},
+    "reasoning_redacted": {"data": "enc"},
     "done": {"status": "completed"},
 }
 
@@ -189,7 +216,7 @@ def wrong_type_event_json(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def unknown_type_event_json(draw: st.DrawFn) -> dict[str, Any]:
-    """An otherwise plausible event object whose ``type`` is not one of the six."""
+    """An otherwise plausible event object whose ``type`` is not one of the eight."""
     type_ = draw(st.text(max_size=12).filter(lambda t: t not in EVENT_TYPES))
     return {"type": type_, "text": draw(texts)}
 
@@ -203,25 +230,36 @@ def reference_fold(evs: list[StreamEvent]) -> list[Block]:
                 kind = TextBlock if isinstance(e, TextDelta) else ReasoningBlock
                 if not t:
                     continue
-                if blocks and type(blocks[-1]) is kind:
+                if blocks and type(blocks[-1]) is kind and not is_sealed(blocks[-1]):
                     blocks[-1] = kind(blocks[-1].text + t)  # type: ignore[union-attr]
                 else:
                     blocks.append(kind(t))
+            case Signature(signature=sig):
+                blocks[-1] = msgspec.structs.replace(blocks[-1], signature=sig)
+            case ReasoningRedacted(data=data):
+                blocks.append(ReasoningBlock("", signature=data, redacted=True))
             case ToolCallStarted(id=i, name=n):
                 blocks.append(ToolCallBlock(i, n, "", None, False))
             case ToolCallDelta(id=i, arguments_delta=d):
                 k = _tool_index(blocks, i)
                 b = blocks[k]
                 assert isinstance(b, ToolCallBlock)
-                blocks[k] = ToolCallBlock(b.id, b.name, b.arguments_text + d, b.arguments, b.ready)
+                blocks[k] = msgspec.structs.replace(b, arguments_text=b.arguments_text + d)
             case ToolCallReady(id=i, arguments=a):
                 k = _tool_index(blocks, i)
                 b = blocks[k]
                 assert isinstance(b, ToolCallBlock)
-                blocks[k] = ToolCallBlock(b.id, b.name, b.arguments_text, a, True)
+                blocks[k] = msgspec.structs.replace(b, arguments=a, ready=True)
             case Done():
                 pass
     return blocks
+
+
+def is_sealed(block: Block) -> bool:
+    """A signed or redacted text/reasoning block: no delta extends it."""
+    if isinstance(block, ToolCallBlock):
+        return False
+    return block.signature is not msgspec.UNSET or getattr(block, "redacted", False) is True
 
 
 def _tool_index(blocks: list[Block], tool_id: str) -> int:

@@ -24,6 +24,8 @@ from ._blocks import (
 from ._events import (
     Done,
     ReasoningDelta,
+    ReasoningRedacted,
+    Signature,
     StreamEvent,
     TextDelta,
     ToolCallDelta,
@@ -41,6 +43,8 @@ __all__ = [
     "Done",
     "ReasoningBlock",
     "ReasoningDelta",
+    "ReasoningRedacted",
+    "Signature",
     "StreamEvent",
     "StreamProtocolError",
     "TextBlock",

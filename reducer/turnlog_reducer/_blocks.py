@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeAlias, TypeVar, overload
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 __all__ = [
     "EMPTY",
@@ -53,19 +54,28 @@ TAIL = 8
 
 
 class _Block(msgspec.Struct, frozen=True, tag_field="type"):
-    """Base of the block Structs; every field is always written, ``null`` included."""
+    """Base of the block Structs; every field is always written, ``null`` included, except
+    the optional ``signature`` and ``redacted``: left ``UNSET`` they are not written at all,
+    so a block without them encodes exactly as it did before they existed."""
 
 
 class TextBlock(_Block, frozen=True, tag="text"):
-    """Answer text."""
+    """Answer text; ``signature`` is a provider's opaque proof, sent back with the history."""
 
     text: str
+    signature: str | UnsetType = UNSET
 
 
 class ReasoningBlock(_Block, frozen=True, tag="reasoning"):
-    """Reasoning ("thinking") text shown apart from the answer."""
+    """Reasoning ("thinking") text shown apart from the answer.
+
+    ``redacted`` marks a provider's encrypted reasoning: ``text`` is "" and the opaque data
+    is in ``signature``.
+    """
 
     text: str
+    signature: str | UnsetType = UNSET
+    redacted: bool | UnsetType = UNSET
 
 
 class ToolCallBlock(_Block, frozen=True, tag="tool_call"):
@@ -76,6 +86,7 @@ class ToolCallBlock(_Block, frozen=True, tag="tool_call"):
     arguments_text: str = ""
     arguments: Any = None
     ready: bool = False
+    signature: str | UnsetType = UNSET
 
 
 Block: TypeAlias = TextBlock | ReasoningBlock | ToolCallBlock
@@ -124,7 +135,7 @@ class _Run:
 class _Tool:
     """One version of a tool-call block; ``arguments_text`` is ``chunks[:m]``."""
 
-    __slots__ = ("arguments", "block", "chunks", "id", "m", "name", "ready")
+    __slots__ = ("arguments", "block", "chunks", "id", "m", "name", "ready", "signature")
 
     def __init__(
         self,
@@ -135,6 +146,7 @@ class _Tool:
         arguments: Any,
         ready: bool,
         block: ToolCallBlock | None = None,
+        signature: str | UnsetType = UNSET,
     ) -> None:
         self.id = id
         self.name = name
@@ -143,34 +155,74 @@ class _Tool:
         self.arguments = arguments
         self.ready = ready
         self.block = block
+        self.signature = signature
 
     def extended(self, delta: str) -> _Tool:
         chunks = _append(self.chunks, self.m, delta)
-        return _Tool(self.id, self.name, chunks, self.m + 1, self.arguments, self.ready)
+        return _Tool(
+            self.id, self.name, chunks, self.m + 1, self.arguments, self.ready, None, self.signature
+        )
 
     def made_ready(self, arguments: Any) -> _Tool:
-        return _Tool(self.id, self.name, self.chunks, self.m, arguments, True)
+        return _Tool(self.id, self.name, self.chunks, self.m, arguments, True, None, self.signature)
+
+    def signed(self, signature: str) -> _Tool:
+        return _Tool(
+            self.id, self.name, self.chunks, self.m, self.arguments, self.ready, None, signature
+        )
 
     def materialize(self) -> ToolCallBlock:
         block = self.block
         if block is None:
             text = _join(self.chunks, self.m) if self.m else ""
-            block = self.block = ToolCallBlock(self.id, self.name, text, self.arguments, self.ready)
+            block = self.block = ToolCallBlock(
+                self.id, self.name, text, self.arguments, self.ready, self.signature
+            )
         return block
 
 
-_Entry: TypeAlias = _Run | _Tool
+class _Sealed:
+    """A signed or redacted text/reasoning block: it never grows again, so it is kept whole.
+
+    A later delta sees that the last entry is not a ``_Run`` and starts a new block.
+    """
+
+    __slots__ = ("block",)
+
+    def __init__(self, block: TextBlock | ReasoningBlock) -> None:
+        self.block = block
+
+    def materialize(self) -> TextBlock | ReasoningBlock:
+        return self.block
+
+
+_Entry: TypeAlias = _Run | _Tool | _Sealed
+
+
+def _is_sealed(block: TextBlock | ReasoningBlock) -> bool:
+    if block.signature is not UNSET:
+        return True
+    return isinstance(block, ReasoningBlock) and block.redacted is True
 
 
 def _entry(block: object, index: int) -> _Entry:
     """The entry of an already materialized block (from a list, a tuple or decoded JSON)."""
+    if isinstance(block, TextBlock | ReasoningBlock) and _is_sealed(block):
+        return _Sealed(block)
     if isinstance(block, TextBlock):
         return _Run(TextBlock, [block.text], 1, block)
     if isinstance(block, ReasoningBlock):
         return _Run(ReasoningBlock, [block.text], 1, block)
     if isinstance(block, ToolCallBlock):
         return _Tool(
-            block.id, block.name, [block.arguments_text], 1, block.arguments, block.ready, block
+            block.id,
+            block.name,
+            [block.arguments_text],
+            1,
+            block.arguments,
+            block.ready,
+            block,
+            block.signature,
         )
     raise TypeError(
         f"expected a TextBlock, ReasoningBlock or ToolCallBlock at index {index}, "

@@ -13,6 +13,8 @@ import msgspec
 __all__ = [
     "Done",
     "ReasoningDelta",
+    "ReasoningRedacted",
+    "Signature",
     "StreamEvent",
     "TextDelta",
     "ToolCallDelta",
@@ -60,6 +62,20 @@ class ToolCallReady(_Event, frozen=True, tag="tool_call_ready"):
     arguments: Any
 
 
+class Signature(_Event, frozen=True, tag="signature"):
+    """Set ``signature`` on the last block: a provider's opaque proof for reasoning, a tool
+    call or text, sent back with the history. It seals a text or reasoning block."""
+
+    signature: str
+
+
+class ReasoningRedacted(_Event, frozen=True, tag="reasoning_redacted"):
+    """Append a sealed reasoning block with ``text`` "", ``redacted`` true and ``signature``
+    ``data`` (a provider's encrypted reasoning)."""
+
+    data: str
+
+
 class Done(_Event, frozen=True, tag="done"):
     """Terminal marker of a stream; it leaves the blocks as they are."""
 
@@ -70,7 +86,14 @@ class Done(_Event, frozen=True, tag="done"):
 
 
 StreamEvent: TypeAlias = (
-    TextDelta | ReasoningDelta | ToolCallStarted | ToolCallDelta | ToolCallReady | Done
+    TextDelta
+    | ReasoningDelta
+    | ToolCallStarted
+    | ToolCallDelta
+    | ToolCallReady
+    | Signature
+    | ReasoningRedacted
+    | Done
 )
 
 _encoder = msgspec.json.Encoder()

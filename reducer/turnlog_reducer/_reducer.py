@@ -4,10 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ._blocks import Block, Blocks, ReasoningBlock, TextBlock, _append, _new, _Run, _Tool
+import msgspec
+
+from ._blocks import (
+    Block,
+    Blocks,
+    ReasoningBlock,
+    TextBlock,
+    _append,
+    _new,
+    _Run,
+    _Sealed,
+    _Tool,
+)
 from ._events import (
     Done,
     ReasoningDelta,
+    ReasoningRedacted,
+    Signature,
     StreamEvent,
     TextDelta,
     ToolCallDelta,
@@ -20,7 +34,7 @@ __all__ = ["StreamProtocolError", "apply_stream_event", "fold"]
 
 class StreamProtocolError(ValueError):
     """An event that is invalid where it stands: it names a tool call that is not there,
-    or starts a tool call whose id is already taken."""
+    starts a tool call whose id is already taken, or signs a block that is not there."""
 
 
 def _as_blocks(blocks: Sequence[Block]) -> Blocks:
@@ -33,10 +47,10 @@ def apply_stream_event(blocks: Sequence[Block], event: StreamEvent) -> Blocks:
     """Return the blocks after ``event``; ``blocks`` itself is never changed.
 
     ``blocks`` may be ``EMPTY``, any ``Blocks`` or a list/tuple of block Structs. Raises
-    ``StreamProtocolError`` for a tool-call event naming an unknown id, or a
-    ``tool_call_started`` reusing one. Cost: O(1) amortized for a delta to the last block;
-    for an argument delta to another tool call, O(TAIL) among the last few blocks, else
-    O(number of blocks).
+    ``StreamProtocolError`` for a tool-call event naming an unknown id, a
+    ``tool_call_started`` reusing one, or a ``signature`` with no block to sign. Cost: O(1)
+    amortized for a delta to the last block; for an argument delta to another tool call,
+    O(TAIL) among the last few blocks, else O(number of blocks).
     """
     if type(blocks) is not Blocks:
         blocks = _as_blocks(blocks)
@@ -93,6 +107,10 @@ def _apply_other(blocks: Blocks, event: StreamEvent) -> Blocks:
         case ToolCallReady(id=tool_id, arguments=arguments):
             index = _known(blocks, tool_id, "tool_call_ready")
             return blocks._replaced(index, _tool_at(blocks, index).made_ready(arguments))
+        case Signature(signature=signature):
+            return _signed(blocks, signature)
+        case ReasoningRedacted(data=data):
+            return blocks._pushed(_Sealed(ReasoningBlock("", signature=data, redacted=True)))
         case Done():
             return blocks
         # Only subclasses of the delta events get here; the exact types take the fast path.
@@ -101,6 +119,21 @@ def _apply_other(blocks: Blocks, event: StreamEvent) -> Blocks:
         case ReasoningDelta(text=text):
             return _grow(blocks, ReasoningBlock, text)
     raise TypeError(f"expected a stream event, got {type(event).__name__}")
+
+
+def _signed(blocks: Blocks, signature: str) -> Blocks:
+    """The blocks with ``signature`` set on the last one (a text or reasoning block is sealed)."""
+    last = blocks._last
+    if last is None:
+        raise StreamProtocolError(
+            "signature with no block to sign: expected it after the block it signs"
+        )
+    if isinstance(last, _Tool):
+        entry: _Tool | _Sealed = last.signed(signature)
+    else:
+        # Joins the block's text once; the sealed block is never extended again.
+        entry = _Sealed(msgspec.structs.replace(last.materialize(), signature=signature))
+    return blocks._replaced(len(blocks) - 1, entry)
 
 
 def _known(blocks: Blocks, tool_id: str, event_type: str) -> int:

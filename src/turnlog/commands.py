@@ -33,7 +33,7 @@ from turnlog.log.projection import (
     NotFound,
 )
 from turnlog.log.store import Appended, Store, VersionConflict
-from turnlog.providers import validate_options
+from turnlog.providers import ModelForbidden, check_model
 
 MAX_TITLE_CHARS = 500
 MAX_CLIENT_ID_CHARS = 200
@@ -49,6 +49,10 @@ class TooLarge(DomainError):
 
 
 class NotGenerating(DomainError):
+    pass
+
+
+class Forbidden(DomainError):
     pass
 
 
@@ -118,11 +122,13 @@ class Chat:
             raise BadRequest("content must not be empty")
         self._text("content", value)
 
-    def _model(self, model: str, options: dict[str, Any]) -> None:
+    def _model(self, owner: str, model: str, options: dict[str, Any]) -> None:
         _no_nul("model", model)
         _no_nul("options", options)
         try:
-            validate_options(model, options)  # checks the model first
+            check_model(self.settings.models, owner, model, options)  # the model first
+        except ModelForbidden as exc:
+            raise Forbidden(str(exc)) from None
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
 
@@ -147,7 +153,7 @@ class Chat:
     async def create_conversation(self, owner: str, body: ConversationIn) -> Conversation:
         model = body.model or self.settings.default_model
         options = body.options or {}
-        self._model(model, options)
+        self._model(owner, model, options)
         if body.title is not None:
             self._text("title", body.title, limit=MAX_TITLE_CHARS)
         if body.system_prompt is not None:
@@ -197,7 +203,7 @@ class Chat:
             c = conv.conversation
             model = c.model if isinstance(patch.model, msgspec.UnsetType) else patch.model
             options = c.options if isinstance(patch.options, msgspec.UnsetType) else patch.options
-            self._model(model, options)
+            self._model(owner, model, options)
             return await self.store.append(
                 cid,
                 [
@@ -246,8 +252,10 @@ class Chat:
             again = await self._sent_before(cid, body.client_message_id)
             if again is not None:
                 return again
-        if body.options is not None:
-            self._model(conv.conversation.model, {**conv.conversation.options, **body.options})
+        # Always: the configuration may have changed since the conversation chose its model.
+        self._model(
+            owner, conv.conversation.model, {**conv.conversation.options, **(body.options or {})}
+        )
         if self.engine.draining:
             raise Unavailable("the server is shutting down; try again in a moment")
 
@@ -556,6 +564,7 @@ __all__ = [
     "ConversationIn",
     "ConversationPatch",
     "EditIn",
+    "Forbidden",
     "MessageIn",
     "NotGenerating",
     "Sent",

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import msgspec
 
+from turnlog.models import Catalog
+
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Every knob turnlog reads from the environment, with its default."""
@@ -27,6 +29,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     openai_base_url: str | None = None
     anthropic_api_key: str | None = None
     gemini_api_key: str | None = None
+    # Providers, models and access (env + TURNLOG_CONFIG), and how long a provider may take.
+    models: Catalog = msgspec.field(default_factory=Catalog.demo_only)
+    provider_connect_timeout_s: float = 10.0
+    provider_first_token_timeout_s: float = 120.0
+    provider_stall_timeout_s: float = 60.0
+    provider_retries: int = 3
+    provider_backoff_s: float = 0.5
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -45,6 +54,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"{name} must be positive, got {raw!r}")
             return value
 
+        def count(name: str, default: int) -> int:
+            raw = e.get(name)
+            if raw is None or raw == "":
+                return default
+            if not raw.strip().isdigit():
+                raise ValueError(f"{name} must be a whole number >= 0, got {raw!r}")
+            return int(raw)
+
         d = cls()  # the defaults
         return cls(
             database_url=e.get("TURNLOG_DATABASE_URL") or None,
@@ -61,4 +78,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             openai_base_url=e.get("OPENAI_BASE_URL") or None,
             anthropic_api_key=e.get("ANTHROPIC_API_KEY") or None,
             gemini_api_key=e.get("GEMINI_API_KEY") or None,
+            models=Catalog.load(e),
+            provider_connect_timeout_s=number(
+                "TURNLOG_PROVIDER_CONNECT_TIMEOUT_S", d.provider_connect_timeout_s
+            ),
+            provider_first_token_timeout_s=number(
+                "TURNLOG_PROVIDER_FIRST_TOKEN_TIMEOUT_S", d.provider_first_token_timeout_s
+            ),
+            provider_stall_timeout_s=number(
+                "TURNLOG_PROVIDER_STALL_TIMEOUT_S", d.provider_stall_timeout_s
+            ),
+            provider_retries=count("TURNLOG_PROVIDER_RETRIES", d.provider_retries),
+            provider_backoff_s=number("TURNLOG_PROVIDER_BACKOFF_S", d.provider_backoff_s),
         )

@@ -23,6 +23,8 @@ EVENT_TYPES = {
     "tool_call_started",
     "tool_call_delta",
     "tool_call_ready",
+    "signature",
+    "reasoning_redacted",
     "done",
 }
 
@@ -55,4 +57,4 @@ def test_conformance_cases_cover_every_event_type_and_error() -> None:
     used = {e["type"] for c in cases for e in c["events"]}
     assert used == EVENT_TYPES
     failing_last = {c["events"][-1]["type"] for c in cases if "error" in c}
-    assert failing_last == {"tool_call_delta", "tool_call_ready", "tool_call_started"}
+    assert failing_last == {"tool_call_delta", "tool_call_ready", "tool_call_started", "signature"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import msgspec
@@ -14,6 +15,8 @@ from turnlog_reducer import (
     Blocks,
     ReasoningBlock,
     ReasoningDelta,
+    ReasoningRedacted,
+    Signature,
     StreamEvent,
     StreamProtocolError,
     TextBlock,
@@ -31,11 +34,14 @@ from turnlog_reducer import (
 )
 
 from tests.strategies import (
+    event_sequences,
     events,
     invalid_streams,
+    is_sealed,
     reference_fold,
     split_sequences,
     streams,
+    texts,
     unknown_type_event_json,
     wrong_type_event_json,
 )
@@ -126,6 +132,9 @@ def test_append_only_indices_are_stable(evs: list[StreamEvent]) -> None:
                 assert new.ready or not old.ready
             elif i < len(prev) - 1:
                 assert new == old, "a text/reasoning block before the last must not change"
+            elif is_sealed(old):
+                assert new.text == old.text, "a signed or redacted block never grows"
+                assert is_sealed(new)
             else:
                 assert isinstance(new, TextBlock | ReasoningBlock)
                 assert isinstance(old, TextBlock | ReasoningBlock)
@@ -184,3 +193,36 @@ def test_invalid_tool_call_events_raise_stream_protocol_error(
         apply_stream_event(state, bad)
     assert isinstance(caught.value, ValueError)
     assert state == before
+
+
+@given(streams)
+def test_blocks_without_new_keys_encode_as_before(evs: list[StreamEvent]) -> None:
+    """Only blocks that were signed or redacted carry ``signature``/``redacted`` in their JSON."""
+    for block in json.loads(encode_blocks(fold(EMPTY, evs))):
+        fields = {"text"} if block["type"] != "tool_call" else set(_TOOL_FIELDS)
+        extra = set(block) - fields - {"type"}
+        assert extra <= {"signature", "redacted"}
+        assert "redacted" not in extra or block["type"] == "reasoning"
+
+
+_TOOL_FIELDS = ("id", "name", "arguments_text", "arguments", "ready")
+
+
+@given(event_sequences(), texts)
+def test_signed_blocks_are_sealed(evs: list[StreamEvent], text: str) -> None:
+    """After a signature or a redaction, a delta of the same kind starts a new block."""
+    for sealing in (Signature("s"), ReasoningRedacted("enc")):
+        state = fold(EMPTY, [*evs, TextDelta("x"), ReasoningDelta("r"), sealing])
+        after = apply_stream_event(state, ReasoningDelta(text or "y"))
+        assert len(after) == len(state) + 1
+        assert after[: len(state)] == state
+
+
+@given(texts)
+def test_signature_without_a_block_raises(signature: str) -> None:
+    """A ``signature`` on an empty state raises StreamProtocolError and changes nothing."""
+    with pytest.raises(StreamProtocolError, match="no block to sign"):
+        apply_stream_event(EMPTY, Signature(signature))
+    with pytest.raises(StreamProtocolError):
+        apply_stream_event([], Signature(signature))
+    assert len(EMPTY) == 0

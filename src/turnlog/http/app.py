@@ -31,7 +31,7 @@ from turnlog.commands import Chat
 from turnlog.config import Settings
 from turnlog.db.schema import apply_schema
 from turnlog.generation.engine import Engine, utcnow
-from turnlog.http import conversations, live, ops
+from turnlog.http import conversations, live, models, ops
 from turnlog.http.auth import Unauthorized
 from turnlog.http.common import (
     Runtime,
@@ -116,7 +116,7 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             yield
 
     app = Litestar(
-        route_handlers=[*conversations.ROUTES, *live.ROUTES, *ops.ROUTES],
+        route_handlers=[*conversations.ROUTES, *live.ROUTES, *models.ROUTES, *ops.ROUTES],
         lifespan=[lifespan],
         exception_handlers={
             DomainError: domain_error,

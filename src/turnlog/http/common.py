@@ -18,6 +18,7 @@ from litestar.response import Stream
 from turnlog.commands import (
     BadRequest,
     Chat,
+    Forbidden,
     NotGenerating,
     TooLarge,
     Unavailable,
@@ -88,6 +89,7 @@ def runtime(request: Request[Any, Any, Any]) -> Runtime:
 
 _STATUS: list[tuple[type[Exception], int]] = [
     (NotFound, 404),
+    (Forbidden, 403),
     (ConversationBusy, 409),
     (Fenced, 409),
     (VersionConflict, 409),

@@ -1,93 +1,140 @@
 """Model providers behind one seam (``base.Provider``), chosen by ``"provider:name"``.
 
-General layout: ``base`` holds the request/response shapes, the error and the tool specs;
-one module per provider (``demo`` for now; ``openai``, ``anthropic`` and ``gemini`` arrive in
-their own issue). ``get_provider`` is the only place that maps a model string to a provider.
+General layout: ``base`` holds the request/response shapes, the error, the ``Adapter`` each
+provider module exports and the tool specs; one module per provider kind (``demo``,
+``openai``, ``anthropic``, ``gemini``), each translating its SDK's stream and errors and
+nothing more (retries, timeouts and history rules live in ``turnlog.generation``). Which
+providers exist and who may use them is ``turnlog.models.Catalog``. ``get_provider`` is the
+only place that maps a model string to a provider.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
+import msgspec
+from turnlog_reducer import StreamEvent
+
 from turnlog.config import Settings
+from turnlog.models import Catalog, ModelForbidden, ProviderSpec, UnknownModel, parse_model
 from turnlog.providers.base import (
     ASK_USER_TOOL,
     CLOCK_TOOL,
+    Adapter,
     ChatMessage,
     ModelRequest,
     Provider,
     ProviderError,
     StepEnd,
     ToolSpec,
-    UnknownModel,
 )
-from turnlog.providers.demo import DemoProvider, validate_demo_options
+from turnlog.providers.demo import DemoProvider
 
 __all__ = [
     "ASK_USER_TOOL",
     "CLOCK_TOOL",
     "ChatMessage",
     "DemoProvider",
+    "MissingExtra",
+    "ModelForbidden",
     "ModelRequest",
     "Provider",
     "ProviderError",
     "StepEnd",
     "ToolSpec",
     "UnknownModel",
+    "adapter_for",
+    "check_model",
     "get_provider",
     "parse_model",
     "validate_model",
     "validate_options",
 ]
 
-# Providers of the contract (§5) that this build cannot run yet, with the extra to install
-# once their adapters land.
-_NOT_YET: Final = {"openai": "openai", "anthropic": "anthropic", "gemini": "gemini"}
+# kind -> (the module exporting ADAPTER, the pip extra holding its SDK). A new provider kind
+# is one line here plus its module.
+ADAPTERS: Final[dict[str, tuple[str, str | None]]] = {
+    "demo": ("turnlog.providers.demo", None),
+    "openai": ("turnlog.providers.openai", "openai"),
+    "anthropic": ("turnlog.providers.anthropic", "anthropic"),
+    "gemini": ("turnlog.providers.gemini", "gemini"),
+}
 
 
-def parse_model(model: str) -> tuple[str, str]:
-    """``"provider:name"`` as ``(provider, name)``; ``UnknownModel`` if malformed."""
-    provider, sep, name = model.partition(":")
-    if not sep or not provider or not name or model != model.strip():
-        raise UnknownModel(
-            f"model must look like 'provider:name' (for example 'demo:default'), got {model!r}"
-        )
-    return provider, name
+class MissingExtra(UnknownModel):
+    """The provider's SDK is not installed (400, naming the pip command)."""
 
 
-def _check_available(provider: str, model: str) -> None:
-    if provider == "demo":
-        return
-    if provider in _NOT_YET:
-        raise UnknownModel(
-            f"provider {provider!r} of model {model!r} is not available yet in this build"
-            f" (its adapter and the '{_NOT_YET[provider]}' extra are not installed);"
-            " use 'demo:default'"
-        )
-    raise UnknownModel(
-        f"unknown provider {provider!r} in model {model!r};"
-        " expected one of demo, openai, anthropic, gemini"
-    )
+def adapter_for(kind: str) -> Adapter:
+    """The ``Adapter`` of a provider kind, importing its module (and SDK) on first use."""
+    module_name, extra = ADAPTERS[kind]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise UnknownModel(f"provider kind {kind!r} is not available in this build") from None
+        raise MissingExtra(
+            f"provider kind {kind!r} needs the {exc.name!r} package, which is not installed:"
+            f" pip install 'turnlog[{extra or kind}]'"
+        ) from None
+    adapter = getattr(module, "ADAPTER", None)
+    if not isinstance(adapter, Adapter):
+        raise UnknownModel(f"provider kind {kind!r} is not available in this build")
+    return adapter
 
 
-def validate_model(model: str) -> None:
+def _options_error(spec: ProviderSpec, exc: Exception) -> str:
+    return f"invalid options for provider {spec.name!r} ({spec.kind}): {exc}"
+
+
+def check_model(catalog: Catalog, user: str | None, model: str, options: Mapping[str, Any]) -> None:
+    """Raise unless ``user`` may generate with ``model`` and ``options`` here: ``UnknownModel``
+    (a ``ValueError``, 400) for an unknown model, a missing SDK or bad options, and
+    ``ModelForbidden`` (403) when the access rules keep ``user`` from it."""
+    spec, _ = catalog.resolve(model)
+    if user is not None:
+        catalog.check_access(user, model)
+    adapter = adapter_for(spec.kind)
+    try:
+        msgspec.convert(dict(options), adapter.options)
+    except (msgspec.ValidationError, TypeError, ValueError) as exc:
+        raise ValueError(_options_error(spec, exc)) from None
+
+
+def validate_model(model: str, settings: Settings | None = None) -> None:
     """Raise ``UnknownModel`` unless this server can generate with ``model``."""
-    provider, _ = parse_model(model)
-    _check_available(provider, model)
+    catalog = settings.models if settings is not None else Catalog.demo_only()
+    spec, _ = catalog.resolve(model)
+    adapter_for(spec.kind)
 
 
-def validate_options(model: str, options: Mapping[str, Any]) -> None:
+def validate_options(
+    model: str, options: Mapping[str, Any], settings: Settings | None = None
+) -> None:
     """Raise a readable ``ValueError`` (``UnknownModel`` for the model) on bad ``options``."""
-    provider, _ = parse_model(model)
-    _check_available(provider, model)
-    if provider == "demo":
-        validate_demo_options(options)
+    catalog = settings.models if settings is not None else Catalog.demo_only()
+    check_model(catalog, None, model, options)
 
 
 def get_provider(model: str, settings: Settings) -> tuple[Provider, str]:
     """The provider for ``model`` and the model name to send it (the part after ':')."""
-    provider, name = parse_model(model)
-    _check_available(provider, model)
-    # Only `demo` gets here today; real providers will read their keys from `settings`.
-    return DemoProvider(), name
+    spec, name = settings.models.resolve(model)
+    provider = adapter_for(spec.kind).make(spec, settings)
+    defaults = spec.defaults.get(name)
+    if defaults:
+        provider = _WithDefaults(provider, defaults)
+    return provider, name
+
+
+class _WithDefaults:
+    """A provider whose configured per-model options apply under the request's own."""
+
+    def __init__(self, inner: Provider, defaults: dict[str, Any]) -> None:
+        self.inner = inner
+        self.defaults = defaults
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent | StepEnd]:
+        options = {**self.defaults, **request.options}
+        return self.inner.stream(msgspec.structs.replace(request, options=options))

@@ -6,27 +6,45 @@ never ``done``) followed by exactly one ``StepEnd``. The engine owns everything 
 numbering, publishing, checkpoints, running server tools, retries and the final status.
 
 Errors: a provider raises ``ProviderError``; ``retryable`` says whether trying the same
-request again may succeed (the engine only retries a failure before any output).
+request again may succeed (the engine only retries a failure before any output), and
+``retry_after`` what the provider asked to wait (its ``Retry-After``).
+
+A provider module exports ``ADAPTER`` (an ``Adapter``): how to build its ``Provider`` from a
+configured ``ProviderSpec``, the Struct its ``options`` must convert to (unknown keys refused)
+and what ``GET /v1/models`` says it can do. ``turnlog.providers`` imports it lazily, so a
+missing SDK is a 400 naming the extra to install, never an ImportError at startup.
+
+Usage, for every provider in one shape (``usage()``): ``input_tokens``, ``output_tokens`` and,
+where the provider reports them, ``cached_tokens`` and ``reasoning_tokens``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any, Literal, Protocol
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 from turnlog_reducer import Block, StreamEvent
 
+from turnlog.models import ModelForbidden, ProviderSpec, UnknownModel
+
+if TYPE_CHECKING:
+    from turnlog.config import Settings
+
 __all__ = [
     "ASK_USER_TOOL",
     "CLOCK_TOOL",
+    "Adapter",
     "ChatMessage",
+    "ModelForbidden",
     "ModelRequest",
     "Provider",
     "ProviderError",
     "StepEnd",
     "ToolSpec",
     "UnknownModel",
+    "usage",
 ]
 
 
@@ -73,13 +91,26 @@ class ProviderError(Exception):
     connection reset); false for errors that will repeat (bad request, failure after output).
     """
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
-class UnknownModel(ValueError):
-    """A ``model`` string is malformed or names a provider this server cannot use."""
+def usage(
+    input_tokens: int | None,
+    output_tokens: int | None,
+    *,
+    cached_tokens: int | None = None,
+    reasoning_tokens: int | None = None,
+) -> dict[str, int]:
+    """The one usage shape of a row; counts a provider did not report are left out."""
+    out = {"input_tokens": input_tokens or 0, "output_tokens": output_tokens or 0}
+    if cached_tokens is not None:
+        out["cached_tokens"] = cached_tokens
+    if reasoning_tokens is not None:
+        out["reasoning_tokens"] = reasoning_tokens
+    return out
 
 
 class Provider(Protocol):
@@ -88,6 +119,17 @@ class Provider(Protocol):
     def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent | StepEnd]:
         """Yield the step's stream events (never ``Done``), then exactly one ``StepEnd``."""
         ...
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """What a provider module exports as ``ADAPTER``."""
+
+    # Builds the provider of one configured spec; called per step, so it must be cheap.
+    make: Callable[[ProviderSpec, Settings], Provider]
+    # The options Struct (``forbid_unknown_fields=True``): ``options`` must convert to it.
+    options: type[msgspec.Struct]
+    capabilities: Mapping[str, Any] = field(default_factory=dict)
 
 
 # Tools the server knows. The engine runs `clock` itself; `ask_user` is answered by the user

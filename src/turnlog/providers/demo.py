@@ -46,9 +46,17 @@ from turnlog_reducer import (
     ToolCallStarted,
 )
 
-from turnlog.providers.base import ModelRequest, ProviderError, StepEnd
+from turnlog.config import Settings
+from turnlog.models import ProviderSpec
+from turnlog.providers.base import Adapter, ModelRequest, ProviderError, StepEnd
 
-__all__ = ["DemoOptions", "DemoProvider", "parse_demo_options", "validate_demo_options"]
+__all__ = [
+    "ADAPTER",
+    "DemoOptions",
+    "DemoProvider",
+    "parse_demo_options",
+    "validate_demo_options",
+]
 
 
 class DemoOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -128,6 +136,17 @@ class DemoProvider:
             finish_reason,
             usage={"input_tokens": _input_tokens(request), "output_tokens": len(events)},
         )
+
+
+def _make(spec: ProviderSpec, settings: Settings) -> DemoProvider:
+    return DemoProvider()
+
+
+ADAPTER = Adapter(
+    make=_make,
+    options=DemoOptions,
+    capabilities={"tools": True, "reasoning": True, "local": True},
+)
 
 
 def _seed(request: ModelRequest) -> int:

@@ -1,0 +1,47 @@
+"""``GET /v1/models``: the models the caller may use (CONTRACT.md §2, §5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, get
+
+from turnlog.http.common import json_response, runtime, user
+from turnlog.providers import ADAPTERS, UnknownModel, adapter_for
+
+
+def _capabilities(kind: str) -> dict[str, Any]:
+    """What the adapter says it can do, and whether its SDK is installed here."""
+    try:
+        adapter = adapter_for(kind)
+    except UnknownModel as exc:  # the SDK (or the adapter) is not installed
+        return {"available": False, "detail": str(exc)}
+    return {
+        "available": True,
+        **adapter.capabilities,
+        "options": sorted(adapter.options.__struct_fields__),
+    }
+
+
+@get("/v1/models")
+async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
+    owner = user(request)
+    settings = runtime(request).settings
+    items = []
+    capabilities: dict[str, dict[str, Any]] = {}
+    for spec, name in settings.models.listing(owner, settings.default_model):
+        if spec.kind not in capabilities:
+            capabilities[spec.kind] = _capabilities(spec.kind) if spec.kind in ADAPTERS else {}
+        items.append(
+            {
+                "id": f"{spec.name}:{name}",
+                "provider": spec.name,
+                "name": name,
+                "kind": spec.kind,
+                "capabilities": capabilities[spec.kind],
+            }
+        )
+    return json_response({"items": items})
+
+
+ROUTES = [list_models]

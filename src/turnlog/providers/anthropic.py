@@ -1,0 +1,445 @@
+"""The ``anthropic`` provider: the Messages API, streamed through the official SDK.
+
+What the stream maps to (one step = one ``messages.create(stream=True)``):
+
+- ``text`` blocks -> ``text_delta``;
+- ``thinking`` blocks -> ``reasoning_delta``; the block's ``signature_delta`` -> one
+  ``signature`` event when the block stops (so it lands on that reasoning block);
+- ``redacted_thinking`` -> ``reasoning_redacted`` with its encrypted ``data``;
+- ``tool_use`` -> ``tool_call_started``, its ``input_json_delta`` fragments ->
+  ``tool_call_delta``, and at the block's stop ``tool_call_ready`` with the parsed input;
+- ``message_start`` / ``message_delta`` usage -> the step's usage; ``stop_reason`` -> its
+  finish reason (``end_turn`` -> ``stop``, ``max_tokens`` -> ``length``, ``tool_use`` ->
+  ``tool_calls``);
+- an ``error`` event mid-stream (``overloaded_error`` included) and HTTP errors ->
+  ``ProviderError``, retryable for 429, 5xx, overloaded, timeouts and connection errors.
+
+Quirks handled here:
+
+- *Omitted thinking.* Some models return thinking with ``display: "omitted"``: a thinking
+  block with no text, only a signature. A signature needs a block to land on, and an empty
+  reasoning delta makes none, so such a block is stored as redacted reasoning whose data is
+  ``OMITTED_THINKING`` + the signature (base64 never holds ``:``, so the prefix cannot clash
+  with real redacted data) and is sent back as the empty, signed thinking block it was.
+- *History the API accepts.* Consecutive same-role messages are merged (a tool result and
+  the next user text become one user message, results first); reasoning without a signature
+  (from another provider or the demo) is not sent, as the API would reject it; empty text
+  blocks are dropped.
+
+The SDK's own retries are off (``max_retries=0``): the engine retries, once, for everyone.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Annotated, Any, Final
+
+import anthropic
+import anyio
+import httpx
+import msgspec
+import structlog
+from turnlog_reducer import (
+    ReasoningBlock,
+    ReasoningDelta,
+    ReasoningRedacted,
+    Signature,
+    StreamEvent,
+    TextBlock,
+    TextDelta,
+    ToolCallBlock,
+    ToolCallDelta,
+    ToolCallReady,
+    ToolCallStarted,
+)
+
+from turnlog.config import Settings
+from turnlog.models import ProviderSpec
+from turnlog.providers.base import (
+    Adapter,
+    ChatMessage,
+    ModelRequest,
+    ProviderError,
+    StepEnd,
+    ToolSpec,
+    usage,
+)
+
+__all__ = [
+    "ADAPTER",
+    "OMITTED_THINKING",
+    "AnthropicOptions",
+    "AnthropicProvider",
+    "history_messages",
+    "parse_anthropic_options",
+]
+
+log = structlog.get_logger("turnlog.providers.anthropic")
+
+# The SDK's HTTP library: httpx2 in recent releases, httpx before.
+try:
+    import httpx2
+
+    _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx2.TransportError, httpx.TransportError)
+except ImportError:  # pragma: no cover - an older SDK on httpx
+    _TRANSPORT_ERRORS = (httpx.TransportError,)
+
+# Prefix of a redacted reasoning block that stands for an omitted (empty, signed) thinking block.
+OMITTED_THINKING: Final = "thinking:"
+
+_FINISH: Final = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+# Error types (the body's error.type, also sent as an `error` event mid-stream) worth retrying.
+_RETRYABLE_TYPES: Final = {"overloaded_error", "rate_limit_error", "api_error", "timeout_error"}
+
+
+class AnthropicOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The options an ``anthropic:`` model takes (all optional)."""
+
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 8192
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    top_p: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
+    top_k: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    stop_sequences: list[str] | None = None
+    # Extended thinking with this budget (at least 1024 tokens, less than max_tokens).
+    thinking_budget: Annotated[int, msgspec.Meta(ge=1024)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.thinking_budget is not None and self.thinking_budget >= self.max_tokens:
+            raise ValueError(
+                f"thinking_budget ({self.thinking_budget}) must be less than"
+                f" max_tokens ({self.max_tokens})"
+            )
+
+
+def parse_anthropic_options(options: Mapping[str, Any]) -> AnthropicOptions:
+    """``options`` as ``AnthropicOptions``; a readable ``ValueError`` if they are not valid."""
+    try:
+        return msgspec.convert(dict(options), AnthropicOptions)
+    except (msgspec.ValidationError, TypeError, ValueError) as e:
+        raise ValueError(f"invalid options for an anthropic model: {e}") from None
+
+
+class AnthropicProvider:
+    """Claude through ``anthropic.AsyncAnthropic``; one HTTP client per step, closed at once
+    when the step ends or is cancelled (so the API sees the disconnect)."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        base_url: str | None = None,
+        connect_timeout_s: float = 10.0,
+        stall_timeout_s: float = 120.0,
+    ) -> None:
+        self.api_key = api_key
+        self.base_url = base_url
+        # A read timeout is "no bytes for this long": it ends a stalled stream.
+        self.timeout = anthropic.Timeout(stall_timeout_s, connect=connect_timeout_s)
+
+    def _client(self) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(
+            # A placeholder key lets a keyless gateway work; the API itself answers 401.
+            api_key=self.api_key or "missing-key",
+            base_url=self.base_url,
+            max_retries=0,
+            timeout=self.timeout,
+        )
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent | StepEnd]:
+        """One step of ``request``: its stream events, then one ``StepEnd``."""
+        try:
+            options = parse_anthropic_options(request.options)
+        except ValueError as e:
+            raise ProviderError(str(e), retryable=False) from None
+        params = request_params(request, options)
+        client = self._client()
+        try:
+            try:
+                stream = await client.messages.create(**params, stream=True)
+                async for item in _translate(stream):
+                    yield item
+            except anthropic.APIError as e:
+                raise self._error(e) from None
+            except _TRANSPORT_ERRORS as e:
+                # Raised while reading the stream (a read timeout is a stall), not wrapped
+                # by the SDK.
+                text = _redact(f"anthropic: {type(e).__name__}: {e}", self.api_key)
+                raise ProviderError(text, retryable=True) from None
+        finally:
+            # Shielded: a cancelled step must still close its connection, right now.
+            with anyio.CancelScope(shield=True):
+                await client.close()
+
+    def _error(self, e: anthropic.APIError) -> ProviderError:
+        text = _redact(f"anthropic: {e.message}", self.api_key)
+        if isinstance(e, anthropic.APIStatusError):
+            retryable = e.status_code in (408, 409, 429) or e.status_code >= 500
+            retryable = retryable or (e.type in _RETRYABLE_TYPES)
+            return ProviderError(
+                text, retryable=retryable, retry_after=retry_after(e.response.headers)
+            )
+        # Connection errors and timeouts (APIConnectionError, APITimeoutError).
+        return ProviderError(text, retryable=isinstance(e, anthropic.APIConnectionError))
+
+
+def _make(spec: ProviderSpec, settings: Settings) -> AnthropicProvider:
+    return AnthropicProvider(
+        api_key=spec.api_key,
+        base_url=spec.base_url,
+        connect_timeout_s=settings.provider_connect_timeout_s,
+        stall_timeout_s=settings.provider_stall_timeout_s,
+    )
+
+
+ADAPTER = Adapter(
+    make=_make,
+    options=AnthropicOptions,
+    capabilities={"tools": True, "reasoning": True, "signatures": True},
+)
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _redact(text: str, secret: str | None) -> str:
+    """``text`` without ``secret`` (an API key must never reach a stored error)."""
+    return text.replace(secret, "[redacted]") if secret else text
+
+
+# -- the stream ------------------------------------------------------------------------------
+
+
+class _Open(msgspec.Struct):
+    """The content block being streamed (the Messages API streams one at a time)."""
+
+    kind: str
+    tool_id: str = ""
+    text: str = ""  # thinking text seen so far, or the tool input's JSON
+    signature: str = ""
+
+
+async def _translate(stream: AsyncIterator[Any]) -> AsyncIterator[StreamEvent | StepEnd]:
+    """The SDK's raw stream events as reducer events and one ``StepEnd``."""
+    reported: dict[str, int] = {}
+    finish = "stop"
+    blocks: dict[int, _Open] = {}
+    async for event in stream:
+        match event.type:
+            case "message_start":
+                _add_usage(reported, event.message.usage)
+            case "content_block_start":
+                block = event.content_block
+                match block.type:
+                    case "text":
+                        blocks[event.index] = _Open("text")
+                        if block.text:
+                            yield TextDelta(block.text)
+                    case "thinking":
+                        blocks[event.index] = _Open("thinking", signature=block.signature or "")
+                        if block.thinking:
+                            blocks[event.index].text = block.thinking
+                            yield ReasoningDelta(block.thinking)
+                    case "redacted_thinking":
+                        yield ReasoningRedacted(block.data)
+                    case "tool_use":
+                        blocks[event.index] = _Open("tool_use", tool_id=block.id)
+                        yield ToolCallStarted(block.id, block.name)
+                    case other:
+                        log.info("anthropic block type ignored", block_type=other)
+            case "content_block_delta":
+                opened = blocks.get(event.index)
+                delta = event.delta
+                if opened is None:
+                    continue
+                match delta.type:
+                    case "text_delta":
+                        yield TextDelta(delta.text)
+                    case "thinking_delta":
+                        opened.text += delta.thinking
+                        yield ReasoningDelta(delta.thinking)
+                    case "signature_delta":
+                        opened.signature += delta.signature
+                    case "input_json_delta" if delta.partial_json:
+                        opened.text += delta.partial_json
+                        yield ToolCallDelta(opened.tool_id, delta.partial_json)
+                    case _:
+                        pass
+            case "content_block_stop":
+                opened = blocks.pop(event.index, None)
+                if opened is not None:
+                    for item in _close_block(opened):
+                        yield item
+            case "message_delta":
+                _add_usage(reported, event.usage)
+                if event.delta.stop_reason is not None:
+                    reason = event.delta.stop_reason
+                    finish = _FINISH.get(reason, reason)
+            case "message_stop":
+                yield StepEnd(finish, usage=_usage(reported))
+                return
+            case _:
+                pass
+    raise ProviderError("anthropic: the stream ended before message_stop", retryable=True)
+
+
+def _close_block(opened: _Open) -> list[StreamEvent]:
+    match opened.kind:
+        case "thinking" if opened.signature and opened.text:
+            return [Signature(opened.signature)]
+        case "thinking" if opened.signature:
+            return [ReasoningRedacted(OMITTED_THINKING + opened.signature)]
+        case "tool_use":
+            try:
+                arguments = json.loads(opened.text) if opened.text.strip() else {}
+            except ValueError:
+                raise ProviderError(
+                    f"anthropic: tool call {opened.tool_id} has arguments that are not JSON",
+                    retryable=False,
+                ) from None
+            return [ToolCallReady(opened.tool_id, arguments)]
+        case _:
+            return []
+
+
+def _add_usage(into: dict[str, int], reported: Any) -> None:
+    """Merge ``message_start``'s or ``message_delta``'s usage (both are cumulative)."""
+    for name in (
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+    ):
+        value = getattr(reported, name, None)
+        if isinstance(value, int):
+            into[name] = value
+    details = getattr(reported, "output_tokens_details", None)
+    thinking = getattr(details, "thinking_tokens", None)
+    if isinstance(thinking, int):
+        into["thinking_tokens"] = thinking
+
+
+def _usage(reported: dict[str, int]) -> dict[str, int] | None:
+    """The one usage shape: input counts every prompt token (cache reads and writes too,
+    which the API counts apart)."""
+    if not reported:
+        return None
+    cached = reported.get("cache_read_input_tokens")
+    return usage(
+        reported.get("input_tokens", 0)
+        + (cached or 0)
+        + reported.get("cache_creation_input_tokens", 0),
+        reported.get("output_tokens"),
+        cached_tokens=cached,
+        reasoning_tokens=reported.get("thinking_tokens"),
+    )
+
+
+# -- the request -----------------------------------------------------------------------------
+
+
+def request_params(request: ModelRequest, options: AnthropicOptions) -> dict[str, Any]:
+    """The keyword arguments of ``messages.create`` for ``request``."""
+    params: dict[str, Any] = {
+        "model": request.model,
+        "max_tokens": options.max_tokens,
+        "messages": history_messages(request.messages),
+    }
+    if request.system_prompt:
+        params["system"] = request.system_prompt
+    if request.tools:
+        params["tools"] = [_tool(t) for t in request.tools]
+    for name in ("temperature", "top_p", "top_k", "stop_sequences"):
+        value = getattr(options, name)
+        if value is not None:
+            params[name] = value
+    if options.thinking_budget is not None:
+        params["thinking"] = {
+            "type": "enabled",
+            "budget_tokens": options.thinking_budget,
+            "display": "summarized",
+        }
+    return params
+
+
+def _tool(spec: ToolSpec) -> dict[str, Any]:
+    return {"name": spec.name, "description": spec.description, "input_schema": spec.parameters}
+
+
+def history_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """The history as Messages API ``messages``: roles alternate, tool results are user
+    content, thinking goes back signed."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        role, content = _message(m)
+        if not content:
+            continue
+        if out and out[-1]["role"] == role:
+            # The API wants alternating roles: two user turns in a row (a tool result, then
+            # the next question; or a question whose answer failed) become one.
+            out[-1]["content"].extend(content)
+        else:
+            out.append({"role": role, "content": content})
+    return out
+
+
+def _message(m: ChatMessage) -> tuple[str, list[dict[str, Any]]]:
+    match m.role:
+        case "user":
+            return "user", [{"type": "text", "text": m.content}] if m.content else []
+        case "tool":
+            return "user", [
+                {"type": "tool_result", "tool_use_id": m.tool_call_id or "", "content": m.content}
+            ]
+        case _:
+            return "assistant", [c for b in m.blocks if (c := _content(b)) is not None]
+
+
+def _content(block: TextBlock | ReasoningBlock | ToolCallBlock) -> dict[str, Any] | None:
+    match block:
+        case TextBlock(text=text):
+            return {"type": "text", "text": text} if text else None
+        case ReasoningBlock(redacted=True, signature=str(data)):
+            if data.startswith(OMITTED_THINKING):
+                signature = data.removeprefix(OMITTED_THINKING)
+                return {"type": "thinking", "thinking": "", "signature": signature}
+            return {"type": "redacted_thinking", "data": data}
+        case ReasoningBlock(text=text, signature=str(signature)):
+            return {"type": "thinking", "thinking": text, "signature": signature}
+        case ReasoningBlock():
+            return None  # unsigned reasoning (another provider's): the API would refuse it
+        case ToolCallBlock(id=call_id, name=name, arguments=arguments):
+            return {
+                "type": "tool_use",
+                "id": call_id,
+                "name": name,
+                "input": arguments if isinstance(arguments, dict) else {},
+            }
+    return None
