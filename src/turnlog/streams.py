@@ -401,6 +401,10 @@ class StreamRegistry:
     def __len__(self) -> int:
         return len(self._streams)
 
+    def subscriber_count(self) -> int:
+        """Readers of every stream held (for metrics)."""
+        return sum(s.subscriber_count for s in self._streams.values())
+
     def open(
         self, message_id: UUID, *, blocks: Sequence[Block] = EMPTY, seq: int = 0
     ) -> LiveStream:

@@ -70,6 +70,7 @@ class Recorded:
     body: bytes
     disconnected: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -109,6 +110,11 @@ class FakeServer:
     def queue(self, *replies: Reply) -> None:
         with self._lock:
             self._queue.extend(replies)
+
+    def clear(self) -> None:
+        """Drop the replies still queued (a test that failed midway left them)."""
+        with self._lock:
+            self._queue.clear()
 
     def wait_requests(self, n: int, timeout: float = 30.0) -> list[Recorded]:
         """Wait until ``n`` requests have arrived; the requests so far."""

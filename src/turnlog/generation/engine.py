@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import random
+import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -42,14 +45,16 @@ from turnlog.log import events as ev
 from turnlog.log.pool import DatabaseUnavailable
 from turnlog.log.projection import AlreadyStored, DomainError, Fenced, MessageRecord
 from turnlog.log.store import Store
+from turnlog.metrics import Metrics, provider_and_model
 from turnlog.providers import get_provider
 from turnlog.providers.base import ModelRequest, Provider, ProviderError, StepEnd, UnknownModel
 from turnlog.streams import LiveStream, StreamRegistry
 
 log = structlog.get_logger("turnlog.generation")
 
-# Failures before any output are retried after these pauses (seconds), then the row fails.
-RETRY_BACKOFF_S = (0.25, 1.0, 3.0)
+# A retry waits at most this long, whatever the provider's Retry-After asks; a longer ask
+# ends the row as failed rather than holding the conversation for minutes.
+MAX_RETRY_PAUSE_S = 60.0
 # The write that ends a step is retried for this long (the database may restart meanwhile);
 # at shutdown only until the drain's deadline. If it never lands the row stays generating,
 # its subscribers get `done` (interrupted), and recovery marks it interrupted later, as
@@ -83,6 +88,8 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True):
     model: str
     # The user message this turn answers (its per-message options apply to every step).
     reply_to: uuid.UUID | None = None
+    # A retry's options: they replace the user message's for every step of this turn.
+    options: dict[str, Any] | None = None
 
     @classmethod
     def new(
@@ -99,8 +106,9 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True):
         )
 
     def next_step(self, seq: int) -> Turn:
-        """The turn of the step after this one (a new row, same question)."""
-        return Turn.new(self.conversation_id, seq, self.model, self.reply_to)
+        """The turn of the step after this one (a new row, same question and options)."""
+        nxt = Turn.new(self.conversation_id, seq, self.model, self.reply_to)
+        return msgspec.structs.replace(nxt, options=self.options)
 
     def started(
         self, at: datetime, *, retry_of: uuid.UUID | None = None
@@ -114,6 +122,7 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True):
             model=self.model,
             reply_to=self.reply_to,
             retry_of=retry_of,
+            options=self.options,
         )
 
 
@@ -135,13 +144,26 @@ class Generation:
         self.stored_seq = 0
         self.unacked: ev.TurnCheckpointed | None = None
         self.write_lock = anyio.Lock()
+        # For metrics (time.monotonic()): when this step started, when its first event
+        # came, and when the oldest event not yet stored was published (pending or unacked).
+        self.started_at = time.monotonic()
+        self.first_at: float | None = None
+        self.pending_since: float | None = None
+        self.unacked_since: float | None = None
 
     def take_pending(self) -> tuple[tuple[StreamEvent, ...], int]:
         """The unstored events, coalesced, and the seq they reach; no await in between, so
         nothing published meanwhile can slip between the two."""
         events = ev.coalesce(self.pending)
         self.pending = []
+        if self.unacked_since is None:
+            self.unacked_since = self.pending_since
+        self.pending_since = None
         return events, self.stream.seq
+
+    def unstored_since(self) -> float | None:
+        """When the oldest event not yet stored was published; None if all are stored."""
+        return self.unacked_since or self.pending_since
 
     def cancel(self, reason: EndReason) -> None:
         if self.end_reason is None:
@@ -161,6 +183,7 @@ class Engine:
         instance_id: uuid.UUID,
         now: Clock = utcnow,
         provider_for: ProviderFor = get_provider,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -168,6 +191,7 @@ class Engine:
         self.instance_id = instance_id
         self.now = now
         self.provider_for = provider_for
+        self.metrics = metrics or Metrics()
         self.draining = False
         self._interrupting = False
         self._hurried = False
@@ -190,6 +214,11 @@ class Engine:
 
     def __len__(self) -> int:
         return len(self._running)
+
+    def oldest_unstored_s(self) -> float:
+        """Age in seconds of the oldest published event not yet stored (0 if none)."""
+        times = [t for g in self._running.values() if (t := g.unstored_since()) is not None]
+        return time.monotonic() - min(times) if times else 0.0
 
     def start(self, turn: Turn) -> Generation:
         """Open the row's live stream now (so it exists before the HTTP answer) and run the
@@ -245,6 +274,8 @@ class Engine:
                 message_id=str(gen.turn.message_id),
             )
             current = gen
+            provider, model = provider_and_model(current.turn.model)
+            self.metrics.generations_started.labels(provider, model).inc()
             try:
                 gen = await self._step(current)
             except DomainError as exc:
@@ -264,6 +295,12 @@ class Engine:
                 log.exception("generation crashed")
                 await self._end_after_crash(current)
                 gen = None
+            finally:
+                status = current.stream.status or "interrupted"
+                self.metrics.generations_ended.labels(provider, model, status).inc()
+                self.metrics.generation_duration.labels(provider, model, status).observe(
+                    time.monotonic() - current.started_at
+                )
 
     async def _step(self, gen: Generation) -> Generation | None:
         """Run one step of ``gen``; return the next step's generation after server tools."""
@@ -282,7 +319,9 @@ class Engine:
                     try:
                         step_end = await self._consume(gen, provider, request)
                     except ProviderError as exc:
-                        error = str(exc) or type(exc).__name__
+                        error = scrub(
+                            str(exc) or type(exc).__name__, self.settings.models.secrets()
+                        )
                     tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
                 if gen.fenced:
@@ -306,7 +345,10 @@ class Engine:
         rows = await self.store.list_messages(turn.conversation_id)
         options = dict(conv.conversation.options)
         asked = next((r for r in rows if r.message.id == turn.reply_to), None)
-        if asked is not None and asked.options:
+        mine = next((r for r in rows if r.message.id == turn.message_id), None)
+        if mine is not None and mine.options is not None:
+            options.update(mine.options)  # a retry's options replace the message's
+        elif asked is not None and asked.options:
             options.update(asked.options)
         provider, name = self.provider_for(turn.model, self.settings)
         request = ModelRequest(
@@ -319,34 +361,86 @@ class Engine:
         return request, provider
 
     async def _consume(self, gen: Generation, provider: Provider, request: ModelRequest) -> StepEnd:
-        """Publish the provider's step; retry failures that came before any output."""
-        for attempt, pause in enumerate((*RETRY_BACKOFF_S, None)):
-            produced = False
+        """Publish the provider's step. A failure before any output is retried (bounded,
+        exponential backoff with jitter, or the provider's Retry-After); after output it is
+        final. No first event within the first-token timeout, or none for the stall
+        timeout after that, fails the step."""
+        settings = self.settings
+        for attempt in range(settings.provider_retries + 1):
+            produced = [False]
             try:
-                async for item in provider.stream(request):
-                    if isinstance(item, StepEnd):
-                        return item
-                    item = without_nul(item)
-                    try:
-                        gen.stream.publish(item)
-                    except StreamProtocolError as exc:
-                        raise ProviderError(
-                            f"provider broke the stream: {exc}", retryable=False
-                        ) from exc
-                    gen.pending.append(item)
-                    produced = True
-                raise ProviderError("provider ended the step without a result", retryable=False)
+                return await self._attempt(gen, provider, request, produced)
             except ProviderError as exc:
-                if produced or not exc.retryable or pause is None:
+                pause = None if produced[0] else retry_pause(exc, attempt, settings)
+                which = provider_and_model(gen.turn.model)[0]
+                kind = "retryable" if exc.retryable and not produced[0] else "fatal"
+                self.metrics.provider_errors.labels(which, kind).inc()
+                if produced[0] or not exc.retryable or pause is None:
                     raise
+                if attempt == settings.provider_retries:
+                    raise ProviderError(
+                        f"{exc} (gave up after {attempt + 1} attempts)", retryable=False
+                    ) from exc
+                self.metrics.provider_retries.labels(which).inc()
                 log.warning(
                     "provider failed before output; retrying",
                     attempt=attempt + 1,
-                    error=str(exc),
-                    pause_s=pause,
+                    error=scrub(str(exc), settings.models.secrets()),
+                    pause_s=round(pause, 3),
                 )
                 await anyio.sleep(pause)
         raise AssertionError("unreachable")
+
+    async def _attempt(
+        self, gen: Generation, provider: Provider, request: ModelRequest, produced: list[bool]
+    ) -> StepEnd:
+        """One try of a step; ``produced[0]`` is set once something was published."""
+        settings = self.settings
+        stream = provider.stream(request)
+        try:
+            while True:
+                waited = (
+                    settings.provider_stall_timeout_s
+                    if produced[0]
+                    else settings.provider_first_token_timeout_s
+                )
+                with anyio.move_on_after(waited) as timer:
+                    try:
+                        item = await anext(stream)
+                    except StopAsyncIteration:
+                        raise ProviderError(
+                            "provider ended the step without a result", retryable=False
+                        ) from None
+                if timer.cancelled_caught:
+                    what = "for the first token" if not produced[0] else "(the stream stalled)"
+                    raise ProviderError(
+                        f"provider timed out: nothing for {waited:g} s {what}", retryable=False
+                    )
+                if isinstance(item, StepEnd):
+                    return item
+                item = without_nul(item)
+                try:
+                    gen.stream.publish(item)
+                except StreamProtocolError as exc:
+                    raise ProviderError(
+                        f"provider broke the stream: {exc}", retryable=False
+                    ) from exc
+                gen.pending.append(item)
+                if gen.pending_since is None:
+                    gen.pending_since = time.monotonic()
+                    if gen.first_at is None:
+                        gen.first_at = gen.pending_since
+                        self.metrics.time_to_first_token.labels(
+                            *provider_and_model(gen.turn.model)
+                        ).observe(gen.first_at - gen.started_at)
+                produced[0] = True
+        finally:
+            # Close the provider's request now (cancel, timeout, error): its server sees the
+            # disconnect at once. Shielded, so a cancelled step still gets to close it.
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
 
     async def _checkpointer(self, gen: Generation) -> None:
         """Store the new events every TURNLOG_CHECKPOINT_S, only when there are some."""
@@ -390,9 +484,12 @@ class Engine:
         if event is None:
             return
         # AlreadyStored: an earlier try of this very write committed; its answer was lost.
+        started = time.monotonic()
         with contextlib.suppress(AlreadyStored):
             await self.store.append(gen.turn.conversation_id, [event])
+        self.metrics.checkpoint_write.observe(time.monotonic() - started)
         gen.unacked = None
+        gen.unacked_since = None
         gen.stored_seq = event.stream_seq
 
     async def _settle_before_end(self, gen: Generation) -> None:
@@ -510,10 +607,18 @@ class Engine:
             self._running[next_turn.message_id] = nxt
             if self._interrupting:
                 nxt.cancel("interrupted")
+        self._count_tokens(turn, step_end.usage)
         gen.stream.finish(
             Done(status="completed", finish_reason=step_end.finish_reason, usage=step_end.usage)
         )
         return nxt
+
+    def _count_tokens(self, turn: Turn, usage: dict[str, Any] | None) -> None:
+        provider, model = provider_and_model(turn.model)
+        for key, direction in (("input_tokens", "in"), ("output_tokens", "out")):
+            n = (usage or {}).get(key)
+            if isinstance(n, int) and n > 0:
+                self.metrics.tokens.labels(provider, model, direction).inc(n)
 
     async def _end(
         self, gen: Generation, how: Literal["aborted", "interrupted", "error"], error: str = ""
@@ -613,6 +718,31 @@ def without_nul(event: StreamEvent) -> StreamEvent:
             )
         case _:
             return event
+
+
+def retry_pause(exc: ProviderError, attempt: int, settings: Settings) -> float | None:
+    """Seconds to wait before retry number ``attempt + 1``, or None to give up: the
+    provider's Retry-After if it sent one (up to MAX_RETRY_PAUSE_S), else exponential
+    backoff from ``provider_backoff_s`` with full jitter in [0.5, 1.5)."""
+    asked: float | None = exc.retry_after
+    if asked is not None:
+        return asked if asked <= MAX_RETRY_PAUSE_S else None
+    pause = settings.provider_backoff_s * 2.0**attempt * random.uniform(0.5, 1.5)
+    return min(pause, MAX_RETRY_PAUSE_S)
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every API key in ``secrets`` (and anything shaped like a bearer token
+    or an ``sk-`` key) masked: provider error texts are stored on rows and logged."""
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    text = _BEARER.sub(r"\1[redacted]", text)
+    return _KEYLIKE.sub("[redacted]", text)
+
+
+_BEARER = re.compile(r"((?:Bearer|x-api-key:?|key=)\s*)[A-Za-z0-9._\-]{8,}", re.IGNORECASE)
+_KEYLIKE = re.compile(r"\b(?:sk|sk-ant|AIza)[-_A-Za-z0-9]{16,}")
 
 
 def done_for(row: MessageRecord | None) -> Done:

@@ -1,32 +1,54 @@
-"""The model's view of a conversation, built from stored rows only (pure)."""
+"""The model's view of a conversation, built from stored rows only (pure).
+
+One pass for every provider makes a history any chat API accepts; each adapter then maps it
+to its own wire shape. The rules (``docs/providers.md`` says why):
+
+- user rows count with their edited text; consecutive user turns are merged into one (some
+  APIs refuse two user turns in a row, and a user turn whose answer was dropped leaves one);
+- ``completed`` assistant rows count as they are, signatures and redacted reasoning included;
+- an ``aborted`` or ``interrupted`` row that nobody retried counts with what the user saw of
+  it: its text, its signed reasoning and its finished tool calls (unsigned reasoning is cut
+  off mid-thought and some APIs refuse it unsigned);
+- a row a later step of the same question replaced (a retry), a ``error`` row and a still
+  ``generating`` row do not count;
+- tool rows count as the results of their calls; a result whose call is not in the history
+  is dropped, and a call without a result (its step was stopped before the tool ran) gets a
+  synthetic one, so every call is answered as the APIs require.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
-from turnlog.log.projection import MessageRecord
+from turnlog_reducer import Block, ReasoningBlock, TextBlock, ToolCallBlock
+
+from turnlog.log.projection import Message, MessageRecord
 from turnlog.providers.base import ChatMessage
+
+__all__ = ["NOT_RUN", "build_history"]
+
+NOT_RUN: Final = "(not run: the answer was stopped before this tool call ran)"
 
 
 def build_history(rows: Sequence[MessageRecord], *, before_seq: int) -> tuple[ChatMessage, ...]:
-    """The history a step at ``before_seq`` answers, in canonical (seq) order.
-
-    A user row counts with its edited text if it was edited. Only ``completed`` assistant
-    rows count: a generating row has no settled content, and an interrupted, failed or
-    aborted one is what a retry replaces. Tool rows count as the results they carry.
-    """
+    """The history a step at ``before_seq`` answers, in canonical (seq) order."""
+    ordered = sorted((r.message for r in rows), key=lambda m: m.seq)
+    replaced = _replaced(ordered)
     out: list[ChatMessage] = []
-    for record in sorted(rows, key=lambda r: r.message.seq):
-        m = record.message
+    for m in ordered:
         if m.seq >= before_seq:
             break
         match m.role:
             case "user":
                 text = m.edited_content if m.edited_content is not None else m.content
-                out.append(ChatMessage(role="user", content=text or ""))
-            case "assistant" if m.status == "completed" and m.blocks:
-                out.append(ChatMessage(role="assistant", blocks=m.blocks))
-            case "tool":
+                _add_user(out, text or "")
+            case "assistant" if m.id not in replaced:
+                blocks = _kept_blocks(m)
+                if blocks:
+                    _answer_dangling(out)
+                    out.append(ChatMessage(role="assistant", blocks=blocks))
+            case "tool" if m.tool_call_id in _open_calls(out):
                 out.append(
                     ChatMessage(
                         role="tool",
@@ -37,4 +59,70 @@ def build_history(rows: Sequence[MessageRecord], *, before_seq: int) -> tuple[Ch
                 )
             case _:
                 pass
+    _answer_dangling(out)
     return tuple(out)
+
+
+def _replaced(ordered: list[Message]) -> set[object]:
+    """Ids of unfinished assistant rows that a later assistant row answering the same user
+    message replaced (a retry; the later steps of a turn follow completed rows only)."""
+    replaced: set[object] = set()
+    later: set[object] = set()
+    for m in reversed(ordered):
+        if m.role != "assistant":
+            continue
+        if m.status != "completed" and m.reply_to in later:
+            replaced.add(m.id)
+        later.add(m.reply_to)
+    return replaced
+
+
+def _kept_blocks(m: Message) -> tuple[Block, ...]:
+    if m.status == "completed":
+        return tuple(m.blocks)
+    if m.status not in ("aborted", "interrupted"):
+        return ()  # error: the failure is not an answer; generating: nothing settled yet
+    return tuple(b for b in m.blocks if _settled(b))
+
+
+def _settled(block: Block) -> bool:
+    """Whether a block of a stopped row is whole: text, signed reasoning, a finished call."""
+    match block:
+        case TextBlock(text=text):
+            return bool(text)
+        case ReasoningBlock(signature=signature):
+            return isinstance(signature, str)
+        case ToolCallBlock(ready=ready, arguments=arguments):
+            return ready and arguments is not None
+    return False
+
+
+def _add_user(out: list[ChatMessage], text: str) -> None:
+    _answer_dangling(out)
+    if out and out[-1].role == "user":
+        out[-1] = ChatMessage(role="user", content=f"{out[-1].content}\n\n{text}")
+    else:
+        out.append(ChatMessage(role="user", content=text))
+
+
+def _open_calls(out: list[ChatMessage]) -> dict[str, str]:
+    """The calls (id -> name) of the last assistant message that have no result yet."""
+    answered: set[str] = set()
+    for message in reversed(out):
+        if message.role == "tool" and message.tool_call_id is not None:
+            answered.add(message.tool_call_id)
+        elif message.role == "assistant":
+            return {
+                b.id: b.name
+                for b in message.blocks
+                if isinstance(b, ToolCallBlock) and b.id not in answered
+            }
+        else:
+            return {}
+    return {}
+
+
+def _answer_dangling(out: list[ChatMessage]) -> None:
+    """Give every still unanswered call of the last assistant message a synthetic result."""
+    for call_id, name in _open_calls(out).items():
+        out.append(ChatMessage(role="tool", content=NOT_RUN, tool_call_id=call_id, tool_name=name))

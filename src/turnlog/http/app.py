@@ -31,7 +31,7 @@ from turnlog.commands import Chat
 from turnlog.config import Settings
 from turnlog.db.schema import apply_schema
 from turnlog.generation.engine import Engine, utcnow
-from turnlog.http import conversations, live, models, ops
+from turnlog.http import conversations, live, models, openapi, ops, ui_chat, web
 from turnlog.http.auth import Unauthorized
 from turnlog.http.common import (
     Runtime,
@@ -92,13 +92,19 @@ def request_log(rt: Runtime) -> Callable[[ASGIApp], ASGIApp]:
             try:
                 await app(scope, receive, send_logged)
             finally:
-                rt.responses[status] = rt.responses.get(status, 0) + 1
+                elapsed = time.perf_counter() - started
+                method = str(scope.get("method", ""))
+                # The route's template (`/v1/messages/{mid}/stream`), never the raw path:
+                # ids in labels would make a new time series per conversation.
+                route = scope.get("path_template") or "unmatched"
+                rt.metrics.http_request(method, route, status, elapsed)
                 log.info(
                     "request",
-                    method=scope.get("method"),
+                    method=method,
+                    # The path alone: the query may hold a stream token (never logged).
                     path=scope["path"],
                     status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                    duration_ms=round(elapsed * 1000, 1),
                 )
                 structlog.contextvars.clear_contextvars()
 
@@ -116,7 +122,15 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             yield
 
     app = Litestar(
-        route_handlers=[*conversations.ROUTES, *live.ROUTES, *models.ROUTES, *ops.ROUTES],
+        route_handlers=[
+            *conversations.ROUTES,
+            *live.ROUTES,
+            *models.ROUTES,
+            *ops.ROUTES,
+            *openapi.ROUTES,
+            *ui_chat.ROUTES,
+            *web.ROUTES,
+        ],
         lifespan=[lifespan],
         exception_handlers={
             DomainError: domain_error,
@@ -126,8 +140,12 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             Exception: internal_error,
         },
         middleware=[request_log(rt)],
+        cors_config=web.cors(settings),
         logging_config=None,
         openapi_config=None,
+        # Larger bodies are answered 413 from Content-Length, or as soon as the streamed
+        # body passes the limit: never read whole.
+        request_max_body_size=settings.body_limit,
         debug=False,
     )
     app.state.runtime = rt
@@ -149,8 +167,12 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
     rt.store = Store(pool, on_append=rt.hub.publish)
     rt.liveness = Liveness(url, rt.store, rt.instance_id)
     try:
-        rt.engine = Engine(rt.store, rt.registry, settings, instance_id=rt.instance_id)
-        rt.chat = Chat(rt.store, rt.engine, settings)
+        rt.engine = Engine(
+            rt.store, rt.registry, settings, instance_id=rt.instance_id, metrics=rt.metrics
+        )
+        _gauges(rt)
+        await rt.limits.open(url)
+        rt.chat = Chat(rt.store, rt.engine, settings, rt.limits)
         await rt.liveness.start(utcnow())
         async with anyio.create_task_group() as tg:
             rt.engine.bind(tg)
@@ -174,6 +196,7 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
     finally:
         with anyio.CancelScope(shield=True):
             await rt.liveness.close()
+            await rt.limits.close()
             await pool.close()
         log.info("stopped")
 
@@ -187,6 +210,40 @@ async def _unregister(rt: Runtime) -> None:
         await rt.store.unregister_instance(rt.instance_id)
     except DatabaseUnavailable as exc:
         log.warning("could not unregister the instance", error=str(exc))
+
+
+def _gauges(rt: Runtime) -> None:
+    """Gauges read at scrape time from what the runtime holds."""
+    m = rt.metrics
+    m.gauge("turnlog_generations_running", "Generations running here.", lambda: len(rt.engine))
+    m.gauge(
+        "turnlog_oldest_unstored_delta_seconds",
+        "Age of the oldest streamed event not yet stored (what a crash would lose).",
+        rt.engine.oldest_unstored_s,
+    )
+    m.gauge(
+        "turnlog_streams_open", "Live streams (running or lingering).", lambda: len(rt.registry)
+    )
+    m.gauge(
+        "turnlog_stream_subscribers",
+        "Readers of live streams.",
+        rt.registry.subscriber_count,
+    )
+    m.gauge("turnlog_feeds_open", "Open conversation feeds.", lambda: len(rt.hub))
+
+    def pool_stat(key: str) -> Callable[[], float]:
+        return lambda: float(rt.store.pool.get_stats().get(key, 0))
+
+    def in_use() -> float:
+        stats = rt.store.pool.get_stats()
+        return float(stats.get("pool_size", 0) - stats.get("pool_available", 0))
+
+    m.gauge("turnlog_db_pool_connections_in_use", "Pool connections lent out.", in_use)
+    m.gauge(
+        "turnlog_db_pool_requests_waiting",
+        "Requests waiting for a pool connection.",
+        pool_stat("requests_waiting"),
+    )
 
 
 async def _drain(rt: Runtime, grace_s: float) -> None:

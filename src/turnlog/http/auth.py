@@ -1,4 +1,10 @@
-"""Bearer tokens: JWT HS256 whose ``sub`` claim is the user id."""
+"""Bearer tokens: JWT HS256 whose ``sub`` claim is the user id.
+
+A *stream token* (CONTRACT.md §2) is the same kind of JWT with a ``scope`` claim
+``stream:<conversation id>``: it reads only that conversation's feed and its messages'
+streams, passed as ``?token=`` because a browser's ``EventSource`` cannot send headers. It is
+refused as a bearer token everywhere else.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import secrets
 import sys
 import time
 import unicodedata
+import uuid
 from pathlib import Path
 
 import jwt
@@ -14,6 +21,7 @@ import jwt
 from turnlog.config import Settings
 
 ALGORITHM = "HS256"
+STREAM_SCOPE = "stream:"
 # The longest lifetime a token may have (and `turnlog token --ttl` may ask for).
 MAX_TTL_S = 10 * 365 * 86400
 # A user id is stored as the owner of rows, logged and compared: plain text of bounded size.
@@ -84,8 +92,15 @@ def user_from_header(secret: str, authorization: str | None) -> str:
         raise Unauthorized("token expired") from None
     except jwt.InvalidTokenError as exc:
         raise Unauthorized(f"invalid token: {exc}") from None
+    if "scope" in claims:
+        raise Unauthorized("a stream token is not a bearer token; pass it as ?token= to a stream")
+    return _sub(claims)
+
+
+def _sub(claims: dict[str, object]) -> str:
+    """The user id of a verified token's claims, checked (and its expiry, for sanity)."""
     exp = claims.get("exp")
-    if exp is not None and int(exp) > time.time() + MAX_TTL_S:
+    if isinstance(exp, int | float | str) and float(exp) > time.time() + MAX_TTL_S:
         # PyJWT checked it is a number; one far in the future is a token nobody should hold.
         raise Unauthorized(
             f"token claim 'exp' lies more than {MAX_TTL_S // 86400} days in the future"
@@ -96,6 +111,37 @@ def user_from_header(secret: str, authorization: str | None) -> str:
         raise Unauthorized(f"token claim 'sub' {problem}")
     assert isinstance(sub, str)
     return sub
+
+
+def make_stream_token(
+    secret: str, user: str, conversation_id: uuid.UUID, ttl: int
+) -> tuple[str, int]:
+    """A token that reads only ``conversation_id``'s feed and streams for ``ttl`` seconds,
+    and when it expires (Unix time)."""
+    now = int(time.time())
+    exp = now + ttl
+    claims = {"sub": user, "scope": f"{STREAM_SCOPE}{conversation_id}", "iat": now, "exp": exp}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM), exp
+
+
+def stream_reader(secret: str, token: str) -> tuple[str, uuid.UUID]:
+    """The user and conversation of a stream token, or ``Unauthorized``."""
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "scope", "exp"]}
+        )
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized("stream token expired; ask for a new one") from None
+    except jwt.InvalidTokenError as exc:
+        raise Unauthorized(f"invalid stream token: {exc}") from None
+    scope = claims["scope"]
+    if not isinstance(scope, str) or not scope.startswith(STREAM_SCOPE):
+        raise Unauthorized("not a stream token: its scope must be 'stream:<conversation id>'")
+    try:
+        conversation_id = uuid.UUID(scope.removeprefix(STREAM_SCOPE))
+    except ValueError:
+        raise Unauthorized("stream token scope names no conversation") from None
+    return _sub(claims), conversation_id
 
 
 def cli_token(settings: Settings, *, user: str, ttl: int) -> int:

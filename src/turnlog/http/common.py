@@ -18,6 +18,7 @@ from litestar.response import Stream
 from turnlog.commands import (
     BadRequest,
     Chat,
+    Conflict,
     Forbidden,
     NotGenerating,
     TooLarge,
@@ -27,6 +28,7 @@ from turnlog.config import Settings
 from turnlog.generation.engine import Engine
 from turnlog.http.auth import load_secret, user_from_header
 from turnlog.http.feeds import FeedHub
+from turnlog.limits import Limits, TooMany
 from turnlog.log.liveness import Liveness
 from turnlog.log.pool import RETRY_AFTER_S
 from turnlog.log.projection import (
@@ -36,6 +38,7 @@ from turnlog.log.projection import (
     NotFound,
 )
 from turnlog.log.store import Store, VersionConflict
+from turnlog.metrics import Metrics
 from turnlog.streams import StreamRegistry
 
 log = structlog.get_logger("turnlog.http")
@@ -67,7 +70,8 @@ class Runtime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.on_ready: Callable[[Runtime], None] | None = None
         self.on_drained: Callable[[], None] | None = None
-        self.responses: dict[int, int] = {}
+        self.metrics = Metrics()
+        self.limits = Limits(settings)
 
     def request_drain(self) -> None:
         """Thread- and signal-safe: begin the graceful drain."""
@@ -94,6 +98,8 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (Fenced, 409),
     (VersionConflict, 409),
     (NotGenerating, 409),
+    (Conflict, 409),
+    (TooMany, 429),
     (TooLarge, 413),
     (Unavailable, 503),
     (BadRequest, 400),
@@ -111,7 +117,10 @@ def error_response(status: int, detail: str) -> Response[bytes]:
 
 def domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
-    return error_response(status, str(exc))
+    response = error_response(status, str(exc))
+    if isinstance(exc, TooMany):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def unauthorized(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
@@ -206,6 +215,15 @@ def decode_json(raw: bytes, kind: type[T]) -> T:
         raise BadRequest(f"invalid body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+def query(request: Request[Any, Any, Any], kind: type[T]) -> T:
+    """The query string as ``kind`` (a Struct of optional fields): strings are converted
+    to the declared types; unknown parameters are ignored, as HTTP clients expect."""
+    try:
+        return msgspec.convert(dict(request.query_params), kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid query: {exc}") from None
 
 
 def json_response(value: Any, status: int = 200) -> Response[bytes]:

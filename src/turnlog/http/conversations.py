@@ -2,24 +2,62 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 import structlog
 from litestar import Request, Response, delete, get, patch, post, put
 
 from turnlog.commands import (
-    BadRequest,
+    MAX_PAGE,
     ConversationIn,
     ConversationPatch,
     EditIn,
     MessageIn,
+    RetryIn,
     ToolResultIn,
 )
 from turnlog.http import export
-from turnlog.http.common import body, json_response, parse_id, runtime, user
+from turnlog.http.common import body, json_response, parse_id, query, runtime, user
+from turnlog.http.openapi import (
+    ConversationList,
+    ConversationWithMessages,
+    Exported,
+    MessageList,
+    RetryAnswer,
+    SendAnswer,
+    Text,
+    ToolResultAnswer,
+    api,
+)
+from turnlog.log.projection import Conversation, Message
 
 
-@post("/v1/conversations", status_code=201)
+class ListQuery(msgspec.Struct, frozen=True, kw_only=True):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)] = 20
+    cursor: str | None = None
+
+
+class ExportQuery(msgspec.Struct, frozen=True, kw_only=True):
+    format: Literal["markdown", "md", "json"] = "markdown"
+    lang: str | None = None  # any BCP 47 tag; normalized, never an error
+
+
+# A send, a retry or an answer starts a generation: busy (409), limited (429), draining (503).
+_GENERATES = (409, 429, 503)
+
+
+@post(
+    "/v1/conversations",
+    status_code=201,
+    opt=api(
+        "create a conversation",
+        {201: Conversation},
+        body=ConversationIn,
+        body_required=False,
+        errors=(403,),
+    ),
+)
 async def create_conversation(request: Request[Any, Any, Any]) -> Response[bytes]:
     owner = user(request)
     data = await body(request, ConversationIn, empty_ok=True)
@@ -27,29 +65,40 @@ async def create_conversation(request: Request[Any, Any, Any]) -> Response[bytes
     return json_response(conv, 201)
 
 
-@get("/v1/conversations")
+@get(
+    "/v1/conversations",
+    opt=api("list conversations, newest first", {200: ConversationList}, query=ListQuery),
+)
 async def list_conversations(request: Request[Any, Any, Any]) -> Response[bytes]:
     owner = user(request)
-    raw_limit = request.query_params.get("limit") or "20"
-    try:
-        limit = int(raw_limit)
-    except ValueError:
-        raise BadRequest(f"limit must be an integer, got {raw_limit!r}") from None
+    q = query(request, ListQuery)
     items, nxt = await runtime(request).chat.list_conversations(
-        owner, limit=limit, cursor=request.query_params.get("cursor") or None
+        owner, limit=q.limit, cursor=q.cursor or None
     )
-    return json_response({"items": items, "next": nxt})
+    return json_response(ConversationList(items=items, next=nxt))
 
 
-@get("/v1/conversations/{cid:str}")
+@get(
+    "/v1/conversations/{cid:str}",
+    opt=api("a conversation and its messages", {200: ConversationWithMessages}),
+)
 async def get_conversation(request: Request[Any, Any, Any], cid: str) -> Response[bytes]:
     owner = user(request)
     rt = runtime(request)
     conv, messages = await rt.chat.conversation_with_messages(owner, parse_id(cid, "conversation"))
-    return json_response({"conversation": conv, "messages": messages})
+    return json_response(ConversationWithMessages(conversation=conv, messages=messages))
 
 
-@patch("/v1/conversations/{cid:str}")
+@patch(
+    "/v1/conversations/{cid:str}",
+    opt=api(
+        "change title, model, options or system prompt",
+        {200: Conversation},
+        body=ConversationPatch,
+        body_required=False,
+        errors=(403, 409),
+    ),
+)
 async def update_conversation(request: Request[Any, Any, Any], cid: str) -> Response[bytes]:
     owner = user(request)
     data = await body(request, ConversationPatch, empty_ok=True)
@@ -59,13 +108,26 @@ async def update_conversation(request: Request[Any, Any, Any], cid: str) -> Resp
     return json_response(conv)
 
 
-@delete("/v1/conversations/{cid:str}", status_code=204)
+@delete(
+    "/v1/conversations/{cid:str}",
+    status_code=204,
+    opt=api("delete a conversation (then 404 everywhere)", {204: None}, errors=(409,)),
+)
 async def delete_conversation(request: Request[Any, Any, Any], cid: str) -> None:
     owner = user(request)
     await runtime(request).chat.delete_conversation(owner, parse_id(cid, "conversation"))
 
 
-@post("/v1/conversations/{cid:str}/messages", status_code=201)
+@post(
+    "/v1/conversations/{cid:str}/messages",
+    status_code=201,
+    opt=api(
+        "send a user message; its answer starts generating",
+        {201: SendAnswer, 200: SendAnswer},
+        body=MessageIn,
+        errors=_GENERATES,
+    ),
+)
 async def send_message(request: Request[Any, Any, Any], cid: str) -> Response[bytes]:
     owner = user(request)
     conversation_id = parse_id(cid, "conversation")
@@ -74,20 +136,23 @@ async def send_message(request: Request[Any, Any, Any], cid: str) -> Response[by
     structlog.contextvars.bind_contextvars(
         conversation_id=str(conversation_id), message_id=str(sent.assistant_message.id)
     )
-    return json_response(
-        {"user_message": sent.user_message, "assistant_message": sent.assistant_message},
-        201 if sent.created else 200,
-    )
+    return json_response(SendAnswer.of(sent), 201 if sent.created else 200)
 
 
-@get("/v1/conversations/{cid:str}/messages")
+@get(
+    "/v1/conversations/{cid:str}/messages",
+    opt=api("the messages in canonical (seq) order", {200: MessageList}),
+)
 async def list_messages(request: Request[Any, Any, Any], cid: str) -> Response[bytes]:
     owner = user(request)
     items = await runtime(request).chat.list_messages(owner, parse_id(cid, "conversation"))
-    return json_response({"items": items})
+    return json_response(MessageList(items=items))
 
 
-@put("/v1/conversations/{cid:str}/messages/{mid:str}")
+@put(
+    "/v1/conversations/{cid:str}/messages/{mid:str}",
+    opt=api("edit a user message", {200: Message}, body=EditIn, errors=(409,)),
+)
 async def edit_message(request: Request[Any, Any, Any], cid: str, mid: str) -> Response[bytes]:
     owner = user(request)
     conversation_id = parse_id(cid, "conversation")
@@ -97,49 +162,80 @@ async def edit_message(request: Request[Any, Any, Any], cid: str, mid: str) -> R
     return json_response(row)
 
 
-@get("/v1/conversations/{cid:str}/export")
+@get(
+    "/v1/conversations/{cid:str}/export",
+    opt=api(
+        "the conversation as Markdown or JSON, from stored rows only",
+        {200: (Text("text/markdown", "the conversation as Markdown"), Exported)},
+        query=ExportQuery,
+    ),
+)
 async def export_conversation(request: Request[Any, Any, Any], cid: str) -> Response[bytes]:
     owner = user(request)
     rt = runtime(request)
+    q = query(request, ExportQuery)
     conv, rows = await rt.chat.conversation_with_messages(owner, parse_id(cid, "conversation"))
-    fmt = (request.query_params.get("format") or "markdown").lower()
-    lang = export.normalize_lang(request.query_params.get("lang"))
-    if fmt == "json":
-        return json_response({"conversation": conv, "messages": rows})
-    if fmt not in ("markdown", "md"):
-        raise BadRequest(f"format must be 'markdown' or 'json', got {fmt!r}")
+    lang = export.normalize_lang(q.lang)
+    if q.format == "json":
+        return json_response(Exported(conversation=conv, messages=rows))
     text = export.markdown(conv, rows, lang)
-    return Response(
-        text.encode(),
-        media_type="text/markdown; charset=utf-8",
-        headers={"Content-Language": lang},
-    )
+    # `media_type` without a charset: litestar adds `; charset=utf-8` to text types itself.
+    return Response(text.encode(), media_type="text/markdown", headers={"Content-Language": lang})
 
 
 # -- messages ----------------------------------------------------------------------------
 
 
-@post("/v1/messages/{mid:str}/cancel", status_code=200)
+@post(
+    "/v1/messages/{mid:str}/cancel",
+    status_code=200,
+    opt=api(
+        "stop a generating answer, or withdraw an unanswered question",
+        {200: Message},
+        errors=(409,),
+    ),
+)
 async def cancel_message(request: Request[Any, Any, Any], mid: str) -> Response[bytes]:
     owner = user(request)
     row = await runtime(request).chat.cancel(owner, parse_id(mid, "message"))
     return json_response(row)
 
 
-@post("/v1/messages/{mid:str}/retry", status_code=201)
+@post(
+    "/v1/messages/{mid:str}/retry",
+    status_code=201,
+    opt=api(
+        "answer again with a new assistant row (options given replace the failed turn's)",
+        {201: RetryAnswer},
+        body=RetryIn,
+        body_required=False,
+        errors=_GENERATES,
+    ),
+)
 async def retry_message(request: Request[Any, Any, Any], mid: str) -> Response[bytes]:
     owner = user(request)
-    row = await runtime(request).chat.retry(owner, parse_id(mid, "message"))
-    return json_response({"assistant_message": row}, 201)
+    message_id = parse_id(mid, "message")
+    data = await body(request, RetryIn, empty_ok=True)
+    row = await runtime(request).chat.retry(owner, message_id, data)
+    return json_response(RetryAnswer(assistant_message=row), 201)
 
 
-@post("/v1/messages/{mid:str}/tool-results", status_code=201)
+@post(
+    "/v1/messages/{mid:str}/tool-results",
+    status_code=201,
+    opt=api(
+        "answer a pending question; generation resumes",
+        {201: ToolResultAnswer},
+        body=ToolResultIn,
+        errors=_GENERATES,
+    ),
+)
 async def tool_results(request: Request[Any, Any, Any], mid: str) -> Response[bytes]:
     owner = user(request)
     message_id = parse_id(mid, "message")
     data = await body(request, ToolResultIn)
     tool_row, assistant = await runtime(request).chat.tool_result(owner, message_id, data)
-    return json_response({"tool_message": tool_row, "assistant_message": assistant}, 201)
+    return json_response(ToolResultAnswer(tool_message=tool_row, assistant_message=assistant), 201)
 
 
 ROUTES = [

@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import msgspec
 import structlog
 from litestar import Request, get
 from litestar.response import Stream
 
 from turnlog.generation.engine import done_for
+from turnlog.http.auth import stream_reader
 from turnlog.http.common import (
     PING,
     Runtime,
@@ -23,15 +25,46 @@ from turnlog.http.common import (
     user,
 )
 from turnlog.http.feeds import Feed
-from turnlog.log.projection import Conversation, Message, MessageRecord
+from turnlog.http.openapi import Text, api
+from turnlog.log.projection import Conversation, Message, MessageRecord, NotFound
 from turnlog.streams import event_frame, init_frame, sse_frame
 
+_SSE = Text("text/event-stream", "server-sent events (CONTRACT.md section 3)")
 
-@get("/v1/messages/{mid:str}/stream")
+
+class StreamQuery(msgspec.Struct, frozen=True, kw_only=True):
+    token: str | None = None  # a stream token, instead of the Authorization header
+
+
+def reader(request: Request[Any, Any, Any]) -> tuple[str, uuid.UUID | None]:
+    """The caller, and the one conversation it may read if it came with a stream token.
+
+    Only these two routes read ``?token=`` (a browser's EventSource cannot send headers); the
+    request log writes the path without the query, so the token never reaches a log.
+    """
+    token = request.query_params.get("token")
+    if token is None:
+        return user(request), None
+    owner, conversation_id = stream_reader(runtime(request).secret, token)
+    structlog.contextvars.bind_contextvars(user=owner)
+    return owner, conversation_id
+
+
+def _within(scope: uuid.UUID | None, conversation_id: uuid.UUID, what: str) -> None:
+    # A stream token for another conversation opens nothing here: 404, existence not revealed.
+    if scope is not None and scope != conversation_id:
+        raise NotFound(f"{what} not found")
+
+
+@get(
+    "/v1/messages/{mid:str}/stream",
+    opt=api("a message's stream: init, stream events, done", {200: _SSE}, query=StreamQuery),
+)
 async def message_stream(request: Request[Any, Any, Any], mid: str) -> Stream:
-    owner = user(request)
+    owner, scope = reader(request)
     rt = runtime(request)
     row, _ = await rt.chat.message(owner, parse_id(mid, "message"))
+    _within(scope, row.message.conversation_id, f"message {mid!r}")
     after = last_event_id(request)
     structlog.contextvars.bind_contextvars(
         conversation_id=str(row.message.conversation_id), message_id=str(row.message.id)
@@ -101,11 +134,15 @@ async def _follow_store(rt: Runtime, row: MessageRecord) -> AsyncIterator[bytes]
             yield PING
 
 
-@get("/v1/conversations/{cid:str}/live")
+@get(
+    "/v1/conversations/{cid:str}/live",
+    opt=api("a conversation's feed: snapshot, then changes", {200: _SSE}, query=StreamQuery),
+)
 async def conversation_live(request: Request[Any, Any, Any], cid: str) -> Stream:
-    owner = user(request)
+    owner, scope = reader(request)
     rt = runtime(request)
     conversation_id = parse_id(cid, "conversation")
+    _within(scope, conversation_id, f"conversation {cid!r}")
     last_event_id(request)  # validated; the answer is always a snapshot at the current V
     # Subscribe before reading the snapshot (which also checks the owner), then drop
     # queued changes the snapshot already holds: snapshot at V plus every change after V,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, get
 
 from turnlog.http.common import json_response, runtime, user
+from turnlog.http.openapi import api
 from turnlog.providers import ADAPTERS, UnknownModel, adapter_for
 
 
@@ -23,7 +25,19 @@ def _capabilities(kind: str) -> dict[str, Any]:
     }
 
 
-@get("/v1/models")
+class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    provider: str
+    name: str
+    kind: str
+    capabilities: dict[str, Any]
+
+
+class ModelList(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[ModelInfo]
+
+
+@get("/v1/models", opt=api("the models this user may use", {200: ModelList}))
 async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
     owner = user(request)
     settings = runtime(request).settings
@@ -33,15 +47,15 @@ async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
         if spec.kind not in capabilities:
             capabilities[spec.kind] = _capabilities(spec.kind) if spec.kind in ADAPTERS else {}
         items.append(
-            {
-                "id": f"{spec.name}:{name}",
-                "provider": spec.name,
-                "name": name,
-                "kind": spec.kind,
-                "capabilities": capabilities[spec.kind],
-            }
+            ModelInfo(
+                id=f"{spec.name}:{name}",
+                provider=spec.name,
+                name=name,
+                kind=spec.kind,
+                capabilities=capabilities[spec.kind],
+            )
         )
-    return json_response({"items": items})
+    return json_response(ModelList(items=items))
 
 
 ROUTES = [list_models]

@@ -8,14 +8,18 @@ import psycopg
 from litestar import Request, Response, get
 
 from turnlog.http.common import error_response, json_response, runtime
+from turnlog.http.openapi import Text, api
+from turnlog.metrics import CONTENT_TYPE
+
+_JSON = Text("application/json", "status")
 
 
-@get("/healthz")
+@get("/healthz", opt=api("liveness", {200: _JSON}, auth=False))
 async def healthz() -> Response[bytes]:
     return json_response({"status": "ok"})
 
 
-@get("/readyz")
+@get("/readyz", opt=api("readiness (database reachable)", {200: _JSON}, errors=(503,), auth=False))
 async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     rt = runtime(request)
     if not rt.ready or rt.drain_requested.is_set():
@@ -31,27 +35,12 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     return json_response({"status": "ready"})
 
 
-@get("/metrics")
+@get(
+    "/metrics",
+    opt=api("Prometheus metrics", {200: Text("text/plain", "Prometheus text format")}, auth=False),
+)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    rt = runtime(request)
-    lines = [
-        "# HELP turnlog_generations_running Generations running in this process.",
-        "# TYPE turnlog_generations_running gauge",
-        f"turnlog_generations_running {len(rt.engine)}",
-        "# HELP turnlog_streams_open Live streams held in memory (running or lingering).",
-        "# TYPE turnlog_streams_open gauge",
-        f"turnlog_streams_open {len(rt.registry)}",
-        "# HELP turnlog_feeds_open Open conversation feeds.",
-        "# TYPE turnlog_feeds_open gauge",
-        f"turnlog_feeds_open {len(rt.hub)}",
-        "# HELP turnlog_http_responses_total HTTP responses by status code.",
-        "# TYPE turnlog_http_responses_total counter",
-    ]
-    lines += [
-        f'turnlog_http_responses_total{{code="{code}"}} {n}'
-        for code, n in sorted(rt.responses.items())
-    ]
-    return Response(("\n".join(lines) + "\n").encode(), media_type="text/plain; version=0.0.4")
+    return Response(runtime(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
 ROUTES = [healthz, readyz, metrics]

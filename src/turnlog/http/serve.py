@@ -63,6 +63,9 @@ def run_server(settings: Settings, *, host: str, port: int) -> int:
             f"try:  curl -s -X POST {base}/v1/conversations -H 'Authorization: Bearer {token}'",
             flush=True,
         )
+        if not settings.database_url:
+            # The fragment never leaves the browser: the page moves it to session storage.
+            print(f"web chat, signed in as {DEMO_USER!r}: {base}/#token={token}", flush=True)
 
     rt.on_ready = ready
     config = uvicorn.Config(

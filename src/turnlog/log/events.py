@@ -67,6 +67,7 @@ class AssistantTurnStarted(_Event, frozen=True, tag="assistant_turn_started"):
     model: str
     reply_to: uuid.UUID | None = None
     retry_of: uuid.UUID | None = None
+    options: dict[str, Any] | None = None  # a retry's options, over the user message's
 
 
 class _TurnEvent(_Event, frozen=True, kw_only=True):

@@ -71,6 +71,9 @@ class BoundedPool:
         with anyio.move_on_after(self.timeout_s * 2):
             await self.raw.check()
 
+    def get_stats(self) -> dict[str, int]:
+        return self.raw.get_stats()
+
     async def open(self, wait: bool = False) -> None:
         await self.raw.open(wait=wait)
 

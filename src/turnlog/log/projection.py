@@ -314,7 +314,7 @@ def evolve(
                 model=event.model,
                 reply_to=event.reply_to,
             )
-            row = MessageRecord(message=m, attempt=event.attempt)
+            row = MessageRecord(message=m, attempt=event.attempt, options=event.options)
             c = msgspec.structs.replace(c, state="generating", updated_at=at)
             return _with(conv, c, version, (row,), event.seq)
         case ToolResultRecorded():
@@ -323,6 +323,12 @@ def evolve(
                 parent,
                 open_tool_calls=tuple(t for t in parent.open_tool_calls if t != event.tool_call_id),
             )
+            if c.state == "awaiting_input" and not (
+                set(parent.awaiting_user) & set(parent.open_tool_calls)
+            ):
+                # Every question has a result (an answer, or a withdrawal by cancel): the
+                # conversation waits no longer. An answer's batch then starts the next step.
+                c = msgspec.structs.replace(c, state="idle", updated_at=at)
             m = _new_message(
                 event.message_id,
                 c.id,

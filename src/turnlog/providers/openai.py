@@ -1,0 +1,384 @@
+"""The ``openai`` provider: Chat Completions streaming through the official ``openai`` SDK.
+
+It speaks to OpenAI and to every server that copies its API (vLLM, Ollama, llama.cpp's
+server, LM Studio, OpenRouter, …; ``base_url`` points it there). It only translates: the
+request from our history, the chunks into stream events, the SDK's errors into
+``ProviderError``. Retries, timeouts and history rules are the engine's; the SDK's own
+retries are off (``max_retries=0``).
+
+Quirks of real servers, each handled in ``_Assembler`` and pinned by a replayed transcript
+in ``tests/providers/test_openai.py``:
+
+- reasoning arrives as ``delta.reasoning`` (vLLM ≥ 0.9, OpenRouter, Ollama) or
+  ``delta.reasoning_content`` (DeepSeek, older vLLM, llama.cpp);
+- ``finish_reason`` is ``"stop"`` although tool calls were streamed (llama.cpp, some vLLM
+  tool parsers): a step with tool calls ends ``"tool_calls"``;
+- a tool-call fragment without ``index``, or every parallel call under ``index`` 0: a new
+  ``id`` starts a new call, a fragment without one continues the call its index (else the
+  last call) names;
+- ``arguments`` sent as a JSON object instead of a string (some Ollama versions);
+- the ``id`` and ``name`` only on a call's first fragment (everyone);
+- no usage chunk although ``stream_options.include_usage`` was asked (older servers): the
+  row's usage stays null.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal, cast
+
+import anyio
+import msgspec
+import openai
+from turnlog_reducer import (
+    Block,
+    ReasoningDelta,
+    StreamEvent,
+    TextBlock,
+    TextDelta,
+    ToolCallBlock,
+    ToolCallDelta,
+    ToolCallReady,
+    ToolCallStarted,
+)
+
+from turnlog.config import Settings
+from turnlog.models import ProviderSpec
+from turnlog.providers.base import (
+    Adapter,
+    ChatMessage,
+    ModelRequest,
+    ProviderError,
+    StepEnd,
+    ToolSpec,
+    usage,
+)
+
+__all__ = ["ADAPTER", "OpenAIOptions", "OpenAIProvider", "to_messages"]
+
+
+class OpenAIOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The options passed to Chat Completions (``None``: the server's default)."""
+
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None = None
+
+
+class OpenAIProvider:
+    """One configured OpenAI-compatible endpoint. A fresh SDK client per step, closed at its
+    end, so a cancelled step closes its HTTP request and nothing outlives it."""
+
+    def __init__(self, spec: ProviderSpec, settings: Settings) -> None:
+        self.spec = spec
+        # The SDK's read timeout is our backstop for "no bytes at all"; the engine times the
+        # first token and stalls between events itself.
+        read = max(settings.provider_first_token_timeout_s, settings.provider_stall_timeout_s)
+        self.timeout = openai.Timeout(
+            read + 5, connect=settings.provider_connect_timeout_s, read=read + 5
+        )
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent | StepEnd]:
+        try:
+            options = msgspec.convert(request.options, OpenAIOptions)
+        except msgspec.ValidationError as exc:
+            raise ProviderError(f"invalid options for openai: {exc}", retryable=False) from None
+        client = openai.AsyncOpenAI(
+            # Local servers need no key, but the SDK wants one (and would read
+            # OPENAI_API_KEY, meant for another server, if given none).
+            api_key=self.spec.api_key or "no-key",
+            base_url=self.spec.base_url,
+            max_retries=0,
+            timeout=self.timeout,
+        )
+        try:
+            try:
+                params: dict[str, Any] = {
+                    "model": request.model,
+                    "messages": to_messages(request.system_prompt, request.messages),
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                    **msgspec.to_builtins(options),
+                }
+                if request.tools:
+                    params["tools"] = [_tool(t) for t in request.tools]
+                stream = cast(
+                    "openai.AsyncStream[Any]", await client.chat.completions.create(**params)
+                )
+                assembler = _Assembler()
+                async with stream:
+                    async for chunk in stream:
+                        for event in assembler.feed(chunk.to_dict(warnings=False)):
+                            yield event
+                for event in assembler.close():
+                    yield event
+                yield assembler.end()
+            except openai.APIError as exc:
+                raise _translate(exc) from None
+        finally:
+            # Shielded: on cancel the socket must still be closed now, not at GC.
+            with anyio.CancelScope(shield=True):
+                await client.close()
+
+
+def _make(spec: ProviderSpec, settings: Settings) -> OpenAIProvider:
+    return OpenAIProvider(spec, settings)
+
+
+ADAPTER = Adapter(
+    make=_make,
+    options=OpenAIOptions,
+    capabilities={"tools": True, "reasoning": True, "streaming": True},
+)
+
+
+# -- the request ---------------------------------------------------------------------------
+
+
+def _tool(spec: ToolSpec) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": spec.name,
+            "description": spec.description,
+            "parameters": spec.parameters,
+        },
+    }
+
+
+def to_messages(
+    system_prompt: str | None, history: tuple[ChatMessage, ...]
+) -> list[dict[str, Any]]:
+    """Our history as Chat Completions messages. Reasoning is not sent back: the API has no
+    field for it (and DeepSeek rejects ``reasoning_content`` in a request)."""
+    out: list[dict[str, Any]] = []
+    if system_prompt:
+        out.append({"role": "system", "content": system_prompt})
+    for m in history:
+        if m.role == "user":
+            out.append({"role": "user", "content": m.content})
+        elif m.role == "tool":
+            out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})
+        else:
+            out.append(_assistant(m.blocks))
+    return out
+
+
+def _assistant(blocks: tuple[Block, ...]) -> dict[str, Any]:
+    text = "".join(b.text for b in blocks if isinstance(b, TextBlock))
+    calls = [
+        {
+            "id": b.id,
+            "type": "function",
+            "function": {"name": b.name, "arguments": _arguments_text(b)},
+        }
+        for b in blocks
+        if isinstance(b, ToolCallBlock)
+    ]
+    message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def _arguments_text(block: ToolCallBlock) -> str:
+    if block.arguments is not None:
+        return json.dumps(block.arguments, ensure_ascii=False)
+    return block.arguments_text or "{}"
+
+
+# -- the stream ----------------------------------------------------------------------------
+
+
+class _Call:
+    __slots__ = ("arguments", "id", "index", "name", "started", "whole")
+
+    def __init__(self, call_id: str, index: int | None) -> None:
+        self.id = call_id
+        self.index = index
+        self.name = ""
+        self.arguments: list[str] = []
+        self.started = False
+        self.whole: Any = None  # arguments that came as an object, not a string
+
+
+class _Assembler:
+    """Chat Completions chunks (as dicts) -> our stream events; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.calls: list[_Call] = []
+        self.by_id: dict[str, _Call] = {}
+        self.by_index: dict[int, _Call] = {}
+        self.finish_reason: str | None = None
+        self.usage: dict[str, int] | None = None
+
+    def feed(self, chunk: dict[str, Any]) -> list[StreamEvent]:
+        out: list[StreamEvent] = []
+        if chunk.get("usage"):
+            self.usage = _usage(chunk["usage"])
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            # vLLM/OpenRouter/Ollama name it `reasoning`, DeepSeek/llama.cpp `reasoning_content`.
+            reasoning = delta.get("reasoning") or delta.get("reasoning_content")
+            if isinstance(reasoning, str) and reasoning:
+                out.append(ReasoningDelta(reasoning))
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                out.append(TextDelta(content))
+            for fragment in delta.get("tool_calls") or ():
+                out += self._fragment(fragment)
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return out
+
+    def _call_for(self, fragment: dict[str, Any]) -> _Call:
+        call_id = fragment.get("id") or None
+        index = fragment.get("index")
+        if call_id is not None and call_id in self.by_id:
+            return self.by_id[call_id]
+        known = self.by_index.get(index) if isinstance(index, int) else None
+        # A new id is a new call, even under an index already used (every parallel call
+        # sent as index 0); no id continues the call of its index, else the last one.
+        if call_id is None:
+            if known is not None:
+                return known
+            if index is None and self.calls:
+                return self.calls[-1]
+            call_id = f"call_{len(self.calls)}"
+        call = _Call(call_id, index if isinstance(index, int) else None)
+        self.calls.append(call)
+        self.by_id[call_id] = call
+        if isinstance(index, int):
+            self.by_index[index] = call
+        return call
+
+    def _fragment(self, fragment: dict[str, Any]) -> list[StreamEvent]:
+        call = self._call_for(fragment)
+        function = fragment.get("function") or {}
+        out: list[StreamEvent] = []
+        if function.get("name") and not call.name:
+            call.name = function["name"]
+        if not call.started and call.name:
+            call.started = True
+            out.append(ToolCallStarted(call.id, call.name))
+            if call.arguments:  # fragments that came before the name
+                out.append(ToolCallDelta(call.id, "".join(call.arguments)))
+        arguments = function.get("arguments")
+        if arguments is None or arguments == "":
+            return out
+        if not isinstance(arguments, str):  # an object, not a string (some Ollama versions)
+            call.whole = arguments
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        call.arguments.append(arguments)
+        if call.started:
+            out.append(ToolCallDelta(call.id, arguments))
+        return out
+
+    def close(self) -> list[StreamEvent]:
+        """The tool calls' ``ready`` events (Chat Completions has no per-call end)."""
+        out: list[StreamEvent] = []
+        for call in self.calls:
+            if not call.started:  # never named: still a call, so its id gets a result
+                call.started = True
+                out.append(ToolCallStarted(call.id, call.name or "unknown"))
+                if call.arguments:
+                    out.append(ToolCallDelta(call.id, "".join(call.arguments)))
+            out.append(ToolCallReady(call.id, _parsed(call)))
+        return out
+
+    def end(self) -> StepEnd:
+        reason = self.finish_reason or "stop"
+        if self.calls and reason == "stop":  # llama.cpp and some vLLM parsers say "stop"
+            reason = "tool_calls"
+        return StepEnd(reason, usage=self.usage)
+
+
+def _parsed(call: _Call) -> Any:
+    if call.whole is not None and len(call.arguments) == 1:
+        return call.whole
+    text = "".join(call.arguments).strip()
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None  # kept as text in arguments_text; the tool sees no arguments
+
+
+def _usage(raw: dict[str, Any]) -> dict[str, int]:
+    prompt = raw.get("prompt_tokens_details") or {}
+    completion = raw.get("completion_tokens_details") or {}
+    return usage(
+        raw.get("prompt_tokens"),
+        raw.get("completion_tokens"),
+        cached_tokens=prompt.get("cached_tokens"),
+        reasoning_tokens=completion.get("reasoning_tokens"),
+    )
+
+
+# -- errors --------------------------------------------------------------------------------
+
+_RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529}
+
+
+def _translate(exc: openai.APIError) -> ProviderError:
+    if isinstance(exc, openai.APITimeoutError):
+        cause = type(exc.__cause__).__name__ if exc.__cause__ else "timeout"
+        what = "connecting" if "Connect" in cause else "waiting for the server"
+        return ProviderError(f"openai: timed out {what} ({cause})", retryable=False)
+    if isinstance(exc, openai.APIConnectionError):
+        reason = exc.__cause__ or exc
+        return ProviderError(f"openai: connection failed: {reason}", retryable=True)
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        return ProviderError(
+            f"openai: HTTP {status}: {_message(exc)}",
+            retryable=status in _RETRYABLE_STATUS,
+            retry_after=_retry_after(exc.response.headers),
+        )
+    # An error object inside the stream (the SDK raises APIError for it).
+    body = exc.body if isinstance(exc.body, dict) else {}
+    kind = f"{body.get('type') or ''} {body.get('code') or ''}".lower()
+    retryable = any(w in kind for w in ("overload", "rate_limit", "server_error", "unavailable"))
+    return ProviderError(f"openai: error in the stream: {exc.message}", retryable=retryable)
+
+
+def _message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+    return exc.message
+
+
+def _retry_after(headers: Any) -> float | None:
+    """``retry-after-ms`` (OpenAI) or ``Retry-After`` in seconds or as an HTTP date."""
+    raw_ms: str | None = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000)
+        except ValueError:
+            pass
+    raw: str | None = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
