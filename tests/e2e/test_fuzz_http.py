@@ -34,6 +34,10 @@ pytestmark = pytest.mark.slow
 UVICORN_400 = b"Invalid HTTP request received."
 SLOWEST_S = 5.0
 
+# A 200 kB body, sent as such but drawn as this marker (Hypothesis would print it whole).
+HUGE = b"<200 kB of content>"
+HUGE_BODY = b'{"content": "' + b"y" * 200_000 + b'"}'
+
 RawRequest = tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes | None]
 
 
@@ -206,7 +210,7 @@ def _body_for(world: World) -> st.SearchStrategy[bytes | None]:
                 b'{"content": "\\ud800"}',
                 b'{"content": "a\\u0000b"}',
                 b'{"content": 1e400}',
-                b'{"content": "' + b"y" * 200_000 + b'"}',
+                HUGE,
                 b"\xff\xfe{}",
                 b'{"content":"ok","content":"twice"}',
             ]
@@ -291,7 +295,17 @@ def test_fuzzed_requests_never_get_a_5xx(server: Server, world: World) -> None:
     @given(raw_requests(world))
     def one(req: RawRequest) -> None:
         method, target, headers, body = req
-        answer = request(server.port, method, target, headers, body)
+        try:
+            answer = request(
+                server.port, method, target, headers, HUGE_BODY if body == HUGE else body
+            )
+        except ConnectionResetError:
+            # Answered (401, 404, ...) before the 200 kB body was read, and closed: the
+            # kernel resets a socket closed with unread data, losing the answer in flight.
+            # True of any HTTP server without a lingering close, and not a 5xx.
+            assert body == HUGE, req
+            event("reset: answered before reading a 200 kB body")
+            return
         event(f"{method.decode(errors='replace')} {answer.status}")
         seen[answer.status] = seen.get(answer.status, 0) + 1
         _check(answer, req)
