@@ -22,6 +22,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint test-js test-aisdk
+	scripts/ensure-debian-packages nginx=nginx
 	$(BIN)/pytest
 
 # The JS reducer (tsc, conformance, fast-check laws), then the web chat: deriveTimeline in
@@ -40,10 +41,12 @@ test-js: $(STAMP) reducer/js/node_modules/.installed tests/web/node_modules/.ins
 web:
 	cp reducer/js/reducer.js src/turnlog/web/static/reducer.js
 
-# The Vercel AI SDK suite: the real `ai` client (pinned by tests/aisdk/package-lock.json)
-# against a real `turnlog serve` (CONTRACT.md section 3b).
-test-aisdk: $(STAMP) tests/aisdk/node_modules/.installed
+# The Vercel AI SDK suite: the real `ai` client against a real `turnlog serve` (CONTRACT.md
+# section 3b), twice: ai 6 on the machine's Node, then the same files with ai 7 on Node 22,
+# both installed from npm (tests/aisdk7). Each lane is pinned by its package-lock.json.
+test-aisdk: $(STAMP) tests/aisdk/node_modules/.installed tests/aisdk7/node_modules/.installed
 	cd tests/aisdk && npm test
+	cd tests/aisdk7 && npm test
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -60,6 +62,14 @@ class Forbidden(DomainError):
 
 class Unavailable(DomainError):
     pass
+
+
+class Overloaded(Unavailable):
+    """Checkpoints are late: new generations are refused (503 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, math.ceil(retry_after))
 
 
 class Conflict(DomainError):
@@ -123,11 +133,23 @@ class Chat:
         self.engine = engine
         self.settings = settings
         self.limits = limits or Limits(Settings())  # the default: unlimited
+        # Asks the living instance that runs a row to cancel it (turnlog.cluster); False
+        # when this one has to end the row itself.
+        self.cancel_elsewhere: Callable[[MessageRecord], Awaitable[bool]] | None = None
 
     def now(self) -> datetime:
         return self.engine.now()
 
     # -- checks ----------------------------------------------------------------------------
+
+    def _not_overloaded(self) -> None:
+        wait = self.engine.overloaded()
+        if wait is not None:
+            raise Overloaded(
+                "the server is overloaded: its running answers are not being stored as "
+                "often as promised; try again in a moment",
+                wait,
+            )
 
     def _text(self, name: str, value: str, *, limit: int | None = None) -> None:
         limit = self.settings.max_message_chars if limit is None else limit
@@ -262,12 +284,21 @@ class Chat:
 
     # -- messages --------------------------------------------------------------------------
 
-    async def send(self, owner: str, cid: uuid.UUID, body: MessageIn) -> Sent:
+    def check_message(self, body: MessageIn) -> None:
+        """The checks of ``send`` that need no stored row (content and client id), for a
+        caller that must not write anything for a message it would refuse."""
         self._content(body.content)
         if body.client_message_id is not None:
             if not body.client_message_id:
                 raise BadRequest("client_message_id must not be empty")
             self._text("client_message_id", body.client_message_id, limit=MAX_CLIENT_ID_CHARS)
+
+    def check_model(self, owner: str, model: str, options: dict[str, Any]) -> None:
+        """400 unless ``model`` takes ``options``; 403 if ``owner`` may not use it."""
+        self._model(owner, model, options)
+
+    async def send(self, owner: str, cid: uuid.UUID, body: MessageIn) -> Sent:
+        self.check_message(body)
         conv = await self.conversation(owner, cid)
         if body.client_message_id is not None:
             again = await self._sent_before(cid, body.client_message_id, body.content)
@@ -279,12 +310,17 @@ class Chat:
         )
         if self.engine.draining:
             raise Unavailable("the server is shutting down; try again in a moment")
+        self._not_overloaded()
 
         turn: Turn | None = None
+        # The first try decides on the row read above (the append's expected version still
+        # guards it); only a lost version race reads it again. One round trip less per send.
+        fresh: ConversationRecord | None = conv
 
         async def attempt() -> Appended:
-            nonlocal turn
-            conv = await self.conversation(owner, cid)
+            nonlocal turn, fresh
+            conv = fresh or await self.conversation(owner, cid)
+            fresh = None
             c = conv.conversation
             if c.state == "generating" and await self._repair_orphans(cid):
                 conv = await self.conversation(owner, cid)
@@ -330,7 +366,7 @@ class Chat:
                 raise
             return again
         assert turn is not None
-        self.engine.start(turn)
+        self.engine.start(turn, done.conversation)
         user, assistant = done.messages
         return Sent(user.message, assistant.message, created=True)
 
@@ -391,8 +427,10 @@ class Chat:
             return await self._withdraw(owner, mid)
         if row.message.status != "generating":
             raise NotGenerating(f"message {mid} is {row.message.status}, not generating")
-        if not await self.engine.cancel(mid):
-            # Not running here (its process died, or another one runs it): end it in the
+        if not await self.engine.cancel(mid) and (
+            self.cancel_elsewhere is None or not await self.cancel_elsewhere(row)
+        ):
+            # Nobody living runs it (or its owner did not act in time): end it in the
             # store; the old worker, if any, is fenced off from then on.
             await self._end_elsewhere(row, aborted=True, reason="cancelled")
         after = await self.store.get_message(mid)
@@ -440,6 +478,7 @@ class Chat:
     async def retry(self, owner: str, mid: uuid.UUID, body: RetryIn | None = None) -> Message:
         if self.engine.draining:
             raise Unavailable("the server is shutting down; try again in a moment")
+        self._not_overloaded()
         turn: Turn | None = None
 
         async def attempt() -> Appended:
@@ -472,7 +511,7 @@ class Chat:
         async with self.limits.admit(owner, send=False):
             done = await self.store.retrying(attempt)
         assert turn is not None
-        self.engine.start(turn)
+        self.engine.start(turn, done.conversation)
         return done.messages[0].message
 
     async def tool_result(
@@ -481,6 +520,7 @@ class Chat:
         self._text("content", body.content)
         if self.engine.draining:
             raise Unavailable("the server is shutting down; try again in a moment")
+        self._not_overloaded()
         turn: Turn | None = None
 
         async def attempt() -> Appended:
@@ -531,7 +571,7 @@ class Chat:
         async with self.limits.admit(owner, send=False):
             done = await self.store.retrying(attempt)
         if turn is not None:
-            self.engine.start(turn)
+            self.engine.start(turn, done.conversation)
         by_role = {r.message.role: r.message for r in done.messages}
         return by_role["tool"], by_role.get("assistant") if turn is not None else None
 

@@ -37,6 +37,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     provider_retries: int = 3
     provider_backoff_s: float = 0.5
     cors_origins: tuple[str, ...] = ()
+    # Where this instance serves its live streams to the other instances (docs/deployment.md).
+    internal_host: str = "127.0.0.1"
     # Per-user limits (0: unlimited), counted in the database across processes.
     max_concurrent_generations: int = 0
     max_sends_per_minute: int = 0
@@ -110,4 +112,5 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 for o in e.get("TURNLOG_CORS_ORIGINS", "").split(",")
                 if o.strip()
             ),
+            internal_host=e.get("TURNLOG_INTERNAL_HOST") or d.internal_host,
         )

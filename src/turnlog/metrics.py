@@ -85,6 +85,12 @@ class Metrics:
             buckets=_FAST_BUCKETS,
             registry=r,
         )
+        self.checkpoint_misses = Counter(
+            "turnlog_checkpoint_deadline_misses",
+            "Checkpoints stored later than TURNLOG_CHECKPOINT_S + 0.25 s after their oldest "
+            "event was published (a crash then would have lost more than promised).",
+            registry=r,
+        )
         self.provider_errors = Counter(
             "turnlog_provider_errors",
             "Provider errors, by kind (retryable before output, or fatal).",

@@ -31,13 +31,14 @@ subscriber to a finished stream gets ``init`` at D - 1 with the final status, th
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final
 from uuid import UUID
 
 import anyio
-import anyio.lowlevel
 import msgspec
 from turnlog_reducer import (
     EMPTY,
@@ -139,7 +140,7 @@ class LiveStream:
         "_ring_size",
         "_seq",
         "_subscribers",
-        "_wakeup",
+        "_waiters",
         "message_id",
     )
 
@@ -166,9 +167,11 @@ class LiveStream:
         self._ring_size = ring_size
         self._done: Done | None = None
         self._init_cache: tuple[int, bytes] | None = None
-        # Created only when a subscriber has to wait, so publish allocates nothing when
-        # every subscriber is behind (or there are none). Replaced after every wake-up.
-        self._wakeup: anyio.Event | None = None
+        # The futures of the subscribers waiting for the next frame; publish resolves them
+        # all and starts a new list. Plain asyncio futures, one per wait: an anyio Event (or
+        # an asyncio one, whose waiters are removed one by one from a deque) costs several
+        # times more per frame, and at 500 subscribers that is the server's main cost.
+        self._waiters: list[asyncio.Future[bool]] = []
         self._on_finish = on_finish
         self._subscribers = 0
 
@@ -252,15 +255,12 @@ class LiveStream:
             self._ring[(seq - self._base) % self._ring_size] = frame
 
     def _wake(self) -> None:
-        wakeup = self._wakeup
-        if wakeup is not None:
-            self._wakeup = None
-            wakeup.set()
-
-    async def _wait(self) -> None:
-        if self._wakeup is None:
-            self._wakeup = anyio.Event()
-        await self._wakeup.wait()
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                if not waiter.done():  # a cancelled reader's future is done already
+                    waiter.set_result(True)
 
     def _oldest(self) -> int:
         """The smallest seq whose frame is still in the ring."""
@@ -297,7 +297,18 @@ class Subscription:
     Use it from one task; ``close`` it when the client goes away.
     """
 
-    __slots__ = ("_cursor", "_ended", "_init", "_stream", "init_blocks", "init_seq")
+    __slots__ = (
+        "_cursor",
+        "_deadline",
+        "_ended",
+        "_init",
+        "_loop",
+        "_stream",
+        "_timer",
+        "_waiter",
+        "init_blocks",
+        "init_seq",
+    )
 
     def __init__(self, stream: LiveStream) -> None:
         # No await between reading the snapshot and placing the cursor: see module doc.
@@ -308,6 +319,12 @@ class Subscription:
         self._cursor = k  # the last seq this reader was given (its init's K, at first)
         self._init: bytes | None = frame  # pending init frame, sent first
         self._ended = False
+        # Waiting (see _wait): the pending future, the idle deadline of next_frame and the
+        # one timer that enforces it, armed lazily and re-armed only when it fires early.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[bool] | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         stream._subscribers += 1
 
     @property
@@ -320,35 +337,80 @@ class Subscription:
 
     async def __anext__(self) -> bytes:
         """The next frame, waiting for it if none is ready."""
-        return await self._next()
+        frame = await self._next()
+        assert frame is not None  # no timeout, so never idle
+        return frame
 
     # ASYNC109: a cancel scope around __anext__ cannot tell "idle, send a ping" from "ended";
     # returning None on idle keeps the HTTP layer's heartbeat loop one line.
     async def next_frame(self, timeout: float) -> bytes | None:  # noqa: ASYNC109
         """Like ``__anext__``, but ``None`` after ``timeout`` idle seconds (time to ping)."""
-        with anyio.move_on_after(timeout):
-            return await self._next()
-        return None
+        return await self._next(timeout)
 
-    async def _next(self) -> bytes:
+    async def _next(self, timeout: float | None = None) -> bytes | None:  # noqa: ASYNC109
         frame = self._poll()
         if frame is not None:
             # A reader catching up on a backlog would never suspend; yield to the loop once
             # per frame so a client loop that writes without suspending cannot starve it.
-            await anyio.lowlevel.checkpoint()
+            # (asyncio.sleep(0) is a bare yield: anyio's checkpoint costs a cancel-scope
+            # check and a get_running_loop, whose getpid() is a system call on 3.11.)
+            await asyncio.sleep(0)
             return frame
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        self._deadline = math.inf if timeout is None else loop.time() + timeout
         while True:
             if self._ended:
                 raise StopAsyncIteration
-            await self._stream._wait()
+            if not await self._wait(loop, timeout is not None):
+                return None  # idle until the deadline: time to ping
             frame = self._poll()
             if frame is not None:
                 return frame
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop, timed: bool) -> bool:
+        """Wait for the next publish (True) or, if ``timed``, the idle deadline (False).
+
+        Heartbeats are rare and frames are many, so no timer is armed or cancelled per
+        frame: one timer per subscription, armed at the first timed wait, checks the
+        deadline when it fires and re-arms itself if a frame came meanwhile.
+        """
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiter = waiter
+        self._stream._waiters.append(waiter)
+        if timed:
+            timer = self._timer
+            if timer is None or timer.when() > self._deadline:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = loop.call_at(self._deadline, self._on_timer)
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting (or woken already): the next timed wait arms it again
+        loop = self._loop
+        assert loop is not None
+        if self._deadline == math.inf:
+            return  # an untimed wait (__anext__)
+        if loop.time() >= self._deadline:
+            waiter.set_result(False)
+        else:
+            self._timer = loop.call_at(self._deadline, self._on_timer)
 
     def close(self) -> None:
         """Stop reading: later reads end the iteration. Idempotent."""
         self._end()
         self._init = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _end(self) -> None:
         if not self._ended:

@@ -1,14 +1,34 @@
 // What the AI SDK suites share: a real `turnlog serve` subprocess on loopback (embedded
 // PostgreSQL under a temp data dir, an ephemeral port), tokens, and a headless AbstractChat.
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { AbstractChat, DefaultChatTransport } from 'ai';
+// The `ai` package under test: this suite's own (6.x), or another release's entry point
+// named by TURNLOG_AISDK_AI (the ai 7 lane, tests/aisdk7, runs these same files with it).
+const ai = await import(process.env.TURNLOG_AISDK_AI ?? 'ai');
+export const { AbstractChat, DefaultChatTransport, generateId, readUIMessageStream } = ai;
+
+/** The version of the `ai` package loaded above (from its package.json). */
+export function aiVersion() {
+  const entry = process.env.TURNLOG_AISDK_AI
+    ? pathToFileURL(process.env.TURNLOG_AISDK_AI).href
+    : import.meta.resolve('ai');
+  let dir = dirname(fileURLToPath(entry));
+  for (;;) {
+    const file = join(dir, 'package.json');
+    if (existsSync(file)) {
+      const pkg = JSON.parse(readFileSync(file, 'utf8'));
+      if (pkg.name === 'ai') return pkg.version;
+    }
+    if (dirname(dir) === dir) throw new Error(`no package.json of ai above ${entry}`);
+    dir = dirname(dir);
+  }
+}
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const TURNLOG = process.env.TURNLOG_BIN ?? resolve(here, '../../.venv/bin/turnlog');
@@ -40,7 +60,17 @@ export async function waitFor(check, what, timeout = LONG) {
 
 /** One `turnlog serve` with its own data dir; `kill()` is SIGKILL, `start()` again restarts. */
 export class Server {
-  constructor() {
+  /** `sharing`: another Server whose data dir (so database and secret) this one shares:
+   * a second server process of the same deployment. */
+  constructor(sharing = null) {
+    this.sharing = sharing;
+    if (sharing !== null) {
+      this.dataDir = sharing.dataDir;
+      this.env = sharing.env;
+      this.proc = null;
+      this.log = '';
+      return;
+    }
     this.dataDir = mkdtempSync(join(tmpdir(), 'turnlog-aisdk-'));
     this.env = {
       ...Object.fromEntries(
@@ -50,6 +80,7 @@ export class Server {
       TURNLOG_JWT_SECRET: 'aisdk-suite-secret-0123456789abcdef0123456789',
       TURNLOG_CHECKPOINT_S: '0.3',
       TURNLOG_HEARTBEAT_S: '1',
+      TURNLOG_SHUTDOWN_GRACE_S: '1',
     };
     this.proc = null;
     this.log = '';
@@ -108,6 +139,7 @@ export class Server {
       proc.kill('SIGTERM');
       await Promise.race([gone, sleep(30_000).then(() => proc.kill('SIGKILL'))]);
     }
+    if (this.sharing !== null) return;
     try {
       execFileSync(TURNLOG, ['db', 'stop'], { env: this.env, stdio: 'ignore' });
     } catch {

@@ -4,9 +4,17 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { generateId, readUIMessageStream } from 'ai';
-
-import { Client, LONG, Server, plain, textOf, waitFor } from './support.mjs';
+import {
+  Client,
+  LONG,
+  Server,
+  aiVersion,
+  generateId,
+  plain,
+  readUIMessageStream,
+  textOf,
+  waitFor,
+} from './support.mjs';
 
 const server = new Server();
 let alice;
@@ -43,6 +51,14 @@ async function readResumed(chatId) {
 }
 
 describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
+  test('the client under test is the release this lane pins', t => {
+    const version = aiVersion();
+    t.diagnostic(`ai ${version} on Node ${process.versions.node}`);
+    const expected = process.env.TURNLOG_AISDK_EXPECT ?? '6';
+    assert.equal(version.split('.')[0], expected);
+    if (expected === '7') assert.ok(Number(process.versions.node.split('.')[0]) >= 22);
+  });
+
   test('a fresh turn: the client assembles what is stored', async () => {
     const chat = alice.chat(generateId());
     await chat.sendMessage({ text: 'Hello from the AI SDK' }, { body: { options: FAST } });
@@ -93,10 +109,10 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
 
   test('resumes from random points each assemble the stored message, no text twice', async () => {
     const id = generateId();
-    // About 2.5 s of answer; resumes start at random points in its first 1.5 s.
+    // About 4 s of answer; resumes start at random points in its first 1.5 s.
     await alice.startTurn(id, 'Tell me about resumable streams', {
       tokens_per_second: 50,
-      length: 120,
+      length: 200,
       tool: 'clock',
     });
     const delays = [0, ...Array.from({ length: 4 }, () => Math.floor(Math.random() * 1500))];
@@ -119,7 +135,7 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
 
   test('AbstractChat hydrated mid-turn resumes the turn (resume: true)', async () => {
     const id = generateId();
-    await alice.startTurn(id, 'A long answer please', { tokens_per_second: 50, length: 80 });
+    await alice.startTurn(id, 'A long answer please', { tokens_per_second: 50, length: 150 });
     await sleep(400 + Math.random() * 400);
     const hydrated = await alice.messages(id);
     assert.equal(hydrated.length, 1, 'the generating turn is left to the resume');
@@ -132,7 +148,7 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
 
   test('two concurrent resumes both end with the stored message', async () => {
     const id = generateId();
-    await alice.startTurn(id, 'Two readers', { tokens_per_second: 50, length: 80 });
+    await alice.startTurn(id, 'Two readers', { tokens_per_second: 50, length: 120 });
     const hydrated = await alice.messages(id);
     const chats = [alice.chat(id, { messages: hydrated }), alice.chat(id, { messages: hydrated })];
     await Promise.all(chats.map(chat => chat.resumeStream()));
@@ -207,6 +223,43 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
     assert.ok(textOf(answer).startsWith('You answered: Durability, please.'));
     assert.deepEqual(answer.metadata, { status: 'completed', finishReason: 'stop' });
     await assertStored(chat);
+  });
+
+  test('a resume served by another server process follows the turn to its end', async () => {
+    const other = await new Server(server).start();
+    try {
+      const id = generateId();
+      await alice.startTurn(id, 'Across processes', { tokens_per_second: 50, length: 150 });
+      const viaOther = new Client(other, 'alice');
+      const stream = await viaOther.transport().reconnectToStream({ chatId: id });
+      assert.ok(stream);
+      let last;
+      for await (const message of readUIMessageStream({ stream })) last = message;
+      const stored = (await alice.messages(id)).at(-1);
+      assert.equal(stored.metadata.status, 'completed');
+      assert.deepEqual(plain(last), stored);
+    } finally {
+      await other.stop();
+    }
+  });
+
+  test('a turn whose server died: the resume repairs it and ends at once with an error', async () => {
+    const doomed = await new Server(server).start();
+    const onDoomed = new Client(doomed, 'alice');
+    const id = generateId();
+    await onDoomed.startTurn(id, 'Doomed turn', { tokens_per_second: 30, length: 400 });
+    await sleep(1000); // a few checkpoints
+    await doomed.kill();
+    // This server is alive, so no startup sweep ran: the row still reads generating.
+    const chat = alice.chat(id, { messages: await alice.messages(id) });
+    const started = Date.now();
+    await chat.resumeStream();
+    assert.ok(Date.now() - started < LONG);
+    assert.equal(chat.status, 'error');
+    assert.match(chat.error.message, /interrupted/);
+    const stored = await assertStored(chat);
+    assert.equal(stored.at(-1).metadata.status, 'interrupted');
+    assert.ok(textOf(stored.at(-1)).length > 0);
   });
 
   test('SIGKILL of the server mid-turn, then resume: a terminal state, no hang', async () => {

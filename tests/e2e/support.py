@@ -89,10 +89,12 @@ class Server:
         env.update(self.env_overrides)
         return env
 
-    def start(self, *, timeout: float = 30.0) -> Server:
-        """Start the process and wait until ``/readyz`` answers 200."""
+    def start(self, *, timeout: float = 30.0, same_port: bool = False) -> Server:
+        """Start the process and wait until ``/readyz`` answers 200 (``same_port``: on the
+        port of its previous run, as a restarted instance behind a load balancer)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        self.port = free_port()
+        if not (same_port and self.port):
+            self.port = free_port()
         self._log_file = self.log_path.open("ab")
         self._log_file.write(f"\n===== starting on port {self.port} =====\n".encode())
         self._log_file.flush()

@@ -151,3 +151,25 @@ def test_the_step_being_generated_and_later_rows_are_not_seen() -> None:
         ChatMessage(role="assistant", blocks=(TextBlock("x"),)),
         ChatMessage(role="user", content="b"),
     )
+
+
+def test_another_providers_signatures_are_not_sent() -> None:
+    """Rows of another provider lose their signatures and redacted reasoning (an API refuses
+    a proof it did not issue); the same provider's rows keep them."""
+    r = Rows()
+    r.user("hi")
+    theirs = (
+        ReasoningBlock("hm", signature="their-sig"),
+        ReasoningBlock("", signature="ENCRYPTED", redacted=True),
+        TextBlock("Hello.", signature="text-sig"),
+    )
+    r._add("assistant", blocks=theirs, model="gemini:gemini-2.5-flash", reply_to=r.question)
+    r.user("again")
+    ours = (ReasoningBlock("ok", signature="our-sig"), TextBlock("Hi."))
+    r._add("assistant", blocks=ours, model="anthropic:claude-x", reply_to=r.question)
+    history = build_history(r.rows, before_seq=len(r.rows) + 1, provider="anthropic")
+    assert history[1] == ChatMessage(
+        role="assistant", blocks=(ReasoningBlock("hm"), TextBlock("Hello."))
+    )
+    assert history[3] == ChatMessage(role="assistant", blocks=ours)
+    assert build_history(r.rows, before_seq=len(r.rows) + 1)[1].blocks == theirs

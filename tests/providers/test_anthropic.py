@@ -243,7 +243,7 @@ async def test_bad_request_is_final(fake: FakeServer) -> None:
 async def test_stall_times_out_and_hangs_up(fake: FakeServer) -> None:
     """No bytes for the stall timeout: a retryable ProviderError, and the connection closes."""
     fake.queue(Reply(body=[w.message_start(), *w.text(0, "slow")[:2], Hold(30)]))
-    events, error = await run_to_error(provider(fake, stall_timeout_s=0.5), request())
+    events, error = await run_to_error(provider(fake, read_timeout_s=0.5), request())
     assert events == [TextDelta("slow")]
     assert error.retryable
     assert fake.requests[0].disconnected.wait(10)

@@ -232,7 +232,7 @@ async def test_bad_request_is_final(fake: FakeServer) -> None:
 async def test_stall_times_out_and_hangs_up(fake: FakeServer) -> None:
     """No bytes for the stall timeout: a retryable ProviderError, the connection closed."""
     fake.queue(Reply(body=[w.chunk(w.text("slow")), Hold(30)]))
-    items, error = await run_to_error(provider(fake, stall_timeout_s=0.5), request())
+    items, error = await run_to_error(provider(fake, read_timeout_s=0.5), request())
     assert items == [TextDelta("slow")]
     assert error.retryable
     assert fake.requests[0].disconnected.wait(10)
@@ -340,3 +340,12 @@ async def test_bad_options_are_a_final_error(fake: FakeServer) -> None:
     assert "reasoning_effort" in str(error)
     assert not error.retryable
     assert fake.requests == []
+
+
+# The SDK warns about a value its enum does not know, and goes on.
+@pytest.mark.filterwarnings("ignore:SOMETHING_NEW is not a valid:UserWarning")
+async def test_an_unknown_finish_reason_passes_through(fake: FakeServer) -> None:
+    """A finish reason newer than the SDK release still ends the step, lowercased."""
+    fake.queue(w.reply(w.chunk(w.text("x"), finish="SOMETHING_NEW")))
+    _, end = await run(provider(fake), request())
+    assert end.finish_reason == "something_new"

@@ -30,7 +30,7 @@ from turnlog.models import ProviderSpec
 from turnlog.providers.base import CLOCK_TOOL, ChatMessage, ModelRequest, ProviderError, StepEnd
 from turnlog.providers.openai import OpenAIProvider
 
-from .fakeserver import FakeServer, Hold, Pause, json_reply
+from .fakeserver import FakeServer, Hold, Pause, Reply, json_reply, sse
 from .openai_wire import call, chunk, stream, usage_chunk
 
 KEY = "sk-test-0123456789abcdefghijklmnop"
@@ -328,3 +328,12 @@ async def test_history_carries_tool_ids_and_results(srv: FakeServer) -> None:
         "tool_call_id": "call_9",
         "content": "2026-01-01T00:00:00Z",
     }
+
+
+@pytest.mark.anyio
+async def test_a_malformed_frame_is_a_final_provider_error(srv: FakeServer) -> None:
+    """A data line that is not JSON fails the step with a ProviderError, not a crash."""
+    srv.queue(Reply(body=[sse(None, chunk({"content": "ok"})), b"data: {not json\n\n"]))
+    with pytest.raises(ProviderError, match="malformed") as info:
+        await run(provider(srv), request())
+    assert not info.value.retryable

@@ -6,7 +6,7 @@ import { createServer } from "node:http";
 import { after, before, describe, test } from "node:test";
 
 import {
-  ARTIFACTS, Turnlog, freePort, launchBrowser, newPage, screenshot, storedText, waitFor,
+  ARTIFACTS, Turnlog, dropProxy, freePort, launchBrowser, newPage, screenshot, storedText, waitFor,
 } from "./support.mjs";
 
 // Slow enough to act mid-answer on a loaded 2-core machine, short enough to finish soon.
@@ -42,6 +42,7 @@ describe("the web chat in Chromium", () => {
     allowed?.server.close();
     refused?.server.close();
     if (shots.length) console.log(`screenshots (${ARTIFACTS}):\n  ${shots.join("\n  ")}`);
+    if (turnlog) console.log(`server log: ${turnlog.logPath}`);
   });
 
   /** Open the printed URL on the conversation `cid`. */
@@ -153,6 +154,20 @@ describe("the web chat in Chromium", () => {
     await page.close();
   });
 
+  test("a provider error ends the row as error, partial text kept, with Retry", async () => {
+    const conv = await turnlog.conversation({ tokens_per_second: 200, length: 40, fail_after: 6 });
+    const page = await open(conv.id);
+    await send(page, "Fail me");
+    await page.waitForSelector("li.status[data-status=error] .retry");
+    const row = await lastAssistant(conv.id);
+    assert.equal(row.status, "error");
+    assert.ok(storedText(row).length > 0);
+    assert.equal((await lastText(page)).text, storedText(row));
+    assert.ok((await page.textContent("li.status[data-status=error] .what")).startsWith("error: "));
+    shots.push(await screenshot(page, "4b-error"));
+    await page.close();
+  });
+
   test("ask_user is answered inline and the answer resumes the generation", async () => {
     const conv = await turnlog.conversation({ tool: "ask_user", tokens_per_second: 200, length: 12 });
     const page = await open(conv.id);
@@ -230,6 +245,32 @@ describe("the web chat in Chromium", () => {
     assert.equal(ok, 200);
     await page.close();
     await allowedPage.close();
+  });
+
+  test("a dropped connection reconnects with Last-Event-ID and shows no duplicated text", async () => {
+    const conv = await turnlog.conversation(SLOW);
+    const proxy = await dropProxy(turnlog.port);
+    try {
+      const page = await newPage(browser);
+      await page.goto(`${turnlog.webUrl.replace(`:${turnlog.port}/`, `:${proxy.port}/`)}&c=${conv.id}`);
+      await page.waitForSelector("#conn[data-state=live]");
+      await send(page, "Drop me");
+      await waitFor(async () => ((await lastText(page))?.text.split(" ").length ?? 0) > 8, { what: "some text" });
+      const before = proxy.heads.length;
+      proxy.drop();
+      await waitFor(
+        () => proxy.heads.slice(before).some((h) => h.startsWith("GET /v1/messages/") && /\r\nlast-event-id: \d+/i.test(h)),
+        { what: "the stream's reconnect with Last-Event-ID" },
+      );
+      await waitFor(async () => (await lastText(page))?.streaming === false, { timeout: 60_000, what: "the end" });
+      const row = await lastAssistant(conv.id);
+      const shown = (await lastText(page)).text;
+      assert.equal(shown, storedText(row));
+      assert.equal(shown.split("Demo answer to").length, 2, shown);
+      await page.close();
+    } finally {
+      proxy.close();
+    }
   });
 
   // Last: it kills the server (and restarts it on the same port and data dir).

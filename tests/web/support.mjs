@@ -1,8 +1,8 @@
 // What the browser suite shares: a real `turnlog serve` (embedded PostgreSQL in a temp data
 // dir, an ephemeral loopback port), a real Chromium via playwright-core, and small helpers.
 import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, openSync, readFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -107,9 +107,11 @@ export class Turnlog {
       clearTimeout(timer);
     }
     // The embedded cluster outlives `serve` on purpose; this suite stops it.
-    spawnSync(PYTHON, ["-m", "turnlog.cli", "db", "stop"], {
+    const stopped = spawnSync(PYTHON, ["-m", "turnlog.cli", "db", "stop"], {
       cwd: REPO, env: { ...process.env, TURNLOG_DATA_DIR: this.dataDir }, stdio: "ignore", timeout: 60_000,
     });
+    // Keep the server's log; drop the cluster's files once it is stopped.
+    if (stopped.status === 0) rmSync(join(this.dataDir, "pg"), { recursive: true, force: true });
   }
 
   /** A JSON request with the demo user's bearer token. */
@@ -160,4 +162,38 @@ export async function screenshot(page, name) {
   const path = join(ARTIFACTS, `${name}.png`);
   await page.screenshot({ path });
   return path;
+}
+
+/** A TCP proxy on loopback in front of `port` that can drop every open connection and
+ * records what each connection sent first (the request head). */
+export async function dropProxy(port) {
+  const sockets = new Set();
+  const heads = [];
+  const server = createServer((client) => {
+    const upstream = connect(port, "127.0.0.1");
+    sockets.add(client).add(upstream);
+    client.once("data", (chunk) => heads.push(chunk.toString("latin1")));
+    client.pipe(upstream).pipe(client);
+    for (const s of [client, upstream]) {
+      s.on("error", () => {});
+      s.on("close", () => {
+        sockets.delete(s);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  const proxyPort = /** @type {import("node:net").AddressInfo} */ (server.address()).port;
+  return {
+    port: proxyPort,
+    heads,
+    drop() {
+      for (const s of sockets) s.destroy();
+    },
+    close() {
+      this.drop();
+      server.close();
+    },
+  };
 }

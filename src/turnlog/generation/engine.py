@@ -11,6 +11,7 @@ generation's attempt id, so once anyone else has ended the row the store rejects
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import random
@@ -43,7 +44,13 @@ from turnlog.generation.history import build_history
 from turnlog.generation.tools import INTERACTIVE, TOOLS, run_server_tool
 from turnlog.log import events as ev
 from turnlog.log.pool import DatabaseUnavailable
-from turnlog.log.projection import AlreadyStored, DomainError, Fenced, MessageRecord
+from turnlog.log.projection import (
+    AlreadyStored,
+    ConversationRecord,
+    DomainError,
+    Fenced,
+    MessageRecord,
+)
 from turnlog.log.store import Store
 from turnlog.metrics import Metrics, provider_and_model
 from turnlog.providers import get_provider
@@ -64,6 +71,17 @@ FINAL_WRITE_S = 30.0
 # period, and after a second signal (a forced stop).
 SHUTDOWN_WRITE_S = 2.0
 FORCED_WRITE_S = 1.0
+
+# The durability promise under load (issue 14): every generating row's stored events are
+# at most TURNLOG_CHECKPOINT_S + CHECKPOINT_SLACK_S apart. Checkpoints start early by up to
+# STAGGER of an interval the first time (spreading rows started together). The server
+# refuses new generations (503) for OVERLOAD_HOLD_S intervals (at least 1 s) once at least
+# OVERLOAD_MIN_LATE rows, and OVERLOAD_SHARE of those running, hold events older than that.
+CHECKPOINT_SLACK_S = 0.25
+STAGGER = 0.5
+OVERLOAD_MIN_LATE = 2
+OVERLOAD_SHARE = 0.1
+OVERLOAD_HOLD_S = 2.0
 
 EndReason = Literal["aborted", "interrupted"]
 Clock = Callable[[], datetime]
@@ -129,9 +147,13 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True):
 class Generation:
     """The running state of one assistant row. Owned by the engine's task group."""
 
-    def __init__(self, turn: Turn, stream: LiveStream) -> None:
+    def __init__(
+        self, turn: Turn, stream: LiveStream, conversation: ConversationRecord | None = None
+    ) -> None:
         self.turn = turn
         self.stream = stream
+        # The conversation as the append that started this turn left it (None: read it).
+        self.conversation = conversation
         self.scope = anyio.CancelScope()
         self.end_reason: EndReason | None = None
         # Set when a write was fenced off: someone else already ended the row.
@@ -199,6 +221,9 @@ class Engine:
         self._stop_by = float("inf")
         self._tg: TaskGroup | None = None
         self._running: dict[uuid.UUID, Generation] = {}
+        # Until when (monotonic) new generations are refused because checkpoints are late
+        # (0: they are not).
+        self._refuse_until = 0.0
         # Set (and replaced) whenever a generation ends; drain waits on it.
         self._ended = anyio.Event()
 
@@ -215,17 +240,53 @@ class Engine:
     def __len__(self) -> int:
         return len(self._running)
 
+    def overloaded(self) -> float | None:
+        """Seconds to wait before starting a generation, or None when one may start now.
+
+        The promise (CONTRACT: a crash loses at most TURNLOG_CHECKPOINT_S of output) is
+        broken when an event waits longer than that, plus CHECKPOINT_SLACK_S, to be
+        stored. One late row may be one stuck conversation; when at least
+        OVERLOAD_MIN_LATE rows and OVERLOAD_SHARE of those running are late, the server as
+        a whole cannot keep up: it says so (a log line, the turnlog_overloaded gauge) and
+        refuses new generations for OVERLOAD_HOLD_S intervals rather than silently let a
+        crash lose more. O(running) per call: only sends and retries ask.
+        """
+        now = time.monotonic()
+        if now < self._refuse_until:
+            return self._refuse_until - now
+        limit = now - self.settings.checkpoint_s - CHECKPOINT_SLACK_S
+        late = [
+            t for g in self._running.values() if (t := g.unstored_since()) is not None and t < limit
+        ]
+        if len(late) < max(OVERLOAD_MIN_LATE, OVERLOAD_SHARE * len(self._running)):
+            if self._refuse_until:
+                self._refuse_until = 0.0
+                log.info("overload over: accepting new generations again")
+            return None
+        hold = max(1.0, OVERLOAD_HOLD_S * self.settings.checkpoint_s)
+        self._refuse_until = now + hold
+        log.warning(
+            "overloaded: checkpoints are late, refusing new generations",
+            late_rows=len(late),
+            running=len(self._running),
+            oldest_unstored_s=round(now - min(late), 3),
+            checkpoint_s=self.settings.checkpoint_s,
+            refuse_s=hold,
+        )
+        return hold
+
     def oldest_unstored_s(self) -> float:
         """Age in seconds of the oldest published event not yet stored (0 if none)."""
         times = [t for g in self._running.values() if (t := g.unstored_since()) is not None]
         return time.monotonic() - min(times) if times else 0.0
 
-    def start(self, turn: Turn) -> Generation:
+    def start(self, turn: Turn, conversation: ConversationRecord | None = None) -> Generation:
         """Open the row's live stream now (so it exists before the HTTP answer) and run the
-        turn in the background task group."""
+        turn in the background task group. ``conversation``: the conversation as the append
+        that started the turn left it, which saves the generation reading it again."""
         if self._tg is None:
             raise RuntimeError("engine is not bound to a task group")
-        gen = Generation(turn, self.registry.open(turn.message_id))
+        gen = Generation(turn, self.registry.open(turn.message_id), conversation)
         self._running[turn.message_id] = gen
         self._tg.start_soon(self._run, gen, name=f"generation {turn.message_id}")
         return gen
@@ -306,7 +367,8 @@ class Engine:
         """Run one step of ``gen``; return the next step's generation after server tools."""
         try:
             try:
-                request, provider = await self._request(gen.turn)
+                request, provider = await self._request(gen.turn, gen.conversation)
+                gen.conversation = None
             except UnknownModel as exc:
                 with anyio.CancelScope(shield=True):
                     await self._end(gen, "error", error=str(exc))
@@ -338,8 +400,13 @@ class Engine:
         finally:
             self._forget(gen)
 
-    async def _request(self, turn: Turn) -> tuple[ModelRequest, Provider]:
-        conv = await self.store.get_conversation(turn.conversation_id)
+    async def _request(
+        self, turn: Turn, conv: ConversationRecord | None = None
+    ) -> tuple[ModelRequest, Provider]:
+        # The system prompt and options cannot change while the turn runs (the conversation
+        # is busy), so the row its start was appended with is as good as a fresh read.
+        if conv is None:
+            conv = await self.store.get_conversation(turn.conversation_id)
         if conv is None:
             raise Fenced(f"conversation {turn.conversation_id} is gone")
         rows = await self.store.list_messages(turn.conversation_id)
@@ -354,7 +421,9 @@ class Engine:
         request = ModelRequest(
             model=name,
             system_prompt=conv.conversation.system_prompt,
-            messages=build_history(rows, before_seq=turn.seq),
+            messages=build_history(
+                rows, before_seq=turn.seq, provider=turn.model.partition(":")[0]
+            ),
             options=options,
             tools=TOOLS,
         )
@@ -397,44 +466,46 @@ class Engine:
         """One try of a step; ``produced[0]`` is set once something was published."""
         settings = self.settings
         stream = provider.stream(request)
+        # One cancel scope for the whole try and one timer that fires only when a timeout
+        # may have passed; a scope per item (armed and disarmed per token) was a tenth of
+        # the server's CPU at 500 generations.
+        watchdog = _Watchdog(settings.provider_first_token_timeout_s)
         try:
-            while True:
-                waited = (
-                    settings.provider_stall_timeout_s
-                    if produced[0]
-                    else settings.provider_first_token_timeout_s
-                )
-                with anyio.move_on_after(waited) as timer:
+            with anyio.CancelScope() as scope:
+                watchdog.start(scope)
+                while True:
                     try:
                         item = await anext(stream)
                     except StopAsyncIteration:
                         raise ProviderError(
                             "provider ended the step without a result", retryable=False
                         ) from None
-                if timer.cancelled_caught:
-                    what = "for the first token" if not produced[0] else "(the stream stalled)"
-                    raise ProviderError(
-                        f"provider timed out: nothing for {waited:g} s {what}", retryable=False
-                    )
-                if isinstance(item, StepEnd):
-                    return item
-                item = without_nul(item)
-                try:
-                    gen.stream.publish(item)
-                except StreamProtocolError as exc:
-                    raise ProviderError(
-                        f"provider broke the stream: {exc}", retryable=False
-                    ) from exc
-                gen.pending.append(item)
-                if gen.pending_since is None:
-                    gen.pending_since = time.monotonic()
-                    if gen.first_at is None:
-                        gen.first_at = gen.pending_since
-                        self.metrics.time_to_first_token.labels(
-                            *provider_and_model(gen.turn.model)
-                        ).observe(gen.first_at - gen.started_at)
-                produced[0] = True
+                    if isinstance(item, StepEnd):
+                        return item
+                    item = without_nul(item)
+                    try:
+                        gen.stream.publish(item)
+                    except StreamProtocolError as exc:
+                        raise ProviderError(
+                            f"provider broke the stream: {exc}", retryable=False
+                        ) from exc
+                    gen.pending.append(item)
+                    if gen.pending_since is None:
+                        gen.pending_since = time.monotonic()
+                        if gen.first_at is None:
+                            gen.first_at = gen.pending_since
+                            self.metrics.time_to_first_token.labels(
+                                *provider_and_model(gen.turn.model)
+                            ).observe(gen.first_at - gen.started_at)
+                    produced[0] = True
+                    watchdog.fed(settings.provider_stall_timeout_s)
+            # Only the watchdog cancels this scope (any other cancel propagates past it).
+            what = "for the first token" if not produced[0] else "(the stream stalled)"
+            raise ProviderError(
+                f"provider timed out: nothing for {watchdog.waited:g} s {what}", retryable=False
+            )
         finally:
+            watchdog.stop()
             # Close the provider's request now (cancel, timeout, error): its server sees the
             # disconnect at once. Shielded, so a cancelled step still gets to close it.
             aclose = getattr(stream, "aclose", None)
@@ -443,11 +514,34 @@ class Engine:
                     await aclose()
 
     async def _checkpointer(self, gen: Generation) -> None:
-        """Store the new events every TURNLOG_CHECKPOINT_S, only when there are some."""
+        """Store the new events so that none waits longer than TURNLOG_CHECKPOINT_S.
+
+        Deadline-based, not a fixed sleep: a write is due TURNLOG_CHECKPOINT_S after the
+        oldest event it stores was published (a sleep of a full interval, then the write,
+        used to widen the gap by the write's latency and by the time nothing was pending;
+        the promise's 0.25 s slack is the write's to take). It does not start earlier when
+        writes are slow: more writes would make them slower still. Generations started
+        together would all be due together: each one's first write comes early by up to
+        half an interval, drawn from its message id, which spreads their writes over the
+        interval for good (a later write is due one interval after the first event that
+        followed the previous one).
+        """
+        interval = self.settings.checkpoint_s
+        stagger = interval * STAGGER * (gen.turn.message_id.int % 1024) / 1024
+        failed = False
         while True:
-            await anyio.sleep(self.settings.checkpoint_s)
-            if not gen.pending and gen.unacked is None:
+            since = gen.unstored_since()
+            if since is None:
+                # Nothing to store: look again in half an interval (an event published
+                # meanwhile is then still well before its due time).
+                await anyio.sleep(interval / 2)
                 continue
+            due = since + interval - stagger
+            wait = due - time.monotonic()
+            if wait > 0:
+                await anyio.sleep(wait)
+                continue  # look again: an end-of-step write may have taken the events
+            stagger = 0.0
             # Shielded: the step's end cancels this task, and a cancel landing inside the
             # write would lose the events it had taken (or store them unacknowledged).
             with anyio.CancelScope(shield=True):
@@ -475,6 +569,10 @@ class Engine:
                         # Committed or not, it cannot tell: the very same event goes again
                         # next time, and the store knows a repeat (AlreadyStored).
                         log.warning("checkpoint failed; will retry", exc_info=True)
+                        failed = True
+            if failed:  # the events are overdue now: pause before trying again
+                failed = False
+                await anyio.sleep(interval / 2)
 
     async def _settle(self, gen: Generation) -> None:
         """Store the checkpoint in ``gen.unacked``, if any: sent as is, however often it
@@ -484,10 +582,14 @@ class Engine:
         if event is None:
             return
         # AlreadyStored: an earlier try of this very write committed; its answer was lost.
+        since = gen.unacked_since
         started = time.monotonic()
         with contextlib.suppress(AlreadyStored):
             await self.store.append(gen.turn.conversation_id, [event])
-        self.metrics.checkpoint_write.observe(time.monotonic() - started)
+        ended = time.monotonic()
+        self.metrics.checkpoint_write.observe(ended - started)
+        if since is not None and ended - since > self.settings.checkpoint_s + CHECKPOINT_SLACK_S:
+            self.metrics.checkpoint_misses.inc()
         gen.unacked = None
         gen.unacked_since = None
         gen.stored_seq = event.stream_seq
@@ -561,15 +663,18 @@ class Engine:
                     awaiting_user=awaiting,
                 )
             ]
-            try:
-                conv = await self.store.get_conversation(turn.conversation_id)
-            except DatabaseUnavailable as exc:
-                self._gave_up(gen, WriteGaveUp(str(exc)))
-                return None
-            if conv is None:
-                raise Fenced(f"conversation {turn.conversation_id} is gone")
             next_turn: Turn | None = None
-            next_seq = conv.last_seq + 1
+            if server_calls:
+                # Only tool results need the next seq. Otherwise no read: a conversation
+                # deleted meanwhile makes the append itself fail (a DomainError, as here).
+                try:
+                    conv = await self.store.get_conversation(turn.conversation_id)
+                except DatabaseUnavailable as exc:
+                    self._gave_up(gen, WriteGaveUp(str(exc)))
+                    return None
+                if conv is None:
+                    raise Fenced(f"conversation {turn.conversation_id} is gone")
+                next_seq = conv.last_seq + 1
             for call in server_calls:
                 batch.append(
                     ev.ToolResultRecorded(
@@ -694,6 +799,50 @@ class Engine:
     def _wake_drain(self) -> None:
         ended, self._ended = self._ended, anyio.Event()
         ended.set()
+
+
+class _Watchdog:
+    """Cancels a scope once nothing came for ``waited`` seconds (the provider timeouts).
+
+    ``fed`` after each item only moves the deadline; the one timer re-arms itself when it
+    fires before the deadline, so there is no timer or cancel scope per token.
+    """
+
+    def __init__(self, waited: float) -> None:
+        self.waited = waited
+        self._deadline = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, scope: anyio.CancelScope) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self._scope = scope
+        self._deadline = loop.time() + self.waited
+        self._timer = loop.call_at(self._deadline, self._fire)
+
+    def fed(self, waited: float) -> None:
+        assert self._loop is not None
+        assert self._timer is not None
+        self.waited = waited
+        self._deadline = self._loop.time() + waited
+        if self._deadline < self._timer.when():  # a shorter timeout than the one armed
+            self._timer.cancel()
+            self._timer = self._loop.call_at(self._deadline, self._fire)
+
+    def _fire(self) -> None:
+        assert self._loop is not None
+        assert self._scope is not None
+        if self._loop.time() >= self._deadline:
+            self._timer = None
+            self._scope.cancel()
+        else:
+            self._timer = self._loop.call_at(self._deadline, self._fire)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def without_nul(event: StreamEvent) -> StreamEvent:

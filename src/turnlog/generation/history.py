@@ -11,6 +11,9 @@ to its own wire shape. The rules (``docs/providers.md`` says why):
   off mid-thought and some APIs refuse it unsigned);
 - a row a later step of the same question replaced (a retry), a ``error`` row and a still
   ``generating`` row do not count;
+- signatures and redacted reasoning only go back to the provider that made them: on the rows
+  of another provider (the conversation's model was changed) they are dropped, the reasoning
+  text kept unsigned, since an API refuses a signature it did not issue;
 - tool rows count as the results of their calls; a result whose call is not in the history
   is dropped, and a call without a result (its step was stopped before the tool ran) gets a
   synthetic one, so every call is answered as the APIs require.
@@ -21,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+import msgspec
 from turnlog_reducer import Block, ReasoningBlock, TextBlock, ToolCallBlock
 
 from turnlog.log.projection import Message, MessageRecord
@@ -31,8 +35,12 @@ __all__ = ["NOT_RUN", "build_history"]
 NOT_RUN: Final = "(not run: the answer was stopped before this tool call ran)"
 
 
-def build_history(rows: Sequence[MessageRecord], *, before_seq: int) -> tuple[ChatMessage, ...]:
-    """The history a step at ``before_seq`` answers, in canonical (seq) order."""
+def build_history(
+    rows: Sequence[MessageRecord], *, before_seq: int, provider: str | None = None
+) -> tuple[ChatMessage, ...]:
+    """The history a step at ``before_seq`` answers, in canonical (seq) order, for a model
+    of ``provider`` (the part of ``provider:name`` before the colon; None: keep every
+    signature)."""
     ordered = sorted((r.message for r in rows), key=lambda m: m.seq)
     replaced = _replaced(ordered)
     out: list[ChatMessage] = []
@@ -45,6 +53,8 @@ def build_history(rows: Sequence[MessageRecord], *, before_seq: int) -> tuple[Ch
                 _add_user(out, text or "")
             case "assistant" if m.id not in replaced:
                 blocks = _kept_blocks(m)
+                if provider is not None and _provider_of(m) not in (None, provider):
+                    blocks = _unsigned(blocks)
                 if blocks:
                     _answer_dangling(out)
                     out.append(ChatMessage(role="assistant", blocks=blocks))
@@ -83,6 +93,22 @@ def _kept_blocks(m: Message) -> tuple[Block, ...]:
     if m.status not in ("aborted", "interrupted"):
         return ()  # error: the failure is not an answer; generating: nothing settled yet
     return tuple(b for b in m.blocks if _settled(b))
+
+
+def _provider_of(m: Message) -> str | None:
+    return m.model.partition(":")[0] if m.model else None
+
+
+def _unsigned(blocks: tuple[Block, ...]) -> tuple[Block, ...]:
+    """``blocks`` without another provider's proofs: no signatures, no redacted reasoning."""
+    out: list[Block] = []
+    for block in blocks:
+        if isinstance(block, ReasoningBlock) and block.redacted is True:
+            continue
+        if isinstance(block.signature, str):
+            block = msgspec.structs.replace(block, signature=msgspec.UNSET)
+        out.append(block)
+    return tuple(out)
 
 
 def _settled(block: Block) -> bool:

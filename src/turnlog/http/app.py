@@ -15,7 +15,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -27,11 +27,13 @@ from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Receive, Scope, Send
 from litestar.types import Message as ASGIMessage
 
+from turnlog.cluster import Cluster
 from turnlog.commands import Chat
 from turnlog.config import Settings
 from turnlog.db.schema import apply_schema
+from turnlog.follow import Follower
 from turnlog.generation.engine import Engine, utcnow
-from turnlog.http import conversations, live, models, openapi, ops, ui_chat, web
+from turnlog.http import conversations, internal, live, models, openapi, ops, ui_chat, web
 from turnlog.http.auth import Unauthorized
 from turnlog.http.common import (
     Runtime,
@@ -79,7 +81,9 @@ def request_log(rt: Runtime) -> Callable[[ASGIApp], ASGIApp]:
             status = 500
             started = time.perf_counter()
 
-            async def send_logged(message: ASGIMessage) -> None:
+            # Not a coroutine: it hands back send's own awaitable, so the SSE body chunks
+            # (hundreds per second per stream) pay no extra coroutine frame for the log.
+            def send_logged(message: ASGIMessage) -> Awaitable[None]:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
@@ -87,7 +91,7 @@ def request_log(rt: Runtime) -> Callable[[ASGIApp], ASGIApp]:
                         *message.get("headers", []),
                         (b"x-request-id", request_id.encode()),
                     ]
-                await send(message)
+                return send(message)
 
             try:
                 await app(scope, receive, send_logged)
@@ -130,6 +134,7 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             *openapi.ROUTES,
             *ui_chat.ROUTES,
             *web.ROUTES,
+            *internal.ROUTES,
         ],
         lifespan=[lifespan],
         exception_handlers={
@@ -174,8 +179,17 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
         await rt.limits.open(url)
         rt.chat = Chat(rt.store, rt.engine, settings, rt.limits)
         await rt.liveness.start(utcnow())
+        rt.cluster = Cluster(url, rt.store, rt.hub, rt.engine, rt.instance_id)
+        rt.store.set_on_append(rt.cluster.on_append)
+        rt.chat.cancel_elsewhere = rt.cluster.request_cancel
+        await rt.cluster.register(rt.internal_url)
+        rt.follower = Follower(
+            rt.cluster, rt.chat, token=rt.internal_token, heartbeat_s=settings.heartbeat_s
+        )
         async with anyio.create_task_group() as tg:
             rt.engine.bind(tg)
+            rt.follower.bind(tg)
+            tg.start_soon(rt.cluster.run)
             tg.start_soon(rt.registry.run)
             tg.start_soon(rt.liveness.run)
             repaired = await rt.chat.sweep()
@@ -195,6 +209,8 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
                 tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
+            if hasattr(rt, "follower"):
+                await rt.follower.aclose()
             await rt.liveness.close()
             await rt.limits.close()
             await pool.close()
@@ -220,6 +236,11 @@ def _gauges(rt: Runtime) -> None:
         "turnlog_oldest_unstored_delta_seconds",
         "Age of the oldest streamed event not yet stored (what a crash would lose).",
         rt.engine.oldest_unstored_s,
+    )
+    m.gauge(
+        "turnlog_overloaded",
+        "1 while new generations are refused because checkpoints are late (see the log).",
+        lambda: float(rt.engine.overloaded() is not None),
     )
     m.gauge(
         "turnlog_streams_open", "Live streams (running or lingering).", lambda: len(rt.registry)
@@ -251,6 +272,7 @@ async def _drain(rt: Runtime, grace_s: float) -> None:
     stream response."""
     await rt.engine.drain(grace_s)
     rt.hub.close_all()
+    rt.follower.drop_all()
     rt.closing.set()
 
 

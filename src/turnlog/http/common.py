@@ -15,16 +15,19 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.response import Stream
 
+from turnlog.cluster import Cluster, internal_token
 from turnlog.commands import (
     BadRequest,
     Chat,
     Conflict,
     Forbidden,
     NotGenerating,
+    Overloaded,
     TooLarge,
     Unavailable,
 )
 from turnlog.config import Settings
+from turnlog.follow import Follower
 from turnlog.generation.engine import Engine
 from turnlog.http.auth import load_secret, user_from_header
 from turnlog.http.feeds import FeedHub
@@ -70,6 +73,13 @@ class Runtime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.on_ready: Callable[[Runtime], None] | None = None
         self.on_drained: Callable[[], None] | None = None
+        self.responses: dict[int, int] = {}
+        # Many instances (turnlog.cluster, turnlog.follow): where this one serves its live
+        # streams to the others (None: it does not), and what they present there.
+        self.internal_url: str | None = None
+        self.internal_token = internal_token(self.secret)
+        self.cluster: Cluster
+        self.follower: Follower
         self.metrics = Metrics()
         self.limits = Limits(settings)
 
@@ -118,7 +128,7 @@ def error_response(status: int, detail: str) -> Response[bytes]:
 def domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
     response = error_response(status, str(exc))
-    if isinstance(exc, TooMany):
+    if isinstance(exc, TooMany | Overloaded):
         response.headers["Retry-After"] = str(exc.retry_after)
     return response
 

@@ -1,7 +1,9 @@
 """Live conversation feeds: every committed change of a conversation, to its subscribers.
 
-The store calls :meth:`FeedHub.publish` after each commit. Frames are encoded once per
-change, not per subscriber. A subscriber that falls ``QUEUE_FRAMES`` behind is closed (its
+The store calls :meth:`FeedHub.publish` after each commit of this process; changes other
+instances commit arrive through :meth:`FeedHub.caught_up` (turnlog.cluster reads them from
+the store when a NOTIFY or its poll says the conversation moved). Frames are encoded once
+per change, not per subscriber. A subscriber that falls ``QUEUE_FRAMES`` behind is closed (its
 client reconnects and gets a fresh snapshot), so nobody ever waits for a slow reader.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Literal
 
 import anyio
@@ -69,51 +72,132 @@ class Feed:
         return self._frames.popleft()
 
 
-class FeedHub:
+class _Topic:
+    """The feeds of one conversation, and what they were last shown (for catch-ups)."""
+
+    __slots__ = ("conversation", "feeds", "rows", "version")
+
     def __init__(self) -> None:
-        self._feeds: dict[uuid.UUID, set[Feed]] = {}
+        self.feeds: set[Feed] = set()
+        # The newest version whose changes were pushed (0: none yet), each message row's
+        # last pushed encoding and the conversation's public fields: a catch-up from the
+        # store pushes only what differs from them.
+        self.version = 0
+        self.rows: dict[uuid.UUID, bytes] = {}
+        self.conversation: tuple[object, ...] | None = None
+
+
+def _public(c: Conversation) -> tuple[object, ...]:
+    return (c.title, c.model, c.options, c.system_prompt, c.state)
+
+
+class FeedHub:
+    """Feeds by conversation. Two sources push into it, in version order: this process's
+    commits (``publish``, exact per-version frames) and catch-ups from the store after
+    another instance committed (``caught_up``, the rows as of the version read; see
+    turnlog.cluster). A commit of this process that arrives after a catch-up already
+    covered it is skipped; one that finds versions missing before it (another instance
+    wrote them) is left to the catch-up ``on_gap`` asks for, so ids never decrease."""
+
+    def __init__(self) -> None:
+        self._topics: dict[uuid.UUID, _Topic] = {}
+        self.on_gap: Callable[[uuid.UUID], None] | None = None
 
     def subscribe(self, cid: uuid.UUID) -> Feed:
         feed = Feed()
-        self._feeds.setdefault(cid, set()).add(feed)
+        self._topics.setdefault(cid, _Topic()).feeds.add(feed)
         return feed
 
     def unsubscribe(self, cid: uuid.UUID, feed: Feed) -> None:
-        feeds = self._feeds.get(cid)
-        if feeds is not None:
-            feeds.discard(feed)
-            if not feeds:
-                del self._feeds[cid]
+        topic = self._topics.get(cid)
+        if topic is not None:
+            topic.feeds.discard(feed)
+            if not topic.feeds:
+                del self._topics[cid]
+
+    def seed(self, cid: uuid.UUID, version: int) -> None:
+        """A subscriber read its snapshot at ``version``: when it is the conversation's
+        only subscriber so far, changes up to there need not be shown (see ``publish``)."""
+        topic = self._topics.get(cid)
+        if topic is not None and topic.version == 0:
+            topic.version = version
+
+    def shown(self, cid: uuid.UUID) -> int | None:
+        """The last version pushed to the conversation's feeds; None if it has none."""
+        topic = self._topics.get(cid)
+        return None if topic is None else topic.version
+
+    def followed(self) -> dict[uuid.UUID, int]:
+        """The conversations with subscribers here, each with the last version pushed."""
+        return {cid: t.version for cid, t in self._topics.items()}
 
     def publish(self, appended: Appended) -> None:
-        feeds = self._feeds.get(appended.conversation_id)
-        if not feeds:
+        topic = self._topics.get(appended.conversation_id)
+        if topic is None:
+            return
+        first, last = appended.events[0][0], appended.version
+        if last <= topic.version:
+            return  # a catch-up from the store already showed it
+        if self.on_gap is not None and (topic.version == 0 or first > topic.version + 1):
+            # Another instance may have written versions before this one (or wrote them:
+            # a gap): the catch-up shows them and this change together, in order.
+            self.on_gap(appended.conversation_id)
             return
         conv = appended.conversation
         frames: list[tuple[int, bytes]] = []
         for change in appended.changes:
             v = change.version
-            frames += [
-                (v, sse_frame(b"message", v, _encoder.encode(_MessageChange(m, v))))
-                for m in change.messages
-            ]
-        last = appended.version
+            for m in change.messages:
+                data = _encoder.encode(_MessageChange(m, v))
+                topic.rows[m.id] = _encoder.encode(m)
+                frames.append((v, sse_frame(b"message", v, data)))
         if conv is None or any(c.conversation_changed for c in appended.changes):
             change_ = _ConversationChange(
                 None if conv is None else conv.conversation, last, deleted=conv is None
             )
             frames.append((last, sse_frame(b"conversation", last, _encoder.encode(change_))))
-        for feed in list(feeds):
+        if conv is not None:
+            topic.conversation = _public(conv.conversation)
+        topic.version = last
+        self._push(appended.conversation_id, topic, frames, end=conv is None)
+
+    def caught_up(
+        self, cid: uuid.UUID, version: int, conv: Conversation | None, messages: list[Message]
+    ) -> None:
+        """The conversation as the store holds it at ``version`` (``conv`` None: deleted
+        at ``version``): push, under that id, every row and the conversation if they differ
+        from what the feeds were last shown."""
+        topic = self._topics.get(cid)
+        if topic is None or version <= topic.version:
+            return
+        frames: list[tuple[int, bytes]] = []
+        for m in messages:
+            encoded = _encoder.encode(m)
+            if topic.rows.get(m.id) != encoded:
+                topic.rows[m.id] = encoded
+                data = _encoder.encode(_MessageChange(m, version))
+                frames.append((version, sse_frame(b"message", version, data)))
+        if conv is None or _public(conv) != topic.conversation:
+            change_ = _ConversationChange(conv, version, deleted=conv is None)
+            frames.append((version, sse_frame(b"conversation", version, _encoder.encode(change_))))
+            topic.conversation = None if conv is None else _public(conv)
+        topic.version = version
+        self._push(cid, topic, frames, end=conv is None)
+
+    def _push(
+        self, cid: uuid.UUID, topic: _Topic, frames: list[tuple[int, bytes]], *, end: bool
+    ) -> None:
+        for feed in list(topic.feeds):
             for item in frames:
                 feed.push(item)
-            if conv is None:
+            if end:
                 feed.push(None)
 
     def close_all(self) -> None:
         """End every feed (at shutdown)."""
-        for feeds in self._feeds.values():
-            for feed in feeds:
+        for topic in self._topics.values():
+            for feed in topic.feeds:
                 feed.push(None)
 
     def __len__(self) -> int:
-        return sum(len(f) for f in self._feeds.values())
+        return sum(len(t.feeds) for t in self._topics.values())

@@ -12,6 +12,7 @@ import structlog
 from litestar import Request, get
 from litestar.response import Stream
 
+from turnlog.follow import mirror_frames
 from turnlog.generation.engine import done_for
 from turnlog.http.auth import stream_reader
 from turnlog.http.common import (
@@ -86,8 +87,11 @@ async def _message_frames(
             for frame in _final_frames(row):
                 yield frame
             return
-        # Another living server process runs it: follow its checkpoints from the store.
-        async for frame in _follow_store(rt, row):
+        # Another living instance runs it: mirror its live stream (one upstream per
+        # message here, turnlog.follow); failing that, follow its checkpoints in the store.
+        mirror = await rt.follower.mirror(mid)
+        frames = _follow_store(rt, row) if mirror is None else mirror_frames(mirror, heartbeat)
+        async for frame in frames:
             yield frame
         return
     sub = live.subscribe(after=after)
@@ -122,6 +126,9 @@ async def _follow_store(rt: Runtime, row: MessageRecord) -> AsyncIterator[bytes]
         current = await rt.store.get_message(m.id)
         if current is None:
             return
+        if current.message.status == "generating":
+            # Its owner may have died meanwhile: never wait for a generation that is gone.
+            current = await rt.chat.repair_if_orphan(current)
         if current.message.status != "generating":
             for frame in _final_frames(current):
                 yield frame
@@ -153,6 +160,7 @@ async def conversation_live(request: Request[Any, Any, Any], cid: str) -> Stream
     except BaseException:
         rt.hub.unsubscribe(conversation_id, feed)
         raise
+    rt.hub.seed(conversation_id, conv.version)
     return sse(_feed_frames(rt, conversation_id, feed, conv, messages))
 
 

@@ -141,22 +141,32 @@ async def ui_chat(request: Request[Any, Any, Any]) -> Stream:
     data = await body(request, ChatIn)
     if not data.messages:
         raise BadRequest("messages is empty; expected the chat's messages, the last one new")
-    conv = await _conversation(rt, owner, data.id, create=True)
-    assert conv is not None
-    cid = conv.conversation.id
     last = data.messages[-1]
+    if last.role not in ("user", "assistant"):
+        raise BadRequest(f"the last message's role is {last.role!r}; expected user or assistant")
+    sending = data.trigger == "submit-message" and last.role == "user"
+    message = MessageIn(
+        content="\n".join(p.text for p in last.parts if p.type == "text" and p.text),
+        client_message_id=last.id,
+        options=data.options,
+    )
+    conv = await _conversation(rt, owner, data.id)
+    if conv is None:
+        if not sending:
+            raise NotFound(f"chat {data.id!r} not found")
+        # Only a message that would be taken creates the chat: bad input writes nothing.
+        rt.chat.check_message(message)
+        rt.chat.check_model(owner, rt.settings.default_model, data.options or {})
+        conv = await _conversation(rt, owner, data.id, create=True)
+        assert conv is not None
+    cid = conv.conversation.id
     if data.trigger == "regenerate-message":
         frames = await _regenerate(rt, owner, cid)
-    elif last.role == "user":
-        text = "\n".join(p.text for p in last.parts if p.type == "text" and p.text)
-        sent = await rt.chat.send(
-            owner, cid, MessageIn(content=text, client_message_id=last.id, options=data.options)
-        )
+    elif sending:
+        sent = await rt.chat.send(owner, cid, message)
         frames = _turn_frames(rt, cid, sent.user_message.id)
-    elif last.role == "assistant":
-        frames = await _answer(rt, owner, cid, last)
     else:
-        raise BadRequest(f"the last message's role is {last.role!r}; expected user or assistant")
+        frames = await _answer(rt, owner, cid, last)
     return _ui_stream(frames)
 
 
@@ -325,6 +335,11 @@ async def _turn_frames(
 async def _live_step(rt: Runtime, step: Message, encoder: StepEncoder) -> AsyncIterator[bytes]:
     """The chunks of a generating step until it ends in the store (or the server closes)."""
     live = rt.registry.get(step.id)
+    mirror = None
+    if live is None and step.status == "generating":
+        # Running on another instance: read this instance's mirror of it (turnlog.follow).
+        mirror = await rt.follower.mirror(step.id)
+        live = None if mirror is None else mirror.stream
     if live is not None and not live.finished:
         sub = live.subscribe()
         try:
@@ -337,6 +352,8 @@ async def _live_step(rt: Runtime, step: Message, encoder: StepEncoder) -> AsyncI
                 except StopAsyncIteration:
                     break
                 if frame is None:
+                    if mirror is not None and mirror.dropped:
+                        break  # the store below settles it
                     yield PING
                 elif frame.startswith(b"event: init\n"):
                     # The first is the snapshot loaded above; a later one resynchronises a

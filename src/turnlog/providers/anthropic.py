@@ -58,6 +58,7 @@ from turnlog_reducer import (
 
 from turnlog.config import Settings
 from turnlog.models import ProviderSpec
+from turnlog.providers._tls import tls_context
 from turnlog.providers.base import (
     Adapter,
     ChatMessage,
@@ -138,12 +139,12 @@ class AnthropicProvider:
         api_key: str | None,
         base_url: str | None = None,
         connect_timeout_s: float = 10.0,
-        stall_timeout_s: float = 120.0,
+        read_timeout_s: float = 120.0,
     ) -> None:
         self.api_key = api_key
         self.base_url = base_url
-        # A read timeout is "no bytes for this long": it ends a stalled stream.
-        self.timeout = anthropic.Timeout(stall_timeout_s, connect=connect_timeout_s)
+        # A read timeout is "no bytes for this long": a backstop that ends a stalled stream.
+        self.timeout = anthropic.Timeout(read_timeout_s, connect=connect_timeout_s)
 
     def _client(self) -> anthropic.AsyncAnthropic:
         return anthropic.AsyncAnthropic(
@@ -152,6 +153,9 @@ class AnthropicProvider:
             base_url=self.base_url,
             max_retries=0,
             timeout=self.timeout,
+            http_client=anthropic.DefaultAsyncHttpxClient(
+                verify=tls_context(), timeout=self.timeout
+            ),
         )
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent | StepEnd]:
@@ -196,7 +200,12 @@ def _make(spec: ProviderSpec, settings: Settings) -> AnthropicProvider:
         api_key=spec.api_key,
         base_url=spec.base_url,
         connect_timeout_s=settings.provider_connect_timeout_s,
-        stall_timeout_s=settings.provider_stall_timeout_s,
+        # The engine times the first token and stalls; the SDK's read timeout is only a
+        # backstop behind both, so it never fires first.
+        read_timeout_s=max(
+            settings.provider_first_token_timeout_s, settings.provider_stall_timeout_s
+        )
+        + 5.0,
     )
 
 

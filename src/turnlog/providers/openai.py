@@ -47,6 +47,7 @@ from turnlog_reducer import (
 
 from turnlog.config import Settings
 from turnlog.models import ProviderSpec
+from turnlog.providers._tls import tls_context
 from turnlog.providers.base import (
     Adapter,
     ChatMessage,
@@ -98,6 +99,8 @@ class OpenAIProvider:
             base_url=self.spec.base_url,
             max_retries=0,
             timeout=self.timeout,
+            # One shared TLS context: a client of its own would load the CA bundle per step.
+            http_client=openai.DefaultAsyncHttpxClient(verify=tls_context(), timeout=self.timeout),
         )
         try:
             try:
@@ -123,6 +126,8 @@ class OpenAIProvider:
                 yield assembler.end()
             except openai.APIError as exc:
                 raise _translate(exc) from None
+            except ValueError as exc:  # a frame that is not JSON, or not a chunk
+                raise ProviderError(f"openai: malformed stream: {exc}", retryable=False) from None
         finally:
             # Shielded: on cancel the socket must still be closed now, not at GC.
             with anyio.CancelScope(shield=True):
@@ -183,7 +188,8 @@ def _assistant(blocks: tuple[Block, ...]) -> dict[str, Any]:
         for b in blocks
         if isinstance(b, ToolCallBlock)
     ]
-    message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    # null content only beside tool calls: a reasoning-only answer goes back as "".
+    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
     if calls:
         message["tool_calls"] = calls
     return message

@@ -227,6 +227,7 @@ async function openStream(mid, overlay, generation) {
   overlay.source = source;
   // Every (re)connection starts with init: the state at K, which replaces ours.
   source.addEventListener("init", (e) => {
+    overlay.retry = 0;
     overlay.blocks = decodeBlocks(JSON.parse(e.data).blocks);
     schedule();
   });
@@ -299,6 +300,7 @@ function render() {
       update(node, item);
       node.sig = sig;
     }
+    /** @type {ChildNode | null} */
     const want = prev ? prev.nextSibling : list.firstChild;
     if (want !== node.el) list.insertBefore(node.el, want);
     prev = node.el;

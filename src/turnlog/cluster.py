@@ -1,0 +1,347 @@
+"""Many instances on one PostgreSQL: what an instance tells the others, and what it hears.
+
+General layout::
+
+    Cluster                  one per instance, running in the app's task group
+      on_append              after each commit here: the local feeds, then a NOTIFY wake-up
+      _notifier              sends the pending wake-ups, coalesced, on a pool connection
+      _listener              ONE dedicated LISTEN connection: feed wake-ups, cancel requests
+      _catcher               reads a conversation that moved elsewhere, hands it to FeedHub
+      _poller                the fallback that keeps feeds and cancels correct without NOTIFY
+      owner / request_cancel who runs a generating row (and is it alive); cancel it anywhere
+
+Why it is shaped this way (issue 13):
+
+* NOTIFY carries no data, only "conversation C reached version V" (or "cancel message M").
+  The changes themselves are read from the store, so a lost or coalesced notification costs
+  latency, never correctness: the poller compares every followed conversation's version
+  with what its feeds were shown, once a second.
+* NOTIFY is never sent inside an append's transaction. A transaction that has sent NOTIFY
+  takes a database-wide lock at commit (to order the notification queue), so doing it in
+  the append would serialise every writer of every conversation behind one lock. Here it is
+  a separate, tiny autocommit statement after the commit, batched across the appends that
+  committed meanwhile.
+* A cancel through another instance is a stored request (``leases.cancel_requested``)
+  plus a wake-up. The owner ends the row itself, with every event it published, so what
+  its subscribers were shown equals the stored blocks. It acts on the wake-up at once, or
+  on its next poll (within a second) if the wake-up was lost.
+* Liveness is the instance's advisory lock (schema.sql, table ``instances``): a follower
+  asks PostgreSQL whether the owner's lock is held, never a clock or a heartbeat row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from collections.abc import Awaitable, Callable
+
+import anyio
+import msgspec
+import psycopg
+import structlog
+
+from turnlog.generation.engine import Engine
+from turnlog.http.feeds import FeedHub
+from turnlog.log.projection import Conversation, Message, MessageRecord
+from turnlog.log.store import (
+    _LIVENESS_JOIN,
+    _SETTLED,
+    CONVERSATION_COLUMNS,
+    LIVENESS_GRACE_S,
+    MESSAGE_COLUMNS,
+    Appended,
+    Store,
+    conversation_from_row,
+    message_from_row,
+)
+
+log = structlog.get_logger("turnlog.cluster")
+
+FEED_CHANNEL = "turnlog_feed"
+CANCEL_CHANNEL = "turnlog_cancel"
+# How often the poller looks for lost wake-ups (cancel requests, moved conversations).
+POLL_S = 1.0
+# How long a cancel through another instance waits for the owner to end the row before it
+# ends the row itself (fencing the owner off).
+CANCEL_WAIT_S = 10.0
+INTERNAL_HEADER = "x-turnlog-internal"
+
+
+def internal_token(secret: str) -> str:
+    """The credential instances present to each other's internal routes: derived from the
+    JWT secret, which every instance of one deployment shares anyway."""
+    return hmac.new(secret.encode(), b"turnlog internal routes v1", hashlib.sha256).hexdigest()
+
+
+class Owner(msgspec.Struct, frozen=True):
+    """Who runs a message's generation, as the store and PostgreSQL's locks say."""
+
+    status: str
+    instance_id: uuid.UUID | None
+    internal_url: str | None
+    alive: bool
+
+
+class Cluster:
+    """This instance's link to the others, through PostgreSQL only."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        store: Store,
+        hub: FeedHub,
+        engine: Engine,
+        instance_id: uuid.UUID,
+    ) -> None:
+        self.conninfo = conninfo
+        self.store = store
+        self.hub = hub
+        self.engine = engine
+        self.instance_id = instance_id
+        self.listening = False
+        self._dirty: dict[uuid.UUID, int] = {}
+        self._notify_wakeup = anyio.Event()
+        self._stale: set[uuid.UUID] = set()
+        self._catch_wakeup = anyio.Event()
+        hub.on_gap = self._moved
+
+    # -- this instance's commits -----------------------------------------------------------
+
+    def on_append(self, appended: Appended) -> None:
+        """The store's after-commit hook: this process's feeds, then the others' wake-up."""
+        self.hub.publish(appended)
+        cid = appended.conversation_id
+        self._dirty[cid] = max(self._dirty.get(cid, 0), appended.version)
+        self._notify_wakeup.set()
+
+    async def register(self, internal_url: str | None) -> None:
+        """Publish where this instance serves its live streams to the others."""
+        async with self.store.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE instances SET internal_url = %s WHERE id = %s",
+                (internal_url, self.instance_id),
+            )
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Send and receive wake-ups, and poll, until cancelled."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._notifier)
+            tg.start_soon(self._listener)
+            tg.start_soon(self._catcher)
+            tg.start_soon(self._poller)
+
+    async def _notifier(self) -> None:
+        while True:
+            await self._notify_wakeup.wait()
+            self._notify_wakeup = anyio.Event()
+            batch, self._dirty = self._dirty, {}
+            payloads = [f"{self.instance_id} {cid} {v}" for cid, v in batch.items()]
+            try:
+                async with self.store.pool.connection() as conn:
+                    # Its own autocommit transaction, after the append's commit (module doc).
+                    await conn.execute(
+                        "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
+                        (FEED_CHANNEL, payloads),
+                    )
+            except (psycopg.Error, OSError) as exc:
+                # A lost wake-up only delays the other instances' feeds until their poll.
+                log.warning("could not send feed wake-ups", error=str(exc))
+
+    async def _listener(self) -> None:
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {FEED_CHANNEL}")
+                    await conn.execute(f"LISTEN {CANCEL_CHANNEL}")
+                    self.listening = True
+                    # Whatever moved while nobody listened: the poller's check, now.
+                    for cid in self.hub.followed():
+                        self._moved(cid)
+                    async for note in conn.notifies():
+                        self._heard(note.channel, note.payload)
+            except (psycopg.Error, OSError) as exc:
+                log.warning("listening connection lost; reconnecting", error=str(exc))
+            finally:
+                self.listening = False
+            await anyio.sleep(1.0)
+
+    def _heard(self, channel: str, payload: str) -> None:
+        if channel == CANCEL_CHANNEL:
+            self._cancel_here(payload)
+            return
+        try:
+            instance, cid_text, version_text = payload.split(" ")
+            cid, version = uuid.UUID(cid_text), int(version_text)
+        except ValueError:
+            log.warning("ignoring a malformed feed wake-up", payload=payload[:200])
+            return
+        if instance == str(self.instance_id):
+            return  # our own commit: the feeds here already have it
+        seen = self.hub.shown(cid)
+        if seen is not None and version > seen:
+            self._moved(cid)
+
+    def _cancel_here(self, payload: str) -> None:
+        try:
+            mid = uuid.UUID(payload)
+        except ValueError:
+            return
+        gen = self.engine.running(mid)
+        if gen is not None:
+            log.info("cancel requested through another instance", message_id=str(mid))
+            gen.cancel("aborted")
+
+    def _moved(self, cid: uuid.UUID) -> None:
+        self._stale.add(cid)
+        self._catch_wakeup.set()
+
+    async def _catcher(self) -> None:
+        while True:
+            await self._catch_wakeup.wait()
+            self._catch_wakeup = anyio.Event()
+            while self._stale:
+                cid = self._stale.pop()
+                try:
+                    await self._catch_up(cid)
+                except (psycopg.Error, OSError) as exc:
+                    log.warning("feed catch-up failed; the poll retries", error=str(exc))
+
+    async def _catch_up(self, cid: uuid.UUID) -> None:
+        read = await self._read(cid)
+        if read is None:
+            return
+        version, conv, messages = read
+        if conv is None:
+            # Deleted elsewhere: a generation of it here stops now, not at its next
+            # checkpoint (which the deletion fences off anyway).
+            for mid in self.engine.running_ids():
+                gen = self.engine.running(mid)
+                if gen is not None and gen.turn.conversation_id == cid:
+                    gen.cancel("aborted")
+        self.hub.caught_up(cid, version, conv, messages)
+
+    async def _read(self, cid: uuid.UUID) -> tuple[int, Conversation | None, list[Message]] | None:
+        """The conversation and its rows as of one version, or (version, None, []) once
+        deleted; None if it never existed."""
+        async with self.store.pool.connection() as conn, conn.transaction():
+            # REPEATABLE READ: the conversation row (its version) and the message rows
+            # come from one snapshot, so the rows are exactly as that version left them.
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cur = await conn.execute(
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = %s", (cid,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                cur = await conn.execute(
+                    "SELECT max(version) FROM events WHERE conversation_id = %s", (cid,)
+                )
+                found = await cur.fetchone()
+                if found is None or found[0] is None:
+                    return None
+                return int(found[0]), None, []
+            conv = conversation_from_row(row).conversation
+            cur = await conn.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = %s ORDER BY seq",
+                (cid,),
+            )
+            messages = [message_from_row(r).message for r in await cur.fetchall()]
+        return conv.version, conv, messages
+
+    async def _poller(self) -> None:
+        while True:
+            await anyio.sleep(POLL_S)
+            try:
+                await self._poll()
+            except (psycopg.Error, OSError) as exc:
+                log.warning("cluster poll failed", error=str(exc))
+
+    async def _poll(self) -> None:
+        running = self.engine.running_ids()
+        followed = self.hub.followed()
+        if not running and not followed:
+            return
+        async with self.store.pool.connection() as conn:
+            if running:
+                cur = await conn.execute(
+                    "SELECT message_id FROM leases WHERE instance_id = %s AND cancel_requested",
+                    (self.instance_id,),
+                )
+                for (mid,) in await cur.fetchall():
+                    self._cancel_here(str(mid))
+            if followed:
+                cur = await conn.execute(
+                    "SELECT id, version FROM conversations WHERE id = ANY(%s)", (list(followed),)
+                )
+                versions: dict[uuid.UUID, int] = {r[0]: r[1] for r in await cur.fetchall()}
+                for cid, seen in followed.items():
+                    if versions.get(cid, seen + 1) > seen:  # moved on, or deleted
+                        self._moved(cid)
+
+    # -- who runs what --------------------------------------------------------------------
+
+    async def owner(self, mid: uuid.UUID) -> Owner | None:
+        """The row's status and the instance leasing it (alive: its liveness lock is
+        held); None if there is no such row."""
+        async with self.store.pool.connection() as conn:
+            # Alive: its lock is held, or it may be (a database restarted less than
+            # LIVENESS_GRACE_S ago freed every lock; the living take theirs again).
+            cur = await conn.execute(
+                "SELECT m.status, i.id, i.internal_url, "
+                f"pl.pid IS NOT NULL OR (i.id IS NOT NULL AND NOT {_SETTLED}) FROM messages m "
+                "LEFT JOIN leases l ON l.message_id = m.id AND l.attempt = m.attempt "
+                f"{_LIVENESS_JOIN} WHERE m.id = %s",
+                (LIVENESS_GRACE_S, mid),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return Owner(status=row[0], instance_id=row[1], internal_url=row[2], alive=bool(row[3]))
+
+    async def request_cancel(self, row: MessageRecord) -> bool:
+        """Ask the living instance that runs ``row`` to abort it and wait until it has.
+        False when the caller has to end the row itself: nobody runs it, its owner is
+        dead, or the owner did not act within CANCEL_WAIT_S."""
+        mid = row.message.id
+        owner = await self.owner(mid)
+        if owner is None or owner.status != "generating":
+            return True  # it ended meanwhile: the caller reads the outcome
+        if not owner.alive or owner.instance_id in (None, self.instance_id):
+            return False
+        async with self.store.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE leases SET cancel_requested = true WHERE message_id = %s", (mid,)
+            )
+            # The wake-up, after the request committed (autocommit): the owner that hears it
+            # finds the request stored; one that does not finds it at its next poll.
+            await conn.execute("SELECT pg_notify(%s, %s)", (CANCEL_CHANNEL, str(mid)))
+        log.info("cancel requested from the owner", owner=str(owner.instance_id))
+        return await _until(lambda: self._ended_or_dead(mid), within_s=CANCEL_WAIT_S, interval=0.05)
+
+    async def _ended_or_dead(self, mid: uuid.UUID) -> bool | None:
+        """True once the row stopped generating, False if its owner died, else None."""
+        owner = await self.owner(mid)
+        if owner is None or owner.status != "generating":
+            return True
+        if not owner.alive:
+            return False
+        return None
+
+
+async def _until(
+    probe: Callable[[], Awaitable[bool | None]], *, within_s: float, interval: float
+) -> bool:
+    """The first non-None answer of ``probe``, polled; False after ``within_s`` seconds."""
+    with anyio.move_on_after(within_s):
+        while True:
+            answer = await probe()
+            if answer is not None:
+                return answer
+            await anyio.sleep(interval)
+    return False
+
+
+__all__ = ["Cluster", "Owner", "internal_token"]
