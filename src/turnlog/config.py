@@ -22,8 +22,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_message_chars: int = 100_000
     shutdown_grace_s: float = 10.0
     # How long one database call may take (connection included) before the request gets a
-    # 503 with Retry-After; and how long a client may take to send a request head.
-    db_timeout_s: float = 2.0
+    # 503 with Retry-After (1 s once the database is known to be down); and how long a
+    # client may take to send a request head.
+    db_timeout_s: float = 5.0
     header_timeout_s: float = 10.0
     openai_api_key: str | None = None
     openai_base_url: str | None = None

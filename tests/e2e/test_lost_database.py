@@ -120,6 +120,7 @@ def assert_unavailable(srv: Server, cid: str) -> None:
             lambda: http.get("/readyz"),
         ):
             r, seconds = timed(call)
+            print(f"{r.request.method} {r.request.url.path}: {r.status_code} in {seconds:.2f} s")
             assert r.status_code == 503, (r.status_code, r.text)
             assert r.json()["detail"]
             assert seconds < ANSWER_BOUND_S, f"{r.request.url} took {seconds:.1f} s"

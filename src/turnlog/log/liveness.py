@@ -34,6 +34,10 @@ from turnlog.log.store import Store
 
 log = structlog.get_logger("turnlog.liveness")
 
+# How long the lock connection may take to answer its check before the database counts as
+# unreachable (a paused server answers never; a loaded one within a second or so).
+CHECK_TIMEOUT_S = 3.0
+
 
 class Liveness:
     """Holds and re-takes the instance's liveness lock; run :meth:`run` in the app's task
@@ -77,10 +81,12 @@ class Liveness:
                 await self._pool.trouble.wait()
             if not await self._still_held():
                 self.held = False
+                self._pool.mark_down()
                 log.warning("liveness lock lost (database restarted or unreachable)")
                 await self._retake()
                 log.info("liveness lock taken again", lock_key=self.key)
                 self.held = True
+                self._pool.mark_up()
                 await self._pool.check()
             elif self._pool.trouble.is_set():
                 await self._pool.check()
@@ -90,7 +96,7 @@ class Liveness:
         if conn is None or conn.closed:
             return False
         try:
-            with anyio.fail_after(self._pool.timeout_s):
+            with anyio.fail_after(CHECK_TIMEOUT_S):
                 await conn.execute("SELECT 1")
         except (TimeoutError, psycopg.Error):
             return False
@@ -102,7 +108,7 @@ class Liveness:
         while True:
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
-                with anyio.fail_after(self._pool.timeout_s * 2):
+                with anyio.fail_after(CHECK_TIMEOUT_S * 2):
                     conn = await psycopg.AsyncConnection.connect(
                         self.url, autocommit=True, connect_timeout=2
                     )

@@ -35,28 +35,52 @@ class DatabaseUnavailable(psycopg.OperationalError):
 
 
 class BoundedPool:
-    """A psycopg pool whose every unit of work ends within ``timeout_s`` seconds."""
+    """A psycopg pool whose every unit of work ends within ``timeout_s`` seconds, and
+    within ``down_timeout_s`` while the database is known to be down (``mark_down``)."""
 
-    def __init__(self, raw: AsyncConnectionPool[Any], *, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        raw: AsyncConnectionPool[Any],
+        *,
+        timeout_s: float = 5.0,
+        down_timeout_s: float = 1.0,
+    ) -> None:
         self.raw = raw
         self.timeout_s = timeout_s
+        self.down_timeout_s = down_timeout_s
+        # Set by whoever watches the database (the liveness keeper): while it is known to
+        # be down, a unit of work gets only down_timeout_s, and the ones waiting when it
+        # went down are cut off at once, so a lost database is a quick 503, while a merely
+        # slow one (a loaded machine) still gets timeout_s.
+        self.down = False
+        self._running: set[anyio.CancelScope] = set()
         # Set when a connection failed: the pool's idle connections may all be broken (the
         # server restarted), so whoever watches (the liveness keeper) checks them at once
         # instead of letting each fail one request.
         self.trouble = anyio.Event()
 
+    def mark_down(self) -> None:
+        """The database is unreachable: cut off every unit of work waiting on it."""
+        self.down = True
+        for scope in list(self._running):
+            scope.cancel()
+
+    def mark_up(self) -> None:
+        self.down = False
+
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A pooled connection for one short unit of work (at most ``timeout_s``)."""
+        """A pooled connection for one short unit of work (see the class)."""
+        bound = self.down_timeout_s if self.down else self.timeout_s
+        scope = anyio.CancelScope(deadline=anyio.current_time() + bound)
         try:
-            with anyio.fail_after(self.timeout_s):
-                async with self.raw.connection(timeout=self.timeout_s) as conn:
-                    yield conn
-        except TimeoutError:
-            self.trouble.set()
-            raise DatabaseUnavailable(
-                f"the database did not answer within {self.timeout_s:g} s"
-            ) from None
+            with scope:
+                self._running.add(scope)
+                try:
+                    async with self.raw.connection(timeout=bound) as conn:
+                        yield conn
+                finally:
+                    self._running.discard(scope)
         except DatabaseUnavailable:
             raise
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -64,6 +88,13 @@ class BoundedPool:
             # IntegrityError and the like are not caught: they are the database's answers.
             self.trouble.set()
             raise DatabaseUnavailable(f"the database is unreachable: {exc}") from exc
+        if scope.cancelled_caught:
+            self.trouble.set()
+            raise DatabaseUnavailable(
+                "the database is unreachable"
+                if self.down
+                else f"the database did not answer within {bound:g} s"
+            )
 
     async def check(self) -> None:
         """Replace the broken idle connections now (bounded like a unit of work)."""
