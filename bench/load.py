@@ -16,16 +16,24 @@ on asyncio with httptools, so the clients stay cheap). Scenarios:
   ``TURNLOG_CHECKPOINT_S=3600`` (what checkpoints cost);
 - ``sends``: 10 clients send for N seconds, each round-robin over its own conversations
   (1-token answers), counting 201s.
+- with ``--workers N`` (default 2; 0 skips): ``fan-out`` and ``gens`` again on
+  ``turnlog serve --workers N`` (same database), rows labelled ``--workers N`` beside a
+  ``--workers 1`` run measured right after, ratio between them. Subscribers land on any
+  worker and follow the generation's owner through one internal stream per worker (issue
+  13, docs/deployment.md). CPU counts every worker; RSS is the supervisor's only.
 
 Columns (turnlog, baseline, ratio): deliveries/s (frames of deltas received by all
 subscribers), p50/p99 lag (arrival behind the demo schedule token i at start + i/tps, start
 estimated from the earliest arrival), time to first delta after the send (p99), p99 gap
 between consecutive deltas of one subscriber, server CPU per unit (``/proc/<pid>/stat``:
-the server process, plus every PostgreSQL process for turnlog), peak RSS of the server
-process, database transactions and event rows per turn (``pg_stat_database.xact_commit``
-and ``events`` deltas), and the largest gap between a generating row's stored events (their
-``at``). After every scenario each subscriber's fold (init blocks + every delta, folded
-with the real reducer) is compared with the stored row; a mismatch fails the run.
+the server process plus, for turnlog, every PostgreSQL process; then the server process
+alone), peak RSS of the server process, database transactions and event rows per turn
+(``pg_stat_database.xact_commit`` and ``events`` deltas), the largest gap between a
+generating row's stored events (their ``at``, from its first checkpoint on), and the
+server's own count of checkpoints stored later than ``TURNLOG_CHECKPOINT_S`` + 0.25 s after
+their oldest event was published. After every scenario each subscriber's fold (init blocks
++ every delta, folded with the real reducer) is compared with the stored row; a mismatch
+fails the run.
 """
 
 from __future__ import annotations
@@ -305,9 +313,12 @@ class Server:
         self.token = token
         self.postmaster: int | None = None
         self.db_url: str | None = None
+        self.workers = 1
 
     def pids(self) -> list[int]:
         pids = [self.proc.pid]
+        if self.workers > 1:  # `serve --workers N`: the supervisor's worker processes
+            pids += _children(self.proc.pid)
         if self.postmaster is not None:
             pids.append(self.postmaster)
             pids += _children(self.postmaster)
@@ -375,12 +386,15 @@ class RssPeak:
         self._thread.join()
 
 
-def start_turnlog(data_dir: Path, extra_env: dict[str, str] | None = None) -> Server:
+def start_turnlog(
+    data_dir: Path, extra_env: dict[str, str] | None = None, *, workers: int = 1
+) -> Server:
     port = free_port()
     env = {**os.environ, "TURNLOG_DATA_DIR": str(data_dir), **(extra_env or {})}
     env.pop("TURNLOG_DATABASE_URL", None)
+    command = [str(Path(sys.executable).parent / "turnlog"), "serve", "--port", str(port)]
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "turnlog"), "serve", "--port", str(port)],
+        [*command, "--workers", str(workers)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -397,6 +411,7 @@ def start_turnlog(data_dir: Path, extra_env: dict[str, str] | None = None) -> Se
     threading.Thread(target=proc.stdout.read, daemon=True).start()  # drain
     wait_port(proc, port)
     server = Server("turnlog", proc, port, token)
+    server.workers = workers
     from turnlog.db.embedded import EmbeddedPostgres
 
     embedded = EmbeddedPostgres(data_dir)
@@ -505,9 +520,12 @@ class Db:
 
     def largest_gap(self, after_position: int) -> float:
         """The largest gap between consecutive stored events of one assistant row (s)."""
+        # From the first checkpoint on: before it the row may hold nothing to lose (the
+        # send's start waits for the history read and the first token). That first wait is
+        # counted by the server itself: turnlog_checkpoint_deadline_misses (column misses).
         rows = self.conn.execute(
             "SELECT data->>'message_id', data->>'at' FROM events WHERE position > %s AND type IN"
-            " ('assistant_turn_started', 'turn_checkpointed', 'step_completed',"
+            " ('turn_checkpointed', 'step_completed',"
             " 'turn_failed', 'turn_aborted', 'turn_interrupted') ORDER BY position",
             (after_position,),
         ).fetchall()
@@ -582,6 +600,7 @@ class Row(msgspec.Struct):
     ttfd_p99_ms: float = float("nan")
     gap_p99_ms: float = float("nan")
     cpu_per_unit_us: float = float("nan")
+    own_cpu_per_unit_us: float = float("nan")
     unit: str = ""
     rate_s: float = float("nan")  # sends/s for the send scenario
     p50_ms: float = float("nan")
@@ -589,6 +608,7 @@ class Row(msgspec.Struct):
     xact_per_turn: float = float("nan")
     events_per_turn: float = float("nan")
     stored_gap_s: float = float("nan")
+    misses: float = float("nan")
     folds_ok: str = ""
 
 
@@ -601,8 +621,10 @@ class Measure:
 
     def __enter__(self) -> Measure:
         self.counters = self.db.counters() if self.db else None
+        self.misses = misses(self.server) if self.db else 0.0
         self.rss = RssPeak(self.server.proc.pid).__enter__()
         self.ticks = cpu_ticks(self.server.pids())
+        self.own = cpu_ticks([self.server.proc.pid])
         self.t0 = time.monotonic()
         return self
 
@@ -614,16 +636,37 @@ class Measure:
             return
         self.seconds = time.monotonic() - self.t0
         self.cpu = cpu_delta(self.ticks, cpu_ticks(self.server.pids()))
+        self.cpu_own = cpu_delta(self.own, cpu_ticks([self.server.proc.pid]))
         self.rss.__exit__()
 
-    def fill(self, row: Row, turns: int) -> None:
+    def fill(self, row: Row, turns: int, units: int) -> None:
         row.rss_mb = self.rss.peak / 2**20
+        row.cpu_per_unit_us = self.cpu / max(units, 1) * 1e6
+        row.own_cpu_per_unit_us = self.cpu_own / max(units, 1) * 1e6
         if self.db and self.counters:
             x0, p0, n0 = self.counters
             x1, _, n1 = self.db.counters()
             row.xact_per_turn = (x1 - x0 - 1) / max(turns, 1)  # -1: our own read
             row.events_per_turn = (n1 - n0) / max(turns, 1)
             row.stored_gap_s = self.db.largest_gap(p0)
+            row.misses = misses(self.server) - self.misses
+
+
+def misses(server: Server) -> float:
+    """turnlog's count of checkpoints stored later than TURNLOG_CHECKPOINT_S + 0.25 s."""
+
+    async def read() -> tuple[int, bytes]:
+        conn = await Conn.open("127.0.0.1", server.port, server.token)
+        try:
+            return await conn.request("GET", "/metrics")
+        finally:
+            conn.close()
+
+    _, body = asyncio.run(read())
+    for line in body.decode().splitlines():
+        if line.startswith("turnlog_checkpoint_deadline_misses_total "):
+            return float(line.split()[1])
+    return float("nan")
 
 
 def check_folds(server: Server, pairs: list[tuple[str, str]], subs: list[Any]) -> str:
@@ -662,8 +705,7 @@ def fanout(server: Server, subscribers: int, tokens: int, clients: int) -> Row:
     row.lag_p50_ms = pct(stats["lags"], 50) * 1000
     row.lag_p99_ms = pct(stats["lags"], 99) * 1000
     row.gap_p99_ms = pct(stats["gaps"], 99) * 1000
-    row.cpu_per_unit_us = m.cpu / max(deliveries, 1) * 1e6
-    m.fill(row, 1)
+    m.fill(row, 1, deliveries)
     row.folds_ok = check_folds(server, [(cid, mid)] * len(streams), streams)
     return row
 
@@ -685,8 +727,10 @@ def gens(server: Server, g: int, tokens: int, clients: int) -> Row:
         results = [r for chunk in workers.results() for r in chunk]
         m.stop()
     failed = [r for r in results if r[1] is None]
-    if failed:
-        raise RuntimeError(f"{server.name}: {len(failed)} sends failed, e.g. {failed[0][4:6]}")
+    if any(r[4] != 503 for r in failed):
+        bad = next(r for r in failed if r[4] != 503)
+        raise RuntimeError(f"{server.name}: a send failed: {bad[4]} {bad[5]!r}")
+    results = [r for r in results if r[1] is not None]  # 503: refused (overloaded)
     streams = [r[6] for r in results]
     stats = delta_stats(streams, tps, shared_start=False)
     ttfd = []
@@ -703,9 +747,10 @@ def gens(server: Server, g: int, tokens: int, clients: int) -> Row:
     row.lag_p99_ms = pct(stats["lags"], 99) * 1000
     row.ttfd_p99_ms = pct(ttfd, 99) * 1000
     row.gap_p99_ms = pct(stats["gaps"], 99) * 1000
-    row.cpu_per_unit_us = m.cpu / g * 1e6
-    m.fill(row, g)
+    m.fill(row, len(results), len(results))
     row.folds_ok = check_folds(server, [(r[0], r[1]) for r in results], streams)
+    if failed:
+        row.folds_ok += f" ({len(failed)} refused: 503)"
     return row
 
 
@@ -729,8 +774,7 @@ def sends(server: Server, seconds: float, clients: int, procs: int) -> Row:
     row.rate_s = len(latencies) / m.seconds
     row.p50_ms = pct(latencies, 50) * 1000
     row.lag_p99_ms = pct(latencies, 99) * 1000
-    row.cpu_per_unit_us = m.cpu / max(len(latencies), 1) * 1e6
-    m.fill(row, len(latencies))
+    m.fill(row, len(latencies), len(latencies))
     other = {k: v for k, v in codes.items() if k != 201}
     row.folds_ok = "n/a" + (f" (non-201: {other})" if other else "")
     return row
@@ -747,10 +791,12 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("ttfd_p99_ms", "ttfd99 ms", "{:.0f}"),
     ("gap_p99_ms", "gap99 ms", "{:.0f}"),
     ("cpu_per_unit_us", "CPU/unit us", "{:.0f}"),
+    ("own_cpu_per_unit_us", "(w/o PG) us", "{:.0f}"),
     ("rss_mb", "RSS MB", "{:.0f}"),
     ("xact_per_turn", "xact/turn", "{:.1f}"),
     ("events_per_turn", "events/turn", "{:.1f}"),
     ("stored_gap_s", "stored gap s", "{:.2f}"),
+    ("misses", "ckpt misses", "{:.0f}"),
 ]
 
 
@@ -758,11 +804,15 @@ def _cell(value: float, fmt: str) -> str:
     return "-" if value != value else fmt.format(value)
 
 
-def table(results: list[tuple[str, Row, Row]]) -> str:
+Result = tuple[str, Row, Row] | tuple[str, Row, Row, tuple[str, str]]
+
+
+def table(results: list[Result]) -> str:
     header = ["scenario", "server", *(title for _, title, _ in COLUMNS), "folds"]
     lines = [header]
-    for name, mine, base in results:
-        for who, row in (("turnlog", mine), ("baseline", base)):
+    for name, mine, base, *named in results:
+        who_is = named[0] if named else ("turnlog", "baseline")
+        for who, row in zip(who_is, (mine, base), strict=True):
             cells = [_cell(getattr(row, f), fmt) for f, _, fmt in COLUMNS]
             lines.append([f"{name} (per {mine.unit})", who, *cells, row.folds_ok])
         ratio = []
@@ -833,10 +883,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=2, help="client processes per scenario")
     ap.add_argument("--only", choices=["turnlog", "both"], default="both")
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="also run fan-out and gens on `turnlog serve --workers N`, beside the single "
+        "process (0 or 1: skip)",
+    )
     args = ap.parse_args(argv)
 
     print(f"machine: {machine()}", flush=True)
-    results: list[tuple[str, Row, Row]] = []
+    results: list[Result] = []
     started = time.monotonic()
     with servers(args.keep) as (turnlog, baseline, tmp):
         print(f"turnlog pid {turnlog.proc.pid}, baseline pid {baseline.proc.pid}", flush=True)
@@ -869,6 +926,29 @@ def main(argv: list[str] | None = None) -> int:
                 )
             finally:
                 off.stop()
+        if args.workers > 1:
+            # The same scenarios on N worker processes behind one port (same database),
+            # beside the single process, measured now: subscribers land on any worker and
+            # follow the generation's owner through its internal stream (issue 13).
+            multi = start_turnlog(tmp / "data", workers=args.workers)
+            labels = (f"--workers {args.workers}", "--workers 1")
+            try:
+                runs: list[tuple[str, Callable[[Server], Row]]] = [
+                    (
+                        f"fan-out S={s}",
+                        lambda srv, s=s: fanout(srv, s, args.fanout_tokens, args.clients),
+                    )
+                    for s in args.fanout
+                ]
+                runs += [
+                    (f"gens G={g}", lambda srv, g=g: gens(srv, g, args.tokens, args.clients))
+                    for g in args.gens
+                ]
+                for name, run in runs:
+                    results.append((name, run(multi), run(turnlog), labels))
+                    print(f"  {name} x{args.workers}: done", flush=True)
+            finally:
+                multi.stop()
     print()
     print(table(results))
     print(f"\n(total {time.monotonic() - started:.0f} s)")

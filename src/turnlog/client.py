@@ -7,7 +7,6 @@ General layout::
     AsyncClient        the same over ``httpx.AsyncClient``
     StreamItem         one SSE event of a message stream: (event, id, decoded data)
     MessageFold        folds ``init`` + stream events into blocks with the shared reducer
-    cli_chat           ``turnlog chat``: a small terminal client built on ``Client``
 
 Answers are returned as decoded JSON (dicts), exactly as the server sent them; only the
 message stream is decoded further (``Init`` and the reducer's event Structs), because a
@@ -23,7 +22,6 @@ on every ``init`` and then applies the deltas; it never needs to know what it mi
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
@@ -36,19 +34,15 @@ from turnlog_reducer import (
     EMPTY,
     Blocks,
     Done,
-    ReasoningDelta,
     StreamEvent,
     TextBlock,
-    TextDelta,
     apply_stream_event,
     decode_blocks,
     decode_event,
 )
 
 if TYPE_CHECKING:
-    import argparse
-
-    from turnlog.config import Settings
+    pass
 
 __all__ = [
     "ApiError",
@@ -58,7 +52,6 @@ __all__ = [
     "MessageFold",
     "StreamGapError",
     "StreamItem",
-    "cli_chat",
     "text_of",
 ]
 
@@ -403,9 +396,11 @@ class Client:
         result: JSON = _decoded(self.http.post(_Routes.message(mid, "cancel")))
         return result
 
-    def retry(self, mid: str) -> JSON:
-        """POST /v1/messages/{mid}/retry -> ``{"assistant_message": row}`` (201)."""
-        result: JSON = _decoded(self.http.post(_Routes.message(mid, "retry")))
+    def retry(self, mid: str, *, options: Mapping[str, Any] | None = None) -> JSON:
+        """POST /v1/messages/{mid}/retry -> ``{"assistant_message": row}`` (201); ``options``
+        given replace the failed turn's."""
+        body = None if options is None else {"options": dict(options)}
+        result: JSON = _decoded(self.http.post(_Routes.message(mid, "retry"), json=body))
         return result
 
     def tool_result(self, mid: str, tool_call_id: str, content: str) -> Any:
@@ -592,9 +587,11 @@ class AsyncClient:
         result: JSON = _decoded(await self.http.post(_Routes.message(mid, "cancel")))
         return result
 
-    async def retry(self, mid: str) -> JSON:
-        """POST /v1/messages/{mid}/retry -> ``{"assistant_message": row}`` (201)."""
-        result: JSON = _decoded(await self.http.post(_Routes.message(mid, "retry")))
+    async def retry(self, mid: str, *, options: Mapping[str, Any] | None = None) -> JSON:
+        """POST /v1/messages/{mid}/retry -> ``{"assistant_message": row}`` (201); ``options``
+        given replace the failed turn's."""
+        body = None if options is None else {"options": dict(options)}
+        result: JSON = _decoded(await self.http.post(_Routes.message(mid, "retry"), json=body))
         return result
 
     async def tool_result(self, mid: str, tool_call_id: str, content: str) -> Any:
@@ -650,131 +647,3 @@ class AsyncClient:
         async for item in self.stream_message(mid, **kwargs):
             fold.feed(item)
         return fold
-
-
-# --------------------------------------------------------------------------- turnlog chat
-
-_HELP: Final = "commands: /retry  /cancel  /quit   (Ctrl-C while an answer streams cancels it)"
-
-
-def _print_delta(item: StreamItem, shown: list[int]) -> None:
-    """Print the text of a delta; after a (re)init, print only what was not shown yet."""
-    data = item.data
-    if isinstance(data, Init):
-        text = text_of(data.blocks)
-        sys.stdout.write(text[shown[0] :])
-        shown[0] = max(shown[0], len(text))
-    elif isinstance(data, TextDelta):
-        sys.stdout.write(data.text)
-        shown[0] += len(data.text)
-    elif isinstance(data, ReasoningDelta):
-        return
-    sys.stdout.flush()
-
-
-def _watch(client: Client, mid: str) -> str | None:
-    """Print ``mid``'s answer as it streams; Ctrl-C cancels it. Returns the final status."""
-    shown = [0]
-    status: str | None = None
-    try:
-        for item in client.stream_message(mid):
-            _print_delta(item, shown)
-            if isinstance(item.data, Done):
-                status = item.data.status
-    except KeyboardInterrupt:
-        with contextlib.suppress(ApiError):
-            client.cancel(mid)
-        status = "aborted"
-    print()
-    if status not in (None, "completed"):
-        print(f"[{status}]")
-    return status
-
-
-def _follow_turn(client: Client, cid: str, first_mid: str) -> str | None:
-    """Watch an assistant turn, its server-tool steps included, and ask for interactive
-    tool results. Returns the id of the turn's last assistant row."""
-    watched = {first_mid}
-    last = first_mid
-    _watch(client, first_mid)
-    while True:
-        state = client.get_conversation(cid)
-        rows: list[JSON] = state["messages"]
-        pending = [r for r in rows if r["role"] == "assistant" and r["id"] not in watched]
-        if pending:
-            for row in pending:
-                watched.add(row["id"])
-                last = row["id"]
-                if row["is_generating"] or row["status"] != "completed":
-                    _watch(client, row["id"])
-                else:
-                    print(text_of(row["blocks"]))
-            continue
-        if state["conversation"]["state"] == "generating":
-            time.sleep(0.2)
-            continue
-        if state["conversation"]["state"] == "awaiting_input":
-            last_row = next(r for r in reversed(rows) if r["role"] == "assistant")
-            answered = {r["tool_call_id"] for r in rows if r["role"] == "tool"}
-            for block in last_row["blocks"]:
-                if block.get("type") == "tool_call" and block["id"] not in answered:
-                    print(f"? {block['name']} {block['arguments']}")
-                    reply = input("answer> ")
-                    client.tool_result(last_row["id"], block["id"], reply)
-            continue
-        return last
-
-
-def cli_chat(settings: Settings, args: argparse.Namespace) -> int:
-    """``turnlog chat``: send lines from stdin, print the streamed answers."""
-    from turnlog.http.auth import load_secret, make_token
-
-    token = make_token(load_secret(settings), args.user, 24 * 3600)
-    last: str | None = None  # the assistant row /retry and /cancel act on
-    with Client(args.url, token) as client:
-        try:
-            if args.conversation:
-                state = client.get_conversation(args.conversation)
-                cid = str(state["conversation"]["id"])
-                for row in state["messages"]:
-                    if row["role"] == "user":
-                        print(f"> {row['edited_content'] or row['content']}")
-                    elif row["role"] == "assistant":
-                        print(text_of(row["blocks"]))
-                        last = str(row["id"])
-            else:
-                cid = str(client.create_conversation(title="turnlog chat")["id"])
-        except (ApiError, httpx.HTTPError) as e:
-            print(f"turnlog chat: {e}", file=sys.stderr)
-            return 1
-        print(f"conversation {cid}\n{_HELP}")
-        while True:
-            try:
-                line = input("> ").strip()
-            except (EOFError, KeyboardInterrupt):
-                print()
-                return 0
-            if not line:
-                continue
-            try:
-                match line:
-                    case "/quit":
-                        return 0
-                    case "/help":
-                        print(_HELP)
-                    case "/retry" | "/cancel" if last is None:
-                        print("nothing to act on yet")
-                    case "/retry":
-                        assert last is not None
-                        row = client.retry(last)["assistant_message"]
-                        last = _follow_turn(client, cid, row["id"])
-                    case "/cancel":
-                        assert last is not None
-                        client.cancel(last)
-                    case _:
-                        sent = client.send(cid, line)
-                        last = _follow_turn(client, cid, sent["assistant_message"]["id"])
-            except ApiError as e:
-                print(f"error {e.status}: {e.detail}")
-            except httpx.HTTPError as e:
-                print(f"connection error: {e}")

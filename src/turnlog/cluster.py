@@ -179,8 +179,8 @@ class Cluster:
             return
         if instance == str(self.instance_id):
             return  # our own commit: the feeds here already have it
-        seen = self.hub.followed().get(cid)
-        if (seen is not None and version > seen) or self._runs_in(cid):
+        seen = self.hub.shown(cid)
+        if seen is not None and version > seen:
             self._moved(cid)
 
     def _cancel_here(self, payload: str) -> None:
@@ -192,13 +192,6 @@ class Cluster:
         if gen is not None:
             log.info("cancel requested through another instance", message_id=str(mid))
             gen.cancel("aborted")
-
-    def _runs_in(self, cid: uuid.UUID) -> bool:
-        for mid in self.engine.running_ids():
-            gen = self.engine.running(mid)
-            if gen is not None and gen.turn.conversation_id == cid:
-                return True
-        return False
 
     def _moved(self, cid: uuid.UUID) -> None:
         self._stale.add(cid)
@@ -221,7 +214,8 @@ class Cluster:
             return
         version, conv, messages = read
         if conv is None:
-            # Deleted elsewhere: a generation of it here stops now, not at its next write.
+            # Deleted elsewhere: a generation of it here stops now, not at its next
+            # checkpoint (which the deletion fences off anyway).
             for mid in self.engine.running_ids():
                 gen = self.engine.running(mid)
                 if gen is not None and gen.turn.conversation_id == cid:

@@ -43,9 +43,11 @@ def _chat(
 
 
 def test_chat_sends_a_line_and_prints_the_streamed_answer(server: Server, tmp_path: Path) -> None:
-    """A line on stdin is sent; the streamed answer is printed; /quit exits 0."""
+    """A line on stdin is sent; the streamed answer is printed; /quit exits 0; it says
+    which secret signed its token."""
     done = _chat(server, tmp_path, "hello from the terminal\n/quit\n")
     assert done.returncode == 0, done.stderr
+    assert "signed with the secret in TURNLOG_JWT_SECRET" in done.stderr
     match = re.search(r"conversation ([0-9a-f-]{36})", done.stdout)
     assert match, done.stdout
     with server.client() as c:
@@ -64,7 +66,7 @@ def test_chat_opens_an_existing_conversation_and_retries(server: Server, tmp_pat
         c.follow(mid)
     done = _chat(server, tmp_path, "/retry\nsecond question\n/quit\n", "--conversation", cid)
     assert done.returncode == 0, done.stderr
-    assert "> an earlier question" in done.stdout
+    assert "you: an earlier question" in done.stdout
     assert "error 409" in done.stdout  # nothing to retry on a completed answer
     with server.client() as c:
         rows = c.list_messages(cid)

@@ -104,7 +104,7 @@ def test_schemathesis_finds_no_5xx_and_no_answer_off_the_schema(
         "--max-examples",
         "15",
         "--max-time",
-        "45",
+        "30",
         "--request-timeout",
         "10",
         "--workers",

@@ -589,6 +589,7 @@ def test_schema_reapplies_after_rebuild(fresh_db: str) -> None:
     assert names == {
         "conversations_pkey",
         "conversations_owner_created",
+        "conversations_generating",
         "messages_pkey",
         "messages_conversation_seq",
         "messages_client_id",

@@ -340,3 +340,12 @@ async def test_bad_options_are_a_final_error(fake: FakeServer) -> None:
     assert "reasoning_effort" in str(error)
     assert not error.retryable
     assert fake.requests == []
+
+
+# The SDK warns about a value its enum does not know, and goes on.
+@pytest.mark.filterwarnings("ignore:SOMETHING_NEW is not a valid:UserWarning")
+async def test_an_unknown_finish_reason_passes_through(fake: FakeServer) -> None:
+    """A finish reason newer than the SDK release still ends the step, lowercased."""
+    fake.queue(w.reply(w.chunk(w.text("x"), finish="SOMETHING_NEW")))
+    _, end = await run(provider(fake), request())
+    assert end.finish_reason == "something_new"

@@ -11,6 +11,7 @@ generation's attempt id, so once anyone else has ended the row the store rejects
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import re
@@ -205,9 +206,8 @@ class Engine:
         self._interrupting = False
         self._tg: TaskGroup | None = None
         self._running: dict[uuid.UUID, Generation] = {}
-        # Recent checkpoint write latency (an average, s), and until when (monotonic) new
-        # generations are refused because checkpoints are late (0: they are not).
-        self._write_s = 0.0
+        # Until when (monotonic) new generations are refused because checkpoints are late
+        # (0: they are not).
         self._refuse_until = 0.0
         # Set (and replaced) whenever a generation ends; drain waits on it.
         self._ended = anyio.Event()
@@ -224,12 +224,6 @@ class Engine:
 
     def __len__(self) -> int:
         return len(self._running)
-
-    @property
-    def _write_lead(self) -> float:
-        """How early a checkpoint write starts: twice the recent write latency, at most
-        half an interval."""
-        return min(self.settings.checkpoint_s / 2, 2 * self._write_s + 0.005)
 
     def overloaded(self) -> float | None:
         """Seconds to wait before starting a generation, or None when one may start now.
@@ -441,44 +435,46 @@ class Engine:
         """One try of a step; ``produced[0]`` is set once something was published."""
         settings = self.settings
         stream = provider.stream(request)
+        # One cancel scope for the whole try and one timer that fires only when a timeout
+        # may have passed; a scope per item (armed and disarmed per token) was a tenth of
+        # the server's CPU at 500 generations.
+        watchdog = _Watchdog(settings.provider_first_token_timeout_s)
         try:
-            while True:
-                waited = (
-                    settings.provider_stall_timeout_s
-                    if produced[0]
-                    else settings.provider_first_token_timeout_s
-                )
-                with anyio.move_on_after(waited) as timer:
+            with anyio.CancelScope() as scope:
+                watchdog.start(scope)
+                while True:
                     try:
                         item = await anext(stream)
                     except StopAsyncIteration:
                         raise ProviderError(
                             "provider ended the step without a result", retryable=False
                         ) from None
-                if timer.cancelled_caught:
-                    what = "for the first token" if not produced[0] else "(the stream stalled)"
-                    raise ProviderError(
-                        f"provider timed out: nothing for {waited:g} s {what}", retryable=False
-                    )
-                if isinstance(item, StepEnd):
-                    return item
-                item = without_nul(item)
-                try:
-                    gen.stream.publish(item)
-                except StreamProtocolError as exc:
-                    raise ProviderError(
-                        f"provider broke the stream: {exc}", retryable=False
-                    ) from exc
-                gen.pending.append(item)
-                if gen.pending_since is None:
-                    gen.pending_since = time.monotonic()
-                    if gen.first_at is None:
-                        gen.first_at = gen.pending_since
-                        self.metrics.time_to_first_token.labels(
-                            *provider_and_model(gen.turn.model)
-                        ).observe(gen.first_at - gen.started_at)
-                produced[0] = True
+                    if isinstance(item, StepEnd):
+                        return item
+                    item = without_nul(item)
+                    try:
+                        gen.stream.publish(item)
+                    except StreamProtocolError as exc:
+                        raise ProviderError(
+                            f"provider broke the stream: {exc}", retryable=False
+                        ) from exc
+                    gen.pending.append(item)
+                    if gen.pending_since is None:
+                        gen.pending_since = time.monotonic()
+                        if gen.first_at is None:
+                            gen.first_at = gen.pending_since
+                            self.metrics.time_to_first_token.labels(
+                                *provider_and_model(gen.turn.model)
+                            ).observe(gen.first_at - gen.started_at)
+                    produced[0] = True
+                    watchdog.fed(settings.provider_stall_timeout_s)
+            # Only the watchdog cancels this scope (any other cancel propagates past it).
+            what = "for the first token" if not produced[0] else "(the stream stalled)"
+            raise ProviderError(
+                f"provider timed out: nothing for {watchdog.waited:g} s {what}", retryable=False
+            )
         finally:
+            watchdog.stop()
             # Close the provider's request now (cancel, timeout, error): its server sees the
             # disconnect at once. Shielded, so a cancelled step still gets to close it.
             aclose = getattr(stream, "aclose", None)
@@ -490,12 +486,14 @@ class Engine:
         """Store the new events so that none waits longer than TURNLOG_CHECKPOINT_S.
 
         Deadline-based, not a fixed sleep: a write is due TURNLOG_CHECKPOINT_S after the
-        oldest event it stores was published, and starts early by the recent write latency
-        so that it commits by then (a sleep of a full interval plus the write used to widen
-        the gap under load). Generations started together would all be due together: each
-        one's first write comes early by a fraction of the interval drawn from its message
-        id, which spreads their writes over the interval for good (a later write is due one
-        interval after the first event that followed the previous one).
+        oldest event it stores was published (a sleep of a full interval, then the write,
+        used to widen the gap by the write's latency and by the time nothing was pending;
+        the promise's 0.25 s slack is the write's to take). It does not start earlier when
+        writes are slow: more writes would make them slower still. Generations started
+        together would all be due together: each one's first write comes early by up to
+        half an interval, drawn from its message id, which spreads their writes over the
+        interval for good (a later write is due one interval after the first event that
+        followed the previous one).
         """
         interval = self.settings.checkpoint_s
         stagger = interval * STAGGER * (gen.turn.message_id.int % 1024) / 1024
@@ -507,7 +505,7 @@ class Engine:
                 # meanwhile is then still well before its due time).
                 await anyio.sleep(interval / 2)
                 continue
-            due = since + interval - self._write_lead - stagger
+            due = since + interval - stagger
             wait = due - time.monotonic()
             if wait > 0:
                 await anyio.sleep(wait)
@@ -559,7 +557,6 @@ class Engine:
             await self.store.append(gen.turn.conversation_id, [event])
         ended = time.monotonic()
         self.metrics.checkpoint_write.observe(ended - started)
-        self._write_s += 0.2 * (ended - started - self._write_s)
         if since is not None and ended - since > self.settings.checkpoint_s + CHECKPOINT_SLACK_S:
             self.metrics.checkpoint_misses.inc()
         gen.unacked = None
@@ -720,6 +717,50 @@ class Engine:
             del self._running[gen.turn.message_id]
         ended, self._ended = self._ended, anyio.Event()
         ended.set()
+
+
+class _Watchdog:
+    """Cancels a scope once nothing came for ``waited`` seconds (the provider timeouts).
+
+    ``fed`` after each item only moves the deadline; the one timer re-arms itself when it
+    fires before the deadline, so there is no timer or cancel scope per token.
+    """
+
+    def __init__(self, waited: float) -> None:
+        self.waited = waited
+        self._deadline = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, scope: anyio.CancelScope) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self._scope = scope
+        self._deadline = loop.time() + self.waited
+        self._timer = loop.call_at(self._deadline, self._fire)
+
+    def fed(self, waited: float) -> None:
+        assert self._loop is not None
+        assert self._timer is not None
+        self.waited = waited
+        self._deadline = self._loop.time() + waited
+        if self._deadline < self._timer.when():  # a shorter timeout than the one armed
+            self._timer.cancel()
+            self._timer = self._loop.call_at(self._deadline, self._fire)
+
+    def _fire(self) -> None:
+        assert self._loop is not None
+        assert self._scope is not None
+        if self._loop.time() >= self._deadline:
+            self._timer = None
+            self._scope.cancel()
+        else:
+            self._timer = self._loop.call_at(self._deadline, self._fire)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def without_nul(event: StreamEvent) -> StreamEvent:

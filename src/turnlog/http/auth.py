@@ -48,6 +48,13 @@ def load_secret(settings: Settings) -> str:
     return secret
 
 
+def secret_source(settings: Settings) -> str:
+    """Which secret signs and checks tokens, in words (never the secret itself)."""
+    if settings.jwt_secret:
+        return "the secret in TURNLOG_JWT_SECRET"
+    return f"the secret in {Path(settings.data_dir) / 'jwt-secret'} (data dir {settings.data_dir})"
+
+
 def make_token(secret: str, user: str, ttl: int) -> str:
     now = int(time.time())
     return jwt.encode({"sub": user, "iat": now, "exp": now + ttl}, secret, algorithm=ALGORITHM)
@@ -65,7 +72,14 @@ def user_from_header(secret: str, authorization: str | None) -> str:
             token.strip(), secret, algorithms=[ALGORITHM], options={"require": ["sub"]}
         )
     except jwt.ExpiredSignatureError:
-        raise Unauthorized("token expired") from None
+        raise Unauthorized("token expired; make a new one with `turnlog token --user ID`") from None
+    except jwt.InvalidSignatureError:
+        raise Unauthorized(
+            "invalid token: it was not signed with this server's secret. Make one with "
+            "`turnlog token --user ID`, run with the same TURNLOG_JWT_SECRET, or from the "
+            "same directory (TURNLOG_DATA_DIR) as `turnlog serve`; both commands print the "
+            "secret they use"
+        ) from None
     except jwt.InvalidTokenError as exc:
         raise Unauthorized(f"invalid token: {exc}") from None
     if "scope" in claims:
@@ -120,4 +134,6 @@ def cli_token(settings: Settings, *, user: str, ttl: int) -> int:
         print(f"turnlog token: --ttl must be positive, got {ttl}", file=sys.stderr)
         return 2
     print(make_token(load_secret(settings), user, ttl))
+    # On stderr: stdout is the token alone, for `TOKEN=$(turnlog token ...)`.
+    print(f"turnlog token: signed with {secret_source(settings)}", file=sys.stderr)
     return 0

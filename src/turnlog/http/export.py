@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from turnlog_reducer import ReasoningBlock, TextBlock, ToolCallBlock
@@ -18,6 +19,7 @@ _WORDS: dict[str, dict[str, str]] = {
         "assistant": "Assistant",
         "tool": "Tool result",
         "system": "System",
+        "system_prompt": "System prompt",
         "reasoning": "Reasoning",
         "tool_call": "Tool call",
         "edited": "edited",
@@ -33,6 +35,7 @@ _WORDS: dict[str, dict[str, str]] = {
         "assistant": "Ассистент",
         "tool": "Результат инструмента",
         "system": "Система",
+        "system_prompt": "Системный промпт",
         "reasoning": "Рассуждение",
         "tool_call": "Вызов инструмента",
         "edited": "изменено",
@@ -48,6 +51,7 @@ _WORDS: dict[str, dict[str, str]] = {
         "assistant": "Asystent",
         "tool": "Wynik narzędzia",
         "system": "System",
+        "system_prompt": "Prompt systemowy",
         "reasoning": "Rozumowanie",
         "tool_call": "Wywołanie narzędzia",
         "edited": "edytowano",
@@ -68,9 +72,24 @@ def normalize_lang(tag: str | None) -> str:
     return primary if primary in SUPPORTED else "en"
 
 
+# A line that Markdown would read as a heading (ATX `# x` with up to three spaces first, or a
+# setext underline `===`/`---`), or that would open a code fence or an HTML block and so
+# swallow the headings after it. User text must not make or hide the export's headings.
+_HEADING = re.compile(r"^( {0,3})(#{1,6}(?=\s|$)|=+\s*$|-+\s*$|`{3,}|~{3,}|<)")
+
+
+def literal(text: str) -> str:
+    """``text`` with every line that would be a Markdown heading escaped (``\\#``), so what
+    a user typed can never forge the export's headings."""
+    return "\n".join(_HEADING.sub(r"\1\\\2", line) for line in text.split("\n"))
+
+
 def markdown(conv: Conversation, messages: Sequence[Message], lang: str) -> str:
     w = _WORDS.get(lang, _WORDS["en"])
-    out = [f"# {conv.title or w['untitled']}", "", f"_{w['model']}: {conv.model}_", ""]
+    title = (conv.title or w["untitled"]).replace("\n", " ")  # one line: one heading
+    out = [f"# {title}", "", f"_{w['model']}: {conv.model}_", ""]
+    if conv.system_prompt:
+        out += [f"## {w['system_prompt']}", "", literal(conv.system_prompt), ""]
     for m in messages:
         heading = w[m.role] + (f" ({m.tool_name})" if m.role == "tool" and m.tool_name else "")
         notes = []
@@ -80,6 +99,8 @@ def markdown(conv: Conversation, messages: Sequence[Message], lang: str) -> str:
             notes.append(w[m.status])
         out.append(f"## {heading}" + (f" _({', '.join(notes)})_" if notes else ""))
         out.append("")
+        if m.status == "error" and m.error:
+            out += [f"> **{w['error']}:** {literal(m.error).replace(chr(10), ' ')}", ""]
         if m.role == "assistant":
             for block in m.blocks:
                 if isinstance(block, TextBlock):
@@ -92,5 +113,5 @@ def markdown(conv: Conversation, messages: Sequence[Message], lang: str) -> str:
                     out += [f"**{w['tool_call']}: `{block.name}`**", "", "```json", args, "```", ""]
         else:
             text = m.edited_content if m.edited_content is not None else (m.content or "")
-            out += [text, ""]
+            out += [literal(text), ""]
     return "\n".join(out).rstrip() + "\n"

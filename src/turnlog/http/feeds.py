@@ -122,6 +122,11 @@ class FeedHub:
         if topic is not None and topic.version == 0:
             topic.version = version
 
+    def shown(self, cid: uuid.UUID) -> int | None:
+        """The last version pushed to the conversation's feeds; None if it has none."""
+        topic = self._topics.get(cid)
+        return None if topic is None else topic.version
+
     def followed(self) -> dict[uuid.UUID, int]:
         """The conversations with subscribers here, each with the last version pushed."""
         return {cid: t.version for cid, t in self._topics.items()}

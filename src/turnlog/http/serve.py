@@ -12,9 +12,12 @@ worker of ``serve --workers N`` shares the public socket with its siblings but n
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import socket
 import sys
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -22,7 +25,7 @@ import uvicorn
 from turnlog import logs
 from turnlog.config import Settings
 from turnlog.http.app import Runtime, create_app
-from turnlog.http.auth import make_token
+from turnlog.http.auth import make_token, secret_source
 
 DEMO_USER = "demo-user"
 
@@ -71,6 +74,7 @@ def banner(settings: Settings, secret: str, base: str) -> str:
     )
     text = (
         f"turnlog is serving on {base} ({where})\n"
+        f"tokens are signed with {secret_source(settings)}\n"
         f"bearer token for user {DEMO_USER!r} (30 days):\n{token}\n"
         f"try:  curl -s -X POST {base}/v1/conversations -H 'Authorization: Bearer {token}'"
     )
@@ -95,14 +99,29 @@ def run_server(settings: Settings, *, host: str, port: int, worker_fd: int | Non
     tune_gc()
     rt = Runtime(settings)
     base = f"http://{host}:{port}"
+    pid_file = Path(settings.data_dir) / "serve.pid"
 
     def ready(rt: Runtime) -> None:
         freeze_startup_objects()
         if worker_fd is None:  # a worker's supervisor prints it once for all
             print(banner(settings, rt.secret, base), flush=True)
+            # So that this server, and only this one, can be stopped:
+            # kill $(cat DATA_DIR/serve.pid)
+            pid_file.parent.mkdir(parents=True, exist_ok=True)
+            pid_file.write_text(f"{os.getpid()}\n", encoding="utf-8")
+            print(f"pid {os.getpid()} (in {pid_file})", flush=True)
 
     rt.on_ready = ready
-    public = bind(host, port) if worker_fd is None else socket.socket(fileno=worker_fd)
+    try:
+        public = bind(host, port) if worker_fd is None else socket.socket(fileno=worker_fd)
+    except OSError as exc:
+        print(
+            f"turnlog serve: cannot listen on {host}:{port}: {exc.strerror}. Another server "
+            f"there? (this data dir's last one wrote its pid to {pid_file}); "
+            "or choose another port with --port",
+            file=sys.stderr,
+        )
+        return 1
     internal = bind(settings.internal_host, 0)
     internal_host = settings.internal_host
     if ":" in internal_host:
@@ -123,6 +142,11 @@ def run_server(settings: Settings, *, host: str, port: int, worker_fd: int | Non
         server.run(sockets=[public, internal])
     except KeyboardInterrupt:
         return 130
+    finally:
+        # Only our own: another server may have written its pid since.
+        with contextlib.suppress(OSError):
+            if pid_file.read_text(encoding="utf-8").strip() == str(os.getpid()):
+                pid_file.unlink()
     if not server.started:
         print("turnlog: the server did not start (see the log above)", file=sys.stderr)
         return 1

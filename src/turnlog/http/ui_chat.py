@@ -335,6 +335,11 @@ async def _turn_frames(
 async def _live_step(rt: Runtime, step: Message, encoder: StepEncoder) -> AsyncIterator[bytes]:
     """The chunks of a generating step until it ends in the store (or the server closes)."""
     live = rt.registry.get(step.id)
+    mirror = None
+    if live is None and step.status == "generating":
+        # Running on another instance: read this instance's mirror of it (turnlog.follow).
+        mirror = await rt.follower.mirror(step.id)
+        live = None if mirror is None else mirror.stream
     if live is not None and not live.finished:
         sub = live.subscribe()
         try:
@@ -347,6 +352,8 @@ async def _live_step(rt: Runtime, step: Message, encoder: StepEncoder) -> AsyncI
                 except StopAsyncIteration:
                     break
                 if frame is None:
+                    if mirror is not None and mirror.dropped:
+                        break  # the store below settles it
                     yield PING
                 elif frame.startswith(b"event: init\n"):
                     # The first is the snapshot loaded above; a later one resynchronises a

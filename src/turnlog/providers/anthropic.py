@@ -58,6 +58,7 @@ from turnlog_reducer import (
 
 from turnlog.config import Settings
 from turnlog.models import ProviderSpec
+from turnlog.providers._tls import tls_context
 from turnlog.providers.base import (
     Adapter,
     ChatMessage,
@@ -152,6 +153,9 @@ class AnthropicProvider:
             base_url=self.base_url,
             max_retries=0,
             timeout=self.timeout,
+            http_client=anthropic.DefaultAsyncHttpxClient(
+                verify=tls_context(), timeout=self.timeout
+            ),
         )
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent | StepEnd]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import functools
 import hashlib
 import json
 import re
@@ -67,6 +68,7 @@ from turnlog_reducer import (
 
 from turnlog.config import Settings
 from turnlog.models import ProviderSpec
+from turnlog.providers._tls import tls_context
 from turnlog.providers.base import (
     Adapter,
     ChatMessage,
@@ -159,7 +161,8 @@ class GeminiProvider:
         # Our own HTTP client: its read timeout is "no bytes for this long" (a stall), and
         # closing it is what hangs up on a cancelled step.
         http = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s)
+            verify=tls_context(),
+            timeout=httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s),
         )
         client = genai.Client(
             # A placeholder key lets a keyless gateway work; the API itself answers 401/403.
@@ -169,6 +172,9 @@ class GeminiProvider:
                 # The SDK passes this to every request as its one timeout (milliseconds).
                 timeout=int(self.read_timeout_s * 1000),
                 httpx_async_client=http,
+                # Given these, the client makes no TLS context (or sync client) of its own.
+                httpx_client=_sync_client(),
+                async_client_args={"ssl": tls_context()},
             ),
         )
         try:
@@ -200,6 +206,12 @@ class GeminiProvider:
             retryable=code in (408, 429) or code >= 500,
             retry_after=_retry_after(headers, e.details),
         )
+
+
+@functools.cache
+def _sync_client() -> httpx.Client:
+    """The synchronous client every ``genai.Client`` wants; turnlog never sends with it."""
+    return httpx.Client(verify=tls_context())
 
 
 def _make(spec: ProviderSpec, settings: Settings) -> GeminiProvider:
@@ -275,7 +287,8 @@ async def _translate(
             for event in _part_events(part, state, chunk.response_id, request):
                 yield event
         if candidate.finish_reason is not None:
-            name = candidate.finish_reason.value
+            # An enum member, or a plain string for a reason this SDK release does not know.
+            name = str(getattr(candidate.finish_reason, "value", candidate.finish_reason))
             finish = _FINISH.get(name, name.lower())
     if finish is None:
         raise ProviderError("gemini: the stream ended without a finish reason", retryable=True)

@@ -47,6 +47,7 @@ from turnlog_reducer import (
 
 from turnlog.config import Settings
 from turnlog.models import ProviderSpec
+from turnlog.providers._tls import tls_context
 from turnlog.providers.base import (
     Adapter,
     ChatMessage,
@@ -98,6 +99,8 @@ class OpenAIProvider:
             base_url=self.spec.base_url,
             max_retries=0,
             timeout=self.timeout,
+            # One shared TLS context: a client of its own would load the CA bundle per step.
+            http_client=openai.DefaultAsyncHttpxClient(verify=tls_context(), timeout=self.timeout),
         )
         try:
             try:
