@@ -298,7 +298,7 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
 
     // The interrupted turn is regenerated the AI SDK way (a retry of its step).
     const fresh = alice.chat(chat.id, { messages: await alice.messages(chat.id) });
-    await fresh.regenerate();
+    await fresh.regenerate({ body: { options: FAST } });
     assert.equal(fresh.status, 'ready', fresh.error?.message);
     assert.equal(fresh.lastMessage.metadata.status, 'completed');
     await assertStored(fresh, t);
