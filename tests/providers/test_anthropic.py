@@ -206,7 +206,7 @@ async def test_error_event_mid_stream(fake: FakeServer) -> None:
     )
     events, error = await run_to_error(provider(fake), request())
     assert events == [TextDelta("Partial")]
-    assert "Overloaded" in str(error)
+    assert str(error) == "anthropic: mid-stream overloaded_error: Overloaded"
     assert error.retryable  # the engine retries only before output
 
 
@@ -237,7 +237,7 @@ async def test_bad_request_is_final(fake: FakeServer) -> None:
     with pytest.raises(ProviderError) as e:
         await run(provider(fake), request())
     assert not e.value.retryable
-    assert "messages: field required" in str(e.value)
+    assert str(e.value) == "anthropic: HTTP 400 invalid_request_error: messages: field required"
 
 
 async def test_stall_times_out_and_hangs_up(fake: FakeServer) -> None:

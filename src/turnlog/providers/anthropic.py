@@ -184,15 +184,26 @@ class AnthropicProvider:
                 await client.close()
 
     def _error(self, e: anthropic.APIError) -> ProviderError:
-        text = _redact(f"anthropic: {e.message}", self.api_key)
         if isinstance(e, anthropic.APIStatusError):
+            # The body's error.type and error.message (read from the body: older SDK
+            # releases have no attributes for them); an `error` event mid-stream comes
+            # with the stream's status, 200.
+            error = e.body.get("error") if isinstance(e.body, dict) else None
+            kind = error.get("type") if isinstance(error, dict) else None
+            detail = error.get("message") if isinstance(error, dict) else None
+            where = "mid-stream" if e.status_code == 200 else f"HTTP {e.status_code}"
+            text = f"anthropic: {where} {kind or 'error'}: {detail or e.message}"
             retryable = e.status_code in (408, 409, 429) or e.status_code >= 500
-            retryable = retryable or (e.type in _RETRYABLE_TYPES)
             return ProviderError(
-                text, retryable=retryable, retry_after=retry_after(e.response.headers)
+                _redact(text, self.api_key),
+                retryable=retryable or kind in _RETRYABLE_TYPES,
+                retry_after=retry_after(e.response.headers),
             )
         # Connection errors and timeouts (APIConnectionError, APITimeoutError).
-        return ProviderError(text, retryable=isinstance(e, anthropic.APIConnectionError))
+        return ProviderError(
+            _redact(f"anthropic: {e.message}", self.api_key),
+            retryable=isinstance(e, anthropic.APIConnectionError),
+        )
 
 
 def _make(spec: ProviderSpec, settings: Settings) -> AnthropicProvider:
