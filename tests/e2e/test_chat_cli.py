@@ -43,9 +43,11 @@ def _chat(
 
 
 def test_chat_sends_a_line_and_prints_the_streamed_answer(server: Server, tmp_path: Path) -> None:
-    """A line on stdin is sent; the streamed answer is printed; /quit exits 0."""
+    """A line on stdin is sent; the streamed answer is printed; /quit exits 0; it says
+    which secret signed its token."""
     done = _chat(server, tmp_path, "hello from the terminal\n/quit\n")
     assert done.returncode == 0, done.stderr
+    assert "signed with the secret in TURNLOG_JWT_SECRET" in done.stderr
     match = re.search(r"conversation ([0-9a-f-]{36})", done.stdout)
     assert match, done.stdout
     with server.client() as c:

@@ -9,7 +9,7 @@ import pytest
 
 from turnlog.client import ApiError, Client, text_of
 
-from .support import DEMO, FAST, Server, wait_until
+from .support import DEMO, FAST, Server, make_token, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -118,3 +118,15 @@ def test_export_charset_errors_system_prompt_and_no_forged_headings(server: Serv
     assert "System prompt" in md
     assert "fail_after=2" in md  # the failed row's error text
     assert text_of(ok["blocks"]) in md or "Demo answer" in md
+
+
+def test_a_token_with_the_wrong_signature_says_how_to_get_a_valid_one(server: Server) -> None:
+    """401 names `turnlog token` and the secret to share; the server said its secret."""
+    bad = make_token("alice", secret="another-secret-0123456789abcdef0123456789")
+    with server.http(None) as http:
+        r = http.get("/v1/conversations", headers={"Authorization": f"Bearer {bad}"})
+    assert r.status_code == 401
+    detail = r.json()["detail"]
+    assert "turnlog token" in detail
+    assert "TURNLOG_JWT_SECRET" in detail
+    assert "tokens are signed with the secret in TURNLOG_JWT_SECRET" in server.log()

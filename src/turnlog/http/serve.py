@@ -112,7 +112,16 @@ def run_server(settings: Settings, *, host: str, port: int, worker_fd: int | Non
             print(f"pid {os.getpid()} (in {pid_file})", flush=True)
 
     rt.on_ready = ready
-    public = bind(host, port) if worker_fd is None else socket.socket(fileno=worker_fd)
+    try:
+        public = bind(host, port) if worker_fd is None else socket.socket(fileno=worker_fd)
+    except OSError as exc:
+        print(
+            f"turnlog serve: cannot listen on {host}:{port}: {exc.strerror}. Another server "
+            f"there? (this data dir's last one wrote its pid to {pid_file}); "
+            "or choose another port with --port",
+            file=sys.stderr,
+        )
+        return 1
     internal = bind(settings.internal_host, 0)
     internal_host = settings.internal_host
     if ":" in internal_host:
