@@ -124,9 +124,14 @@ async def test_thinking_signatures_and_redacted_thinking(fake: FakeServer) -> No
         ReasoningBlock("More.", signature="sig-B"),
         TextBlock("Answer."),
     )
-    thinking = fake.requests[0].json()["thinking"]
-    assert thinking["type"] == "enabled"
-    assert thinking["budget_tokens"] == 2048
+    assert fake.requests[0].json()["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+
+
+async def test_adaptive_thinking_and_its_display(fake: FakeServer) -> None:
+    """adaptive_thinking asks for adaptive thinking, thinking_display for how it shows."""
+    fake.queue(w.message(w.text(0, "ok")))
+    await run(provider(fake), request(adaptive_thinking=True, thinking_display="summarized"))
+    assert fake.requests[0].json()["thinking"] == {"type": "adaptive", "display": "summarized"}
 
 
 async def test_omitted_thinking_keeps_its_signature_and_goes_back_empty(fake: FakeServer) -> None:

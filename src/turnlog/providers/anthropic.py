@@ -35,7 +35,7 @@ import email.utils
 import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import anthropic
 import anyio
@@ -110,8 +110,12 @@ class AnthropicOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     top_p: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
     top_k: Annotated[int, msgspec.Meta(ge=1)] | None = None
     stop_sequences: list[str] | None = None
-    # Extended thinking with this budget (at least 1024 tokens, less than max_tokens).
+    # Extended thinking with this budget (at least 1024 tokens, less than max_tokens), or
+    # adaptive thinking (the model decides; newer models); which a model takes is its own.
     thinking_budget: Annotated[int, msgspec.Meta(ge=1024)] | None = None
+    adaptive_thinking: bool = False
+    # How thinking comes back; left out, the model's default (which may be "omitted").
+    thinking_display: Literal["summarized", "omitted"] | None = None
 
     def __post_init__(self) -> None:
         if self.thinking_budget is not None and self.thinking_budget >= self.max_tokens:
@@ -119,6 +123,8 @@ class AnthropicOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
                 f"thinking_budget ({self.thinking_budget}) must be less than"
                 f" max_tokens ({self.max_tokens})"
             )
+        if self.thinking_budget is not None and self.adaptive_thinking:
+            raise ValueError("give thinking_budget or adaptive_thinking, not both")
 
 
 def parse_anthropic_options(options: Mapping[str, Any]) -> AnthropicOptions:
@@ -400,12 +406,15 @@ def request_params(request: ModelRequest, options: AnthropicOptions) -> dict[str
         value = getattr(options, name)
         if value is not None:
             params[name] = value
+    thinking: dict[str, Any] | None = None
     if options.thinking_budget is not None:
-        params["thinking"] = {
-            "type": "enabled",
-            "budget_tokens": options.thinking_budget,
-            "display": "summarized",
-        }
+        thinking = {"type": "enabled", "budget_tokens": options.thinking_budget}
+    elif options.adaptive_thinking:
+        thinking = {"type": "adaptive"}
+    if thinking is not None and options.thinking_display is not None:
+        thinking["display"] = options.thinking_display
+    if thinking is not None:
+        params["thinking"] = thinking
     return params
 
 
