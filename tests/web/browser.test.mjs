@@ -42,6 +42,7 @@ describe("the web chat in Chromium", () => {
     allowed?.server.close();
     refused?.server.close();
     if (shots.length) console.log(`screenshots (${ARTIFACTS}):\n  ${shots.join("\n  ")}`);
+    if (turnlog) console.log(`server log: ${turnlog.logPath}`);
   });
 
   /** Open the printed URL on the conversation `cid`. */
@@ -150,6 +151,20 @@ describe("the web chat in Chromium", () => {
     assert.equal(shown, storedText(row));
     assert.equal(await page.isVisible("li.status[data-status=aborted] .retry"), true);
     shots.push(await screenshot(page, "4-aborted"));
+    await page.close();
+  });
+
+  test("a provider error ends the row as error, partial text kept, with Retry", async () => {
+    const conv = await turnlog.conversation({ tokens_per_second: 200, length: 40, fail_after: 6 });
+    const page = await open(conv.id);
+    await send(page, "Fail me");
+    await page.waitForSelector("li.status[data-status=error] .retry");
+    const row = await lastAssistant(conv.id);
+    assert.equal(row.status, "error");
+    assert.ok(storedText(row).length > 0);
+    assert.equal((await lastText(page)).text, storedText(row));
+    assert.ok((await page.textContent("li.status[data-status=error] .what")).startsWith("error: "));
+    shots.push(await screenshot(page, "4b-error"));
     await page.close();
   });
 

@@ -1,7 +1,7 @@
 // What the browser suite shares: a real `turnlog serve` (embedded PostgreSQL in a temp data
 // dir, an ephemeral loopback port), a real Chromium via playwright-core, and small helpers.
 import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, openSync, readFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -107,9 +107,11 @@ export class Turnlog {
       clearTimeout(timer);
     }
     // The embedded cluster outlives `serve` on purpose; this suite stops it.
-    spawnSync(PYTHON, ["-m", "turnlog.cli", "db", "stop"], {
+    const stopped = spawnSync(PYTHON, ["-m", "turnlog.cli", "db", "stop"], {
       cwd: REPO, env: { ...process.env, TURNLOG_DATA_DIR: this.dataDir }, stdio: "ignore", timeout: 60_000,
     });
+    // Keep the server's log; drop the cluster's files once it is stopped.
+    if (stopped.status === 0) rmSync(join(this.dataDir, "pg"), { recursive: true, force: true });
   }
 
   /** A JSON request with the demo user's bearer token. */

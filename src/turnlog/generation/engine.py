@@ -11,6 +11,7 @@ generation's attempt id, so once anyone else has ended the row the store rejects
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import re
@@ -70,6 +71,7 @@ FINAL_WRITE_TRIES = 5
 # OVERLOAD_MIN_LATE rows, and OVERLOAD_SHARE of those running, hold events older than that.
 CHECKPOINT_SLACK_S = 0.25
 STAGGER = 0.5
+TICK_S = 0.1  # how often the checkpointer looks for due rows (at most a quarter interval)
 OVERLOAD_MIN_LATE = 2
 OVERLOAD_SHARE = 0.1
 OVERLOAD_HOLD_S = 2.0
@@ -159,6 +161,10 @@ class Generation:
         self.first_at: float | None = None
         self.pending_since: float | None = None
         self.unacked_since: float | None = None
+        # Checkpoints: how much earlier than due the first one goes (spreads generations
+        # started together; 0 after it), and no retry of a failed one before retry_at.
+        self.stagger = 0.0
+        self.retry_at = 0.0
 
     def take_pending(self) -> tuple[tuple[StreamEvent, ...], int]:
         """The unstored events, coalesced, and the seq they reach; no await in between, so
@@ -173,6 +179,13 @@ class Generation:
     def unstored_since(self) -> float | None:
         """When the oldest event not yet stored was published; None if all are stored."""
         return self.unacked_since or self.pending_since
+
+    def checkpoint_due(self, interval: float, horizon: float) -> bool:
+        """Whether its next checkpoint is due by ``horizon`` (monotonic)."""
+        since = self.unstored_since()
+        if since is None or self.retry_at > horizon:
+            return False
+        return since + interval - self.stagger <= horizon
 
     def cancel(self, reason: EndReason) -> None:
         if self.end_reason is None:
@@ -205,10 +218,10 @@ class Engine:
         self._interrupting = False
         self._tg: TaskGroup | None = None
         self._running: dict[uuid.UUID, Generation] = {}
-        # Recent checkpoint write latency (an average, s), and until when (monotonic) new
-        # generations are refused because checkpoints are late (0: they are not).
-        self._write_s = 0.0
+        # Until when (monotonic) new generations are refused because checkpoints are late
+        # (0: they are not); whether the checkpointer task runs.
         self._refuse_until = 0.0
+        self._checkpointer_running = False
         # Set (and replaced) whenever a generation ends; drain waits on it.
         self._ended = anyio.Event()
 
@@ -224,12 +237,6 @@ class Engine:
 
     def __len__(self) -> int:
         return len(self._running)
-
-    @property
-    def _write_lead(self) -> float:
-        """How early a checkpoint write starts: twice the recent write latency, at most
-        half an interval."""
-        return min(self.settings.checkpoint_s / 2, 2 * self._write_s + 0.005)
 
     def overloaded(self) -> float | None:
         """Seconds to wait before starting a generation, or None when one may start now.
@@ -278,6 +285,7 @@ class Engine:
         if self._tg is None:
             raise RuntimeError("engine is not bound to a task group")
         gen = Generation(turn, self.registry.open(turn.message_id), conversation)
+        gen.stagger = self.settings.checkpoint_s * STAGGER * (turn.message_id.int % 1024) / 1024
         self._running[turn.message_id] = gen
         self._tg.start_soon(self._run, gen, name=f"generation {turn.message_id}")
         return gen
@@ -351,15 +359,12 @@ class Engine:
             step_end: StepEnd | None = None
             error: str | None = None
             with gen.scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._checkpointer, gen)
-                    try:
-                        step_end = await self._consume(gen, provider, request)
-                    except ProviderError as exc:
-                        error = scrub(
-                            str(exc) or type(exc).__name__, self.settings.models.secrets()
-                        )
-                    tg.cancel_scope.cancel()
+                # Its checkpoints are written by the engine's one checkpointer, batched.
+                self._checkpointing()
+                try:
+                    step_end = await self._consume(gen, provider, request)
+                except ProviderError as exc:
+                    error = scrub(str(exc) or type(exc).__name__, self.settings.models.secrets())
             with anyio.CancelScope(shield=True):
                 if gen.fenced:
                     await self._finish_from_store(gen)
@@ -441,44 +446,46 @@ class Engine:
         """One try of a step; ``produced[0]`` is set once something was published."""
         settings = self.settings
         stream = provider.stream(request)
+        # One cancel scope for the whole try and one timer that fires only when a timeout
+        # may have passed; a scope per item (armed and disarmed per token) was a tenth of
+        # the server's CPU at 500 generations.
+        watchdog = _Watchdog(settings.provider_first_token_timeout_s)
         try:
-            while True:
-                waited = (
-                    settings.provider_stall_timeout_s
-                    if produced[0]
-                    else settings.provider_first_token_timeout_s
-                )
-                with anyio.move_on_after(waited) as timer:
+            with anyio.CancelScope() as scope:
+                watchdog.start(scope)
+                while True:
                     try:
                         item = await anext(stream)
                     except StopAsyncIteration:
                         raise ProviderError(
                             "provider ended the step without a result", retryable=False
                         ) from None
-                if timer.cancelled_caught:
-                    what = "for the first token" if not produced[0] else "(the stream stalled)"
-                    raise ProviderError(
-                        f"provider timed out: nothing for {waited:g} s {what}", retryable=False
-                    )
-                if isinstance(item, StepEnd):
-                    return item
-                item = without_nul(item)
-                try:
-                    gen.stream.publish(item)
-                except StreamProtocolError as exc:
-                    raise ProviderError(
-                        f"provider broke the stream: {exc}", retryable=False
-                    ) from exc
-                gen.pending.append(item)
-                if gen.pending_since is None:
-                    gen.pending_since = time.monotonic()
-                    if gen.first_at is None:
-                        gen.first_at = gen.pending_since
-                        self.metrics.time_to_first_token.labels(
-                            *provider_and_model(gen.turn.model)
-                        ).observe(gen.first_at - gen.started_at)
-                produced[0] = True
+                    if isinstance(item, StepEnd):
+                        return item
+                    item = without_nul(item)
+                    try:
+                        gen.stream.publish(item)
+                    except StreamProtocolError as exc:
+                        raise ProviderError(
+                            f"provider broke the stream: {exc}", retryable=False
+                        ) from exc
+                    gen.pending.append(item)
+                    if gen.pending_since is None:
+                        gen.pending_since = time.monotonic()
+                        if gen.first_at is None:
+                            gen.first_at = gen.pending_since
+                            self.metrics.time_to_first_token.labels(
+                                *provider_and_model(gen.turn.model)
+                            ).observe(gen.first_at - gen.started_at)
+                    produced[0] = True
+                    watchdog.fed(settings.provider_stall_timeout_s)
+            # Only the watchdog cancels this scope (any other cancel propagates past it).
+            what = "for the first token" if not produced[0] else "(the stream stalled)"
+            raise ProviderError(
+                f"provider timed out: nothing for {watchdog.waited:g} s {what}", retryable=False
+            )
         finally:
+            watchdog.stop()
             # Close the provider's request now (cancel, timeout, error): its server sees the
             # disconnect at once. Shielded, so a cancelled step still gets to close it.
             aclose = getattr(stream, "aclose", None)
@@ -486,64 +493,94 @@ class Engine:
                 with anyio.CancelScope(shield=True):
                     await aclose()
 
-    async def _checkpointer(self, gen: Generation) -> None:
-        """Store the new events so that none waits longer than TURNLOG_CHECKPOINT_S.
+    def _checkpointing(self) -> None:
+        """Start the checkpointer unless it runs (it stops when no generation runs)."""
+        if not self._checkpointer_running and self._tg is not None:
+            self._checkpointer_running = True
+            self._tg.start_soon(self._checkpointer, name="checkpoints")
 
-        Deadline-based, not a fixed sleep: a write is due TURNLOG_CHECKPOINT_S after the
-        oldest event it stores was published, and starts early by the recent write latency
-        so that it commits by then (a sleep of a full interval plus the write used to widen
-        the gap under load). Generations started together would all be due together: each
-        one's first write comes early by a fraction of the interval drawn from its message
-        id, which spreads their writes over the interval for good (a later write is due one
-        interval after the first event that followed the previous one).
+    async def _checkpointer(self) -> None:
+        """Store every generation's new events so that none waits longer than
+        TURNLOG_CHECKPOINT_S, in one batched write per tick for all that are due.
+
+        Deadline-based, not a fixed sleep: a row's write is due TURNLOG_CHECKPOINT_S after
+        the oldest event it stores was published (a sleep of a full interval, then the
+        write, used to widen the gap by the write's latency and by the time nothing was
+        pending; the promise's 0.25 s slack is the write's to take). Rows due within the
+        next tick go now, together: one transaction for all (``Store.append_checkpoints``),
+        where 500 generations used to make 500 a second. Generations started together would
+        all be due together: each one's first write comes early by up to half an interval
+        (drawn from its message id), which spreads the rows over the ticks for good.
         """
         interval = self.settings.checkpoint_s
-        stagger = interval * STAGGER * (gen.turn.message_id.int % 1024) / 1024
-        failed = False
-        while True:
-            since = gen.unstored_since()
-            if since is None:
-                # Nothing to store: look again in half an interval (an event published
-                # meanwhile is then still well before its due time).
-                await anyio.sleep(interval / 2)
-                continue
-            due = since + interval - self._write_lead - stagger
-            wait = due - time.monotonic()
-            if wait > 0:
-                await anyio.sleep(wait)
-                continue  # look again: an end-of-step write may have taken the events
-            stagger = 0.0
-            # Shielded: the step's end cancels this task, and a cancel landing inside the
-            # write would lose the events it had taken (or store them unacknowledged).
-            with anyio.CancelScope(shield=True):
-                async with gen.write_lock:
-                    try:
-                        await self._settle(gen)
-                        if gen.pending:
-                            events, seq = gen.take_pending()
-                            gen.unacked = ev.TurnCheckpointed(
-                                at=self.now(),
-                                message_id=gen.turn.message_id,
-                                attempt=gen.turn.attempt,
-                                events=events,
-                                stream_seq=seq,
-                                from_seq=gen.stored_seq,
-                            )
-                            await self._settle(gen)
-                    except DomainError as exc:
-                        # Fenced (the row was ended elsewhere) or the conversation is gone.
-                        log.warning("generation fenced off; stopping", reason=str(exc))
-                        gen.fenced = True
-                        gen.scope.cancel()
-                        return
-                    except Exception:
-                        # Committed or not, it cannot tell: the very same event goes again
-                        # next time, and the store knows a repeat (AlreadyStored).
-                        log.warning("checkpoint failed; will retry", exc_info=True)
-                        failed = True
-            if failed:  # the events are overdue now: pause before trying again
-                failed = False
-                await anyio.sleep(interval / 2)
+        tick = min(TICK_S, interval / 4)
+        try:
+            while self._running:
+                await anyio.sleep(tick)
+                horizon = time.monotonic() + tick
+                due = [g for g in self._running.values() if g.checkpoint_due(interval, horizon)]
+                if due:
+                    # Shielded: a cancel landing inside the write would lose the events it
+                    # had taken (or store them unacknowledged).
+                    with anyio.CancelScope(shield=True):
+                        await self._checkpoint(due)
+        finally:
+            self._checkpointer_running = False
+
+    async def _checkpoint(self, due: list[Generation]) -> None:
+        """Write one checkpoint for each of ``due`` (together), and settle each."""
+        batch: list[Generation] = []
+        try:
+            for gen in due:
+                if gen.fenced or gen.write_lock.locked():
+                    continue  # its step is ending: the end's own write stores the events
+                gen.write_lock.acquire_nowait()
+                batch.append(gen)
+                if gen.unacked is None and gen.pending:
+                    events, seq = gen.take_pending()
+                    gen.unacked = ev.TurnCheckpointed(
+                        at=self.now(),
+                        message_id=gen.turn.message_id,
+                        attempt=gen.turn.attempt,
+                        events=events,
+                        stream_seq=seq,
+                        from_seq=gen.stored_seq,
+                    )
+            writes = [(g, g.unacked, g.unacked_since) for g in batch if g.unacked is not None]
+            started = time.monotonic()
+            results = await self.store.append_checkpoints(
+                [(g.turn.conversation_id, event) for g, event, _ in writes]
+            )
+            ended = time.monotonic()
+            for (gen, event, since), error in zip(writes, results, strict=True):
+                # AlreadyStored: an earlier try of this very write committed; its answer
+                # was lost.
+                if error is None or isinstance(error, AlreadyStored):
+                    self.metrics.checkpoint_write.observe(ended - started)
+                    self._acked(gen, event, since, ended)
+                elif isinstance(error, DomainError):
+                    # Fenced (the row was ended elsewhere) or the conversation is gone.
+                    log.warning("generation fenced off; stopping", reason=str(error))
+                    gen.fenced = True
+                    gen.scope.cancel()
+                else:
+                    # Committed or not, it cannot tell: the very same event goes again
+                    # (after a pause), and the store knows a repeat (AlreadyStored).
+                    log.warning("checkpoint failed; will retry", exc_info=error)
+                    gen.retry_at = ended + self.settings.checkpoint_s / 2
+        finally:
+            for gen in batch:
+                gen.write_lock.release()
+
+    def _acked(
+        self, gen: Generation, event: ev.TurnCheckpointed, since: float | None, ended: float
+    ) -> None:
+        gen.unacked = None
+        gen.unacked_since = None
+        gen.stored_seq = event.stream_seq
+        gen.stagger = 0.0
+        if since is not None and ended - since > self.settings.checkpoint_s + CHECKPOINT_SLACK_S:
+            self.metrics.checkpoint_misses.inc()
 
     async def _settle(self, gen: Generation) -> None:
         """Store the checkpoint in ``gen.unacked``, if any: sent as is, however often it
@@ -559,12 +596,7 @@ class Engine:
             await self.store.append(gen.turn.conversation_id, [event])
         ended = time.monotonic()
         self.metrics.checkpoint_write.observe(ended - started)
-        self._write_s += 0.2 * (ended - started - self._write_s)
-        if since is not None and ended - since > self.settings.checkpoint_s + CHECKPOINT_SLACK_S:
-            self.metrics.checkpoint_misses.inc()
-        gen.unacked = None
-        gen.unacked_since = None
-        gen.stored_seq = event.stream_seq
+        self._acked(gen, event, since, ended)
 
     async def _settle_before_end(self, gen: Generation) -> None:
         """Before a step's last write: store a checkpoint left unacked, retrying a while."""
@@ -720,6 +752,50 @@ class Engine:
             del self._running[gen.turn.message_id]
         ended, self._ended = self._ended, anyio.Event()
         ended.set()
+
+
+class _Watchdog:
+    """Cancels a scope once nothing came for ``waited`` seconds (the provider timeouts).
+
+    ``fed`` after each item only moves the deadline; the one timer re-arms itself when it
+    fires before the deadline, so there is no timer or cancel scope per token.
+    """
+
+    def __init__(self, waited: float) -> None:
+        self.waited = waited
+        self._deadline = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, scope: anyio.CancelScope) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self._scope = scope
+        self._deadline = loop.time() + self.waited
+        self._timer = loop.call_at(self._deadline, self._fire)
+
+    def fed(self, waited: float) -> None:
+        assert self._loop is not None
+        assert self._timer is not None
+        self.waited = waited
+        self._deadline = self._loop.time() + waited
+        if self._deadline < self._timer.when():  # a shorter timeout than the one armed
+            self._timer.cancel()
+            self._timer = self._loop.call_at(self._deadline, self._fire)
+
+    def _fire(self) -> None:
+        assert self._loop is not None
+        assert self._scope is not None
+        if self._loop.time() >= self._deadline:
+            self._timer = None
+            self._scope.cancel()
+        else:
+            self._timer = self._loop.call_at(self._deadline, self._fire)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def without_nul(event: StreamEvent) -> StreamEvent:

@@ -29,7 +29,14 @@ from litestar.response import Stream
 from turnlog_reducer import Done, decode_event
 
 from turnlog import uichat
-from turnlog.commands import BadRequest, ConversationIn, MessageIn, NotGenerating, ToolResultIn
+from turnlog.commands import (
+    BadRequest,
+    ConversationIn,
+    MessageIn,
+    NotGenerating,
+    RetryIn,
+    ToolResultIn,
+)
 from turnlog.http.common import PING, SSE_HEADERS, Runtime, body, json_response, runtime, user
 from turnlog.log.projection import ConversationRecord, DomainError, Message, MessageRecord, NotFound
 from turnlog.uichat import StartStep, StepEncoder, Turn
@@ -161,7 +168,7 @@ async def ui_chat(request: Request[Any, Any, Any]) -> Stream:
         assert conv is not None
     cid = conv.conversation.id
     if data.trigger == "regenerate-message":
-        frames = await _regenerate(rt, owner, cid)
+        frames = await _regenerate(rt, owner, cid, data.options)
     elif sending:
         sent = await rt.chat.send(owner, cid, message)
         frames = _turn_frames(rt, cid, sent.user_message.id)
@@ -217,12 +224,15 @@ async def ui_chat_messages(request: Request[Any, Any, Any], chat_id: str) -> Res
 # -- what a POST starts ---------------------------------------------------------------------
 
 
-async def _regenerate(rt: Runtime, owner: str, cid: uuid.UUID) -> AsyncIterator[bytes]:
-    """Retry the last turn's last step (interrupted, failed or aborted); answer the turn."""
+async def _regenerate(
+    rt: Runtime, owner: str, cid: uuid.UUID, options: dict[str, Any] | None
+) -> AsyncIterator[bytes]:
+    """Retry the last turn's last step (interrupted, failed or aborted), with ``options``
+    in place of the failed step's if given; answer the turn."""
     turns = _turns(await rt.store.list_messages(cid))
     if not turns:
         raise NotGenerating("this chat has no answer to regenerate")
-    await rt.chat.retry(owner, turns[-1].steps[-1].id)
+    await rt.chat.retry(owner, turns[-1].steps[-1].id, RetryIn(options=options))
     return _turn_frames(rt, cid, _user_id(turns[-1]))
 
 

@@ -300,6 +300,7 @@ function render() {
       update(node, item);
       node.sig = sig;
     }
+    /** @type {ChildNode | null} */
     const want = prev ? prev.nextSibling : list.firstChild;
     if (want !== node.el) list.insertBefore(node.el, want);
     prev = node.el;
