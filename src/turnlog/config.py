@@ -44,13 +44,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_concurrent_generations: int = 0
     max_sends_per_minute: int = 0
     # Request bodies larger than this are refused with 413 before they are read whole;
-    # 0 derives it from max_message_chars (room for the longest content, JSON-escaped).
+    # 0: 8 MiB, or more if max_message_chars needs it (the longest content, JSON-escaped).
     max_body_bytes: int = 0
 
     @property
     def body_limit(self) -> int:
         """The request body limit in bytes."""
-        return self.max_body_bytes or max(1 << 20, 6 * self.max_message_chars + (64 << 10))
+        # 8 MiB also leaves room for a long history that `POST /v1/ui/chat` carries.
+        return self.max_body_bytes or max(8 << 20, 6 * self.max_message_chars + (64 << 10))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

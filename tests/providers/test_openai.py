@@ -8,6 +8,7 @@ adapter only has to translate.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -336,4 +337,29 @@ async def test_a_malformed_frame_is_a_final_provider_error(srv: FakeServer) -> N
     srv.queue(Reply(body=[sse(None, chunk({"content": "ok"})), b"data: {not json\n\n"]))
     with pytest.raises(ProviderError, match="malformed") as info:
         await run(provider(srv), request())
+    assert not info.value.retryable
+
+
+@pytest.mark.anyio
+async def test_connect_timeout_is_a_final_provider_error() -> None:
+    """A server that never completes the connection: the connect timeout ends the step."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)  # never accepted: once the backlog is full, connects hang
+        host, port = listener.getsockname()
+        fillers = []
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex((host, port))
+            fillers.append(s)
+        spec = ProviderSpec(
+            name="openai", kind="openai", base_url=f"http://{host}:{port}/v1", api_key=KEY
+        )
+        try:
+            with pytest.raises(ProviderError, match="timed out connecting") as info:
+                await run(OpenAIProvider(spec, Settings(provider_connect_timeout_s=0.5)), request())
+        finally:
+            for s in fillers:
+                s.close()
     assert not info.value.retryable

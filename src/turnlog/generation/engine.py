@@ -79,6 +79,7 @@ FORCED_WRITE_S = 1.0
 # OVERLOAD_MIN_LATE rows, and OVERLOAD_SHARE of those running, hold events older than that.
 CHECKPOINT_SLACK_S = 0.25
 STAGGER = 0.5
+TICK_S = 0.1  # how often the checkpointer looks for due rows (at most a quarter interval)
 OVERLOAD_MIN_LATE = 2
 OVERLOAD_SHARE = 0.1
 OVERLOAD_HOLD_S = 2.0
@@ -172,6 +173,10 @@ class Generation:
         self.first_at: float | None = None
         self.pending_since: float | None = None
         self.unacked_since: float | None = None
+        # Checkpoints: how much earlier than due the first one goes (spreads generations
+        # started together; 0 after it), and no retry of a failed one before retry_at.
+        self.stagger = 0.0
+        self.retry_at = 0.0
 
     def take_pending(self) -> tuple[tuple[StreamEvent, ...], int]:
         """The unstored events, coalesced, and the seq they reach; no await in between, so
@@ -186,6 +191,13 @@ class Generation:
     def unstored_since(self) -> float | None:
         """When the oldest event not yet stored was published; None if all are stored."""
         return self.unacked_since or self.pending_since
+
+    def checkpoint_due(self, interval: float, horizon: float) -> bool:
+        """Whether its next checkpoint is due by ``horizon`` (monotonic)."""
+        since = self.unstored_since()
+        if since is None or self.retry_at > horizon:
+            return False
+        return since + interval - self.stagger <= horizon
 
     def cancel(self, reason: EndReason) -> None:
         if self.end_reason is None:
@@ -222,8 +234,9 @@ class Engine:
         self._tg: TaskGroup | None = None
         self._running: dict[uuid.UUID, Generation] = {}
         # Until when (monotonic) new generations are refused because checkpoints are late
-        # (0: they are not).
+        # (0: they are not); whether the checkpointer task runs.
         self._refuse_until = 0.0
+        self._checkpointer_running = False
         # Set (and replaced) whenever a generation ends; drain waits on it.
         self._ended = anyio.Event()
 
@@ -287,6 +300,7 @@ class Engine:
         if self._tg is None:
             raise RuntimeError("engine is not bound to a task group")
         gen = Generation(turn, self.registry.open(turn.message_id), conversation)
+        gen.stagger = self.settings.checkpoint_s * STAGGER * (turn.message_id.int % 1024) / 1024
         self._running[turn.message_id] = gen
         self._tg.start_soon(self._run, gen, name=f"generation {turn.message_id}")
         return gen
@@ -376,15 +390,12 @@ class Engine:
             step_end: StepEnd | None = None
             error: str | None = None
             with gen.scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._checkpointer, gen)
-                    try:
-                        step_end = await self._consume(gen, provider, request)
-                    except ProviderError as exc:
-                        error = scrub(
-                            str(exc) or type(exc).__name__, self.settings.models.secrets()
-                        )
-                    tg.cancel_scope.cancel()
+                # Its checkpoints are written by the engine's one checkpointer, batched.
+                self._checkpointing()
+                try:
+                    step_end = await self._consume(gen, provider, request)
+                except ProviderError as exc:
+                    error = scrub(str(exc) or type(exc).__name__, self.settings.models.secrets())
             with anyio.CancelScope(shield=True):
                 if gen.fenced:
                     await self._finish_from_store(gen)
@@ -513,66 +524,94 @@ class Engine:
                 with anyio.CancelScope(shield=True):
                     await aclose()
 
-    async def _checkpointer(self, gen: Generation) -> None:
-        """Store the new events so that none waits longer than TURNLOG_CHECKPOINT_S.
+    def _checkpointing(self) -> None:
+        """Start the checkpointer unless it runs (it stops when no generation runs)."""
+        if not self._checkpointer_running and self._tg is not None:
+            self._checkpointer_running = True
+            self._tg.start_soon(self._checkpointer, name="checkpoints")
 
-        Deadline-based, not a fixed sleep: a write is due TURNLOG_CHECKPOINT_S after the
-        oldest event it stores was published (a sleep of a full interval, then the write,
-        used to widen the gap by the write's latency and by the time nothing was pending;
-        the promise's 0.25 s slack is the write's to take). It does not start earlier when
-        writes are slow: more writes would make them slower still. Generations started
-        together would all be due together: each one's first write comes early by up to
-        half an interval, drawn from its message id, which spreads their writes over the
-        interval for good (a later write is due one interval after the first event that
-        followed the previous one).
+    async def _checkpointer(self) -> None:
+        """Store every generation's new events so that none waits longer than
+        TURNLOG_CHECKPOINT_S, in one batched write per tick for all that are due.
+
+        Deadline-based, not a fixed sleep: a row's write is due TURNLOG_CHECKPOINT_S after
+        the oldest event it stores was published (a sleep of a full interval, then the
+        write, used to widen the gap by the write's latency and by the time nothing was
+        pending; the promise's 0.25 s slack is the write's to take). Rows due within the
+        next tick go now, together: one transaction for all (``Store.append_checkpoints``),
+        where 500 generations used to make 500 a second. Generations started together would
+        all be due together: each one's first write comes early by up to half an interval
+        (drawn from its message id), which spreads the rows over the ticks for good.
         """
         interval = self.settings.checkpoint_s
-        stagger = interval * STAGGER * (gen.turn.message_id.int % 1024) / 1024
-        failed = False
-        while True:
-            since = gen.unstored_since()
-            if since is None:
-                # Nothing to store: look again in half an interval (an event published
-                # meanwhile is then still well before its due time).
-                await anyio.sleep(interval / 2)
-                continue
-            due = since + interval - stagger
-            wait = due - time.monotonic()
-            if wait > 0:
-                await anyio.sleep(wait)
-                continue  # look again: an end-of-step write may have taken the events
-            stagger = 0.0
-            # Shielded: the step's end cancels this task, and a cancel landing inside the
-            # write would lose the events it had taken (or store them unacknowledged).
-            with anyio.CancelScope(shield=True):
-                async with gen.write_lock:
-                    try:
-                        await self._settle(gen)
-                        if gen.pending:
-                            events, seq = gen.take_pending()
-                            gen.unacked = ev.TurnCheckpointed(
-                                at=self.now(),
-                                message_id=gen.turn.message_id,
-                                attempt=gen.turn.attempt,
-                                events=events,
-                                stream_seq=seq,
-                                from_seq=gen.stored_seq,
-                            )
-                            await self._settle(gen)
-                    except DomainError as exc:
-                        # Fenced (the row was ended elsewhere) or the conversation is gone.
-                        log.warning("generation fenced off; stopping", reason=str(exc))
-                        gen.fenced = True
-                        gen.scope.cancel()
-                        return
-                    except Exception:
-                        # Committed or not, it cannot tell: the very same event goes again
-                        # next time, and the store knows a repeat (AlreadyStored).
-                        log.warning("checkpoint failed; will retry", exc_info=True)
-                        failed = True
-            if failed:  # the events are overdue now: pause before trying again
-                failed = False
-                await anyio.sleep(interval / 2)
+        tick = min(TICK_S, interval / 4)
+        try:
+            while self._running:
+                await anyio.sleep(tick)
+                horizon = time.monotonic() + tick
+                due = [g for g in self._running.values() if g.checkpoint_due(interval, horizon)]
+                if due:
+                    # Shielded: a cancel landing inside the write would lose the events it
+                    # had taken (or store them unacknowledged).
+                    with anyio.CancelScope(shield=True):
+                        await self._checkpoint(due)
+        finally:
+            self._checkpointer_running = False
+
+    async def _checkpoint(self, due: list[Generation]) -> None:
+        """Write one checkpoint for each of ``due`` (together), and settle each."""
+        batch: list[Generation] = []
+        try:
+            for gen in due:
+                if gen.fenced or gen.write_lock.locked():
+                    continue  # its step is ending: the end's own write stores the events
+                gen.write_lock.acquire_nowait()
+                batch.append(gen)
+                if gen.unacked is None and gen.pending:
+                    events, seq = gen.take_pending()
+                    gen.unacked = ev.TurnCheckpointed(
+                        at=self.now(),
+                        message_id=gen.turn.message_id,
+                        attempt=gen.turn.attempt,
+                        events=events,
+                        stream_seq=seq,
+                        from_seq=gen.stored_seq,
+                    )
+            writes = [(g, g.unacked, g.unacked_since) for g in batch if g.unacked is not None]
+            started = time.monotonic()
+            results = await self.store.append_checkpoints(
+                [(g.turn.conversation_id, event) for g, event, _ in writes]
+            )
+            ended = time.monotonic()
+            for (gen, event, since), error in zip(writes, results, strict=True):
+                # AlreadyStored: an earlier try of this very write committed; its answer
+                # was lost.
+                if error is None or isinstance(error, AlreadyStored):
+                    self.metrics.checkpoint_write.observe(ended - started)
+                    self._acked(gen, event, since, ended)
+                elif isinstance(error, DomainError):
+                    # Fenced (the row was ended elsewhere) or the conversation is gone.
+                    log.warning("generation fenced off; stopping", reason=str(error))
+                    gen.fenced = True
+                    gen.scope.cancel()
+                else:
+                    # Committed or not, it cannot tell: the very same event goes again
+                    # (after a pause), and the store knows a repeat (AlreadyStored).
+                    log.warning("checkpoint failed; will retry", exc_info=error)
+                    gen.retry_at = ended + self.settings.checkpoint_s / 2
+        finally:
+            for gen in batch:
+                gen.write_lock.release()
+
+    def _acked(
+        self, gen: Generation, event: ev.TurnCheckpointed, since: float | None, ended: float
+    ) -> None:
+        gen.unacked = None
+        gen.unacked_since = None
+        gen.stored_seq = event.stream_seq
+        gen.stagger = 0.0
+        if since is not None and ended - since > self.settings.checkpoint_s + CHECKPOINT_SLACK_S:
+            self.metrics.checkpoint_misses.inc()
 
     async def _settle(self, gen: Generation) -> None:
         """Store the checkpoint in ``gen.unacked``, if any: sent as is, however often it
@@ -588,11 +627,7 @@ class Engine:
             await self.store.append(gen.turn.conversation_id, [event])
         ended = time.monotonic()
         self.metrics.checkpoint_write.observe(ended - started)
-        if since is not None and ended - since > self.settings.checkpoint_s + CHECKPOINT_SLACK_S:
-            self.metrics.checkpoint_misses.inc()
-        gen.unacked = None
-        gen.unacked_since = None
-        gen.stored_seq = event.stream_seq
+        self._acked(gen, event, since, ended)
 
     async def _settle_before_end(self, gen: Generation) -> None:
         """Before a step's last write: store a checkpoint left unacked, retrying a while."""

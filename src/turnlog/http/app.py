@@ -251,6 +251,16 @@ def _gauges(rt: Runtime) -> None:
         rt.registry.subscriber_count,
     )
     m.gauge("turnlog_feeds_open", "Open conversation feeds.", lambda: len(rt.hub))
+    m.gauge(
+        "turnlog_mirrors_open",
+        "Streams of generations on other instances mirrored here (one upstream each).",
+        lambda: len(rt.follower),
+    )
+    m.gauge(
+        "turnlog_cluster_listening",
+        "1 while the LISTEN connection for other instances' wake-ups is up.",
+        lambda: float(rt.cluster.listening),
+    )
 
     def pool_stat(key: str) -> Callable[[], float]:
         return lambda: float(rt.store.pool.get_stats().get(key, 0))

@@ -474,6 +474,19 @@ async def _write(
 ) -> bool:
     """Write a folded batch with its one statement (``_WRITE``); False when the guard found
     the conversation past ``expected`` and so nothing was written."""
+    cur = await conn.execute(*_statement(cid, fold, expected, metadata, instance_id))
+    row = await cur.fetchone()
+    return row is not None and row[0] == 1
+
+
+def _statement(
+    cid: uuid.UUID,
+    fold: _Folded,
+    expected: int,
+    metadata: str,
+    instance_id: uuid.UUID | None,
+) -> tuple[str, dict[str, Any]]:
+    """The one statement that writes a folded batch, and its parameters."""
     params: dict[str, Any] = {
         "id": cid,
         "expected": expected,
@@ -483,22 +496,17 @@ async def _write(
         "data": fold.data,
     }
     if fold.conversation is None:
-        cur = await conn.execute(_WRITE_DELETION, params)
-    else:
-        ended, started = _lease_changes(fold.rows, instance_id)
-        params.update(
-            zip(_CONVERSATION_WRITABLE, conversation_params(fold.conversation), strict=True)
-        )
-        params.update(
-            messages=_json.encode([_message_json(r) for r in fold.rows]).decode(),
-            ended=ended,
-            lease_ids=[m for m, _ in started],
-            lease_attempts=[a for _, a in started],
-            instance=instance_id,
-        )
-        cur = await conn.execute(_WRITE, params)
-    row = await cur.fetchone()
-    return row is not None and row[0] == 1
+        return _WRITE_DELETION, params
+    ended, started = _lease_changes(fold.rows, instance_id)
+    params.update(zip(_CONVERSATION_WRITABLE, conversation_params(fold.conversation), strict=True))
+    params.update(
+        messages=_json.encode([_message_json(r) for r in fold.rows]).decode(),
+        ended=ended,
+        lease_ids=[m for m, _ in started],
+        lease_attempts=[a for _, a in started],
+        instance=instance_id,
+    )
+    return _WRITE, params
 
 
 class Store:
@@ -567,6 +575,85 @@ class Store:
         if self._on_append is not None:
             self._on_append(appended)
         return appended
+
+    async def append_checkpoints(
+        self, items: Sequence[tuple[uuid.UUID, TurnCheckpointed]]
+    ) -> list[Exception | None]:
+        """Store checkpoints of many conversations, most of them in one transaction.
+
+        Each item is what ``append(cid, [checkpoint])`` would store, with the same checks
+        and outcome, and its result is None or the exception that append would raise.
+        Items this store can fold on remembered rows go together: their guarded statements
+        in one pipelined transaction, so 500 generations cost a few commits a second, not
+        500. Any item the guard refuses (another writer moved its conversation), and every
+        item when the batch fails as a whole, then goes alone through ``append``; a batch
+        whose commit's answer was lost is safe to send again (``AlreadyStored``).
+        """
+        results: list[Exception | None] = [None] * len(items)
+        metadata = _json.encode({"actor": "system", "request_id": None}).decode()
+        together: list[tuple[int, uuid.UUID, _Folded, int]] = []
+        alone: list[int] = []
+        # By conversation id: every batch takes its conversation row locks in one order, so
+        # two batches (of two processes) cannot deadlock; other writers take one lock only.
+        for i in sorted(range(len(items)), key=lambda i: items[i][0]):
+            cid, event = items[i]
+            known = self._known.get(cid)
+            if (
+                known is None
+                or event.message_id not in known[1]
+                or any(c == cid for _, c, _, _ in together[-1:])
+            ):
+                alone.append(i)
+                continue
+            conv, hot = known
+            try:
+                fold = _fold(cid, conv, dict(hot), [event])
+            except (DomainError, StreamProtocolError):
+                alone.append(i)  # judged on rows that may be stale: append judges again
+                continue
+            together.append((i, cid, fold, conv.conversation.version))
+        written: list[tuple[int, uuid.UUID, _Folded]] = []
+        if together:
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    async with conn.pipeline() as pipeline:
+                        cursors = [
+                            await conn.execute(*_statement(cid, fold, version, metadata, None))
+                            for _, cid, fold, version in together
+                        ]
+                        await pipeline.sync()
+                    for (i, cid, fold, _), cur in zip(together, cursors, strict=True):
+                        row = await cur.fetchone()
+                        if row is not None and row[0] == 1:
+                            written.append((i, cid, fold))
+                        else:  # another writer got there first: append reads afresh
+                            self._known.pop(cid, None)
+                            alone.append(i)
+            except psycopg.OperationalError as exc:
+                # The database is out of reach (or the pool exhausted): so it is for each
+                # alone too. Nothing of it committed, or (a lost answer to COMMIT) all of
+                # it did: the caller sends the same checkpoints again later, and a stored
+                # one then answers AlreadyStored.
+                for i, _, _, _ in together:
+                    results[i] = exc
+                written = []
+            except Exception:
+                # Perhaps one item's fault: each goes again alone (same as above if stored).
+                written = []
+                alone = [i for i, _, _, _ in together] + alone
+        for _, cid, fold in written:
+            self._remember(cid, fold)
+            if self._on_append is not None:
+                self._on_append(
+                    Appended(cid, fold.conversation, fold.rows, fold.stored, fold.changes)
+                )
+        for i in alone:
+            cid, event = items[i]
+            try:
+                await self.append(cid, [event])
+            except Exception as exc:
+                results[i] = exc
+        return results
 
     async def _append_guarded(
         self,
