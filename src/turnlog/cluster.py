@@ -99,6 +99,7 @@ class Cluster:
         self.instance_id = instance_id
         self.listening = False
         self._dirty: dict[uuid.UUID, int] = {}
+        self._deleted: set[uuid.UUID] = set()
         self._notify_wakeup = anyio.Event()
         self._stale: set[uuid.UUID] = set()
         self._catch_wakeup = anyio.Event()
@@ -111,6 +112,8 @@ class Cluster:
         self.hub.publish(appended)
         cid = appended.conversation_id
         self._dirty[cid] = max(self._dirty.get(cid, 0), appended.version)
+        if appended.conversation is None:
+            self._deleted.add(cid)
         self._notify_wakeup.set()
 
     async def register(self, internal_url: str | None) -> None:
@@ -136,7 +139,11 @@ class Cluster:
             await self._notify_wakeup.wait()
             self._notify_wakeup = anyio.Event()
             batch, self._dirty = self._dirty, {}
-            payloads = [f"{self.instance_id} {cid} {v}" for cid, v in batch.items()]
+            deleted, self._deleted = self._deleted, set()
+            payloads = [
+                f"{self.instance_id} {cid} {v}" + (" deleted" if cid in deleted else "")
+                for cid, v in batch.items()
+            ]
             try:
                 async with self.store.pool.connection() as conn:
                     # Its own autocommit transaction, after the append's commit (module doc).
@@ -172,13 +179,16 @@ class Cluster:
             self._cancel_here(payload)
             return
         try:
-            instance, cid_text, version_text = payload.split(" ")
+            instance, cid_text, version_text, *deleted = payload.split(" ")
             cid, version = uuid.UUID(cid_text), int(version_text)
         except ValueError:
             log.warning("ignoring a malformed feed wake-up", payload=payload[:200])
             return
         if instance == str(self.instance_id):
             return  # our own commit: the feeds here already have it
+        if deleted:
+            # Deleted through another instance: a generation of it here stops now.
+            self._stop_generations_of(cid)
         seen = self.hub.shown(cid)
         if seen is not None and version > seen:
             self._moved(cid)
@@ -214,13 +224,15 @@ class Cluster:
             return
         version, conv, messages = read
         if conv is None:
-            # Deleted elsewhere: a generation of it here stops now, not at its next
-            # checkpoint (which the deletion fences off anyway).
-            for mid in self.engine.running_ids():
-                gen = self.engine.running(mid)
-                if gen is not None and gen.turn.conversation_id == cid:
-                    gen.cancel("aborted")
+            self._stop_generations_of(cid)
         self.hub.caught_up(cid, version, conv, messages)
+
+    def _stop_generations_of(self, cid: uuid.UUID) -> None:
+        for mid in self.engine.running_ids():
+            gen = self.engine.running(mid)
+            if gen is not None and gen.turn.conversation_id == cid:
+                log.info("conversation deleted elsewhere; stopping", message_id=str(mid))
+                gen.cancel("aborted")
 
     async def _read(self, cid: uuid.UUID) -> tuple[int, Conversation | None, list[Message]] | None:
         """The conversation and its rows as of one version, or (version, None, []) once
@@ -264,12 +276,19 @@ class Cluster:
             return
         async with self.store.pool.connection() as conn:
             if running:
+                # A generation runs here only while its lease names this instance (the
+                # write that starts a turn takes it; the one that ends the row drops it).
+                # A lease asking for a cancel, or gone (the row was ended elsewhere, or its
+                # conversation deleted, and the wake-up was lost): stop it now.
                 cur = await conn.execute(
-                    "SELECT message_id FROM leases WHERE instance_id = %s AND cancel_requested",
-                    (self.instance_id,),
+                    "SELECT message_id, cancel_requested FROM leases "
+                    "WHERE instance_id = %s AND message_id = ANY(%s)",
+                    (self.instance_id, running),
                 )
-                for (mid,) in await cur.fetchall():
-                    self._cancel_here(str(mid))
+                leased: dict[uuid.UUID, bool] = dict(await cur.fetchall())
+                for mid in running:
+                    if leased.get(mid, True) and self.engine.running(mid) is not None:
+                        self._cancel_here(str(mid))
             if followed:
                 cur = await conn.execute(
                     "SELECT id, version FROM conversations WHERE id = ANY(%s)", (list(followed),)
