@@ -129,7 +129,9 @@ class Cluster:
     # -- running ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Send and receive wake-ups, and poll, until cancelled."""
+        """Send and receive wake-ups, and poll, until cancelled. Each loop logs a failure
+        (the database gone, a pool timeout) and carries on: they only ever delay a wake-up,
+        which the poll makes good, and must never take the server down with them."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._notifier)
             tg.start_soon(self._listener)
@@ -153,7 +155,7 @@ class Cluster:
                         "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
                         (FEED_CHANNEL, payloads),
                     )
-            except (psycopg.Error, OSError) as exc:
+            except Exception as exc:
                 # A lost wake-up only delays the other instances' feeds until their poll.
                 log.warning("could not send feed wake-ups", error=str(exc))
 
@@ -170,7 +172,7 @@ class Cluster:
                         self._moved(cid)
                     async for note in conn.notifies():
                         self._heard(note.channel, note.payload)
-            except (psycopg.Error, OSError) as exc:
+            except Exception as exc:
                 log.warning("listening connection lost; reconnecting", error=str(exc))
             finally:
                 self.listening = False
@@ -217,7 +219,7 @@ class Cluster:
                 cid = self._stale.pop()
                 try:
                     await self._catch_up(cid)
-                except (psycopg.Error, OSError) as exc:
+                except Exception as exc:
                     log.warning("feed catch-up failed; the poll retries", error=str(exc))
 
     async def _catch_up(self, cid: uuid.UUID) -> None:
@@ -268,7 +270,7 @@ class Cluster:
             await anyio.sleep(POLL_S)
             try:
                 await self._poll()
-            except (psycopg.Error, OSError) as exc:
+            except Exception as exc:
                 log.warning("cluster poll failed", error=str(exc))
 
     async def _poll(self) -> None:

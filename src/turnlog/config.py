@@ -79,6 +79,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             return int(raw)
 
         d = cls()  # the defaults
+        models = Catalog.load(e)
         return cls(
             database_url=e.get("TURNLOG_DATABASE_URL") or None,
             data_dir=Path(e.get("TURNLOG_DATA_DIR") or d.data_dir).absolute(),
@@ -94,10 +95,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             openai_base_url=e.get("OPENAI_BASE_URL") or None,
             anthropic_api_key=e.get("ANTHROPIC_API_KEY") or None,
             gemini_api_key=e.get("GEMINI_API_KEY") or None,
-            max_concurrent_generations=count("TURNLOG_MAX_CONCURRENT_GENERATIONS", 0),
-            max_sends_per_minute=count("TURNLOG_MAX_SENDS_PER_MINUTE", 0),
+            # Per-user limits: the environment, else TURNLOG_CONFIG's [limits], else none.
+            max_concurrent_generations=count(
+                "TURNLOG_MAX_CONCURRENT_GENERATIONS",
+                models.limits.get("max_concurrent_generations", 0),
+            ),
+            max_sends_per_minute=count(
+                "TURNLOG_MAX_SENDS_PER_MINUTE", models.limits.get("max_sends_per_minute", 0)
+            ),
             max_body_bytes=count("TURNLOG_MAX_BODY_BYTES", 0),
-            models=Catalog.load(e),
+            models=models,
             provider_connect_timeout_s=number(
                 "TURNLOG_PROVIDER_CONNECT_TIMEOUT_S", d.provider_connect_timeout_s
             ),
