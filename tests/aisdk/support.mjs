@@ -248,3 +248,14 @@ export const textOf = message =>
     .filter(p => p.type === 'text')
     .map(p => p.text)
     .join('');
+
+/** One line saying what a client assembled (for the suite's diagnostics). */
+export function summary(message) {
+  const parts = message.parts.map(p => {
+    if (p.type === 'text' || p.type === 'reasoning') {
+      return `${p.type}(${p.text.length} chars, ${p.state})`;
+    }
+    return p.type.startsWith('tool-') ? `${p.type}(${p.state})` : p.type;
+  });
+  return `${message.role}: [${parts.join(', ')}] metadata ${JSON.stringify(message.metadata)}`;
+}

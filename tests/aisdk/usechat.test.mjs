@@ -12,6 +12,7 @@ import {
   generateId,
   plain,
   readUIMessageStream,
+  summary,
   textOf,
   waitFor,
 } from './support.mjs';
@@ -31,9 +32,10 @@ after(async () => {
 const FAST = { tokens_per_second: 200, length: 24 };
 
 /** Every message the client holds equals what GET …/messages stores, key for key. */
-async function assertStored(chat) {
+async function assertStored(chat, t) {
   const stored = await alice.messages(chat.id);
   assert.deepEqual(plain(chat.messages), stored);
+  t?.diagnostic(`assembled ${summary(chat.lastMessage)}; status ${chat.status}`);
   return stored;
 }
 
@@ -59,7 +61,7 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
     if (expected === '7') assert.ok(Number(process.versions.node.split('.')[0]) >= 22);
   });
 
-  test('a fresh turn: the client assembles what is stored', async () => {
+  test('a fresh turn: the client assembles what is stored', async t => {
     const chat = alice.chat(generateId());
     await chat.sendMessage({ text: 'Hello from the AI SDK' }, { body: { options: FAST } });
     assert.equal(chat.status, 'ready', chat.error?.message);
@@ -72,10 +74,10 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
     );
     assert.match(textOf(answer), /^Demo answer to “Hello from the AI SDK”\./);
     assert.deepEqual(answer.metadata, { status: 'completed', finishReason: 'stop' });
-    await assertStored(chat);
+    await assertStored(chat, t);
   });
 
-  test('a clock tool loop is one UI message of two steps', async () => {
+  test('a clock tool loop is one UI message of two steps', async t => {
     const chat = alice.chat(generateId());
     await chat.sendMessage({ text: 'What time is it?' }, { body: { options: { ...FAST, tool: 'clock' } } });
     assert.equal(chat.status, 'ready', chat.error?.message);
@@ -90,10 +92,10 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
     assert.deepEqual(call.input, { timezone: 'UTC' });
     assert.match(call.output, /^\d{4}-\d\d-\d\dT/);
     assert.ok(textOf(answer).startsWith(`The clock says ${call.output}.`));
-    await assertStored(chat);
+    await assertStored(chat, t);
   });
 
-  test('reasoning arrives as a reasoning part before the text', async () => {
+  test('reasoning arrives as a reasoning part before the text', async t => {
     const chat = alice.chat(generateId());
     await chat.sendMessage({ text: 'Think first' }, { body: { options: { ...FAST, reasoning: true } } });
     assert.equal(chat.status, 'ready', chat.error?.message);
@@ -104,10 +106,10 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
     );
     assert.match(answer.parts[1].text, /^Let me think about what was asked/);
     assert.equal(answer.parts[1].state, 'done');
-    await assertStored(chat);
+    await assertStored(chat, t);
   });
 
-  test('resumes from random points each assemble the stored message, no text twice', async () => {
+  test('resumes from random points each assemble the stored message, no text twice', async t => {
     const id = generateId();
     // About 4 s of answer; resumes start at random points in its first 1.5 s.
     await alice.startTurn(id, 'Tell me about resumable streams', {
@@ -127,13 +129,14 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
     const storedText = textOf(stored);
     for (const { delay, message, texts } of results) {
       assert.deepEqual(plain(message), stored, `resumed after ${delay} ms`);
+      t.diagnostic(`resumed after ${delay} ms: ${texts.length} updates, ${summary(message)}`);
       for (const text of texts) {
         assert.ok(storedText.startsWith(text), `after ${delay} ms the client showed ${text}`);
       }
     }
   });
 
-  test('AbstractChat hydrated mid-turn resumes the turn (resume: true)', async () => {
+  test('AbstractChat hydrated mid-turn resumes the turn (resume: true)', async t => {
     const id = generateId();
     await alice.startTurn(id, 'A long answer please', { tokens_per_second: 50, length: 150 });
     await sleep(400 + Math.random() * 400);
@@ -142,11 +145,11 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
     const chat = alice.chat(id, { messages: hydrated });
     await chat.resumeStream();
     assert.equal(chat.status, 'ready', chat.error?.message);
-    const stored = await assertStored(chat);
+    const stored = await assertStored(chat, t);
     assert.equal(stored.at(-1).metadata.status, 'completed');
   });
 
-  test('two concurrent resumes both end with the stored message', async () => {
+  test('two concurrent resumes both end with the stored message', async t => {
     const id = generateId();
     await alice.startTurn(id, 'Two readers', { tokens_per_second: 50, length: 120 });
     const hydrated = await alice.messages(id);
@@ -154,11 +157,11 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
     await Promise.all(chats.map(chat => chat.resumeStream()));
     for (const chat of chats) {
       assert.equal(chat.status, 'ready', chat.error?.message);
-      await assertStored(chat);
+      await assertStored(chat, t);
     }
   });
 
-  test('resume after the turn ended: 204, and the chat stays ready', async () => {
+  test('resume after the turn ended: 204, and the chat stays ready', async t => {
     const chat = alice.chat(generateId());
     await chat.sendMessage({ text: 'Short one' }, { body: { options: FAST } });
     const raw = await fetch(`${alice.api}/${chat.id}/stream`, { headers: alice.auth });
@@ -167,10 +170,10 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
     await fresh.resumeStream();
     assert.equal(fresh.status, 'ready');
     assert.deepEqual(fresh.recorded.statuses, [], 'no submitted/streaming flash');
-    await assertStored(fresh);
+    await assertStored(fresh, t);
   });
 
-  test('stop during a resumed stream stops the generation: the row reads aborted', async () => {
+  test('stop during a resumed stream stops the generation: the row reads aborted', async t => {
     const id = generateId();
     await alice.startTurn(id, 'Please go on and on', { tokens_per_second: 30, length: 400 });
     const chat = alice.chat(id, { messages: await alice.messages(id) });
@@ -184,14 +187,14 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
     assert.equal((await res.json()).status, 'aborted');
     await resumed;
     assert.equal(chat.status, 'ready', chat.error?.message);
-    const stored = await assertStored(chat);
+    const stored = await assertStored(chat, t);
     assert.equal(stored.at(-1).metadata.status, 'aborted');
     assert.ok(textOf(stored.at(-1)).length < 400 * 3, 'it stopped early');
     const again = await fetch(`${alice.api}/${id}/stream`, { headers: alice.auth });
     assert.equal(again.status, 204, 'nothing generates any more');
   });
 
-  test('ask_user: a tool part waits; the client answers it and the turn goes on', async () => {
+  test('ask_user: a tool part waits; the client answers it and the turn goes on', async t => {
     const chat = alice.chat(generateId());
     await chat.sendMessage(
       { text: 'Plan my week' },
@@ -204,7 +207,7 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
     assert.match(question.input.question, /What should I focus on/);
     assert.equal(question.providerExecuted, undefined, 'the client must answer it');
     assert.deepEqual(asking.metadata, { status: 'completed', finishReason: 'tool-calls' });
-    await assertStored(chat);
+    await assertStored(chat, t);
 
     await chat.addToolOutput({
       tool: 'ask_user',
@@ -222,10 +225,10 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
     assert.equal(answer.parts[1].output, 'Durability, please');
     assert.ok(textOf(answer).startsWith('You answered: Durability, please.'));
     assert.deepEqual(answer.metadata, { status: 'completed', finishReason: 'stop' });
-    await assertStored(chat);
+    await assertStored(chat, t);
   });
 
-  test('a resume served by another server process follows the turn to its end', async () => {
+  test('a resume served by another server process follows the turn to its end', async t => {
     const other = await new Server(server).start();
     try {
       const id = generateId();
@@ -234,16 +237,22 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
       const stream = await viaOther.transport().reconnectToStream({ chatId: id });
       assert.ok(stream);
       let last;
-      for await (const message of readUIMessageStream({ stream })) last = message;
+      let updates = 0;
+      for await (const message of readUIMessageStream({ stream })) {
+        last = message;
+        updates += 1;
+      }
       const stored = (await alice.messages(id)).at(-1);
       assert.equal(stored.metadata.status, 'completed');
       assert.deepEqual(plain(last), stored);
+      // Many updates: live deltas through the owner's stream (a mirror); a few: checkpoints.
+      t.diagnostic(`assembled via the other process in ${updates} updates: ${summary(last)}`);
     } finally {
       await other.stop();
     }
   });
 
-  test('a turn whose server died: the resume repairs it and ends at once with an error', async () => {
+  test('a turn whose server died: the resume repairs it and ends at once with an error', async t => {
     const doomed = await new Server(server).start();
     const onDoomed = new Client(doomed, 'alice');
     const id = generateId();
@@ -257,12 +266,12 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
     assert.ok(Date.now() - started < LONG);
     assert.equal(chat.status, 'error');
     assert.match(chat.error.message, /interrupted/);
-    const stored = await assertStored(chat);
+    const stored = await assertStored(chat, t);
     assert.equal(stored.at(-1).metadata.status, 'interrupted');
     assert.ok(textOf(stored.at(-1)).length > 0);
   });
 
-  test('SIGKILL of the server mid-turn, then resume: a terminal state, no hang', async () => {
+  test('SIGKILL of the server mid-turn, then resume: a terminal state, no hang', async t => {
     const chat = alice.chat(generateId());
     const sending = chat.sendMessage(
       { text: 'Survive a crash' },
@@ -287,12 +296,16 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
     const kept = textOf(stored);
     assert.ok(kept.length > 0);
     assert.ok(seen.startsWith(kept) || kept.startsWith(seen), `kept ${kept} / seen ${seen}`);
+    t.diagnostic(
+      `killed after the client saw ${seen.length} chars; resume: 204, status ${chat.status}; ` +
+        `stored ${summary(stored)} keeps ${kept.length} chars`,
+    );
 
     // The interrupted turn is regenerated the AI SDK way (a retry of its step).
     const fresh = alice.chat(chat.id, { messages: await alice.messages(chat.id) });
-    await fresh.regenerate();
+    await fresh.regenerate({ body: { options: FAST } });
     assert.equal(fresh.status, 'ready', fresh.error?.message);
     assert.equal(fresh.lastMessage.metadata.status, 'completed');
-    await assertStored(fresh);
+    await assertStored(fresh, t);
   });
 });

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import re
 import time
@@ -42,6 +43,7 @@ from turnlog.config import Settings
 from turnlog.generation.history import build_history
 from turnlog.generation.tools import INTERACTIVE, TOOLS, run_server_tool
 from turnlog.log import events as ev
+from turnlog.log.pool import DatabaseUnavailable
 from turnlog.log.projection import (
     AlreadyStored,
     ConversationRecord,
@@ -60,9 +62,15 @@ log = structlog.get_logger("turnlog.generation")
 # A retry waits at most this long, whatever the provider's Retry-After asks; a longer ask
 # ends the row as failed rather than holding the conversation for minutes.
 MAX_RETRY_PAUSE_S = 60.0
-# Store writes at the end of a step are retried this many times (the database may blip);
-# the row stays generating if they all fail, and recovery marks it interrupted later.
-FINAL_WRITE_TRIES = 5
+# The write that ends a step is retried for this long (the database may restart meanwhile);
+# at shutdown only until the drain's deadline. If it never lands the row stays generating,
+# its subscribers get `done` (interrupted), and recovery marks it interrupted later, as
+# after a crash.
+FINAL_WRITE_S = 30.0
+# At shutdown: how long the interrupted generations' last writes may take after the grace
+# period, and after a second signal (a forced stop).
+SHUTDOWN_WRITE_S = 2.0
+FORCED_WRITE_S = 1.0
 
 # The durability promise under load (issue 14): every generating row's stored events are
 # at most TURNLOG_CHECKPOINT_S + CHECKPOINT_SLACK_S apart. Checkpoints start early by up to
@@ -71,6 +79,7 @@ FINAL_WRITE_TRIES = 5
 # OVERLOAD_MIN_LATE rows, and OVERLOAD_SHARE of those running, hold events older than that.
 CHECKPOINT_SLACK_S = 0.25
 STAGGER = 0.5
+TICK_S = 0.1  # how often the checkpointer looks for due rows (at most a quarter interval)
 OVERLOAD_MIN_LATE = 2
 OVERLOAD_SHARE = 0.1
 OVERLOAD_HOLD_S = 2.0
@@ -78,6 +87,10 @@ OVERLOAD_HOLD_S = 2.0
 EndReason = Literal["aborted", "interrupted"]
 Clock = Callable[[], datetime]
 ProviderFor = Callable[[str, Settings], tuple[Provider, str]]
+
+
+class WriteGaveUp(Exception):
+    """A step's final write kept failing (the database is gone) until its deadline."""
 
 
 def utcnow() -> datetime:
@@ -160,6 +173,10 @@ class Generation:
         self.first_at: float | None = None
         self.pending_since: float | None = None
         self.unacked_since: float | None = None
+        # Checkpoints: how much earlier than due the first one goes (spreads generations
+        # started together; 0 after it), and no retry of a failed one before retry_at.
+        self.stagger = 0.0
+        self.retry_at = 0.0
 
     def take_pending(self) -> tuple[tuple[StreamEvent, ...], int]:
         """The unstored events, coalesced, and the seq they reach; no await in between, so
@@ -174,6 +191,13 @@ class Generation:
     def unstored_since(self) -> float | None:
         """When the oldest event not yet stored was published; None if all are stored."""
         return self.unacked_since or self.pending_since
+
+    def checkpoint_due(self, interval: float, horizon: float) -> bool:
+        """Whether its next checkpoint is due by ``horizon`` (monotonic)."""
+        since = self.unstored_since()
+        if since is None or self.retry_at > horizon:
+            return False
+        return since + interval - self.stagger <= horizon
 
     def cancel(self, reason: EndReason) -> None:
         if self.end_reason is None:
@@ -204,11 +228,15 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.draining = False
         self._interrupting = False
+        self._hurried = False
+        # When final writes give up at the latest (anyio time), once a drain has begun.
+        self._stop_by = float("inf")
         self._tg: TaskGroup | None = None
         self._running: dict[uuid.UUID, Generation] = {}
         # Until when (monotonic) new generations are refused because checkpoints are late
-        # (0: they are not).
+        # (0: they are not); whether the checkpointer task runs.
         self._refuse_until = 0.0
+        self._checkpointer_running = False
         # Set (and replaced) whenever a generation ends; drain waits on it.
         self._ended = anyio.Event()
 
@@ -272,6 +300,7 @@ class Engine:
         if self._tg is None:
             raise RuntimeError("engine is not bound to a task group")
         gen = Generation(turn, self.registry.open(turn.message_id), conversation)
+        gen.stagger = self.settings.checkpoint_s * STAGGER * (turn.message_id.int % 1024) / 1024
         self._running[turn.message_id] = gen
         self._tg.start_soon(self._run, gen, name=f"generation {turn.message_id}")
         return gen
@@ -288,16 +317,27 @@ class Engine:
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking turns, let running ones finish for ``grace_s``, then interrupt the
-        rest and wait until their checkpoints are stored."""
+        rest and wait until their checkpoints are stored, or until the writes give up
+        (SHUTDOWN_WRITE_S after the grace: a database that is gone does not hold the
+        shutdown up). :meth:`hurry` cuts the grace short."""
         self.draining = True
+        grace_s = 0.0 if self._hurried else grace_s
+        self._stop_by = min(self._stop_by, anyio.current_time() + grace_s + SHUTDOWN_WRITE_S)
         with anyio.move_on_after(grace_s):
-            while self._running:
+            while self._running and not self._hurried:
                 await self._ended.wait()
         self._interrupting = True
         while self._running:
             for gen in list(self._running.values()):
                 gen.cancel("interrupted")
             await self._ended.wait()
+
+    def hurry(self) -> None:
+        """A forced stop (a second signal): end the grace now, and give the interrupted
+        generations' last writes only FORCED_WRITE_S; their subscribers still get done."""
+        self._hurried = True
+        self._stop_by = min(self._stop_by, anyio.current_time() + FORCED_WRITE_S)
+        self._wake_drain()
 
     # -- one generation ------------------------------------------------------------------
 
@@ -318,6 +358,11 @@ class Engine:
                 log.info("generation stopped", reason=str(exc))
                 with anyio.CancelScope(shield=True):
                     await self._finish_from_store(current)
+                gen = None
+            except DatabaseUnavailable as exc:
+                # Reading what the step needs failed: the database is gone. The row is
+                # repaired as an orphan later; the subscribers hear it ended now.
+                self._gave_up(current, WriteGaveUp(str(exc)))
                 gen = None
             except Exception:
                 # A bug in one generation must not take the others (or the app) down: log
@@ -345,15 +390,12 @@ class Engine:
             step_end: StepEnd | None = None
             error: str | None = None
             with gen.scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._checkpointer, gen)
-                    try:
-                        step_end = await self._consume(gen, provider, request)
-                    except ProviderError as exc:
-                        error = scrub(
-                            str(exc) or type(exc).__name__, self.settings.models.secrets()
-                        )
-                    tg.cancel_scope.cancel()
+                # Its checkpoints are written by the engine's one checkpointer, batched.
+                self._checkpointing()
+                try:
+                    step_end = await self._consume(gen, provider, request)
+                except ProviderError as exc:
+                    error = scrub(str(exc) or type(exc).__name__, self.settings.models.secrets())
             with anyio.CancelScope(shield=True):
                 if gen.fenced:
                     await self._finish_from_store(gen)
@@ -482,66 +524,94 @@ class Engine:
                 with anyio.CancelScope(shield=True):
                     await aclose()
 
-    async def _checkpointer(self, gen: Generation) -> None:
-        """Store the new events so that none waits longer than TURNLOG_CHECKPOINT_S.
+    def _checkpointing(self) -> None:
+        """Start the checkpointer unless it runs (it stops when no generation runs)."""
+        if not self._checkpointer_running and self._tg is not None:
+            self._checkpointer_running = True
+            self._tg.start_soon(self._checkpointer, name="checkpoints")
 
-        Deadline-based, not a fixed sleep: a write is due TURNLOG_CHECKPOINT_S after the
-        oldest event it stores was published (a sleep of a full interval, then the write,
-        used to widen the gap by the write's latency and by the time nothing was pending;
-        the promise's 0.25 s slack is the write's to take). It does not start earlier when
-        writes are slow: more writes would make them slower still. Generations started
-        together would all be due together: each one's first write comes early by up to
-        half an interval, drawn from its message id, which spreads their writes over the
-        interval for good (a later write is due one interval after the first event that
-        followed the previous one).
+    async def _checkpointer(self) -> None:
+        """Store every generation's new events so that none waits longer than
+        TURNLOG_CHECKPOINT_S, in one batched write per tick for all that are due.
+
+        Deadline-based, not a fixed sleep: a row's write is due TURNLOG_CHECKPOINT_S after
+        the oldest event it stores was published (a sleep of a full interval, then the
+        write, used to widen the gap by the write's latency and by the time nothing was
+        pending; the promise's 0.25 s slack is the write's to take). Rows due within the
+        next tick go now, together: one transaction for all (``Store.append_checkpoints``),
+        where 500 generations used to make 500 a second. Generations started together would
+        all be due together: each one's first write comes early by up to half an interval
+        (drawn from its message id), which spreads the rows over the ticks for good.
         """
         interval = self.settings.checkpoint_s
-        stagger = interval * STAGGER * (gen.turn.message_id.int % 1024) / 1024
-        failed = False
-        while True:
-            since = gen.unstored_since()
-            if since is None:
-                # Nothing to store: look again in half an interval (an event published
-                # meanwhile is then still well before its due time).
-                await anyio.sleep(interval / 2)
-                continue
-            due = since + interval - stagger
-            wait = due - time.monotonic()
-            if wait > 0:
-                await anyio.sleep(wait)
-                continue  # look again: an end-of-step write may have taken the events
-            stagger = 0.0
-            # Shielded: the step's end cancels this task, and a cancel landing inside the
-            # write would lose the events it had taken (or store them unacknowledged).
-            with anyio.CancelScope(shield=True):
-                async with gen.write_lock:
-                    try:
-                        await self._settle(gen)
-                        if gen.pending:
-                            events, seq = gen.take_pending()
-                            gen.unacked = ev.TurnCheckpointed(
-                                at=self.now(),
-                                message_id=gen.turn.message_id,
-                                attempt=gen.turn.attempt,
-                                events=events,
-                                stream_seq=seq,
-                                from_seq=gen.stored_seq,
-                            )
-                            await self._settle(gen)
-                    except DomainError as exc:
-                        # Fenced (the row was ended elsewhere) or the conversation is gone.
-                        log.warning("generation fenced off; stopping", reason=str(exc))
-                        gen.fenced = True
-                        gen.scope.cancel()
-                        return
-                    except Exception:
-                        # Committed or not, it cannot tell: the very same event goes again
-                        # next time, and the store knows a repeat (AlreadyStored).
-                        log.warning("checkpoint failed; will retry", exc_info=True)
-                        failed = True
-            if failed:  # the events are overdue now: pause before trying again
-                failed = False
-                await anyio.sleep(interval / 2)
+        tick = min(TICK_S, interval / 4)
+        try:
+            while self._running:
+                await anyio.sleep(tick)
+                horizon = time.monotonic() + tick
+                due = [g for g in self._running.values() if g.checkpoint_due(interval, horizon)]
+                if due:
+                    # Shielded: a cancel landing inside the write would lose the events it
+                    # had taken (or store them unacknowledged).
+                    with anyio.CancelScope(shield=True):
+                        await self._checkpoint(due)
+        finally:
+            self._checkpointer_running = False
+
+    async def _checkpoint(self, due: list[Generation]) -> None:
+        """Write one checkpoint for each of ``due`` (together), and settle each."""
+        batch: list[Generation] = []
+        try:
+            for gen in due:
+                if gen.fenced or gen.write_lock.locked():
+                    continue  # its step is ending: the end's own write stores the events
+                gen.write_lock.acquire_nowait()
+                batch.append(gen)
+                if gen.unacked is None and gen.pending:
+                    events, seq = gen.take_pending()
+                    gen.unacked = ev.TurnCheckpointed(
+                        at=self.now(),
+                        message_id=gen.turn.message_id,
+                        attempt=gen.turn.attempt,
+                        events=events,
+                        stream_seq=seq,
+                        from_seq=gen.stored_seq,
+                    )
+            writes = [(g, g.unacked, g.unacked_since) for g in batch if g.unacked is not None]
+            started = time.monotonic()
+            results = await self.store.append_checkpoints(
+                [(g.turn.conversation_id, event) for g, event, _ in writes]
+            )
+            ended = time.monotonic()
+            for (gen, event, since), error in zip(writes, results, strict=True):
+                # AlreadyStored: an earlier try of this very write committed; its answer
+                # was lost.
+                if error is None or isinstance(error, AlreadyStored):
+                    self.metrics.checkpoint_write.observe(ended - started)
+                    self._acked(gen, event, since, ended)
+                elif isinstance(error, DomainError):
+                    # Fenced (the row was ended elsewhere) or the conversation is gone.
+                    log.warning("generation fenced off; stopping", reason=str(error))
+                    gen.fenced = True
+                    gen.scope.cancel()
+                else:
+                    # Committed or not, it cannot tell: the very same event goes again
+                    # (after a pause), and the store knows a repeat (AlreadyStored).
+                    log.warning("checkpoint failed; will retry", exc_info=error)
+                    gen.retry_at = ended + self.settings.checkpoint_s / 2
+        finally:
+            for gen in batch:
+                gen.write_lock.release()
+
+    def _acked(
+        self, gen: Generation, event: ev.TurnCheckpointed, since: float | None, ended: float
+    ) -> None:
+        gen.unacked = None
+        gen.unacked_since = None
+        gen.stored_seq = event.stream_seq
+        gen.stagger = 0.0
+        if since is not None and ended - since > self.settings.checkpoint_s + CHECKPOINT_SLACK_S:
+            self.metrics.checkpoint_misses.inc()
 
     async def _settle(self, gen: Generation) -> None:
         """Store the checkpoint in ``gen.unacked``, if any: sent as is, however often it
@@ -557,15 +627,40 @@ class Engine:
             await self.store.append(gen.turn.conversation_id, [event])
         ended = time.monotonic()
         self.metrics.checkpoint_write.observe(ended - started)
-        if since is not None and ended - since > self.settings.checkpoint_s + CHECKPOINT_SLACK_S:
-            self.metrics.checkpoint_misses.inc()
-        gen.unacked = None
-        gen.unacked_since = None
-        gen.stored_seq = event.stream_seq
+        self._acked(gen, event, since, ended)
 
     async def _settle_before_end(self, gen: Generation) -> None:
         """Before a step's last write: store a checkpoint left unacked, retrying a while."""
-        await _retrying(lambda: self._settle(gen), "storing a checkpoint failed; retrying")
+        await self._retrying(lambda: self._settle(gen), "storing a checkpoint failed; retrying")
+
+    async def _retrying(self, write: Callable[[], Awaitable[object]], failed: str) -> None:
+        """Run a step's final ``write``, retrying a failure that is not a DomainError (a
+        lost connection, say) with backoff for FINAL_WRITE_S, or until the drain's deadline;
+        then raise ``WriteGaveUp``."""
+        give_up = anyio.current_time() + FINAL_WRITE_S
+        for i in itertools.count():
+            try:
+                await write()
+                return
+            except DomainError:
+                raise
+            except Exception as exc:
+                pause = min(0.2 * 2**i, 2.0)
+                if anyio.current_time() + pause >= min(give_up, self._stop_by):
+                    raise WriteGaveUp(f"{failed.split(';')[0]}: {exc}") from exc
+                log.warning(failed, error=str(exc) or type(exc).__name__, attempt=i + 1)
+                await anyio.sleep(pause)
+
+    def _gave_up(self, gen: Generation, exc: WriteGaveUp) -> None:
+        """The end of the step could not be stored: tell the subscribers it ended anyway
+        (interrupted, as the row will read once repaired)."""
+        log.error(
+            "could not store the end of the step; the row stays generating until it is "
+            "repaired as an orphan",
+            error=str(exc),
+        )
+        if not gen.stream.finished:
+            gen.stream.finish(Done(status="interrupted"))
 
     def _close_open_calls(self, gen: Generation) -> None:
         """Mark tool calls the step left unfinished as ready with null arguments."""
@@ -586,6 +681,9 @@ class Engine:
             except DomainError:  # fenced, or the conversation is gone
                 await self._finish_from_store(gen)
                 return None
+            except WriteGaveUp as exc:
+                self._gave_up(gen, exc)
+                return None
             events, seq = gen.take_pending()
             batch: list[ev.DomainEvent] = [
                 ev.StepCompleted(
@@ -604,7 +702,11 @@ class Engine:
             if server_calls:
                 # Only tool results need the next seq. Otherwise no read: a conversation
                 # deleted meanwhile makes the append itself fail (a DomainError, as here).
-                conv = await self.store.get_conversation(turn.conversation_id)
+                try:
+                    conv = await self.store.get_conversation(turn.conversation_id)
+                except DatabaseUnavailable as exc:
+                    self._gave_up(gen, WriteGaveUp(str(exc)))
+                    return None
                 if conv is None:
                     raise Fenced(f"conversation {turn.conversation_id} is gone")
                 next_seq = conv.last_seq + 1
@@ -626,6 +728,9 @@ class Engine:
                 batch.append(next_turn.started(now))
             try:
                 await self._write(turn, batch)
+            except WriteGaveUp as exc:
+                self._gave_up(gen, exc)
+                return None
             except Fenced:
                 # Refused because the row has ended; but a retry after a lost answer is
                 # refused the same way when our own write ended it. The next step's row,
@@ -666,6 +771,9 @@ class Engine:
             except DomainError:  # fenced, or the conversation is gone
                 await self._finish_from_store(gen)
                 return
+            except WriteGaveUp as exc:
+                self._gave_up(gen, exc)
+                return
             events, seq = gen.take_pending()
             common: dict[str, Any] = {
                 "at": self.now(),
@@ -687,17 +795,23 @@ class Engine:
             except Fenced:
                 await self._finish_from_store(gen)
                 return
+            except WriteGaveUp as exc:
+                self._gave_up(gen, exc)
+                return
         gen.stream.finish(Done(status=how, error=error or None))
 
     async def _write(self, turn: Turn, batch: list[ev.DomainEvent]) -> None:
         async def append() -> None:
             await self.store.append(turn.conversation_id, batch, instance_id=self.instance_id)
 
-        await _retrying(append, "storing the end of a step failed; retrying")
+        await self._retrying(append, "storing the end of a step failed; retrying")
 
     async def _finish_from_store(self, gen: Generation) -> None:
         """Someone else ended the row: close the live stream with what the store says."""
-        row = await self.store.get_message(gen.turn.message_id)
+        try:
+            row = await self.store.get_message(gen.turn.message_id)
+        except DatabaseUnavailable:
+            row = None  # done says interrupted: what the row reads once repaired
         if not gen.stream.finished:
             gen.stream.finish(done_for(row))
 
@@ -715,6 +829,9 @@ class Engine:
             gen.finished.set()
         if self._running.get(gen.turn.message_id) is gen:
             del self._running[gen.turn.message_id]
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
         ended, self._ended = self._ended, anyio.Event()
         ended.set()
 
@@ -819,22 +936,6 @@ def done_for(row: MessageRecord | None) -> Done:
     m = row.message
     status = "interrupted" if m.status == "generating" else m.status
     return Done(status=status, finish_reason=m.finish_reason, usage=m.usage, error=m.error)
-
-
-async def _retrying(write: Callable[[], Awaitable[object]], failed: str) -> None:
-    """Run a step's final ``write``, retrying a failure that is not a DomainError (a lost
-    connection, say) with backoff; the last failure is raised."""
-    for i in range(FINAL_WRITE_TRIES):
-        try:
-            await write()
-            return
-        except DomainError:
-            raise
-        except Exception:
-            if i == FINAL_WRITE_TRIES - 1:
-                raise
-            log.warning(failed, exc_info=True)
-            await anyio.sleep(0.2 * 2**i)
 
 
 def closing_events(blocks: Sequence[Block]) -> tuple[ToolCallReady, ...]:

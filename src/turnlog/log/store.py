@@ -29,6 +29,7 @@ from turnlog_reducer import Block, StreamProtocolError
 
 from turnlog.log import events as ev
 from turnlog.log.events import DomainEvent, TurnCheckpointed
+from turnlog.log.pool import BoundedPool
 from turnlog.log.projection import (
     Conversation,
     ConversationRecord,
@@ -473,6 +474,19 @@ async def _write(
 ) -> bool:
     """Write a folded batch with its one statement (``_WRITE``); False when the guard found
     the conversation past ``expected`` and so nothing was written."""
+    cur = await conn.execute(*_statement(cid, fold, expected, metadata, instance_id))
+    row = await cur.fetchone()
+    return row is not None and row[0] == 1
+
+
+def _statement(
+    cid: uuid.UUID,
+    fold: _Folded,
+    expected: int,
+    metadata: str,
+    instance_id: uuid.UUID | None,
+) -> tuple[str, dict[str, Any]]:
+    """The one statement that writes a folded batch, and its parameters."""
     params: dict[str, Any] = {
         "id": cid,
         "expected": expected,
@@ -482,29 +496,30 @@ async def _write(
         "data": fold.data,
     }
     if fold.conversation is None:
-        cur = await conn.execute(_WRITE_DELETION, params)
-    else:
-        ended, started = _lease_changes(fold.rows, instance_id)
-        params.update(
-            zip(_CONVERSATION_WRITABLE, conversation_params(fold.conversation), strict=True)
-        )
-        params.update(
-            messages=_json.encode([_message_json(r) for r in fold.rows]).decode(),
-            ended=ended,
-            lease_ids=[m for m, _ in started],
-            lease_attempts=[a for _, a in started],
-            instance=instance_id,
-        )
-        cur = await conn.execute(_WRITE, params)
-    row = await cur.fetchone()
-    return row is not None and row[0] == 1
+        return _WRITE_DELETION, params
+    ended, started = _lease_changes(fold.rows, instance_id)
+    params.update(zip(_CONVERSATION_WRITABLE, conversation_params(fold.conversation), strict=True))
+    params.update(
+        messages=_json.encode([_message_json(r) for r in fold.rows]).decode(),
+        ended=ended,
+        lease_ids=[m for m, _ in started],
+        lease_attempts=[a for _, a in started],
+        instance=instance_id,
+    )
+    return _WRITE, params
 
 
 class Store:
     """Appends and reads, over a psycopg async pool of autocommit connections."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], on_append: OnAppend | None = None) -> None:
-        self.pool = pool
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any] | BoundedPool,
+        on_append: OnAppend | None = None,
+    ) -> None:
+        # Every unit of work is bounded in time (see log/pool.py); the server passes its
+        # TURNLOG_DB_TIMEOUT_S, a bare pool (tools, tests) gets a generous bound.
+        self.pool = pool if isinstance(pool, BoundedPool) else BoundedPool(pool, timeout_s=30.0)
         self._on_append = on_append
         # The conversations this store wrote last (oldest first, for eviction), as it left
         # them: the state the guarded fast way of append folds onto.
@@ -560,6 +575,85 @@ class Store:
         if self._on_append is not None:
             self._on_append(appended)
         return appended
+
+    async def append_checkpoints(
+        self, items: Sequence[tuple[uuid.UUID, TurnCheckpointed]]
+    ) -> list[Exception | None]:
+        """Store checkpoints of many conversations, most of them in one transaction.
+
+        Each item is what ``append(cid, [checkpoint])`` would store, with the same checks
+        and outcome, and its result is None or the exception that append would raise.
+        Items this store can fold on remembered rows go together: their guarded statements
+        in one pipelined transaction, so 500 generations cost a few commits a second, not
+        500. Any item the guard refuses (another writer moved its conversation), and every
+        item when the batch fails as a whole, then goes alone through ``append``; a batch
+        whose commit's answer was lost is safe to send again (``AlreadyStored``).
+        """
+        results: list[Exception | None] = [None] * len(items)
+        metadata = _json.encode({"actor": "system", "request_id": None}).decode()
+        together: list[tuple[int, uuid.UUID, _Folded, int]] = []
+        alone: list[int] = []
+        # By conversation id: every batch takes its conversation row locks in one order, so
+        # two batches (of two processes) cannot deadlock; other writers take one lock only.
+        for i in sorted(range(len(items)), key=lambda i: items[i][0]):
+            cid, event = items[i]
+            known = self._known.get(cid)
+            if (
+                known is None
+                or event.message_id not in known[1]
+                or any(c == cid for _, c, _, _ in together[-1:])
+            ):
+                alone.append(i)
+                continue
+            conv, hot = known
+            try:
+                fold = _fold(cid, conv, dict(hot), [event])
+            except (DomainError, StreamProtocolError):
+                alone.append(i)  # judged on rows that may be stale: append judges again
+                continue
+            together.append((i, cid, fold, conv.conversation.version))
+        written: list[tuple[int, uuid.UUID, _Folded]] = []
+        if together:
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    async with conn.pipeline() as pipeline:
+                        cursors = [
+                            await conn.execute(*_statement(cid, fold, version, metadata, None))
+                            for _, cid, fold, version in together
+                        ]
+                        await pipeline.sync()
+                    for (i, cid, fold, _), cur in zip(together, cursors, strict=True):
+                        row = await cur.fetchone()
+                        if row is not None and row[0] == 1:
+                            written.append((i, cid, fold))
+                        else:  # another writer got there first: append reads afresh
+                            self._known.pop(cid, None)
+                            alone.append(i)
+            except psycopg.OperationalError as exc:
+                # The database is out of reach (or the pool exhausted): so it is for each
+                # alone too. Nothing of it committed, or (a lost answer to COMMIT) all of
+                # it did: the caller sends the same checkpoints again later, and a stored
+                # one then answers AlreadyStored.
+                for i, _, _, _ in together:
+                    results[i] = exc
+                written = []
+            except Exception:
+                # Perhaps one item's fault: each goes again alone (same as above if stored).
+                written = []
+                alone = [i for i, _, _, _ in together] + alone
+        for _, cid, fold in written:
+            self._remember(cid, fold)
+            if self._on_append is not None:
+                self._on_append(
+                    Appended(cid, fold.conversation, fold.rows, fold.stored, fold.changes)
+                )
+        for i in alone:
+            cid, event = items[i]
+            try:
+                await self.append(cid, [event])
+            except Exception as exc:
+                results[i] = exc
+        return results
 
     async def _append_guarded(
         self,
@@ -753,25 +847,37 @@ class Store:
     # -- instances and leases (operational, never replayed) -------------------------------
 
     async def register_instance(
-        self, conn: psycopg.AsyncConnection[Any], instance_id: uuid.UUID, now: datetime
-    ) -> None:
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        instance_id: uuid.UUID,
+        now: datetime,
+        *,
+        key: int | None = None,
+    ) -> int:
         """Record this process and take its liveness lock on ``conn``, which the caller
-        keeps open (outside the pool) for the life of the process."""
-        for _ in range(10):
-            key = secrets.randbelow(2**31 - 2) + 1
+        keeps open (outside the pool); return the lock's key. ``key``: the key to take
+        again after the connection was lost (see turnlog.log.liveness); if another
+        instance took it meanwhile, a new one is chosen and this instance's row follows."""
+        for attempt in range(10):
+            if key is None or attempt > 0:
+                key = secrets.randbelow(2**31 - 2) + 1
             cur = await conn.execute(
                 "SELECT pg_try_advisory_lock(%s, %s)", (INSTANCE_LOCK_SPACE, key)
             )
             row = await cur.fetchone()
             if row is None or not row[0]:
                 continue
-            # Rows of dead instances with this key would confuse the liveness join.
-            await conn.execute("DELETE FROM instances WHERE lock_key = %s", (key,))
+            # Rows of dead instances with this key would confuse the liveness join. The
+            # upsert keeps this instance's id (its leases name it) with the key it holds.
             await conn.execute(
-                "INSERT INTO instances (id, lock_key, started_at) VALUES (%s, %s, %s)",
+                "DELETE FROM instances WHERE lock_key = %s AND id <> %s", (key, instance_id)
+            )
+            await conn.execute(
+                "INSERT INTO instances (id, lock_key, started_at) VALUES (%s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET lock_key = EXCLUDED.lock_key",
                 (instance_id, key, now),
             )
-            return
+            return key
         raise RuntimeError("could not take an instance lock after 10 tries")
 
     async def unregister_instance(self, instance_id: uuid.UUID) -> None:
@@ -781,41 +887,66 @@ class Store:
     async def orphans(
         self, *, me: uuid.UUID, mine: Iterable[uuid.UUID] = ()
     ) -> list[MessageRecord]:
-        """Generating rows whose generation is gone: no lease, a lease of an instance whose
-        liveness lock is free (its process died), or a lease of this instance (``me``) for
-        a row it does not run (not in ``mine``)."""
+        """Generating rows whose generation is gone: no lease or no instance, a lease of
+        an instance whose liveness lock is free (its process died; see LIVENESS_GRACE_S),
+        or a lease of this instance (``me``) for a row it does not run. A row this process
+        runs (in ``mine``) is never an orphan, whatever its lock looks like."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 f"SELECT {', '.join('m.' + c for c in _MESSAGE_WRITABLE)} FROM messages m "
                 f"LEFT JOIN leases l ON l.message_id = m.id AND l.attempt = m.attempt "
                 f"{_LIVENESS_JOIN} "
-                "WHERE m.status = 'generating' AND ("
-                "  pl.pid IS NULL OR (i.id = %s AND NOT (m.id = ANY(%s))))",
-                (me, list(mine)),
+                "WHERE m.status = 'generating' AND NOT (m.id = ANY(%s)) AND ("
+                f"  i.id IS NULL OR i.id = %s OR (pl.pid IS NULL AND {_SETTLED}))",
+                (list(mine), me, LIVENESS_GRACE_S),
             )
             return [message_from_row(r) for r in await cur.fetchall()]
 
     async def is_orphan(self, mid: uuid.UUID, *, me: uuid.UUID, mine: bool) -> bool:
         """Whether one generating row's generation is gone (see :meth:`orphans`)."""
+        if mine:
+            return False
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT i.id, pl.pid FROM messages m "
+                f"SELECT i.id, pl.pid, {_SETTLED} FROM messages m "
                 "LEFT JOIN leases l ON l.message_id = m.id AND l.attempt = m.attempt "
                 f"{_LIVENESS_JOIN} "
                 "WHERE m.id = %s AND m.status = 'generating'",
-                (mid,),
+                (LIVENESS_GRACE_S, mid),
             )
             row = await cur.fetchone()
         if row is None:
             return False
-        instance, holder = row
-        if holder is None:
+        instance, holder, settled = row
+        if instance is None or instance == me:
             return True
-        return bool(instance == me and not mine)
+        return bool(holder is None and settled)
+
+    async def liveness_unsettled_s(self) -> float:
+        """Seconds until a free liveness lock proves its instance dead again: 0 unless the
+        database (re)started less than LIVENESS_GRACE_S ago and generating rows exist."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT greatest(0, %s - extract(epoch FROM now() - pg_postmaster_start_time()))"
+                "::float8, EXISTS (SELECT FROM messages WHERE status = 'generating')",
+                (LIVENESS_GRACE_S,),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return float(row[0]) if row[1] else 0.0
 
 
 # The advisory lock space of instance liveness locks (see schema.sql, table instances).
 INSTANCE_LOCK_SPACE = 0x746C  # "tl"
+
+# A restart of PostgreSQL drops every session, so every instance's liveness lock is free
+# for a moment, living instances' too: each takes its lock again as soon as it can reach
+# the database (turnlog.log.liveness, within about a second). Until the database has been
+# up this long, a free lock therefore proves nothing, and its rows are left alone (a send
+# to their conversation is 409, a sweep waits); only a real death orphans a row.
+LIVENESS_GRACE_S = 3.0
+# "The database has been up longer than the grace" (one parameter: the grace, seconds).
+_SETTLED = "(pg_postmaster_start_time() < now() - make_interval(secs => %s))"
 
 # instances i and the granted advisory lock pl that proves it alive; pl.pid is NULL when
 # the lease, the instance or its lock is missing. Two-key advisory locks show in pg_locks
@@ -839,7 +970,12 @@ def open_pool(conninfo: str, *, min_size: int = 2, max_size: int = 20) -> AsyncC
         conninfo,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"autocommit": True},
+        # connect_timeout: a paused server accepts the socket and never answers.
+        kwargs={"autocommit": True, "connect_timeout": 2},
         configure=configure,
+        # A connection that cannot be made again is given up after 2 s rather than retried
+        # with a backoff growing to minutes: the next request that needs one makes a new
+        # attempt at once, so the pool is back as soon as the database is.
+        reconnect_timeout=2.0,
         open=False,
     )
