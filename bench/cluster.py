@@ -11,7 +11,8 @@ running on A:
 - *three instances*: S subscribers spread evenly over A, B and C (B and C mirror A's stream
   through one upstream each, turnlog.follow).
 
-For every delta (by seq) the reference time is when the first subscriber on A received it;
+Subscribers are read by ``--clients`` processes (default 3). For every delta (by seq) the
+reference time is when the first subscriber on A received it;
 a subscriber's *lag* for that delta is its own receive time minus that reference. Reported
 per scenario: deliveries/s (delta frames received by all subscribers / generation time),
 and p50/p99 lag over all subscribers, and over the subscribers on B and C alone.
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing as mp
+import multiprocessing.pool
 import os
 import signal
 import socket
@@ -149,32 +152,53 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _scenario(
-    urls: list[str], placement: list[int], tps: float, length: int
+def _client(urls: list[str], mid: str, token: str) -> list[dict[int, float]]:
+    """One client process: subscribe to ``mid`` on each of ``urls`` (one connection each)
+    and return when each delta arrived, per subscriber."""
+
+    async def run() -> list[dict[int, float]]:
+        headers = {"Authorization": f"Bearer {token}"}
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        timeout = httpx.Timeout(30.0, read=120.0)
+        times: list[dict[int, float]] = [{} for _ in urls]
+        async with (
+            httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout) as http,
+            anyio.create_task_group() as tg,
+        ):
+            for k, url in enumerate(urls):
+                tg.start_soon(_subscribe, http, url, mid, times[k], anyio.Event())
+        return times
+
+    return anyio.run(run)
+
+
+def _warm() -> None:
+    """Run in every client process once, so the scenarios do not time interpreter starts."""
+
+
+def _scenario(
+    pool: mp.pool.Pool, urls: list[str], placement: list[int], tps: float, length: int
 ) -> dict[str, float]:
     token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, SECRET, "HS256")
     headers = {"Authorization": f"Bearer {token}"}
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    timeout = httpx.Timeout(30.0, read=120.0)
-    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout) as http:
-        r = await http.post(f"{urls[0]}/v1/conversations", json={"model": "demo:default"})
-        cid = r.json()["id"]
-        # A short warm-up turn, so both scenarios start on warm servers and connections.
-        body = {"content": "warm up", "options": {"tokens_per_second": 400, "length": 5}}
-        r = await http.post(f"{urls[0]}/v1/conversations/{cid}/messages", json=body)
-        warm = r.json()["assistant_message"]["id"]
-        async with anyio.create_task_group() as tg:
-            for i in range(3):
-                tg.start_soon(_subscribe, http, urls[i], warm, {}, anyio.Event())
+    with httpx.Client(headers=headers, timeout=30.0) as http:
+        cid = http.post(f"{urls[0]}/v1/conversations", json={"model": "demo:default"}).json()["id"]
         body = {"content": "bench", "options": {"tokens_per_second": tps, "length": length}}
-        r = await http.post(f"{urls[0]}/v1/conversations/{cid}/messages", json=body)
+        r = http.post(f"{urls[0]}/v1/conversations/{cid}/messages", json=body)
         mid = r.json()["assistant_message"]["id"]
-        times: list[dict[int, float]] = [{} for _ in placement]
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for k, i in enumerate(placement):
-                tg.start_soon(_subscribe, http, urls[i], mid, times[k], anyio.Event())
-        elapsed = time.perf_counter() - started
+    # Subscribers split over the client processes (subscriber k in process k % P), so
+    # the clients' own parsing does not become the lag being measured.
+    procs = pool._processes  # type: ignore[attr-defined]
+    shares = [[urls[i] for i in placement[p::procs]] for p in range(procs)]
+    started = time.perf_counter()
+    results = pool.starmap(_client, [(share, mid, token) for share in shares])
+    elapsed = time.perf_counter() - started
+    times: list[dict[int, float]] = []
+    where: list[int] = []
+    for p, chunk in enumerate(results):
+        times += chunk
+        where += placement[p::procs]
+    placement = where
     reference: dict[int, float] = {}
     for k, i in enumerate(placement):
         if i == 0:
@@ -205,12 +229,18 @@ def main() -> None:
     p.add_argument("--subscribers", type=int, default=60)
     p.add_argument("--tokens-per-second", type=float, default=50.0)
     p.add_argument("--length", type=int, default=300)
+    p.add_argument("--clients", type=int, default=3, help="client processes")
     args = p.parse_args()
     s = args.subscribers
-    with _database() as url, _servers(url, 3) as urls:
-        one = anyio.run(_scenario, urls, [0] * s, args.tokens_per_second, args.length)
-        spread = [k % 3 for k in range(s)]
-        three = anyio.run(_scenario, urls, spread, args.tokens_per_second, args.length)
+    tps, length = args.tokens_per_second, args.length
+    with (
+        _database() as url,
+        _servers(url, 3) as urls,
+        mp.get_context("spawn").Pool(args.clients) as pool,
+    ):
+        pool.starmap(_warm, [()] * args.clients)
+        one = _scenario(pool, urls, [0] * s, tps, length)
+        three = _scenario(pool, urls, [k % 3 for k in range(s)], tps, length)
     print(
         f"one generation at {args.tokens_per_second:g} tokens/s x {args.length} tokens, "
         f"{s} subscribers (lag: receive time minus the first A subscriber's, per delta)"

@@ -20,6 +20,14 @@ settings.register_profile(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
+# The long fuzz (tests/e2e/test_fuzz_http.py): HYPOTHESIS_PROFILE=fuzz.
+settings.register_profile(
+    "fuzz",
+    max_examples=10_000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 

@@ -46,7 +46,9 @@ from turnlog.http.feeds import FeedHub
 from turnlog.log.projection import Conversation, Message, MessageRecord
 from turnlog.log.store import (
     _LIVENESS_JOIN,
+    _SETTLED,
     CONVERSATION_COLUMNS,
+    LIVENESS_GRACE_S,
     MESSAGE_COLUMNS,
     Appended,
     Store,
@@ -99,6 +101,7 @@ class Cluster:
         self.instance_id = instance_id
         self.listening = False
         self._dirty: dict[uuid.UUID, int] = {}
+        self._deleted: set[uuid.UUID] = set()
         self._notify_wakeup = anyio.Event()
         self._stale: set[uuid.UUID] = set()
         self._catch_wakeup = anyio.Event()
@@ -111,6 +114,8 @@ class Cluster:
         self.hub.publish(appended)
         cid = appended.conversation_id
         self._dirty[cid] = max(self._dirty.get(cid, 0), appended.version)
+        if appended.conversation is None:
+            self._deleted.add(cid)
         self._notify_wakeup.set()
 
     async def register(self, internal_url: str | None) -> None:
@@ -124,7 +129,9 @@ class Cluster:
     # -- running ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Send and receive wake-ups, and poll, until cancelled."""
+        """Send and receive wake-ups, and poll, until cancelled. Each loop logs a failure
+        (the database gone, a pool timeout) and carries on: they only ever delay a wake-up,
+        which the poll makes good, and must never take the server down with them."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._notifier)
             tg.start_soon(self._listener)
@@ -136,7 +143,11 @@ class Cluster:
             await self._notify_wakeup.wait()
             self._notify_wakeup = anyio.Event()
             batch, self._dirty = self._dirty, {}
-            payloads = [f"{self.instance_id} {cid} {v}" for cid, v in batch.items()]
+            deleted, self._deleted = self._deleted, set()
+            payloads = [
+                f"{self.instance_id} {cid} {v}" + (" deleted" if cid in deleted else "")
+                for cid, v in batch.items()
+            ]
             try:
                 async with self.store.pool.connection() as conn:
                     # Its own autocommit transaction, after the append's commit (module doc).
@@ -144,7 +155,7 @@ class Cluster:
                         "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
                         (FEED_CHANNEL, payloads),
                     )
-            except (psycopg.Error, OSError) as exc:
+            except Exception as exc:
                 # A lost wake-up only delays the other instances' feeds until their poll.
                 log.warning("could not send feed wake-ups", error=str(exc))
 
@@ -161,7 +172,7 @@ class Cluster:
                         self._moved(cid)
                     async for note in conn.notifies():
                         self._heard(note.channel, note.payload)
-            except (psycopg.Error, OSError) as exc:
+            except Exception as exc:
                 log.warning("listening connection lost; reconnecting", error=str(exc))
             finally:
                 self.listening = False
@@ -172,13 +183,16 @@ class Cluster:
             self._cancel_here(payload)
             return
         try:
-            instance, cid_text, version_text = payload.split(" ")
+            instance, cid_text, version_text, *deleted = payload.split(" ")
             cid, version = uuid.UUID(cid_text), int(version_text)
         except ValueError:
             log.warning("ignoring a malformed feed wake-up", payload=payload[:200])
             return
         if instance == str(self.instance_id):
             return  # our own commit: the feeds here already have it
+        if deleted:
+            # Deleted through another instance: a generation of it here stops now.
+            self._stop_generations_of(cid)
         seen = self.hub.shown(cid)
         if seen is not None and version > seen:
             self._moved(cid)
@@ -205,7 +219,7 @@ class Cluster:
                 cid = self._stale.pop()
                 try:
                     await self._catch_up(cid)
-                except (psycopg.Error, OSError) as exc:
+                except Exception as exc:
                     log.warning("feed catch-up failed; the poll retries", error=str(exc))
 
     async def _catch_up(self, cid: uuid.UUID) -> None:
@@ -214,13 +228,15 @@ class Cluster:
             return
         version, conv, messages = read
         if conv is None:
-            # Deleted elsewhere: a generation of it here stops now, not at its next
-            # checkpoint (which the deletion fences off anyway).
-            for mid in self.engine.running_ids():
-                gen = self.engine.running(mid)
-                if gen is not None and gen.turn.conversation_id == cid:
-                    gen.cancel("aborted")
+            self._stop_generations_of(cid)
         self.hub.caught_up(cid, version, conv, messages)
+
+    def _stop_generations_of(self, cid: uuid.UUID) -> None:
+        for mid in self.engine.running_ids():
+            gen = self.engine.running(mid)
+            if gen is not None and gen.turn.conversation_id == cid:
+                log.info("conversation deleted elsewhere; stopping", message_id=str(mid))
+                gen.cancel("aborted")
 
     async def _read(self, cid: uuid.UUID) -> tuple[int, Conversation | None, list[Message]] | None:
         """The conversation and its rows as of one version, or (version, None, []) once
@@ -254,7 +270,7 @@ class Cluster:
             await anyio.sleep(POLL_S)
             try:
                 await self._poll()
-            except (psycopg.Error, OSError) as exc:
+            except Exception as exc:
                 log.warning("cluster poll failed", error=str(exc))
 
     async def _poll(self) -> None:
@@ -264,12 +280,19 @@ class Cluster:
             return
         async with self.store.pool.connection() as conn:
             if running:
+                # A generation runs here only while its lease names this instance (the
+                # write that starts a turn takes it; the one that ends the row drops it).
+                # A lease asking for a cancel, or gone (the row was ended elsewhere, or its
+                # conversation deleted, and the wake-up was lost): stop it now.
                 cur = await conn.execute(
-                    "SELECT message_id FROM leases WHERE instance_id = %s AND cancel_requested",
-                    (self.instance_id,),
+                    "SELECT message_id, cancel_requested FROM leases "
+                    "WHERE instance_id = %s AND message_id = ANY(%s)",
+                    (self.instance_id, running),
                 )
-                for (mid,) in await cur.fetchall():
-                    self._cancel_here(str(mid))
+                leased: dict[uuid.UUID, bool] = dict(await cur.fetchall())
+                for mid in running:
+                    if leased.get(mid, True) and self.engine.running(mid) is not None:
+                        self._cancel_here(str(mid))
             if followed:
                 cur = await conn.execute(
                     "SELECT id, version FROM conversations WHERE id = ANY(%s)", (list(followed),)
@@ -285,11 +308,14 @@ class Cluster:
         """The row's status and the instance leasing it (alive: its liveness lock is
         held); None if there is no such row."""
         async with self.store.pool.connection() as conn:
+            # Alive: its lock is held, or it may be (a database restarted less than
+            # LIVENESS_GRACE_S ago freed every lock; the living take theirs again).
             cur = await conn.execute(
-                "SELECT m.status, i.id, i.internal_url, pl.pid IS NOT NULL FROM messages m "
+                "SELECT m.status, i.id, i.internal_url, "
+                f"pl.pid IS NOT NULL OR (i.id IS NOT NULL AND NOT {_SETTLED}) FROM messages m "
                 "LEFT JOIN leases l ON l.message_id = m.id AND l.attempt = m.attempt "
                 f"{_LIVENESS_JOIN} WHERE m.id = %s",
-                (mid,),
+                (LIVENESS_GRACE_S, mid),
             )
             row = await cur.fetchone()
         if row is None:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
+import anyio
 import msgspec
 import psycopg
 from turnlog_reducer import ToolCallBlock
@@ -35,7 +36,7 @@ from turnlog.log.projection import (
     MessageRecord,
     NotFound,
 )
-from turnlog.log.store import Appended, Store
+from turnlog.log.store import Appended, Store, VersionConflict
 from turnlog.providers import ModelForbidden, check_model
 
 MAX_TITLE_CHARS = 500
@@ -353,8 +354,11 @@ class Chat:
         try:
             async with self.limits.admit(owner, send=True):
                 done = await self.store.retrying(attempt)
-        except psycopg.errors.UniqueViolation:
-            # The same client_message_id sent twice at once: the unique key let one in.
+        except (psycopg.errors.UniqueViolation, ConversationBusy, VersionConflict):
+            # The same client_message_id sent several times at once: one of them got in,
+            # and the others find the conversation busy with it, lose the version race to
+            # it, or hit the unique key. Each of them is answered with its rows (the busy
+            # state was read after that send committed, so its rows are visible now).
             again = None
             if body.client_message_id is not None:
                 again = await self._sent_before(cid, body.client_message_id, body.content)
@@ -630,7 +634,11 @@ class Chat:
         return repaired
 
     async def sweep(self) -> int:
-        """At startup: interrupt every generating row whose process is gone."""
+        """At startup: interrupt every generating row whose process is gone. Right after a
+        database restart that cannot be told yet (LIVENESS_GRACE_S): wait it out first."""
+        unsettled = await self.store.liveness_unsettled_s()
+        if unsettled > 0:
+            await anyio.sleep(unsettled)
         rows = await self.store.orphans(me=self.engine.instance_id, mine=self.engine.running_ids())
         for row in rows:
             await self.interrupt(row, "the server restarted")

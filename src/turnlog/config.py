@@ -21,6 +21,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_s: float = 15.0
     max_message_chars: int = 100_000
     shutdown_grace_s: float = 10.0
+    # How long one database call may take (connection included) before the request gets a
+    # 503 with Retry-After (1 s once the database is known to be down); and how long a
+    # client may take to send a request head.
+    db_timeout_s: float = 5.0
+    header_timeout_s: float = 10.0
     openai_api_key: str | None = None
     openai_base_url: str | None = None
     anthropic_api_key: str | None = None
@@ -39,13 +44,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_concurrent_generations: int = 0
     max_sends_per_minute: int = 0
     # Request bodies larger than this are refused with 413 before they are read whole;
-    # 0 derives it from max_message_chars (room for the longest content, JSON-escaped).
+    # 0: 8 MiB, or more if max_message_chars needs it (the longest content, JSON-escaped).
     max_body_bytes: int = 0
 
     @property
     def body_limit(self) -> int:
         """The request body limit in bytes."""
-        return self.max_body_bytes or max(1 << 20, 6 * self.max_message_chars + (64 << 10))
+        # 8 MiB also leaves room for a long history that `POST /v1/ui/chat` carries.
+        return self.max_body_bytes or max(8 << 20, 6 * self.max_message_chars + (64 << 10))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -73,6 +79,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             return int(raw)
 
         d = cls()  # the defaults
+        models = Catalog.load(e)
         return cls(
             database_url=e.get("TURNLOG_DATABASE_URL") or None,
             data_dir=Path(e.get("TURNLOG_DATA_DIR") or d.data_dir).absolute(),
@@ -82,14 +89,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             heartbeat_s=number("TURNLOG_HEARTBEAT_S", d.heartbeat_s),
             max_message_chars=int(number("TURNLOG_MAX_MESSAGE_CHARS", d.max_message_chars)),
             shutdown_grace_s=number("TURNLOG_SHUTDOWN_GRACE_S", d.shutdown_grace_s),
+            db_timeout_s=number("TURNLOG_DB_TIMEOUT_S", d.db_timeout_s),
+            header_timeout_s=number("TURNLOG_HEADER_TIMEOUT_S", d.header_timeout_s),
             openai_api_key=e.get("OPENAI_API_KEY") or None,
             openai_base_url=e.get("OPENAI_BASE_URL") or None,
             anthropic_api_key=e.get("ANTHROPIC_API_KEY") or None,
             gemini_api_key=e.get("GEMINI_API_KEY") or None,
-            max_concurrent_generations=count("TURNLOG_MAX_CONCURRENT_GENERATIONS", 0),
-            max_sends_per_minute=count("TURNLOG_MAX_SENDS_PER_MINUTE", 0),
+            # Per-user limits: the environment, else TURNLOG_CONFIG's [limits], else none.
+            max_concurrent_generations=count(
+                "TURNLOG_MAX_CONCURRENT_GENERATIONS",
+                models.limits.get("max_concurrent_generations", 0),
+            ),
+            max_sends_per_minute=count(
+                "TURNLOG_MAX_SENDS_PER_MINUTE", models.limits.get("max_sends_per_minute", 0)
+            ),
             max_body_bytes=count("TURNLOG_MAX_BODY_BYTES", 0),
-            models=Catalog.load(e),
+            models=models,
             provider_connect_timeout_s=number(
                 "TURNLOG_PROVIDER_CONNECT_TIMEOUT_S", d.provider_connect_timeout_s
             ),

@@ -226,10 +226,21 @@ class Follower:
                     log.warning("upstream sent an invalid event", error=str(exc))
                     mirror.dropped = True
                     ended = True
+                except Exception:
+                    # A bug in one mirror must not take the server down: its subscribers
+                    # reconnect and get a fresh init.
+                    log.exception("mirror failed", message_id=str(mid))
+                    mirror.dropped = True
+                    ended = True
                 await upstream.aclose()
                 if ended or mirror.dropped:
                     return
-                reconnected = await self._recover(mirror)
+                try:
+                    reconnected = await self._recover(mirror)
+                except Exception:
+                    log.exception("mirror could not recover", message_id=str(mid))
+                    mirror.dropped = True
+                    return
                 if reconnected is None:
                     return
                 upstream = reconnected

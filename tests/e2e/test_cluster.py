@@ -199,6 +199,25 @@ def test_cancel_through_b_of_a_generation_on_a(trio: Trio) -> None:
         assert blocks_json(f.fold.blocks) == stored["blocks"]
 
 
+def test_delete_through_b_stops_a_generation_on_a(trio: Trio) -> None:
+    """Deleting the conversation through B ends A's generation within a few seconds: A's
+    subscriber gets done and the conversation is gone everywhere."""
+    with trio.client(0) as a, trio.client(1) as b:
+        cid = a.create_conversation(model=DEMO)["id"]
+        mid = a.send(cid, "delete me", options=SLOW)["assistant_message"]["id"]
+        follower = _follow(trio, 0, mid)
+        wait_until(lambda: len(follower.text()) > 10, timeout=20)
+        b.delete_conversation(cid)
+        deleted = time.monotonic()
+        _finished([follower], timeout=15)
+        took = time.monotonic() - deleted
+        assert took < 5.0, f"A streamed for {took:.1f} s after the delete"
+        for i in range(3):
+            with trio.client(i) as c, pytest.raises(ApiError) as gone:
+                c.get_conversation(cid)
+            assert gone.value.status == 404
+
+
 @settings(
     max_examples=6,
     deadline=None,

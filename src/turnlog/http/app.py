@@ -12,6 +12,7 @@ task group in which every generation runs.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -36,17 +37,33 @@ from turnlog.http import conversations, internal, live, models, openapi, ops, ui
 from turnlog.http.auth import Unauthorized
 from turnlog.http.common import (
     Runtime,
+    database_unavailable,
     domain_error,
     http_exception,
     internal_error,
     unauthorized,
 )
+from turnlog.log.liveness import Liveness
+from turnlog.log.pool import BoundedPool, DatabaseUnavailable
 from turnlog.log.projection import DomainError
 from turnlog.log.store import Store, open_pool
 
 __all__ = ["Runtime", "create_app"]
 
 log = structlog.get_logger("turnlog.http")
+
+
+# What a client's X-Request-ID may hold to be logged and echoed back as is: a header value
+# is raw bytes (any of them, 0xFF included), and the log wants plain printable text.
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,64}")
+
+
+def safe_request_id(raw: bytes | None) -> str | None:
+    """The client's X-Request-ID if it is 1 to 64 printable ASCII characters, else None
+    (the caller makes one up): never an error, whatever bytes arrived."""
+    if raw is None or _REQUEST_ID.fullmatch(raw) is None:
+        return None
+    return raw.decode("ascii")
 
 
 def request_log(rt: Runtime) -> Callable[[ASGIApp], ASGIApp]:
@@ -58,7 +75,7 @@ def request_log(rt: Runtime) -> Callable[[ASGIApp], ASGIApp]:
                 await app(scope, receive, send)
                 return
             headers = dict(scope.get("headers") or [])
-            request_id = headers.get(b"x-request-id", b"").decode()[:64] or uuid.uuid4().hex
+            request_id = safe_request_id(headers.get(b"x-request-id")) or uuid.uuid4().hex
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(request_id=request_id)
             status = 500
@@ -123,6 +140,7 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
         exception_handlers={
             DomainError: domain_error,
             Unauthorized: unauthorized,
+            psycopg.OperationalError: database_unavailable,
             HTTPException: http_exception,
             Exception: internal_error,
         },
@@ -149,18 +167,18 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
     # running and reuses it; `turnlog db stop` stops it.
     url, _ = await anyio.to_thread.run_sync(resolve_database_url, settings)
     await anyio.to_thread.run_sync(apply_schema, url)
-    pool = open_pool(url)
+    pool = BoundedPool(open_pool(url), timeout_s=settings.db_timeout_s)
     await pool.open(wait=True)
-    lock_conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    rt.store = Store(pool, on_append=rt.hub.publish)
+    rt.liveness = Liveness(url, rt.store, rt.instance_id)
     try:
-        rt.store = Store(pool, on_append=rt.hub.publish)
         rt.engine = Engine(
             rt.store, rt.registry, settings, instance_id=rt.instance_id, metrics=rt.metrics
         )
         _gauges(rt)
         await rt.limits.open(url)
         rt.chat = Chat(rt.store, rt.engine, settings, rt.limits)
-        await rt.store.register_instance(lock_conn, rt.instance_id, utcnow())
+        await rt.liveness.start(utcnow())
         rt.cluster = Cluster(url, rt.store, rt.hub, rt.engine, rt.instance_id)
         rt.store.set_on_append(rt.cluster.on_append)
         rt.chat.cancel_elsewhere = rt.cluster.request_cancel
@@ -173,6 +191,7 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
             rt.follower.bind(tg)
             tg.start_soon(rt.cluster.run)
             tg.start_soon(rt.registry.run)
+            tg.start_soon(rt.liveness.run)
             repaired = await rt.chat.sweep()
             log.info("started", instance_id=str(rt.instance_id), interrupted_orphans=repaired)
             tg.start_soon(_drain_when_asked, rt)
@@ -186,16 +205,27 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
                 with anyio.CancelScope(shield=True):
                     # Shut down without a drain first (a second signal): interrupt at once.
                     await _drain(rt, 0 if rt.drain_requested.is_set() else 0.5)
-                    await rt.store.unregister_instance(rt.instance_id)
+                    await _unregister(rt)
                 tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             if hasattr(rt, "follower"):
                 await rt.follower.aclose()
-            await lock_conn.close()
+            await rt.liveness.close()
             await rt.limits.close()
             await pool.close()
         log.info("stopped")
+
+
+async def _unregister(rt: Runtime) -> None:
+    """Remove this instance's row, unless the database is gone: then its lock is gone too,
+    which tells the others the same (its rows are orphans either way)."""
+    if not rt.liveness.held:
+        return
+    try:
+        await rt.store.unregister_instance(rt.instance_id)
+    except DatabaseUnavailable as exc:
+        log.warning("could not unregister the instance", error=str(exc))
 
 
 def _gauges(rt: Runtime) -> None:
@@ -221,6 +251,16 @@ def _gauges(rt: Runtime) -> None:
         rt.registry.subscriber_count,
     )
     m.gauge("turnlog_feeds_open", "Open conversation feeds.", lambda: len(rt.hub))
+    m.gauge(
+        "turnlog_mirrors_open",
+        "Streams of generations on other instances mirrored here (one upstream each).",
+        lambda: len(rt.follower),
+    )
+    m.gauge(
+        "turnlog_cluster_listening",
+        "1 while the LISTEN connection for other instances' wake-ups is up.",
+        lambda: float(rt.cluster.listening),
+    )
 
     def pool_stat(key: str) -> Callable[[], float]:
         return lambda: float(rt.store.pool.get_stats().get(key, 0))
@@ -249,7 +289,16 @@ async def _drain(rt: Runtime, grace_s: float) -> None:
 async def _drain_when_asked(rt: Runtime) -> None:
     await rt.drain_requested.wait()
     log.info("draining", grace_s=rt.settings.shutdown_grace_s, running=len(rt.engine))
-    await _drain(rt, rt.settings.shutdown_grace_s)
+    async with anyio.create_task_group() as tg:
+
+        async def hurry_when_forced() -> None:
+            await rt.force_requested.wait()
+            log.info("forced stop: interrupting now", running=len(rt.engine))
+            rt.engine.hurry()
+
+        tg.start_soon(hurry_when_forced)
+        await _drain(rt, rt.settings.shutdown_grace_s)
+        tg.cancel_scope.cancel()
     log.info("drained")
     if rt.on_drained is not None:
         rt.on_drained()

@@ -12,6 +12,7 @@ import os
 import secrets
 import sys
 import time
+import unicodedata
 import uuid
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from turnlog.config import Settings
 
 ALGORITHM = "HS256"
 STREAM_SCOPE = "stream:"
+# The longest lifetime a token may have (and `turnlog token --ttl` may ask for).
+MAX_TTL_S = 10 * 365 * 86400
+# A user id is stored as the owner of rows, logged and compared: plain text of bounded size.
+MAX_USER_ID_CHARS = 256
 
 
 class Unauthorized(Exception):
@@ -46,6 +51,25 @@ def load_secret(settings: Settings) -> str:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(secret + "\n")
     return secret
+
+
+def user_id_problem(user: object) -> str | None:
+    """What is wrong with ``user`` as a user id (a token's ``sub``), or None if nothing:
+    a non-empty string of at most MAX_USER_ID_CHARS characters, no control characters
+    (NUL included) and no lone surrogates (text PostgreSQL and the log can hold)."""
+    if not isinstance(user, str):
+        return f"must be a string, got {type(user).__name__}"
+    if not user:
+        return "must not be empty"
+    if len(user) > MAX_USER_ID_CHARS:
+        return f"is {len(user)} characters long; at most {MAX_USER_ID_CHARS} are accepted"
+    for ch in user:
+        category = unicodedata.category(ch)
+        if category == "Cc":
+            return f"must not contain control characters, found U+{ord(ch):04X}"
+        if category == "Cs":
+            return f"must be valid Unicode text, found a lone surrogate U+{ord(ch):04X}"
+    return None
 
 
 def secret_source(settings: Settings) -> str:
@@ -88,9 +112,18 @@ def user_from_header(secret: str, authorization: str | None) -> str:
 
 
 def _sub(claims: dict[str, object]) -> str:
+    """The user id of a verified token's claims, checked (and its expiry, for sanity)."""
+    exp = claims.get("exp")
+    if isinstance(exp, int | float | str) and float(exp) > time.time() + MAX_TTL_S:
+        # PyJWT checked it is a number; one far in the future is a token nobody should hold.
+        raise Unauthorized(
+            f"token claim 'exp' lies more than {MAX_TTL_S // 86400} days in the future"
+        )
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub:
-        raise Unauthorized("token claim 'sub' must be a non-empty string")
+    problem = user_id_problem(sub)
+    if problem is not None:
+        raise Unauthorized(f"token claim 'sub' {problem}")
+    assert isinstance(sub, str)
     return sub
 
 
@@ -127,11 +160,16 @@ def stream_reader(secret: str, token: str) -> tuple[str, uuid.UUID]:
 
 def cli_token(settings: Settings, *, user: str, ttl: int) -> int:
     """``turnlog token --user ID [--ttl SECONDS]``: the token alone on one line."""
-    if not user:
-        print("turnlog token: --user must not be empty", file=sys.stderr)
+    problem = user_id_problem(user)
+    if problem is not None:
+        # !a: undecodable bytes in argv arrive as lone surrogates, unprintable as is.
+        print(f"turnlog token: --user {user!a} {problem}", file=sys.stderr)
         return 2
-    if ttl <= 0:
-        print(f"turnlog token: --ttl must be positive, got {ttl}", file=sys.stderr)
+    if not 0 < ttl <= MAX_TTL_S:
+        print(
+            f"turnlog token: --ttl must be between 1 and {MAX_TTL_S} seconds, got {ttl}",
+            file=sys.stderr,
+        )
         return 2
     print(make_token(load_secret(settings), user, ttl))
     # On stderr: stdout is the token alone, for `TOKEN=$(turnlog token ...)`.

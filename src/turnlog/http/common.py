@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -31,6 +32,8 @@ from turnlog.generation.engine import Engine
 from turnlog.http.auth import load_secret, user_from_header
 from turnlog.http.feeds import FeedHub
 from turnlog.limits import Limits, TooMany
+from turnlog.log.liveness import Liveness
+from turnlog.log.pool import RETRY_AFTER_S
 from turnlog.log.projection import (
     ConversationBusy,
     Fenced,
@@ -64,6 +67,8 @@ class Runtime:
         self.chat: Chat
         self.hub = FeedHub()
         self.drain_requested = anyio.Event()
+        self.force_requested = anyio.Event()
+        self.liveness: Liveness
         self.closing = anyio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.on_ready: Callable[[Runtime], None] | None = None
@@ -82,6 +87,11 @@ class Runtime:
         """Thread- and signal-safe: begin the graceful drain."""
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.drain_requested.set)
+
+    def request_force(self) -> None:
+        """Thread- and signal-safe: cut the drain short (interrupt generations now)."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.force_requested.set)
 
 
 def runtime(request: Request[Any, Any, Any]) -> Runtime:
@@ -134,6 +144,16 @@ def http_exception(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]
     return error_response(exc.status_code, str(exc.detail))
 
 
+def database_unavailable(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """The database is unreachable or did not answer in time (log/pool.py): 503, and when
+    to try again. An append cut off this way may or may not have landed; its atomicity
+    holds either way, and sends with a client_message_id can simply be repeated."""
+    log.warning("database unavailable", error=str(exc))
+    response = error_response(503, f"database unavailable; try again in a moment ({exc})")
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
 def internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.error("unhandled error", exc_info=exc)
     return error_response(500, "internal error; the request was not applied")
@@ -163,6 +183,42 @@ async def body(request: Request[Any, Any, Any], kind: type[T], *, empty_ok: bool
             raw = b"{}"
         else:
             raise BadRequest("request body is empty; expected a JSON object")
+    return decode_json(raw, kind)
+
+
+# How deeply arrays and objects may nest in a request body. Real options nest two or three
+# levels; a decoder (and `_no_nul`, and PostgreSQL's jsonb) recurses once per level, so a
+# body nested a thousand levels deep would end in a RecursionError (a 500), not a 400.
+MAX_JSON_DEPTH = 64
+# A JSON string (escapes included) or one bracket: strings are skipped whole by the regex
+# engine, so brackets inside them do not count and a long text costs one match. The string
+# alternative matches an unterminated string (up to the end) as well, so it never fails
+# and backtracks: a body of many `"\` pairs stays linear, not quadratic.
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.?[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
+
+
+def json_depth(raw: bytes) -> int:
+    """How deeply arrays and objects nest in ``raw`` (JSON, well-formed or not)."""
+    depth = deepest = 0
+    for match in _JSON_TOKEN.finditer(raw):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def decode_json(raw: bytes, kind: type[T]) -> T:
+    """Decode a request body strictly into ``kind``: every failure is a ``BadRequest``
+    (400) saying what was wrong, never another error. Every route decoding a body goes
+    through here (``body`` does)."""
+    depth = json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise BadRequest(
+            f"JSON nested {depth} levels deep; at most {MAX_JSON_DEPTH} levels are accepted"
+        )
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:

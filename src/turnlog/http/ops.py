@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 import psycopg
 from litestar import Request, Response, get
 
@@ -25,11 +24,13 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     rt = runtime(request)
     if not rt.ready or rt.drain_requested.is_set():
         return error_response(503, "not ready" if not rt.ready else "shutting down")
+    if not rt.liveness.held:
+        # Without its lock this process cannot prove it is alive (log/liveness.py).
+        return error_response(503, "liveness lock lost; taking it again")
     try:
-        with anyio.fail_after(2):
-            async with rt.store.pool.connection() as conn:
-                await conn.execute("SELECT 1")
-    except (TimeoutError, psycopg.Error) as exc:
+        async with rt.store.pool.connection() as conn:
+            await conn.execute("SELECT 1")
+    except psycopg.Error as exc:
         return error_response(503, f"database unreachable: {exc}")
     return json_response({"status": "ready"})
 

@@ -26,6 +26,7 @@ from turnlog import logs
 from turnlog.config import Settings
 from turnlog.http.app import Runtime, create_app
 from turnlog.http.auth import make_token, secret_source
+from turnlog.http.protocol import with_head_timeout
 
 DEMO_USER = "demo-user"
 
@@ -34,11 +35,18 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, rt: Runtime) -> None:
         super().__init__(config)
         self.rt = rt
+        self.signals = 0
         rt.on_drained = self._drained
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.rt.ready and not self.rt.drain_requested.is_set():
+        # First signal: drain. Second: interrupt the generations now (their subscribers
+        # still get done). Third, or any before the server is ready: uvicorn's own exit.
+        self.signals += 1
+        if self.rt.ready and self.signals == 1:
             self.rt.request_drain()
+            return
+        if self.rt.ready and self.signals == 2:
+            self.rt.request_force()
             return
         super().handle_exit(sig, frame)
 
@@ -136,6 +144,8 @@ def run_server(settings: Settings, *, host: str, port: int, worker_fd: int | Non
         lifespan="on",
         # Streams and feeds are ended by the drain; this only bounds stragglers.
         timeout_graceful_shutdown=2,
+        # A request head must arrive within TURNLOG_HEADER_TIMEOUT_S (half-open connections).
+        http=with_head_timeout(settings.header_timeout_s),
     )
     server = _Server(config, rt)
     try:

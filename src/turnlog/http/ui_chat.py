@@ -37,8 +37,10 @@ from turnlog.commands import (
     RetryIn,
     ToolResultIn,
 )
+from turnlog.follow import Mirror
 from turnlog.http.common import PING, SSE_HEADERS, Runtime, body, json_response, runtime, user
 from turnlog.log.projection import ConversationRecord, DomainError, Message, MessageRecord, NotFound
+from turnlog.streams import Subscription
 from turnlog.uichat import StartStep, StepEncoder, Turn
 
 CHAT_NAMESPACE = uuid.UUID("5b0c2d1e-7a43-4f0e-9c59-2f3b8d6e1a10")
@@ -343,45 +345,27 @@ async def _turn_frames(
 
 
 async def _live_step(rt: Runtime, step: Message, encoder: StepEncoder) -> AsyncIterator[bytes]:
-    """The chunks of a generating step until it ends in the store (or the server closes)."""
-    live = rt.registry.get(step.id)
-    mirror = None
-    if live is None and step.status == "generating":
-        # Running on another instance: read this instance's mirror of it (turnlog.follow).
-        mirror = await rt.follower.mirror(step.id)
-        live = None if mirror is None else mirror.stream
-    if live is not None and not live.finished:
-        sub = live.subscribe()
-        try:
-            # The snapshot the subscription starts from (its init frame, skipped below).
-            yield _frames(encoder.load(sub.init_blocks))
-            first = True
-            while True:
-                try:
-                    frame = await sub.next_frame(rt.settings.heartbeat_s)
-                except StopAsyncIteration:
-                    break
-                if frame is None:
-                    if mirror is not None and mirror.dropped:
-                        break  # the store below settles it
-                    yield PING
-                elif frame.startswith(b"event: init\n"):
-                    # The first is the snapshot loaded above; a later one resynchronises a
-                    # reader that fell behind the ring: catch up from its blocks.
-                    if not first:
-                        yield _frames(encoder.load(sub.init_blocks))
-                else:
-                    event = decode_event(frame.split(b"\ndata: ", 1)[1].rstrip(b"\n"))
-                    if isinstance(event, Done):
-                        break
-                    chunks = encoder.event(event)
-                    if chunks:
-                        yield _frames(chunks)
-                first = False
-        finally:
-            sub.close()
-    # The stored row decides that the step ended: follow it until it does. A row whose
-    # generation is gone (its process died) is repaired to interrupted on the spot.
+    """The chunks of a generating step until it ends in the store (or the server closes).
+
+    Live deltas come from this process's stream of the step, or from a mirror of the
+    stream of the process that runs it (``turnlog.follow``); failing both, from its stored
+    checkpoints. A step whose generation is gone (its process died) is repaired to
+    interrupted on the spot.
+    """
+    stream = rt.registry.get(step.id)
+    mirror: Mirror | None = None
+    if stream is None:
+        record = await rt.store.get_message(step.id)
+        if record is not None and record.message.status == "generating":
+            record = await rt.chat.repair_if_orphan(record)
+            stream = rt.registry.get(step.id)
+            if stream is None and record.message.status == "generating":
+                mirror = await rt.follower.mirror(step.id)
+                stream = None if mirror is None else mirror.stream
+    if stream is not None and not stream.finished:
+        async for frame in _follow_live(rt, stream.subscribe(), encoder, mirror):
+            yield frame
+    # The stored row decides that the step ended: follow it until it does.
     waited = 0.0
     while not rt.closing.is_set():
         record = await rt.store.get_message(step.id)
@@ -400,6 +384,49 @@ async def _live_step(rt: Runtime, step: Message, encoder: StepEncoder) -> AsyncI
         if waited >= rt.settings.heartbeat_s:
             waited = 0.0
             yield PING
+
+
+async def _follow_live(
+    rt: Runtime, sub: Subscription, encoder: StepEncoder, mirror: Mirror | None
+) -> AsyncIterator[bytes]:
+    """Chunks from one subscription to a step's live stream, until its ``done`` (or the
+    mirror carrying it is dropped)."""
+    heartbeat = rt.settings.heartbeat_s
+    wait = min(heartbeat, 1.0)
+    idle = 0.0
+    try:
+        # The snapshot the subscription starts from (its init frame, skipped below).
+        yield _frames(encoder.load(sub.init_blocks))
+        first = True
+        while True:
+            try:
+                frame = await sub.next_frame(wait)
+            except StopAsyncIteration:
+                return
+            if frame is None:
+                if mirror is not None and mirror.dropped:
+                    return
+                idle += wait
+                if idle >= heartbeat:
+                    idle = 0.0
+                    yield PING
+                continue
+            idle = 0.0
+            if frame.startswith(b"event: init\n"):
+                # The first is the snapshot loaded above; a later one resynchronises a
+                # reader that fell behind the ring: catch up from its blocks.
+                if not first:
+                    yield _frames(encoder.load(sub.init_blocks))
+            else:
+                event = decode_event(frame.split(b"\ndata: ", 1)[1].rstrip(b"\n"))
+                if isinstance(event, Done):
+                    return
+                chunks = encoder.event(event)
+                if chunks:
+                    yield _frames(chunks)
+            first = False
+    finally:
+        sub.close()
 
 
 ROUTES = [ui_chat, ui_chat_resume, ui_chat_stop, ui_chat_messages]

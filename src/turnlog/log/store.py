@@ -29,6 +29,7 @@ from turnlog_reducer import Block, StreamProtocolError
 
 from turnlog.log import events as ev
 from turnlog.log.events import DomainEvent, TurnCheckpointed
+from turnlog.log.pool import BoundedPool
 from turnlog.log.projection import (
     Conversation,
     ConversationRecord,
@@ -511,8 +512,14 @@ def _statement(
 class Store:
     """Appends and reads, over a psycopg async pool of autocommit connections."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], on_append: OnAppend | None = None) -> None:
-        self.pool = pool
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any] | BoundedPool,
+        on_append: OnAppend | None = None,
+    ) -> None:
+        # Every unit of work is bounded in time (see log/pool.py); the server passes its
+        # TURNLOG_DB_TIMEOUT_S, a bare pool (tools, tests) gets a generous bound.
+        self.pool = pool if isinstance(pool, BoundedPool) else BoundedPool(pool, timeout_s=30.0)
         self._on_append = on_append
         # The conversations this store wrote last (oldest first, for eviction), as it left
         # them: the state the guarded fast way of append folds onto.
@@ -840,25 +847,37 @@ class Store:
     # -- instances and leases (operational, never replayed) -------------------------------
 
     async def register_instance(
-        self, conn: psycopg.AsyncConnection[Any], instance_id: uuid.UUID, now: datetime
-    ) -> None:
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        instance_id: uuid.UUID,
+        now: datetime,
+        *,
+        key: int | None = None,
+    ) -> int:
         """Record this process and take its liveness lock on ``conn``, which the caller
-        keeps open (outside the pool) for the life of the process."""
-        for _ in range(10):
-            key = secrets.randbelow(2**31 - 2) + 1
+        keeps open (outside the pool); return the lock's key. ``key``: the key to take
+        again after the connection was lost (see turnlog.log.liveness); if another
+        instance took it meanwhile, a new one is chosen and this instance's row follows."""
+        for attempt in range(10):
+            if key is None or attempt > 0:
+                key = secrets.randbelow(2**31 - 2) + 1
             cur = await conn.execute(
                 "SELECT pg_try_advisory_lock(%s, %s)", (INSTANCE_LOCK_SPACE, key)
             )
             row = await cur.fetchone()
             if row is None or not row[0]:
                 continue
-            # Rows of dead instances with this key would confuse the liveness join.
-            await conn.execute("DELETE FROM instances WHERE lock_key = %s", (key,))
+            # Rows of dead instances with this key would confuse the liveness join. The
+            # upsert keeps this instance's id (its leases name it) with the key it holds.
             await conn.execute(
-                "INSERT INTO instances (id, lock_key, started_at) VALUES (%s, %s, %s)",
+                "DELETE FROM instances WHERE lock_key = %s AND id <> %s", (key, instance_id)
+            )
+            await conn.execute(
+                "INSERT INTO instances (id, lock_key, started_at) VALUES (%s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET lock_key = EXCLUDED.lock_key",
                 (instance_id, key, now),
             )
-            return
+            return key
         raise RuntimeError("could not take an instance lock after 10 tries")
 
     async def unregister_instance(self, instance_id: uuid.UUID) -> None:
@@ -868,41 +887,66 @@ class Store:
     async def orphans(
         self, *, me: uuid.UUID, mine: Iterable[uuid.UUID] = ()
     ) -> list[MessageRecord]:
-        """Generating rows whose generation is gone: no lease, a lease of an instance whose
-        liveness lock is free (its process died), or a lease of this instance (``me``) for
-        a row it does not run (not in ``mine``)."""
+        """Generating rows whose generation is gone: no lease or no instance, a lease of
+        an instance whose liveness lock is free (its process died; see LIVENESS_GRACE_S),
+        or a lease of this instance (``me``) for a row it does not run. A row this process
+        runs (in ``mine``) is never an orphan, whatever its lock looks like."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 f"SELECT {', '.join('m.' + c for c in _MESSAGE_WRITABLE)} FROM messages m "
                 f"LEFT JOIN leases l ON l.message_id = m.id AND l.attempt = m.attempt "
                 f"{_LIVENESS_JOIN} "
-                "WHERE m.status = 'generating' AND ("
-                "  pl.pid IS NULL OR (i.id = %s AND NOT (m.id = ANY(%s))))",
-                (me, list(mine)),
+                "WHERE m.status = 'generating' AND NOT (m.id = ANY(%s)) AND ("
+                f"  i.id IS NULL OR i.id = %s OR (pl.pid IS NULL AND {_SETTLED}))",
+                (list(mine), me, LIVENESS_GRACE_S),
             )
             return [message_from_row(r) for r in await cur.fetchall()]
 
     async def is_orphan(self, mid: uuid.UUID, *, me: uuid.UUID, mine: bool) -> bool:
         """Whether one generating row's generation is gone (see :meth:`orphans`)."""
+        if mine:
+            return False
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT i.id, pl.pid FROM messages m "
+                f"SELECT i.id, pl.pid, {_SETTLED} FROM messages m "
                 "LEFT JOIN leases l ON l.message_id = m.id AND l.attempt = m.attempt "
                 f"{_LIVENESS_JOIN} "
                 "WHERE m.id = %s AND m.status = 'generating'",
-                (mid,),
+                (LIVENESS_GRACE_S, mid),
             )
             row = await cur.fetchone()
         if row is None:
             return False
-        instance, holder = row
-        if holder is None:
+        instance, holder, settled = row
+        if instance is None or instance == me:
             return True
-        return bool(instance == me and not mine)
+        return bool(holder is None and settled)
+
+    async def liveness_unsettled_s(self) -> float:
+        """Seconds until a free liveness lock proves its instance dead again: 0 unless the
+        database (re)started less than LIVENESS_GRACE_S ago and generating rows exist."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT greatest(0, %s - extract(epoch FROM now() - pg_postmaster_start_time()))"
+                "::float8, EXISTS (SELECT FROM messages WHERE status = 'generating')",
+                (LIVENESS_GRACE_S,),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return float(row[0]) if row[1] else 0.0
 
 
 # The advisory lock space of instance liveness locks (see schema.sql, table instances).
 INSTANCE_LOCK_SPACE = 0x746C  # "tl"
+
+# A restart of PostgreSQL drops every session, so every instance's liveness lock is free
+# for a moment, living instances' too: each takes its lock again as soon as it can reach
+# the database (turnlog.log.liveness, within about a second). Until the database has been
+# up this long, a free lock therefore proves nothing, and its rows are left alone (a send
+# to their conversation is 409, a sweep waits); only a real death orphans a row.
+LIVENESS_GRACE_S = 3.0
+# "The database has been up longer than the grace" (one parameter: the grace, seconds).
+_SETTLED = "(pg_postmaster_start_time() < now() - make_interval(secs => %s))"
 
 # instances i and the granted advisory lock pl that proves it alive; pl.pid is NULL when
 # the lease, the instance or its lock is missing. Two-key advisory locks show in pg_locks
@@ -926,7 +970,12 @@ def open_pool(conninfo: str, *, min_size: int = 2, max_size: int = 20) -> AsyncC
         conninfo,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"autocommit": True},
+        # connect_timeout: a paused server accepts the socket and never answers.
+        kwargs={"autocommit": True, "connect_timeout": 2},
         configure=configure,
+        # A connection that cannot be made again is given up after 2 s rather than retried
+        # with a backoff growing to minutes: the next request that needs one makes a new
+        # attempt at once, so the pool is back as soon as the database is.
+        reconnect_timeout=2.0,
         open=False,
     )

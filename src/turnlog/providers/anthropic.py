@@ -35,7 +35,7 @@ import email.utils
 import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import anthropic
 import anyio
@@ -110,8 +110,12 @@ class AnthropicOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     top_p: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
     top_k: Annotated[int, msgspec.Meta(ge=1)] | None = None
     stop_sequences: list[str] | None = None
-    # Extended thinking with this budget (at least 1024 tokens, less than max_tokens).
+    # Extended thinking with this budget (at least 1024 tokens, less than max_tokens), or
+    # adaptive thinking (the model decides; newer models); which a model takes is its own.
     thinking_budget: Annotated[int, msgspec.Meta(ge=1024)] | None = None
+    adaptive_thinking: bool = False
+    # How thinking comes back; left out, the model's default (which may be "omitted").
+    thinking_display: Literal["summarized", "omitted"] | None = None
 
     def __post_init__(self) -> None:
         if self.thinking_budget is not None and self.thinking_budget >= self.max_tokens:
@@ -119,6 +123,8 @@ class AnthropicOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
                 f"thinking_budget ({self.thinking_budget}) must be less than"
                 f" max_tokens ({self.max_tokens})"
             )
+        if self.thinking_budget is not None and self.adaptive_thinking:
+            raise ValueError("give thinking_budget or adaptive_thinking, not both")
 
 
 def parse_anthropic_options(options: Mapping[str, Any]) -> AnthropicOptions:
@@ -184,15 +190,26 @@ class AnthropicProvider:
                 await client.close()
 
     def _error(self, e: anthropic.APIError) -> ProviderError:
-        text = _redact(f"anthropic: {e.message}", self.api_key)
         if isinstance(e, anthropic.APIStatusError):
+            # The body's error.type and error.message (read from the body: older SDK
+            # releases have no attributes for them); an `error` event mid-stream comes
+            # with the stream's status, 200.
+            error = e.body.get("error") if isinstance(e.body, dict) else None
+            kind = error.get("type") if isinstance(error, dict) else None
+            detail = error.get("message") if isinstance(error, dict) else None
+            where = "mid-stream" if e.status_code == 200 else f"HTTP {e.status_code}"
+            text = f"anthropic: {where} {kind or 'error'}: {detail or e.message}"
             retryable = e.status_code in (408, 409, 429) or e.status_code >= 500
-            retryable = retryable or (e.type in _RETRYABLE_TYPES)
             return ProviderError(
-                text, retryable=retryable, retry_after=retry_after(e.response.headers)
+                _redact(text, self.api_key),
+                retryable=retryable or kind in _RETRYABLE_TYPES,
+                retry_after=retry_after(e.response.headers),
             )
         # Connection errors and timeouts (APIConnectionError, APITimeoutError).
-        return ProviderError(text, retryable=isinstance(e, anthropic.APIConnectionError))
+        return ProviderError(
+            _redact(f"anthropic: {e.message}", self.api_key),
+            retryable=isinstance(e, anthropic.APIConnectionError),
+        )
 
 
 def _make(spec: ProviderSpec, settings: Settings) -> AnthropicProvider:
@@ -389,12 +406,15 @@ def request_params(request: ModelRequest, options: AnthropicOptions) -> dict[str
         value = getattr(options, name)
         if value is not None:
             params[name] = value
+    thinking: dict[str, Any] | None = None
     if options.thinking_budget is not None:
-        params["thinking"] = {
-            "type": "enabled",
-            "budget_tokens": options.thinking_budget,
-            "display": "summarized",
-        }
+        thinking = {"type": "enabled", "budget_tokens": options.thinking_budget}
+    elif options.adaptive_thinking:
+        thinking = {"type": "adaptive"}
+    if thinking is not None and options.thinking_display is not None:
+        thinking["display"] = options.thinking_display
+    if thinking is not None:
+        params["thinking"] = thinking
     return params
 
 
