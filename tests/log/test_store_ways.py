@@ -328,9 +328,11 @@ async def test_batched_checkpoints_land_together_and_alone_with_appends_outcomes
         if cid == moved[0]:
             assert text == "b a "  # after B's, not over it
         elif cid == fenced[0]:
-            assert text == "" and row.message.status == "interrupted"
+            assert text == ""
+            assert row.message.status == "interrupted"
         else:
-            assert text == "a " and versions(url, cid) == [1, 2, 3, 4]
+            assert text == "a "
+            assert versions(url, cid) == [1, 2, 3, 4]
     again = await a.append_checkpoints([batch[0], batch[3]])
     assert all(isinstance(r, AlreadyStored) for r in again)
     assert versions(url, turns[0][0]) == [1, 2, 3, 4]
