@@ -290,3 +290,49 @@ async def test_a_client_message_id_sent_twice_is_the_callers_to_judge(
     with pytest.raises(psycopg.errors.UniqueViolation):
         await (a if writer == "remembering store" else b).append(cid, [again])
     assert versions(url, cid) == [1, 2, 3, 4, 5]
+
+
+async def test_batched_checkpoints_land_together_and_alone_with_appends_outcomes(
+    stores: tuple[Store, Store, str],
+) -> None:
+    """append_checkpoints (issue 14) stores many rows' checkpoints in one transaction, with
+    the outcome append would give each: a row another writer moved goes the locked way and
+    lands after its work, a fenced row gets Fenced and no trace, a re-sent batch (its
+    answer lost) answers AlreadyStored."""
+    a, b, url = stores
+    clock = Clock()
+    turns = [await started_turn(a, clock) for _ in range(4)]
+    moved, fenced = turns[1], turns[2]
+    # B moves one conversation (A's memory of it is now stale) and ends another's row.
+    await b.append(moved[0], [checkpoint(clock, moved[1], moved[2], 1, TextDelta("b "))])
+    await b.append(
+        fenced[0],
+        [
+            ev.TurnInterrupted(
+                at=clock(), message_id=fenced[1], attempt=None, stream_seq=0, reason="gone"
+            )
+        ],
+    )
+    # Each names the stream seq it continues (from_seq), as the engine's do.
+    batch = [
+        (cid, checkpoint(clock, mid, attempt, 1, TextDelta("a "), from_seq=0))
+        for cid, mid, attempt in turns
+    ]
+    batch[1] = (moved[0], checkpoint(clock, moved[1], moved[2], 2, TextDelta("a "), from_seq=1))
+    results = await a.append_checkpoints(batch)
+    assert [type(r).__name__ for r in results] == ["NoneType", "NoneType", "Fenced", "NoneType"]
+    for cid, mid, _ in turns:
+        row = await a.get_message(mid)
+        assert row is not None
+        text = "".join(getattr(x, "text", "") for x in row.message.blocks)
+        if cid == moved[0]:
+            assert text == "b a "  # after B's, not over it
+        elif cid == fenced[0]:
+            assert text == ""
+            assert row.message.status == "interrupted"
+        else:
+            assert text == "a "
+            assert versions(url, cid) == [1, 2, 3, 4]
+    again = await a.append_checkpoints([batch[0], batch[3]])
+    assert all(isinstance(r, AlreadyStored) for r in again)
+    assert versions(url, turns[0][0]) == [1, 2, 3, 4]

@@ -84,10 +84,12 @@ class Liveness:
                 self._pool.mark_down()
                 log.warning("liveness lock lost (database restarted or unreachable)")
                 await self._retake()
+                # Replace the pool's broken connections before saying so (readyz turns 200
+                # on `held`): a request right after must not get one of them.
+                await self._pool.check()
                 log.info("liveness lock taken again", lock_key=self.key)
                 self.held = True
                 self._pool.mark_up()
-                await self._pool.check()
             elif self._pool.trouble.is_set():
                 await self._pool.check()
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 import psycopg
+import structlog
 from psycopg.adapt import Loader
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
@@ -639,6 +640,9 @@ class Store:
                 written = []
             except Exception:
                 # Perhaps one item's fault: each goes again alone (same as above if stored).
+                structlog.get_logger("turnlog.store").warning(
+                    "batched checkpoint write failed; writing them one by one", exc_info=True
+                )
                 written = []
                 alone = [i for i, _, _, _ in together] + alone
         for _, cid, fold in written:

@@ -140,7 +140,7 @@ async function openConversation(cid) {
   nodes.clear();
   history.replaceState(null, "", `#c=${cid}`);
   $("chat").hidden = false;
-  renderList();
+  act(renderList);
   await openFeed(state.generation);
 }
 
@@ -170,12 +170,12 @@ async function openFeed(generation) {
       closeAll();
       state.cid = null;
       $("chat").hidden = true;
-      renderList();
+      act(renderList);
       return;
     }
     state.conversation = data.conversation;
     sync();
-    renderList();
+    act(renderList);
   });
   feed.onerror = () => {
     if (feed.readyState !== EventSource.CLOSED) {
