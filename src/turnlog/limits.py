@@ -55,6 +55,7 @@ class Limits:
     def __init__(self, settings: Settings) -> None:
         self.max_generations = settings.max_concurrent_generations
         self.max_sends = settings.max_sends_per_minute
+        self.db_timeout_s = settings.db_timeout_s
         self.pool: AsyncConnectionPool[Any] | None = None
 
     @property
@@ -63,8 +64,16 @@ class Limits:
 
     async def open(self, conninfo: str) -> None:
         if self.enabled:
+            # Bounded like the store's pool (log/pool.py): a lost database is a 503 within
+            # TURNLOG_DB_TIMEOUT_S, not a 30 s wait for a connection.
             self.pool = AsyncConnectionPool(
-                conninfo, min_size=1, max_size=4, kwargs={"autocommit": True}, open=False
+                conninfo,
+                min_size=1,
+                max_size=4,
+                kwargs={"autocommit": True, "connect_timeout": 2},
+                timeout=self.db_timeout_s,
+                reconnect_timeout=2.0,
+                open=False,
             )
             await self.pool.open(wait=True)
 
