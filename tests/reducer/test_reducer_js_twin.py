@@ -2,8 +2,8 @@
 every event sent as the Python codec writes it, it folds to the same blocks and re-encodes
 events and blocks to the same JSON: the same bytes, but for the JSON values inside
 ``arguments`` and ``usage``, which JavaScript holds as its own values: one number type
-(``0.0`` comes back as ``0``, integers past 2**53 round) and objects that put integer-like
-keys first. One ``node`` process per example folds a batch."""
+(``0.0`` and ``-0.0`` come back as ``0``, integers past 2**53 round) and objects that put
+integer-like keys first. One ``node`` process per example folds a batch."""
 
 from __future__ import annotations
 
@@ -69,6 +69,12 @@ def test_the_js_reducer_folds_and_encodes_byte_for_byte_like_python(
 
 
 def _spelled(text: str) -> str:
-    """``text`` with every JSON number respelled as the float it denotes, keys sorted."""
-    value = json.loads(text, parse_int=float)
+    """``text`` with every JSON number respelled as the float it denotes, keys sorted.
+
+    ``+ 0.0`` turns ``-0.0`` into ``0.0``: ``JSON.stringify(-0)`` is ``"0"``."""
+    value = json.loads(text, parse_int=_number, parse_float=_number)
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _number(text: str) -> float:
+    return float(text) + 0.0
