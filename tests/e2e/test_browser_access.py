@@ -232,7 +232,7 @@ def test_the_web_chat_is_served_at_the_root(server: Server) -> None:
     with server.http(None) as h:
         page = h.get("/")
         assert page.status_code == 200
-        assert page.headers["content-type"].startswith("text/html")
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
         assert "/web/app.js" in page.text
         assert "default-src 'self'" in page.headers["content-security-policy"]
         for name in ("app.js", "timeline.js", "reducer.js", "style.css"):

@@ -66,7 +66,7 @@ def cors(settings: Settings) -> CORSConfig | None:
 async def index() -> Response[bytes]:
     return Response(
         (STATIC / "index.html").read_bytes(),
-        media_type="text/html; charset=utf-8",
+        media_type="text/html",  # litestar adds "; charset=utf-8" to text types itself
         headers=_PAGE_HEADERS,
     )
 
