@@ -315,10 +315,15 @@ class Server:
         self.db_url: str | None = None
         self.workers = 1
 
-    def pids(self) -> list[int]:
+    def server_pids(self) -> list[int]:
+        """The server's own processes: with `serve --workers N`, the supervisor and its workers."""
         pids = [self.proc.pid]
-        if self.workers > 1:  # `serve --workers N`: the supervisor's worker processes
+        if self.workers > 1:
             pids += _children(self.proc.pid)
+        return pids
+
+    def pids(self) -> list[int]:
+        pids = self.server_pids()
         if self.postmaster is not None:
             pids.append(self.postmaster)
             pids += _children(self.postmaster)
@@ -624,7 +629,7 @@ class Measure:
         self.misses = misses(self.server) if self.db else 0.0
         self.rss = RssPeak(self.server.proc.pid).__enter__()
         self.ticks = cpu_ticks(self.server.pids())
-        self.own = cpu_ticks([self.server.proc.pid])
+        self.own = cpu_ticks(self.server.server_pids())
         self.t0 = time.monotonic()
         return self
 
@@ -636,7 +641,7 @@ class Measure:
             return
         self.seconds = time.monotonic() - self.t0
         self.cpu = cpu_delta(self.ticks, cpu_ticks(self.server.pids()))
-        self.cpu_own = cpu_delta(self.own, cpu_ticks([self.server.proc.pid]))
+        self.cpu_own = cpu_delta(self.own, cpu_ticks(self.server.server_pids()))
         self.rss.__exit__()
 
     def fill(self, row: Row, turns: int, units: int) -> None:
