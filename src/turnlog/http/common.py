@@ -42,7 +42,7 @@ from turnlog.log.projection import (
 )
 from turnlog.log.store import Store, VersionConflict
 from turnlog.metrics import Metrics
-from turnlog.streams import StreamRegistry
+from turnlog.streams import LiveStream, StreamRegistry
 
 log = structlog.get_logger("turnlog.http")
 
@@ -255,3 +255,21 @@ def last_event_id(request: Request[Any, Any, Any]) -> int | None:
 
 def sse(frames: AsyncIterator[bytes]) -> Stream:
     return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def live_frames(
+    live: LiveStream, heartbeat_s: float, after: int | None = None
+) -> AsyncIterator[bytes]:
+    """One subscriber's SSE frames from a stream this instance runs, with pings while idle."""
+    sub = live.subscribe(after=after)
+    try:
+        while True:
+            try:
+                frame = await sub.next_frame(heartbeat_s)
+            except StopAsyncIteration:
+                return
+            # next_frame suspends once per frame even when frames are queued, so this
+            # writer loop never starves the server after its client is gone.
+            yield PING if frame is None else frame
+    finally:
+        sub.close()

@@ -11,16 +11,14 @@ nothing to the outside.
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Request, get
 from litestar.response import Stream
 
 from turnlog.cluster import INTERNAL_HEADER
-from turnlog.http.common import PING, parse_id, runtime, sse
+from turnlog.http.common import live_frames, parse_id, runtime, sse
 from turnlog.log.projection import NotFound
-from turnlog.streams import LiveStream
 
 
 @get("/internal/v1/messages/{mid:str}/stream", include_in_schema=False)
@@ -32,20 +30,7 @@ async def internal_stream(request: Request[Any, Any, Any], mid: str) -> Stream:
     live = rt.registry.get(parse_id(mid, "message"))
     if live is None:
         raise NotFound(f"message {mid} does not run on this instance")
-    return sse(_frames(live, rt.settings.heartbeat_s))
-
-
-async def _frames(live: LiveStream, heartbeat_s: float) -> AsyncIterator[bytes]:
-    sub = live.subscribe()
-    try:
-        while True:
-            try:
-                frame = await sub.next_frame(heartbeat_s)
-            except StopAsyncIteration:
-                return
-            yield PING if frame is None else frame
-    finally:
-        sub.close()
+    return sse(live_frames(live, rt.settings.heartbeat_s))
 
 
 ROUTES = [internal_stream]

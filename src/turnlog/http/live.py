@@ -20,6 +20,7 @@ from turnlog.http.common import (
     Runtime,
     json_encoder,
     last_event_id,
+    live_frames,
     parse_id,
     runtime,
     sse,
@@ -94,18 +95,8 @@ async def _message_frames(
         async for frame in frames:
             yield frame
         return
-    sub = live.subscribe(after=after)
-    try:
-        while True:
-            try:
-                next_frame = await sub.next_frame(heartbeat)
-            except StopAsyncIteration:
-                return
-            # next_frame suspends once per frame even when frames are queued, so this
-            # writer loop never starves the server after its client is gone.
-            yield PING if next_frame is None else next_frame
-    finally:
-        sub.close()
+    async for frame in live_frames(live, heartbeat, after):
+        yield frame
 
 
 def _final_frames(row: MessageRecord) -> list[bytes]:
