@@ -36,6 +36,7 @@ from turnlog.commands import (
     NotGenerating,
     RetryIn,
     ToolResultIn,
+    unanswered,
 )
 from turnlog.follow import Mirror
 from turnlog.http.common import PING, SSE_HEADERS, Runtime, body, json_response, runtime, user
@@ -244,15 +245,11 @@ async def _answer(
     """The client answered interactive tool calls (``addToolOutput``, then send): record
     each answer as a tool result, which resumes the turn; answer its continuation."""
     records = await rt.store.list_messages(cid)
-    waiting = [
-        r
-        for r in records
-        if r.message.role == "assistant" and set(r.awaiting_user) & set(r.open_tool_calls)
-    ]
+    waiting = [r for r in records if r.message.role == "assistant" and unanswered(r)]
     if not waiting:
         raise NotGenerating("nothing in this chat waits for a tool result")
     row = waiting[-1]
-    open_calls = set(row.awaiting_user) & set(row.open_tool_calls)
+    open_calls = set(unanswered(row))
     answers: dict[str, str] = {}
     for part in last.parts:
         if part.tool_call_id not in open_calls:
