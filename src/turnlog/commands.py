@@ -423,7 +423,7 @@ class Chat:
 
     async def cancel(self, owner: str, mid: uuid.UUID) -> Message:
         row, _ = await self.message(owner, mid)
-        if row.message.status == "completed" and _unanswered(row):
+        if row.message.status == "completed" and unanswered(row):
             return await self._withdraw(owner, mid)
         if row.message.status != "generating":
             raise NotGenerating(f"message {mid} is {row.message.status}, not generating")
@@ -446,7 +446,7 @@ class Chat:
 
         async def attempt() -> Appended:
             row, conv = await self.message(owner, mid)
-            waiting = _unanswered(row)
+            waiting = unanswered(row)
             if not waiting:
                 raise NotGenerating(f"message {mid} has no question waiting for an answer")
             names = {b.id: b.name for b in row.message.blocks if isinstance(b, ToolCallBlock)}
@@ -645,7 +645,7 @@ class Chat:
         return len(rows)
 
 
-def _unanswered(row: MessageRecord) -> list[str]:
+def unanswered(row: MessageRecord) -> list[str]:
     """The interactive tool calls of ``row`` still waiting for the user."""
     return [t for t in row.awaiting_user if t in row.open_tool_calls]
 

@@ -36,6 +36,7 @@ from turnlog.commands import (
     NotGenerating,
     RetryIn,
     ToolResultIn,
+    unanswered,
 )
 from turnlog.follow import Mirror
 from turnlog.http.common import PING, SSE_HEADERS, Runtime, body, json_response, runtime, user
@@ -190,7 +191,8 @@ async def ui_chat_resume(request: Request[Any, Any, Any], chat_id: str) -> Respo
     generating = [t for t in _turns(await rt.store.list_messages(cid)) if t.generating]
     if not generating:
         return Response(content=None, status_code=204)
-    return _ui_stream(_turn_frames(rt, cid, _user_id(generating[-1])))
+    turn = generating[-1]
+    return _ui_stream(_turn_frames(rt, cid, _user_id(turn), stored=turn))
 
 
 @post("/v1/ui/chat/{chat_id:str}/stop", status_code=200)
@@ -244,15 +246,11 @@ async def _answer(
     """The client answered interactive tool calls (``addToolOutput``, then send): record
     each answer as a tool result, which resumes the turn; answer its continuation."""
     records = await rt.store.list_messages(cid)
-    waiting = [
-        r
-        for r in records
-        if r.message.role == "assistant" and set(r.awaiting_user) & set(r.open_tool_calls)
-    ]
+    waiting = [r for r in records if r.message.role == "assistant" and unanswered(r)]
     if not waiting:
         raise NotGenerating("nothing in this chat waits for a tool result")
     row = waiting[-1]
-    open_calls = set(row.awaiting_user) & set(row.open_tool_calls)
+    open_calls = set(unanswered(row))
     answers: dict[str, str] = {}
     for part in last.parts:
         if part.tool_call_id not in open_calls:
@@ -296,6 +294,7 @@ async def _turn_frames(
     *,
     after_seq: int = 0,
     answered: frozenset[str] | set[str] = frozenset(),
+    stored: Turn | None = None,
 ) -> AsyncIterator[bytes]:
     """A turn as a UI message stream: ``start``, then each step row after ``after_seq``
     (stored ones whole, the generating one as its live snapshot and then live), then the
@@ -305,8 +304,9 @@ async def _turn_frames(
     and the generating one's blocks come from the same snapshot as the live events after
     it (``LiveStream.subscribe``), so nothing is missed or sent twice. Whether the turn
     goes on after a step is read from the stored rows, never from the stream alone.
+    ``stored`` is the turn as the caller just read it, if it did (saves reading it again).
     """
-    turn = await _turn(rt, cid, user_id)
+    turn = stored if stored is not None else await _turn(rt, cid, user_id)
     if turn is None:  # pragma: no cover - the caller just found or made it
         yield DONE_FRAME
         return

@@ -31,15 +31,12 @@ The SDK's own retries are off (``max_retries=0``): the engine retries, once, for
 
 from __future__ import annotations
 
-import email.utils
 import json
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal
 
 import anthropic
 import anyio
-import httpx
 import msgspec
 import structlog
 from turnlog_reducer import (
@@ -58,6 +55,7 @@ from turnlog_reducer import (
 
 from turnlog.config import Settings
 from turnlog.models import ProviderSpec
+from turnlog.providers._common import TRANSPORT_ERRORS, read_backstop_s, redact, retry_after
 from turnlog.providers._tls import tls_context
 from turnlog.providers.base import (
     Adapter,
@@ -79,14 +77,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger("turnlog.providers.anthropic")
-
-# The SDK's HTTP library: httpx2 in recent releases, httpx before.
-try:
-    import httpx2
-
-    _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx2.TransportError, httpx.TransportError)
-except ImportError:  # pragma: no cover - an older SDK on httpx
-    _TRANSPORT_ERRORS = (httpx.TransportError,)
 
 # Prefix of a redacted reasoning block that stands for an omitted (empty, signed) thinking block.
 OMITTED_THINKING: Final = "thinking:"
@@ -179,10 +169,10 @@ class AnthropicProvider:
                     yield item
             except anthropic.APIError as e:
                 raise self._error(e) from None
-            except _TRANSPORT_ERRORS as e:
+            except TRANSPORT_ERRORS as e:
                 # Raised while reading the stream (a read timeout is a stall), not wrapped
                 # by the SDK.
-                text = _redact(f"anthropic: {type(e).__name__}: {e}", self.api_key)
+                text = redact(f"anthropic: {type(e).__name__}: {e}", self.api_key)
                 raise ProviderError(text, retryable=True) from None
         finally:
             # Shielded: a cancelled step must still close its connection, right now.
@@ -201,13 +191,13 @@ class AnthropicProvider:
             text = f"anthropic: {where} {kind or 'error'}: {detail or e.message}"
             retryable = e.status_code in (408, 409, 429) or e.status_code >= 500
             return ProviderError(
-                _redact(text, self.api_key),
+                redact(text, self.api_key),
                 retryable=retryable or kind in _RETRYABLE_TYPES,
                 retry_after=retry_after(e.response.headers),
             )
         # Connection errors and timeouts (APIConnectionError, APITimeoutError).
         return ProviderError(
-            _redact(f"anthropic: {e.message}", self.api_key),
+            redact(f"anthropic: {e.message}", self.api_key),
             retryable=isinstance(e, anthropic.APIConnectionError),
         )
 
@@ -217,12 +207,7 @@ def _make(spec: ProviderSpec, settings: Settings) -> AnthropicProvider:
         api_key=spec.api_key,
         base_url=spec.base_url,
         connect_timeout_s=settings.provider_connect_timeout_s,
-        # The engine times the first token and stalls; the SDK's read timeout is only a
-        # backstop behind both, so it never fires first.
-        read_timeout_s=max(
-            settings.provider_first_token_timeout_s, settings.provider_stall_timeout_s
-        )
-        + 5.0,
+        read_timeout_s=read_backstop_s(settings),
     )
 
 
@@ -231,33 +216,6 @@ ADAPTER = Adapter(
     options=AnthropicOptions,
     capabilities={"tools": True, "reasoning": True, "signatures": True},
 )
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000)
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _redact(text: str, secret: str | None) -> str:
-    """``text`` without ``secret`` (an API key must never reach a stored error)."""
-    return text.replace(secret, "[redacted]") if secret else text
 
 
 # -- the stream ------------------------------------------------------------------------------

@@ -36,12 +36,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import functools
 import hashlib
 import json
 import re
-import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal
@@ -68,6 +66,7 @@ from turnlog_reducer import (
 
 from turnlog.config import Settings
 from turnlog.models import ProviderSpec
+from turnlog.providers._common import TRANSPORT_ERRORS, read_backstop_s, redact, retry_after_value
 from turnlog.providers._tls import tls_context
 from turnlog.providers.base import (
     Adapter,
@@ -102,13 +101,6 @@ _FINISH: Final = {
     "SPII": "content_filter",
     "IMAGE_SAFETY": "content_filter",
 }
-
-try:
-    import httpx2
-
-    _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.TransportError, httpx2.TransportError)
-except ImportError:  # pragma: no cover - an SDK without httpx2
-    _TRANSPORT_ERRORS = (httpx.TransportError,)
 
 
 class GeminiOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -186,20 +178,19 @@ class GeminiProvider:
                     yield item
             except genai_errors.APIError as e:
                 raise self._error(e) from None
-            except _TRANSPORT_ERRORS as e:
-                text = self._redact(f"gemini: {type(e).__name__}: {e}")
+            except TRANSPORT_ERRORS as e:
+                text = redact(f"gemini: {type(e).__name__}: {e}", self.api_key)
                 raise ProviderError(text, retryable=True) from None
         finally:
             # Shielded: a cancelled step must still close its connection, right now.
             with anyio.CancelScope(shield=True):
                 await http.aclose()
 
-    def _redact(self, text: str) -> str:
-        return text.replace(self.api_key, "[redacted]") if self.api_key else text
-
     def _error(self, e: genai_errors.APIError) -> ProviderError:
         code = e.code if isinstance(e.code, int) else 0
-        text = self._redact(f"gemini: {code} {e.status or ''}: {e.message or e}".replace("  ", " "))
+        text = redact(
+            f"gemini: {code} {e.status or ''}: {e.message or e}".replace("  ", " "), self.api_key
+        )
         headers = getattr(e.response, "headers", None) or {}
         return ProviderError(
             text,
@@ -219,12 +210,7 @@ def _make(spec: ProviderSpec, settings: Settings) -> GeminiProvider:
         api_key=spec.api_key,
         base_url=spec.base_url,
         connect_timeout_s=settings.provider_connect_timeout_s,
-        # The engine times the first token and stalls; the SDK's read timeout is only a
-        # backstop behind both, so it never fires first.
-        read_timeout_s=max(
-            settings.provider_first_token_timeout_s, settings.provider_stall_timeout_s
-        )
-        + 5.0,
+        read_timeout_s=read_backstop_s(settings),
     )
 
 
@@ -238,15 +224,9 @@ ADAPTER = Adapter(
 def _retry_after(headers: Mapping[str, str], details: Any) -> float | None:
     """Seconds from ``Retry-After`` (seconds or an HTTP date), else from the error body's
     ``google.rpc.RetryInfo`` ``retryDelay`` ("7s", "0.5s")."""
-    raw = headers.get("retry-after")
-    if raw:
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            try:
-                return max(0.0, email.utils.parsedate_to_datetime(raw).timestamp() - time.time())
-            except (TypeError, ValueError):
-                pass
+    seconds = retry_after_value(headers.get("retry-after"))
+    if seconds is not None:
+        return seconds
     error = details.get("error") if isinstance(details, dict) else None
     for detail in (error or {}).get("details") or ():
         if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("RetryInfo"):

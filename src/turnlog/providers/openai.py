@@ -24,9 +24,7 @@ in ``tests/providers/test_openai.py``:
 
 from __future__ import annotations
 
-import email.utils
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal, cast
 
@@ -47,6 +45,7 @@ from turnlog_reducer import (
 
 from turnlog.config import Settings
 from turnlog.models import ProviderSpec
+from turnlog.providers._common import read_backstop_s, retry_after
 from turnlog.providers._tls import tls_context
 from turnlog.providers.base import (
     Adapter,
@@ -80,12 +79,8 @@ class OpenAIProvider:
 
     def __init__(self, spec: ProviderSpec, settings: Settings) -> None:
         self.spec = spec
-        # The SDK's read timeout is our backstop for "no bytes at all"; the engine times the
-        # first token and stalls between events itself.
-        read = max(settings.provider_first_token_timeout_s, settings.provider_stall_timeout_s)
-        self.timeout = openai.Timeout(
-            read + 5, connect=settings.provider_connect_timeout_s, read=read + 5
-        )
+        read = read_backstop_s(settings)
+        self.timeout = openai.Timeout(read, connect=settings.provider_connect_timeout_s, read=read)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent | StepEnd]:
         try:
@@ -350,7 +345,7 @@ def _translate(exc: openai.APIError) -> ProviderError:
         return ProviderError(
             f"openai: HTTP {status}: {_message(exc)}",
             retryable=status in _RETRYABLE_STATUS,
-            retry_after=_retry_after(exc.response.headers),
+            retry_after=retry_after(exc.response.headers),
         )
     # An error object inside the stream (the SDK raises APIError for it).
     body = exc.body if isinstance(exc.body, dict) else {}
@@ -366,25 +361,3 @@ def _message(exc: openai.APIStatusError) -> str:
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             return str(error["message"])
     return exc.message
-
-
-def _retry_after(headers: Any) -> float | None:
-    """``retry-after-ms`` (OpenAI) or ``Retry-After`` in seconds or as an HTTP date."""
-    raw_ms: str | None = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000)
-        except ValueError:
-            pass
-    raw: str | None = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())

@@ -1,0 +1,58 @@
+"""Small pieces the SDK-backed adapters (anthropic, gemini, openai) share."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+
+import httpx
+
+from turnlog.config import Settings
+
+__all__ = ["TRANSPORT_ERRORS", "read_backstop_s", "redact", "retry_after", "retry_after_value"]
+
+# The SDKs' HTTP library: httpx2 in recent releases, httpx before.
+try:
+    import httpx2
+
+    TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx2.TransportError, httpx.TransportError)
+except ImportError:  # pragma: no cover - an older SDK on httpx
+    TRANSPORT_ERRORS = (httpx.TransportError,)
+
+
+def read_backstop_s(settings: Settings) -> float:
+    """The SDK read timeout: the engine times the first token and stalls itself, so this is
+    only a backstop behind both and never fires first."""
+    return max(settings.provider_first_token_timeout_s, settings.provider_stall_timeout_s) + 5.0
+
+
+def retry_after_value(raw: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` value (seconds or an HTTP date); ``None`` if unusable."""
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000)
+        except ValueError:
+            pass
+    return retry_after_value(headers.get("retry-after"))
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` without ``secret`` (an API key must never reach a stored error)."""
+    return text.replace(secret, "[redacted]") if secret else text
