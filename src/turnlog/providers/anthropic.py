@@ -226,7 +226,8 @@ class _Open(msgspec.Struct):
 
     kind: str
     tool_id: str = ""
-    text: str = ""  # thinking text seen so far, or the tool input's JSON
+    text: str = ""  # the tool input's JSON so far
+    has_text: bool = False  # whether a thinking block has had any text
     signature: str = ""
 
 
@@ -249,7 +250,7 @@ async def _translate(stream: AsyncIterator[Any]) -> AsyncIterator[StreamEvent | 
                     case "thinking":
                         blocks[event.index] = _Open("thinking", signature=block.signature or "")
                         if block.thinking:
-                            blocks[event.index].text = block.thinking
+                            blocks[event.index].has_text = True
                             yield ReasoningDelta(block.thinking)
                     case "redacted_thinking":
                         yield ReasoningRedacted(block.data)
@@ -267,7 +268,7 @@ async def _translate(stream: AsyncIterator[Any]) -> AsyncIterator[StreamEvent | 
                     case "text_delta":
                         yield TextDelta(delta.text)
                     case "thinking_delta":
-                        opened.text += delta.thinking
+                        opened.has_text = opened.has_text or bool(delta.thinking)
                         yield ReasoningDelta(delta.thinking)
                     case "signature_delta":
                         opened.signature += delta.signature
@@ -296,7 +297,7 @@ async def _translate(stream: AsyncIterator[Any]) -> AsyncIterator[StreamEvent | 
 
 def _close_block(opened: _Open) -> list[StreamEvent]:
     match opened.kind:
-        case "thinking" if opened.signature and opened.text:
+        case "thinking" if opened.signature and opened.has_text:
             return [Signature(opened.signature)]
         case "thinking" if opened.signature:
             return [ReasoningRedacted(OMITTED_THINKING + opened.signature)]
