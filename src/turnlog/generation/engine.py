@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import random
 import re
 import time
@@ -349,8 +350,9 @@ class Engine:
                 message_id=str(gen.turn.message_id),
             )
             current = gen
+            m = self.metrics
             provider, model = provider_and_model(current.turn.model)
-            self.metrics.generations_started.labels(provider, model).inc()
+            m.child(m.generations_started, provider, model).inc()
             try:
                 gen = await self._step(current)
             except DomainError as exc:
@@ -372,8 +374,8 @@ class Engine:
                 gen = None
             finally:
                 status = current.stream.status or "interrupted"
-                self.metrics.generations_ended.labels(provider, model, status).inc()
-                self.metrics.generation_duration.labels(provider, model, status).observe(
+                m.child(m.generations_ended, provider, model, status).inc()
+                m.child(m.generation_duration, provider, model, status).observe(
                     time.monotonic() - current.started_at
                 )
 
@@ -454,14 +456,14 @@ class Engine:
                 pause = None if produced[0] else retry_pause(exc, attempt, settings)
                 which = provider_and_model(gen.turn.model)[0]
                 kind = "retryable" if exc.retryable and not produced[0] else "fatal"
-                self.metrics.provider_errors.labels(which, kind).inc()
+                self.metrics.child(self.metrics.provider_errors, which, kind).inc()
                 if produced[0] or not exc.retryable or pause is None:
                     raise
                 if attempt == settings.provider_retries:
                     raise ProviderError(
                         f"{exc} (gave up after {attempt + 1} attempts)", retryable=False
                     ) from exc
-                self.metrics.provider_retries.labels(which).inc()
+                self.metrics.child(self.metrics.provider_retries, which).inc()
                 log.warning(
                     "provider failed before output; retrying",
                     attempt=attempt + 1,
@@ -505,8 +507,9 @@ class Engine:
                         gen.pending_since = time.monotonic()
                         if gen.first_at is None:
                             gen.first_at = gen.pending_since
-                            self.metrics.time_to_first_token.labels(
-                                *provider_and_model(gen.turn.model)
+                            self.metrics.child(
+                                self.metrics.time_to_first_token,
+                                *provider_and_model(gen.turn.model),
                             ).observe(gen.first_at - gen.started_at)
                     produced[0] = True
                     watchdog.fed(settings.provider_stall_timeout_s)
@@ -758,7 +761,7 @@ class Engine:
         for key, direction in (("input_tokens", "in"), ("output_tokens", "out")):
             n = (usage or {}).get(key)
             if isinstance(n, int) and n > 0:
-                self.metrics.tokens.labels(provider, model, direction).inc(n)
+                self.metrics.child(self.metrics.tokens, provider, model, direction).inc(n)
 
     async def _end(
         self, gen: Generation, how: Literal["aborted", "interrupted", "error"], error: str = ""
@@ -846,44 +849,58 @@ class _Watchdog:
     def __init__(self, waited: float) -> None:
         self.waited = waited
         self._deadline = 0.0
+        self._armed = math.inf  # when the timer fires (inf: not armed)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock: Callable[[], float] = time.monotonic  # the loop's clock, once started
         self._scope: anyio.CancelScope | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self, scope: anyio.CancelScope) -> None:
         loop = self._loop = asyncio.get_running_loop()
+        self._clock = loop.time
         self._scope = scope
         self._deadline = loop.time() + self.waited
-        self._timer = loop.call_at(self._deadline, self._fire)
+        self._arm(self._deadline)
+
+    def _arm(self, when: float) -> None:
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed = when
+        self._timer = self._loop.call_at(when, self._fire)
 
     def fed(self, waited: float) -> None:
-        assert self._loop is not None
-        assert self._timer is not None
+        """Something came: nothing for ``waited`` seconds from now times out. Once per item,
+        so as lean as it can be: a clock read and a comparison."""
         self.waited = waited
-        self._deadline = self._loop.time() + waited
-        if self._deadline < self._timer.when():  # a shorter timeout than the one armed
-            self._timer.cancel()
-            self._timer = self._loop.call_at(self._deadline, self._fire)
+        deadline = self._deadline = self._clock() + waited
+        if deadline < self._armed:  # a shorter timeout than the one armed
+            self._arm(deadline)
 
     def _fire(self) -> None:
         assert self._loop is not None
         assert self._scope is not None
+        self._timer = None
         if self._loop.time() >= self._deadline:
-            self._timer = None
+            self._armed = math.inf
             self._scope.cancel()
         else:
-            self._timer = self._loop.call_at(self._deadline, self._fire)
+            self._arm(self._deadline)
 
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._armed = math.inf
 
 
 def without_nul(event: StreamEvent) -> StreamEvent:
     """The event with U+0000 replaced by U+FFFD: PostgreSQL text and jsonb cannot store
     NUL, and a model that emits one must not cost the answer its checkpoints. Replaced
     before publishing, so subscribers and the store see the same text."""
+    # Nearly every event is a text delta without NUL: one check, not the match below.
+    if isinstance(event, TextDelta) and "\x00" not in event.text:
+        return event
     match event:
         case TextDelta(text=t) | ReasoningDelta(text=t) if "\x00" in t:
             return type(event)(text=t.replace("\x00", "\ufffd"))

@@ -71,6 +71,10 @@ async def message_stream(request: Request[Any, Any, Any], mid: str) -> Stream:
     structlog.contextvars.bind_contextvars(
         conversation_id=str(row.message.conversation_id), message_id=str(row.message.id)
     )
+    live = rt.registry.get(row.message.id)
+    if live is not None:
+        # The common case, streamed without a generator around the live frames.
+        return sse(live_frames(live, rt.settings.heartbeat_s, after))
     return sse(_message_frames(rt, row, after))
 
 
