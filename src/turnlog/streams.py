@@ -293,13 +293,6 @@ class LiveStream:
                 if not waiter.done():  # a cancelled reader's future is done already
                     waiter.set_result(True)
 
-    def _oldest(self) -> int:
-        """The smallest seq whose frame is still in the ring."""
-        return max(self._base, self._seq - self._ring_size + 1)
-
-    def _frame(self, seq: int) -> bytes:
-        return self._ring[(seq - self._base) % self._ring_size]
-
     def _snapshot(self) -> tuple[int, Blocks, bytes]:
         """The current init: (K, blocks after K events, its frame), cached per K.
 
@@ -460,9 +453,13 @@ class Subscription:
             frame, self._init = self._init, None
             return frame
         wanted = self._cursor + 1
-        if wanted > stream._seq:
+        seq = stream._seq
+        if wanted > seq:
             return None
-        if wanted < stream._oldest():
+        # Runs once per frame per subscriber: _oldest() and _frame() inlined. (A cursor is
+        # never below the ring's base, so only the ring's wrap-around can leave it behind.)
+        size = stream._ring_size
+        if wanted <= seq - size:
             # Fell out of the ring: resynchronise at the current seq rather than hold the
             # publisher or keep a private backlog. (If the stream finished meanwhile, this
             # init is at D - 1 and the done frame follows.)
@@ -470,9 +467,9 @@ class Subscription:
             self._cursor, self.init_seq, self.init_blocks = k, k, blocks
             return frame
         self._cursor = wanted
-        if wanted == stream._seq and stream._done is not None:
+        if wanted == seq and stream._done is not None:
             self._end()
-        return stream._frame(wanted)
+        return stream._ring[(wanted - stream._base) % size]
 
 
 # --------------------------------------------------------------------------- the registry

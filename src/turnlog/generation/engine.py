@@ -160,7 +160,9 @@ class Generation:
         self.end_reason: EndReason | None = None
         # Set when a write was fenced off: someone else already ended the row.
         self.fenced = False
-        self.finished = anyio.Event()
+        # asyncio's Event, not anyio's: one per generation, and anyio's looks up its backend
+        # (sniffio, current_task) to make one, ten times the cost. The server runs on asyncio.
+        self.finished = asyncio.Event()
         # Published but not yet stored.
         self.pending: list[StreamEvent] = []
         # The stream seq the store holds for the row (every write names it as from_seq),
@@ -238,8 +240,9 @@ class Engine:
         # (0: they are not); whether the checkpointer task runs.
         self._refuse_until = 0.0
         self._checkpointer_running = False
-        # Set (and replaced) whenever a generation ends; drain waits on it.
-        self._ended = anyio.Event()
+        # Set (and replaced) whenever a generation ends; drain waits on it. (asyncio's, as
+        # Generation.finished: one is made per generation.)
+        self._ended = asyncio.Event()
 
     def bind(self, tg: TaskGroup) -> None:
         """Run generations in ``tg`` (the app lifespan's task group)."""
@@ -835,7 +838,7 @@ class Engine:
         self._wake_drain()
 
     def _wake_drain(self) -> None:
-        ended, self._ended = self._ended, anyio.Event()
+        ended, self._ended = self._ended, asyncio.Event()
         ended.set()
 
 
