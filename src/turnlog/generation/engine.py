@@ -156,6 +156,9 @@ class Generation:
         self.stream = stream
         # The conversation as the append that started this turn left it (None: read it).
         self.conversation = conversation
+        # Its owner, when known without a read (it never changes): lets a stream request
+        # for a row running here skip reading the row and the conversation (http/live.py).
+        self.owner = None if conversation is None else conversation.owner
         self.scope = anyio.CancelScope()
         self.end_reason: EndReason | None = None
         # Set when a write was fenced off: someone else already ended the row.
@@ -750,6 +753,7 @@ class Engine:
         nxt = None
         if next_turn is not None:
             nxt = Generation(next_turn, self.registry.open(next_turn.message_id))
+            nxt.owner = gen.owner
             self._running[next_turn.message_id] = nxt
             if self._interrupting:
                 nxt.cancel("interrupted")
