@@ -262,9 +262,11 @@ def _updates(columns: list[str], key: str = "id") -> str:
     return ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != key)
 
 
-# Every append writes with one statement (autocommit on the guarded way: its own
-# transaction, one round trip). Its first step, `guard`, writes the conversation row, only
-# if the conversation is still at the version the batch was folded onto (%(expected)s, 0
+# Every append writes with one statement: this one on the locked way (in its transaction)
+# and for a guarded write that goes alone (autocommit: its own transaction, one round trip);
+# a guarded write of the group commit goes with others in `_WRITE_MANY` (below), which
+# keeps the same guard per conversation. Its first step, `guard`, writes the conversation
+# row, only if the conversation is still at the version the batch was folded onto (%(expected)s, 0
 # for a creation). Every other write of the statement is conditioned on the guard's row, so
 # when another writer got there first nothing at all is written.
 # - The guard takes the conversation's row lock, the same lock the locked way's FOR UPDATE
@@ -340,8 +342,7 @@ _WRITE_DELETION = (
 #   row is written twice by one statement.
 _WRITE_MANY = (
     "WITH locked AS (SELECT c.id, c.version FROM conversations c"
-    " JOIN unnest(%(ids)s::uuid[], %(expected)s::int[]) AS i (id, expected) ON c.id = i.id"
-    " ORDER BY c.id FOR UPDATE OF c), "
+    " WHERE c.id = ANY(%(ids)s::uuid[]) ORDER BY c.id FOR UPDATE), "
     "guard AS (UPDATE conversations c SET "
     + ", ".join(f"{c} = r.{c}" for c in _CONVERSATION_WRITABLE if c != "id")
     + " FROM jsonb_populate_recordset(NULL::conversations, %(conversations)s::jsonb) AS r,"
@@ -676,6 +677,8 @@ class Store:
         # Group commit (see ``_group_write``): guarded writes waiting, group writes running.
         self._queue: deque[_Guarded] = deque()
         self._in_flight = 0
+        self.group_writes = 0  # group writes run, and the appends they carried
+        self.group_items = 0
 
     def set_on_append(self, on_append: OnAppend | None) -> None:
         """Called after every committed append (the live conversation feeds use it)."""
@@ -704,7 +707,8 @@ class Store:
 
         Two ways in, one outcome. When this store last wrote the conversation and still
         holds the rows the events touch, it checks and folds the batch on those rows and
-        writes it in one guarded statement (one round trip, see ``_WRITE``). If
+        writes it with a guarded statement (one round trip, shared by the guarded appends
+        of other conversations waiting at that moment: see ``_group_write``). If
         another writer has moved the conversation since, the guard writes nothing, and
         the batch goes the locked way: lock, read, check and fold in a transaction, then
         the same write.
@@ -910,6 +914,8 @@ class Store:
             g.taken = True
             self._queue.remove(g)
         self._in_flight += 1
+        self.group_writes += 1
+        self.group_items += len(batch)
         self._wake_next()  # a write slot is still free: the rest need not wait
         try:
             # Shielded: the batch is the other callers' too, and a cancelled caller must not
