@@ -884,7 +884,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=300, help="tokens per concurrent generation")
     ap.add_argument("--ckpt-off", type=int, default=100, help="G for checkpoints off (0: skip)")
     ap.add_argument("--send-seconds", type=float, default=5.0)
-    ap.add_argument("--send-clients", type=int, default=10)
+    ap.add_argument("--send-clients", type=int, default=10, help="0: skip the send scenario")
     ap.add_argument("--clients", type=int, default=2, help="client processes per scenario")
     ap.add_argument("--only", choices=["turnlog", "both"], default="both")
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
@@ -916,10 +916,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         for g in args.gens:
             both(f"gens G={g}", lambda srv, g=g: gens(srv, g, args.tokens, args.clients))
-        both(
-            f"sends x{args.send_clients}",
-            lambda srv: sends(srv, args.send_seconds, args.send_clients, args.clients),
-        )
+        if args.send_clients:
+            both(
+                f"sends x{args.send_clients}",
+                lambda srv: sends(srv, args.send_seconds, args.send_clients, args.clients),
+            )
         if args.ckpt_off:
             off = start_turnlog(tmp / "data", {"TURNLOG_CHECKPOINT_S": "3600"})
             try:
