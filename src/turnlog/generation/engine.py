@@ -186,6 +186,8 @@ class Generation:
         # started together; 0 after it), and no retry of a failed one before retry_at.
         self.stagger = 0.0
         self.retry_at = 0.0
+        # Set while a checkpoint write of it is queued or under way.
+        self.checkpointing = False
 
     def take_pending(self) -> tuple[tuple[StreamEvent, ...], int]:
         """The unstored events, coalesced, and the seq they reach; no await in between, so
@@ -574,12 +576,7 @@ class Engine:
                     if since < limit:
                         late.append(since)
                     deadline = since + interval - gen.stagger
-                    if (
-                        deadline <= horizon
-                        and gen.retry_at <= horizon
-                        and not gen.fenced
-                        and not gen.write_lock.locked()  # being written, or its step ends
-                    ):
+                    if deadline <= horizon and gen.retry_at <= horizon and not gen.checkpointing:
                         due.append((deadline, gen))
                 self._judge_overload(now, late)
                 # Most urgent first; what does not fit in WRITES goes next tick, still first.
@@ -589,19 +586,24 @@ class Engine:
                         break
                     chunk = [gen for _, gen in due[i : i + CHUNK]]
                     for gen in chunk:
-                        gen.write_lock.acquire_nowait()
+                        gen.checkpointing = True
                     self._writes += 1
                     tg.start_soon(self._checkpoint, chunk, name="checkpoint write")
         finally:
             self._checkpointer_running = False
 
-    async def _checkpoint(self, batch: list[Generation]) -> None:
-        """Write one checkpoint for each of ``batch`` (together), and settle each. The
-        caller took their write locks; released here."""
+    async def _checkpoint(self, due: list[Generation]) -> None:
+        """Write one checkpoint for each of ``due`` (together), and settle each."""
+        batch: list[Generation] = []
         # Shielded: a cancel landing inside the write would lose the events it had taken
         # (or store them unacknowledged).
         with anyio.CancelScope(shield=True):
             try:
+                for gen in due:
+                    if gen.fenced or gen.write_lock.locked():
+                        continue  # its step is ending: the end's own write stores the events
+                    gen.write_lock.acquire_nowait()
+                    batch.append(gen)
                 await self._checkpoint_batch(batch)
             except Exception:
                 # A bug here must not take the app's task group down: the rows keep their
@@ -611,6 +613,8 @@ class Engine:
                     gen.retry_at = time.monotonic() + self.settings.checkpoint_s / 2
             finally:
                 self._writes -= 1
+                for gen in due:
+                    gen.checkpointing = False
                 for gen in batch:
                     gen.write_lock.release()
 
