@@ -84,11 +84,13 @@ TICK_S = 0.1  # how often the checkpointer looks for due rows (at most a quarter
 # most urgent rows are not held by the commit of hundreds of others (nor by a slow write).
 CHUNK = 64
 WRITES = 4
-# Writes start early by the observed write latency and event-loop lag (so they commit by
-# the deadline), each a decaying maximum (x DECAY per sample), at most LEAD_MAX of an
-# interval in all (more would mean a write per row far more often than each interval).
+# A write starts so that it commits MARGIN_S before the promise runs out: early by as much
+# as writes and the event loop's lag lately took beyond the slack (each a decaying
+# maximum, x DECAY per sample), at most LEAD_MAX of an interval (each row is written once
+# per interval less that: writing earlier costs more writes, which slow the writes down).
+MARGIN_S = 0.1
 DECAY = 0.9
-LEAD_MAX = 0.5
+LEAD_MAX = 0.3
 OVERLOAD_MIN_LATE = 2
 OVERLOAD_SHARE = 0.1
 OVERLOAD_HOLD_S = 2.0
@@ -564,8 +566,8 @@ class Engine:
                 await anyio.sleep(tick)
                 now = time.monotonic()
                 self._lag_s = max(now - slept - tick, self._lag_s * DECAY)
-                lead = min(tick + self._write_s + self._lag_s, interval * LEAD_MAX)
-                horizon = now + lead
+                late_by = self._write_s + self._lag_s - CHECKPOINT_SLACK_S + MARGIN_S
+                horizon = now + tick + min(max(late_by, 0.0), interval * LEAD_MAX)
                 limit = now - interval - CHECKPOINT_SLACK_S
                 due: list[tuple[float, Generation]] = []
                 late: list[float] = []
