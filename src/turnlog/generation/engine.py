@@ -665,7 +665,11 @@ class Engine:
         gen.unacked_since = None
         gen.stored_seq = event.stream_seq
         gen.stagger = 0.0
-        if since is not None and ended - since > self.settings.checkpoint_s + CHECKPOINT_SLACK_S:
+        self._count_miss(since, ended)
+
+    def _count_miss(self, since: float | None, stored: float) -> None:
+        """Count a write that stored an event published at ``since`` later than promised."""
+        if since is not None and stored - since > self.settings.checkpoint_s + CHECKPOINT_SLACK_S:
             self.metrics.checkpoint_misses.inc()
 
     async def _settle(self, gen: Generation) -> None:
@@ -782,7 +786,7 @@ class Engine:
                 next_turn = turn.next_step(next_seq)
                 batch.append(next_turn.started(now))
             try:
-                await self._write(turn, batch)
+                await self._write(turn, batch, gen.unacked_since)
             except WriteGaveUp as exc:
                 self._gave_up(gen, exc)
                 return None
@@ -846,7 +850,7 @@ class Engine:
             else:
                 event = ev.TurnFailed(**common, error=error)
             try:
-                await self._write(turn, [event])
+                await self._write(turn, [event], gen.unacked_since)
             except Fenced:
                 await self._finish_from_store(gen)
                 return
@@ -855,11 +859,15 @@ class Engine:
                 return
         gen.stream.finish(Done(status=how, error=error or None))
 
-    async def _write(self, turn: Turn, batch: list[ev.DomainEvent]) -> None:
+    async def _write(self, turn: Turn, batch: list[ev.DomainEvent], since: float | None) -> None:
+        """Store a step's end; ``since``: when its oldest event was published (a write
+        stored later than the promise allows counts as a checkpoint miss too)."""
+
         async def append() -> None:
             await self.store.append(turn.conversation_id, batch, instance_id=self.instance_id)
 
         await self._retrying(append, "storing the end of a step failed; retrying")
+        self._count_miss(since, time.monotonic())
 
     async def _finish_from_store(self, gen: Generation) -> None:
         """Someone else ended the row: close the live stream with what the store says."""
