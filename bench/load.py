@@ -32,9 +32,9 @@ alone), peak RSS of the server process, database transactions and event rows per
 generating row's stored events (from one's ``at``, when it took the row's unstored events,
 to the next one's insert, ``recorded_at``: what a crash could lose; from its first
 checkpoint on), and the server's own count of checkpoints (and step ends) stored later than
-``TURNLOG_CHECKPOINT_S`` + 0.25 s after their oldest event was published. After every scenario each subscriber's fold (init blocks
-+ every delta, folded with the real reducer) is compared with the stored row; a mismatch
-fails the run.
+``TURNLOG_CHECKPOINT_S`` + 0.25 s after their oldest event was published. After every
+scenario each subscriber's fold (init blocks + every delta, folded with the real reducer) is
+compared with the stored row; a mismatch fails the run.
 """
 
 from __future__ import annotations
