@@ -431,7 +431,11 @@ class Engine:
             conv = await self.store.get_conversation(turn.conversation_id)
         if conv is None:
             raise Fenced(f"conversation {turn.conversation_id} is gone")
-        rows = await self.store.list_messages(turn.conversation_id)
+        # The rows as of the version the turn's start was appended at, when this store wrote
+        # that version and knows them exactly (no round trip); else read them.
+        rows = self.store.history(turn.conversation_id, conv.conversation.version)
+        if rows is None:
+            rows = await self.store.list_messages(turn.conversation_id)
         options = dict(conv.conversation.options)
         asked = next((r for r in rows if r.message.id == turn.reply_to), None)
         mine = next((r for r in rows if r.message.id == turn.message_id), None)
