@@ -32,11 +32,12 @@ between consecutive deltas of one subscriber, server CPU per unit (``/proc/<pid>
 the server process plus, for turnlog, every PostgreSQL process; then the server process
 alone), peak RSS of the server (the sum over its processes), database transactions and
 event rows per turn (``pg_stat_database.xact_commit`` and ``events`` deltas), the largest
-gap between a generating row's stored events (their ``at``, from its first checkpoint on), and the
-server's own count of checkpoints stored later than ``TURNLOG_CHECKPOINT_S`` + 0.25 s after
-their oldest event was published. After every scenario each subscriber's fold (init blocks
-+ every delta, folded with the real reducer) is compared with the stored row; a mismatch
-fails the run.
+gap between a generating row's stored events (from one's ``at``, when it took the row's
+unstored events, to the next one's insert, ``recorded_at``: what a crash could lose; from
+its first checkpoint on), and the server's own count of checkpoints (and step ends) stored
+later than ``TURNLOG_CHECKPOINT_S`` + 0.25 s after their oldest event was published. After
+every scenario each subscriber's fold (init blocks + every delta, folded with the real
+reducer) is compared with the stored row; a mismatch fails the run.
 """
 
 from __future__ import annotations
@@ -530,23 +531,27 @@ class Db:
         return int(xacts[0]), int(position), int(count)
 
     def largest_gap(self, after_position: int) -> float:
-        """The largest gap between consecutive stored events of one assistant row (s)."""
-        # From the first checkpoint on: before it the row may hold nothing to lose (the
-        # send's start waits for the history read and the first token). That first wait is
-        # counted by the server itself: turnlog_checkpoint_deadline_misses (column misses).
+        """The longest a generating row's published events went unstored (s): from each
+        stored event's ``at`` (stamped when it took the row's unstored events) to the
+        insert of the next one (``recorded_at``, its commit but for the transaction's
+        end), the most a crash just before that commit could lose."""
+        # Not `at` to `at`: that leaves out the time the next write took to commit, the
+        # part that grows under load. From the first checkpoint on: before it the row may
+        # hold nothing to lose (the send's start waits for the history read and the first
+        # token). That first wait is counted by the server itself:
+        # turnlog_checkpoint_deadline_misses (column misses).
         rows = self.conn.execute(
-            "SELECT data->>'message_id', data->>'at' FROM events WHERE position > %s AND type IN"
-            " ('turn_checkpointed', 'step_completed',"
+            "SELECT data->>'message_id', data->>'at', recorded_at FROM events"
+            " WHERE position > %s AND type IN ('turn_checkpointed', 'step_completed',"
             " 'turn_failed', 'turn_aborted', 'turn_interrupted') ORDER BY position",
             (after_position,),
         ).fetchall()
         last: dict[str, datetime] = {}
         gap = 0.0
-        for mid, at in rows:
-            t = datetime.fromisoformat(at)
+        for mid, at, recorded in rows:
             if mid in last:
-                gap = max(gap, (t - last[mid]).total_seconds())
-            last[mid] = t
+                gap = max(gap, (recorded - last[mid]).total_seconds())
+            last[mid] = datetime.fromisoformat(at)
         return gap
 
 
@@ -894,7 +899,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=300, help="tokens per concurrent generation")
     ap.add_argument("--ckpt-off", type=int, default=100, help="G for checkpoints off (0: skip)")
     ap.add_argument("--send-seconds", type=float, default=5.0)
-    ap.add_argument("--send-clients", type=int, default=10)
+    ap.add_argument("--send-clients", type=int, default=10, help="0: skip the send scenario")
     ap.add_argument("--clients", type=int, default=2, help="client processes per scenario")
     ap.add_argument("--only", choices=["turnlog", "both"], default="both")
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
@@ -926,10 +931,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         for g in args.gens:
             both(f"gens G={g}", lambda srv, g=g: gens(srv, g, args.tokens, args.clients))
-        both(
-            f"sends x{args.send_clients}",
-            lambda srv: sends(srv, args.send_seconds, args.send_clients, args.clients),
-        )
+        if args.send_clients:
+            both(
+                f"sends x{args.send_clients}",
+                lambda srv: sends(srv, args.send_seconds, args.send_clients, args.clients),
+            )
         if args.ckpt_off:
             off = start_turnlog(tmp / "data", {"TURNLOG_CHECKPOINT_S": "3600"})
             try:
