@@ -20,20 +20,24 @@ on asyncio with httptools, so the clients stay cheap). Scenarios:
   ``turnlog serve --workers N`` (same database), rows labelled ``--workers N`` beside a
   ``--workers 1`` run measured right after, ratio between them. Subscribers land on any
   worker and follow the generation's owner through one internal stream per worker (issue
-  13, docs/deployment.md). CPU counts every worker; RSS is the supervisor's only.
+  13, docs/deployment.md). CPU and RSS count every worker and the supervisor.
 
 Columns (turnlog, baseline, ratio): deliveries/s (frames of deltas received by all
 subscribers), p50/p99 lag (arrival behind the demo schedule token i at start + i/tps, start
-estimated from the earliest arrival), time to first delta after the send (p99), p99 gap
+estimated from the earliest arrival), time to first delta (p99) from the moment the send is
+made (``ttfd99``: it includes the wait of a send behind every other send of a burst) and
+from the send's 201 (``ttfd99 201``: the server's own path from a started generation to a
+subscriber's first delta, which a client can observe only after the 201), p99 gap
 between consecutive deltas of one subscriber, server CPU per unit (``/proc/<pid>/stat``:
 the server process plus, for turnlog, every PostgreSQL process; then the server process
-alone), peak RSS of the server process, database transactions and event rows per turn
-(``pg_stat_database.xact_commit`` and ``events`` deltas), the largest gap between a
-generating row's stored events (their ``at``, from its first checkpoint on), and the
-server's own count of checkpoints stored later than ``TURNLOG_CHECKPOINT_S`` + 0.25 s after
-their oldest event was published. After every scenario each subscriber's fold (init blocks
-+ every delta, folded with the real reducer) is compared with the stored row; a mismatch
-fails the run.
+alone), peak RSS of the server (the sum over its processes), database transactions and
+event rows per turn (``pg_stat_database.xact_commit`` and ``events`` deltas), the largest
+gap between a generating row's stored events (from one's ``at``, when it took the row's
+unstored events, to the next one's insert, ``recorded_at``: what a crash could lose; from
+its first checkpoint on), and the server's own count of checkpoints (and step ends) stored
+later than ``TURNLOG_CHECKPOINT_S`` + 0.25 s after their oldest event was published. After
+every scenario each subscriber's fold (init blocks + every delta, folded with the real
+reducer) is compared with the stored row; a mismatch fails the run.
 """
 
 from __future__ import annotations
@@ -367,19 +371,22 @@ def cpu_delta(before: dict[int, int], after: dict[int, int]) -> float:
 
 
 class RssPeak:
-    """Samples the server process's RSS every 50 ms while a scenario runs."""
+    """Samples the server's RSS every 50 ms while a scenario runs: the sum over its own
+    processes (with ``--workers N``, the supervisor and every worker)."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+    def __init__(self, server: Server) -> None:
+        self.pids = server.server_pids()
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(OSError):
-                pages = int(Path(f"/proc/{self.pid}/statm").read_text().split()[1])
-                self.peak = max(self.peak, pages * PAGE)
+            pages = 0
+            for pid in self.pids:
+                with contextlib.suppress(OSError):
+                    pages += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+            self.peak = max(self.peak, pages * PAGE)
             self._stop.wait(0.05)
 
     def __enter__(self) -> RssPeak:
@@ -524,23 +531,27 @@ class Db:
         return int(xacts[0]), int(position), int(count)
 
     def largest_gap(self, after_position: int) -> float:
-        """The largest gap between consecutive stored events of one assistant row (s)."""
-        # From the first checkpoint on: before it the row may hold nothing to lose (the
-        # send's start waits for the history read and the first token). That first wait is
-        # counted by the server itself: turnlog_checkpoint_deadline_misses (column misses).
+        """The longest a generating row's published events went unstored (s): from each
+        stored event's ``at`` (stamped when it took the row's unstored events) to the
+        insert of the next one (``recorded_at``, its commit but for the transaction's
+        end), the most a crash just before that commit could lose."""
+        # Not `at` to `at`: that leaves out the time the next write took to commit, the
+        # part that grows under load. From the first checkpoint on: before it the row may
+        # hold nothing to lose (the send's start waits for the history read and the first
+        # token). That first wait is counted by the server itself:
+        # turnlog_checkpoint_deadline_misses (column misses).
         rows = self.conn.execute(
-            "SELECT data->>'message_id', data->>'at' FROM events WHERE position > %s AND type IN"
-            " ('turn_checkpointed', 'step_completed',"
+            "SELECT data->>'message_id', data->>'at', recorded_at FROM events"
+            " WHERE position > %s AND type IN ('turn_checkpointed', 'step_completed',"
             " 'turn_failed', 'turn_aborted', 'turn_interrupted') ORDER BY position",
             (after_position,),
         ).fetchall()
         last: dict[str, datetime] = {}
         gap = 0.0
-        for mid, at in rows:
-            t = datetime.fromisoformat(at)
+        for mid, at, recorded in rows:
             if mid in last:
-                gap = max(gap, (t - last[mid]).total_seconds())
-            last[mid] = t
+                gap = max(gap, (recorded - last[mid]).total_seconds())
+            last[mid] = datetime.fromisoformat(at)
         return gap
 
 
@@ -603,6 +614,7 @@ class Row(msgspec.Struct):
     lag_p50_ms: float = float("nan")
     lag_p99_ms: float = float("nan")
     ttfd_p99_ms: float = float("nan")
+    ttfd_ack_p99_ms: float = float("nan")
     gap_p99_ms: float = float("nan")
     cpu_per_unit_us: float = float("nan")
     own_cpu_per_unit_us: float = float("nan")
@@ -627,7 +639,7 @@ class Measure:
     def __enter__(self) -> Measure:
         self.counters = self.db.counters() if self.db else None
         self.misses = misses(self.server) if self.db else 0.0
-        self.rss = RssPeak(self.server.proc.pid).__enter__()
+        self.rss = RssPeak(self.server).__enter__()
         self.ticks = cpu_ticks(self.server.pids())
         self.own = cpu_ticks(self.server.server_pids())
         self.t0 = time.monotonic()
@@ -738,19 +750,21 @@ def gens(server: Server, g: int, tokens: int, clients: int) -> Row:
     results = [r for r in results if r[1] is not None]  # 503: refused (overloaded)
     streams = [r[6] for r in results]
     stats = delta_stats(streams, tps, shared_start=False)
-    ttfd = []
-    for _, _, t0, _, _, _, frames in results:
+    ttfd, ttfd_ack = [], []
+    for _, _, t0, t_sent, _, _, frames in results:
         first = next(
             (t for t, name, _, data in frames if name == b"text_delta" or b'"text"' in data),
             None,
         )
         if first is not None:
             ttfd.append(first - t0)
+            ttfd_ack.append(first - t_sent)
     row = Row(unit="gen")
     row.deliveries_s = len(stats["lags"]) / m.seconds
     row.lag_p50_ms = pct(stats["lags"], 50) * 1000
     row.lag_p99_ms = pct(stats["lags"], 99) * 1000
     row.ttfd_p99_ms = pct(ttfd, 99) * 1000
+    row.ttfd_ack_p99_ms = pct(ttfd_ack, 99) * 1000
     row.gap_p99_ms = pct(stats["gaps"], 99) * 1000
     m.fill(row, len(results), len(results))
     row.folds_ok = check_folds(server, [(r[0], r[1]) for r in results], streams)
@@ -794,6 +808,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("lag_p50_ms", "lag50 ms", "{:.1f}"),
     ("lag_p99_ms", "lag99 ms", "{:.1f}"),
     ("ttfd_p99_ms", "ttfd99 ms", "{:.0f}"),
+    ("ttfd_ack_p99_ms", "ttfd99 201 ms", "{:.0f}"),
     ("gap_p99_ms", "gap99 ms", "{:.0f}"),
     ("cpu_per_unit_us", "CPU/unit us", "{:.0f}"),
     ("own_cpu_per_unit_us", "(w/o PG) us", "{:.0f}"),
@@ -884,7 +899,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=300, help="tokens per concurrent generation")
     ap.add_argument("--ckpt-off", type=int, default=100, help="G for checkpoints off (0: skip)")
     ap.add_argument("--send-seconds", type=float, default=5.0)
-    ap.add_argument("--send-clients", type=int, default=10)
+    ap.add_argument("--send-clients", type=int, default=10, help="0: skip the send scenario")
     ap.add_argument("--clients", type=int, default=2, help="client processes per scenario")
     ap.add_argument("--only", choices=["turnlog", "both"], default="both")
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
@@ -916,10 +931,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         for g in args.gens:
             both(f"gens G={g}", lambda srv, g=g: gens(srv, g, args.tokens, args.clients))
-        both(
-            f"sends x{args.send_clients}",
-            lambda srv: sends(srv, args.send_seconds, args.send_clients, args.clients),
-        )
+        if args.send_clients:
+            both(
+                f"sends x{args.send_clients}",
+                lambda srv: sends(srv, args.send_seconds, args.send_clients, args.clients),
+            )
         if args.ckpt_off:
             off = start_turnlog(tmp / "data", {"TURNLOG_CHECKPOINT_S": "3600"})
             try:

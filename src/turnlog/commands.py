@@ -299,15 +299,25 @@ class Chat:
 
     async def send(self, owner: str, cid: uuid.UUID, body: MessageIn) -> Sent:
         self.check_message(body)
-        conv = await self.conversation(owner, cid)
+        # The conversation as this process last wrote it, if it was idle then: the append's
+        # version guard re-checks it, so a stale one costs a retry (which reads afresh).
+        # Anything it would refuse (not found, busy, a model) is judged on a fresh read.
+        conv = self.store.known_idle(cid)
+        remembered = conv is not None and conv.owner == owner
+        if conv is None or not remembered:
+            conv = await self.conversation(owner, cid)
         if body.client_message_id is not None:
             again = await self._sent_before(cid, body.client_message_id, body.content)
             if again is not None:
                 return again
         # Always: the configuration may have changed since the conversation chose its model.
-        self._model(
-            owner, conv.conversation.model, {**conv.conversation.options, **(body.options or {})}
-        )
+        try:
+            self._send_model(owner, conv, body)
+        except (BadRequest, Forbidden):
+            if not remembered:
+                raise
+            conv = await self.conversation(owner, cid)
+            self._send_model(owner, conv, body)
         if self.engine.draining:
             raise Unavailable("the server is shutting down; try again in a moment")
         self._not_overloaded()
@@ -369,6 +379,10 @@ class Chat:
         self.engine.start(turn, done.conversation)
         user, assistant = done.messages
         return Sent(user.message, assistant.message, created=True)
+
+    def _send_model(self, owner: str, conv: ConversationRecord, body: MessageIn) -> None:
+        c = conv.conversation
+        self._model(owner, c.model, {**c.options, **(body.options or {})})
 
     async def _sent_before(
         self, cid: uuid.UUID, client_message_id: str, content: str

@@ -81,6 +81,17 @@ FORCED_WRITE_S = 1.0
 CHECKPOINT_SLACK_S = 0.25
 STAGGER = 0.5
 TICK_S = 0.1  # how often the checkpointer looks for due rows (at most a quarter interval)
+# A write stores at most CHUNK rows (one transaction), at most WRITES of them at once, so the
+# most urgent rows are not held by the commit of hundreds of others (nor by a slow write).
+CHUNK = 64
+WRITES = 4
+# A write starts so that it commits MARGIN_S before the promise runs out: early by as much
+# as writes and the event loop's lag lately took beyond the slack (each a decaying
+# maximum, x DECAY per sample), at most LEAD_MAX of an interval (each row is written once
+# per interval less that: writing earlier costs more writes, which slow the writes down).
+MARGIN_S = 0.1
+DECAY = 0.9
+LEAD_MAX = 0.3
 OVERLOAD_MIN_LATE = 2
 OVERLOAD_SHARE = 0.1
 OVERLOAD_HOLD_S = 2.0
@@ -183,6 +194,8 @@ class Generation:
         # started together; 0 after it), and no retry of a failed one before retry_at.
         self.stagger = 0.0
         self.retry_at = 0.0
+        # Set while a checkpoint write of it is queued or under way.
+        self.checkpointing = False
 
     def take_pending(self) -> tuple[tuple[StreamEvent, ...], int]:
         """The unstored events, coalesced, and the seq they reach; no await in between, so
@@ -197,13 +210,6 @@ class Generation:
     def unstored_since(self) -> float | None:
         """When the oldest event not yet stored was published; None if all are stored."""
         return self.unacked_since or self.pending_since
-
-    def checkpoint_due(self, interval: float, horizon: float) -> bool:
-        """Whether its next checkpoint is due by ``horizon`` (monotonic)."""
-        since = self.unstored_since()
-        if since is None or self.retry_at > horizon:
-            return False
-        return since + interval - self.stagger <= horizon
 
     def cancel(self, reason: EndReason) -> None:
         if self.end_reason is None:
@@ -243,6 +249,11 @@ class Engine:
         # (0: they are not); whether the checkpointer task runs.
         self._refuse_until = 0.0
         self._checkpointer_running = False
+        # Checkpoint writes in flight, and how early the next ones start (decaying maxima
+        # of the write latency and of the checkpointer's lag behind its tick).
+        self._writes = 0
+        self._write_s = 0.0
+        self._lag_s = 0.0
         # Set (and replaced) whenever a generation ends; drain waits on it. (asyncio's, as
         # Generation.finished: one is made per generation.)
         self._ended = asyncio.Event()
@@ -261,28 +272,29 @@ class Engine:
         return len(self._running)
 
     def overloaded(self) -> float | None:
-        """Seconds to wait before starting a generation, or None when one may start now.
+        """Seconds to wait before starting a generation, or None when one may start now
+        (the checkpointer judges it every tick: :meth:`_judge_overload`)."""
+        wait = self._refuse_until - time.monotonic()
+        return wait if wait > 0 else None
+
+    def _judge_overload(self, now: float, late: list[float]) -> None:
+        """``late``: when the oldest unstored event of each row still unstored
+        TURNLOG_CHECKPOINT_S + CHECKPOINT_SLACK_S later was published.
 
         The promise (CONTRACT: a crash loses at most TURNLOG_CHECKPOINT_S of output) is
-        broken when an event waits longer than that, plus CHECKPOINT_SLACK_S, to be
-        stored. One late row may be one stuck conversation; when at least
-        OVERLOAD_MIN_LATE rows and OVERLOAD_SHARE of those running are late, the server as
-        a whole cannot keep up: it says so (a log line, the turnlog_overloaded gauge) and
-        refuses new generations for OVERLOAD_HOLD_S intervals rather than silently let a
-        crash lose more. O(running) per call: only sends and retries ask.
+        broken when an event waits that long to be stored. One late row may be one stuck
+        conversation; when at least OVERLOAD_MIN_LATE rows and OVERLOAD_SHARE of those
+        running are late, the server as a whole cannot keep up: it says so (a log line,
+        the turnlog_overloaded gauge) and refuses new generations for OVERLOAD_HOLD_S
+        intervals rather than silently let a crash lose more; judged again when that ends.
         """
-        now = time.monotonic()
         if now < self._refuse_until:
-            return self._refuse_until - now
-        limit = now - self.settings.checkpoint_s - CHECKPOINT_SLACK_S
-        late = [
-            t for g in self._running.values() if (t := g.unstored_since()) is not None and t < limit
-        ]
+            return
         if len(late) < max(OVERLOAD_MIN_LATE, OVERLOAD_SHARE * len(self._running)):
             if self._refuse_until:
                 self._refuse_until = 0.0
                 log.info("overload over: accepting new generations again")
-            return None
+            return
         hold = max(1.0, OVERLOAD_HOLD_S * self.settings.checkpoint_s)
         self._refuse_until = now + hold
         log.warning(
@@ -293,7 +305,6 @@ class Engine:
             checkpoint_s=self.settings.checkpoint_s,
             refuse_s=hold,
         )
-        return hold
 
     def oldest_unstored_s(self) -> float:
         """Age in seconds of the oldest published event not yet stored (0 if none)."""
@@ -428,7 +439,11 @@ class Engine:
             conv = await self.store.get_conversation(turn.conversation_id)
         if conv is None:
             raise Fenced(f"conversation {turn.conversation_id} is gone")
-        rows = await self.store.list_messages(turn.conversation_id)
+        # The rows as of the version the turn's start was appended at, when this store wrote
+        # that version and knows them exactly (no round trip); else read them.
+        rows = self.store.history(turn.conversation_id, conv.conversation.version)
+        if rows is None:
+            rows = await self.store.list_messages(turn.conversation_id)
         options = dict(conv.conversation.options)
         asked = next((r for r in rows if r.message.id == turn.reply_to), None)
         mine = next((r for r in rows if r.message.id == turn.message_id), None)
@@ -541,76 +556,120 @@ class Engine:
 
     async def _checkpointer(self) -> None:
         """Store every generation's new events so that none waits longer than
-        TURNLOG_CHECKPOINT_S, in one batched write per tick for all that are due.
+        TURNLOG_CHECKPOINT_S, in batched writes for all that are due.
 
-        Deadline-based, not a fixed sleep: a row's write is due TURNLOG_CHECKPOINT_S after
-        the oldest event it stores was published (a sleep of a full interval, then the
-        write, used to widen the gap by the write's latency and by the time nothing was
-        pending; the promise's 0.25 s slack is the write's to take). Rows due within the
-        next tick go now, together: one transaction for all (``Store.append_checkpoints``),
-        where 500 generations used to make 500 a second. Generations started together would
-        all be due together: each one's first write comes early by up to half an interval
-        (drawn from its message id), which spreads the rows over the ticks for good.
+        Deadline-based: a row's write should *commit* TURNLOG_CHECKPOINT_S after the oldest
+        event it stores was published, so it starts that much earlier than the deadline as
+        writes have lately taken, plus the tick and the loop's lag. Rows due go in chunks
+        of at most CHUNK, most urgent first, each one transaction
+        (``Store.append_checkpoints``), up to WRITES at once, while the checkpointer keeps
+        ticking: one slow write used to hold every row due meanwhile, which then went in
+        one huge batch, due together again the next time (at G = 500: 300 rows, 0.5 s a
+        write, and misses). Generations started together would all be due together: each
+        one's first write comes early by up to half an interval (drawn from its message
+        id), which spreads them over the ticks for good.
         """
         interval = self.settings.checkpoint_s
         tick = min(TICK_S, interval / 4)
+        tg = self._tg
+        assert tg is not None  # it runs in it
         try:
-            while self._running:
+            while self._running or self._writes:
+                slept = time.monotonic()
                 await anyio.sleep(tick)
-                horizon = time.monotonic() + tick
-                due = [g for g in self._running.values() if g.checkpoint_due(interval, horizon)]
-                if due:
-                    # Shielded: a cancel landing inside the write would lose the events it
-                    # had taken (or store them unacknowledged).
-                    with anyio.CancelScope(shield=True):
-                        await self._checkpoint(due)
+                now = time.monotonic()
+                self._lag_s = max(now - slept - tick, self._lag_s * DECAY)
+                late_by = self._write_s + self._lag_s - CHECKPOINT_SLACK_S + MARGIN_S
+                horizon = now + tick + min(max(late_by, 0.0), interval * LEAD_MAX)
+                limit = now - interval - CHECKPOINT_SLACK_S
+                due: list[tuple[float, Generation]] = []
+                late: list[float] = []
+                for gen in self._running.values():
+                    since = gen.unstored_since()
+                    if since is None:
+                        continue
+                    if since < limit:
+                        late.append(since)
+                    deadline = since + interval - gen.stagger
+                    if deadline <= horizon and gen.retry_at <= horizon and not gen.checkpointing:
+                        due.append((deadline, gen))
+                self._judge_overload(now, late)
+                # Most urgent first; what does not fit in WRITES goes next tick, still first.
+                due.sort(key=lambda d: d[0])
+                for i in range(0, len(due), CHUNK):
+                    if self._writes >= WRITES:
+                        break
+                    chunk = [gen for _, gen in due[i : i + CHUNK]]
+                    for gen in chunk:
+                        gen.checkpointing = True
+                    self._writes += 1
+                    tg.start_soon(self._checkpoint, chunk, name="checkpoint write")
         finally:
             self._checkpointer_running = False
 
     async def _checkpoint(self, due: list[Generation]) -> None:
         """Write one checkpoint for each of ``due`` (together), and settle each."""
         batch: list[Generation] = []
-        try:
-            for gen in due:
-                if gen.fenced or gen.write_lock.locked():
-                    continue  # its step is ending: the end's own write stores the events
-                gen.write_lock.acquire_nowait()
-                batch.append(gen)
-                if gen.unacked is None and gen.pending:
-                    events, seq = gen.take_pending()
-                    gen.unacked = ev.TurnCheckpointed(
-                        at=self.now(),
-                        message_id=gen.turn.message_id,
-                        attempt=gen.turn.attempt,
-                        events=events,
-                        stream_seq=seq,
-                        from_seq=gen.stored_seq,
-                    )
-            writes = [(g, g.unacked, g.unacked_since) for g in batch if g.unacked is not None]
-            started = time.monotonic()
-            results = await self.store.append_checkpoints(
-                [(g.turn.conversation_id, event) for g, event, _ in writes]
-            )
-            ended = time.monotonic()
-            for (gen, event, since), error in zip(writes, results, strict=True):
-                # AlreadyStored: an earlier try of this very write committed; its answer
-                # was lost.
-                if error is None or isinstance(error, AlreadyStored):
-                    self.metrics.checkpoint_write.observe(ended - started)
-                    self._acked(gen, event, since, ended)
-                elif isinstance(error, DomainError):
-                    # Fenced (the row was ended elsewhere) or the conversation is gone.
-                    log.warning("generation fenced off; stopping", reason=str(error))
-                    gen.fenced = True
-                    gen.scope.cancel()
-                else:
-                    # Committed or not, it cannot tell: the very same event goes again
-                    # (after a pause), and the store knows a repeat (AlreadyStored).
-                    log.warning("checkpoint failed; will retry", exc_info=error)
-                    gen.retry_at = ended + self.settings.checkpoint_s / 2
-        finally:
-            for gen in batch:
-                gen.write_lock.release()
+        # Shielded: a cancel landing inside the write would lose the events it had taken
+        # (or store them unacknowledged).
+        with anyio.CancelScope(shield=True):
+            try:
+                for gen in due:
+                    if gen.fenced or gen.write_lock.locked():
+                        continue  # its step is ending: the end's own write stores the events
+                    gen.write_lock.acquire_nowait()
+                    batch.append(gen)
+                await self._checkpoint_batch(batch)
+            except Exception:
+                # A bug here must not take the app's task group down: the rows keep their
+                # events (pending or unacked) and are tried again after a pause.
+                log.exception("checkpoint write crashed; will retry")
+                for gen in batch:
+                    gen.retry_at = time.monotonic() + self.settings.checkpoint_s / 2
+            finally:
+                self._writes -= 1
+                for gen in due:
+                    gen.checkpointing = False
+                for gen in batch:
+                    gen.write_lock.release()
+
+    async def _checkpoint_batch(self, batch: list[Generation]) -> None:
+        for gen in batch:
+            if gen.unacked is None and gen.pending:
+                events, seq = gen.take_pending()
+                gen.unacked = ev.TurnCheckpointed(
+                    at=self.now(),
+                    message_id=gen.turn.message_id,
+                    attempt=gen.turn.attempt,
+                    events=events,
+                    stream_seq=seq,
+                    from_seq=gen.stored_seq,
+                )
+        writes = [(g, g.unacked, g.unacked_since) for g in batch if g.unacked is not None]
+        if not writes:
+            return
+        started = time.monotonic()
+        results = await self.store.append_checkpoints(
+            [(g.turn.conversation_id, event) for g, event, _ in writes]
+        )
+        ended = time.monotonic()
+        self._write_s = max(ended - started, self._write_s * DECAY)
+        for (gen, event, since), error in zip(writes, results, strict=True):
+            # AlreadyStored: an earlier try of this very write committed; its answer was
+            # lost.
+            if error is None or isinstance(error, AlreadyStored):
+                self.metrics.checkpoint_write.observe(ended - started)
+                self._acked(gen, event, since, ended)
+            elif isinstance(error, DomainError):
+                # Fenced (the row was ended elsewhere) or the conversation is gone.
+                log.warning("generation fenced off; stopping", reason=str(error))
+                gen.fenced = True
+                gen.scope.cancel()
+            else:
+                # Committed or not, it cannot tell: the very same event goes again (after
+                # a pause), and the store knows a repeat (AlreadyStored).
+                log.warning("checkpoint failed; will retry", exc_info=error)
+                gen.retry_at = ended + self.settings.checkpoint_s / 2
 
     def _acked(
         self, gen: Generation, event: ev.TurnCheckpointed, since: float | None, ended: float
@@ -619,7 +678,11 @@ class Engine:
         gen.unacked_since = None
         gen.stored_seq = event.stream_seq
         gen.stagger = 0.0
-        if since is not None and ended - since > self.settings.checkpoint_s + CHECKPOINT_SLACK_S:
+        self._count_miss(since, ended)
+
+    def _count_miss(self, since: float | None, stored: float) -> None:
+        """Count a write that stored an event published at ``since`` later than promised."""
+        if since is not None and stored - since > self.settings.checkpoint_s + CHECKPOINT_SLACK_S:
             self.metrics.checkpoint_misses.inc()
 
     async def _settle(self, gen: Generation) -> None:
@@ -736,7 +799,7 @@ class Engine:
                 next_turn = turn.next_step(next_seq)
                 batch.append(next_turn.started(now))
             try:
-                await self._write(turn, batch)
+                await self._write(turn, batch, gen.unacked_since)
             except WriteGaveUp as exc:
                 self._gave_up(gen, exc)
                 return None
@@ -801,7 +864,7 @@ class Engine:
             else:
                 event = ev.TurnFailed(**common, error=error)
             try:
-                await self._write(turn, [event])
+                await self._write(turn, [event], gen.unacked_since)
             except Fenced:
                 await self._finish_from_store(gen)
                 return
@@ -810,11 +873,15 @@ class Engine:
                 return
         gen.stream.finish(Done(status=how, error=error or None))
 
-    async def _write(self, turn: Turn, batch: list[ev.DomainEvent]) -> None:
+    async def _write(self, turn: Turn, batch: list[ev.DomainEvent], since: float | None) -> None:
+        """Store a step's end; ``since``: when its oldest event was published (a write
+        stored later than the promise allows counts as a checkpoint miss too)."""
+
         async def append() -> None:
             await self.store.append(turn.conversation_id, batch, instance_id=self.instance_id)
 
         await self._retrying(append, "storing the end of a step failed; retrying")
+        self._count_miss(since, time.monotonic())
 
     async def _finish_from_store(self, gen: Generation) -> None:
         """Someone else ended the row: close the live stream with what the store says."""

@@ -16,10 +16,12 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+import anyio
 import msgspec
 import psycopg
 import structlog
@@ -260,9 +262,11 @@ def _updates(columns: list[str], key: str = "id") -> str:
     return ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != key)
 
 
-# Every append writes with one statement (autocommit on the guarded way: its own
-# transaction, one round trip). Its first step, `guard`, writes the conversation row, only
-# if the conversation is still at the version the batch was folded onto (%(expected)s, 0
+# Every append writes with one statement: this one on the locked way (in its transaction)
+# and for a guarded write that goes alone (autocommit: its own transaction, one round trip);
+# a guarded write of the group commit goes with others in `_WRITE_MANY` (below), which
+# keeps the same guard per conversation. Its first step, `guard`, writes the conversation
+# row, only if the conversation is still at the version the batch was folded onto (%(expected)s, 0
 # for a creation). Every other write of the statement is conditioned on the guard's row, so
 # when another writer got there first nothing at all is written.
 # - The guard takes the conversation's row lock, the same lock the locked way's FOR UPDATE
@@ -316,6 +320,64 @@ _WRITE_DELETION = (
     " AND EXISTS (SELECT FROM guard))"
     " SELECT count(*) FROM guard"
 )
+# Many guarded appends of different conversations (none a creation or a deletion), one
+# statement, one round trip, one commit: the group commit of ``Store`` and the engine's
+# batched checkpoints. Each conversation keeps its own guard: one whose version moved writes
+# nothing (its events, rows and leases are conditioned on its id being in `guard`), the
+# others commit.
+# - `locked` takes the row locks of every conversation of the batch first, in id order
+#   (ORDER BY ... FOR UPDATE locks rows as the sort hands them out): two batches, of this
+#   process or of two, always lock in one order and cannot deadlock; every other writer
+#   (the locked way, a single guarded write, a deletion) takes one conversation lock only.
+#   FOR UPDATE waits for a concurrent writer and then hands out the row as that writer left
+#   it (or drops it, if deleted), so `guard` tests the newest version, as _WRITE's ON
+#   CONFLICT does. `conversations` is the first relation the statement names, so its first
+#   table lock is on conversations, and rebuild's swap (conversations, then events) cannot
+#   deadlock with it either.
+# - `guard` is an UPDATE, not an upsert: a remembered conversation exists, and one deleted
+#   since by another writer must stay deleted (its row is gone, so nothing is written and
+#   the append goes the locked way, which reports it).
+# - Arrays go in binary (%b), cheaper to dump than the text array format.
+# - The rows of every CTE belong to one conversation each (messages and leases through
+#   their conversation's id), and a batch holds at most one append per conversation, so no
+#   row is written twice by one statement.
+_WRITE_MANY = (
+    "WITH locked AS (SELECT c.id, c.version FROM conversations c"
+    " WHERE c.id = ANY(%(ids)b::uuid[]) ORDER BY c.id FOR UPDATE), "
+    "guard AS (UPDATE conversations c SET "
+    + ", ".join(f"{c} = r.{c}" for c in _CONVERSATION_WRITABLE if c != "id")
+    + " FROM jsonb_populate_recordset(NULL::conversations, %(conversations)s::jsonb) AS r,"
+    " unnest(%(ids)b::uuid[], %(expected)b::int[]) AS i (id, expected), locked l"
+    " WHERE c.id = r.id AND i.id = r.id AND l.id = r.id AND l.version = i.expected"
+    " RETURNING c.id), "
+    "logged AS (INSERT INTO events (conversation_id, version, type, data, metadata)"
+    " SELECT e.c, e.v, e.t, e.d::jsonb, e.m::jsonb FROM unnest(%(event_of)b::uuid[],"
+    " %(versions)b::int[], %(types)b::text[], %(data)b::text[], %(metadata)b::text[])"
+    " AS e (c, v, t, d, m) WHERE e.c IN (SELECT id FROM guard) ORDER BY e.c, e.v), "
+    f"written AS (INSERT INTO messages ({MESSAGE_COLUMNS}) SELECT {MESSAGE_COLUMNS}"
+    " FROM jsonb_populate_recordset(NULL::messages, %(messages)s::jsonb) AS r"
+    " WHERE r.conversation_id IN (SELECT id FROM guard)"
+    f" ON CONFLICT (id) DO UPDATE SET {_updates(_MESSAGE_WRITABLE)}), "
+    "ended AS (DELETE FROM leases WHERE message_id IN (SELECT x.m"
+    " FROM unnest(%(ended)b::uuid[], %(ended_of)b::uuid[]) AS x (m, c)"
+    " WHERE x.c IN (SELECT id FROM guard))), "
+    "started AS (INSERT INTO leases (message_id, attempt, instance_id)"
+    " SELECT l.m, l.a, l.i FROM unnest(%(lease_ids)b::uuid[], %(lease_attempts)b::uuid[],"
+    " %(lease_instances)b::uuid[], %(lease_of)b::uuid[]) AS l (m, a, i, c)"
+    " WHERE l.c IN (SELECT id FROM guard) AND l.i IS NOT NULL"
+    " ON CONFLICT (message_id) DO UPDATE"
+    " SET attempt = EXCLUDED.attempt, instance_id = EXCLUDED.instance_id)"
+    " SELECT id FROM guard"
+)
+# Group commit: how many group writes may be in flight at once (the first appends go at
+# once; the ones arriving meanwhile wait and go together in the next), and how many
+# appends one group write takes at most.
+GROUP_WRITERS = 2
+GROUP_MAX = 64
+# The full rows a store keeps of the conversations it wrote, for a generation's history
+# (``Store.history``): at most this many rows in all, and none of a longer conversation.
+HISTORY_ROWS = 20_000
+HISTORY_ROWS_PER_CONVERSATION = 200
 # How many conversations a store remembers for guarded appends (least recent dropped).
 KNOWN_CONVERSATIONS = 4096
 
@@ -510,6 +572,88 @@ def _statement(
     return _WRITE, params
 
 
+class _Guarded(msgspec.Struct):
+    """One guarded write of a folded batch (not a deletion): the conversation must still
+    be at ``expected``. ``written`` and ``error`` are its outcome once a group write took it;
+    ``alone`` asks its caller to write it by itself (the group write failed as a whole)."""
+
+    cid: uuid.UUID
+    fold: _Folded
+    expected: int
+    metadata: str
+    instance_id: uuid.UUID | None
+    wake: anyio.Event | None = None
+    taken: bool = False
+    done: bool = False
+    written: bool = False
+    alone: bool = False
+    error: Exception | None = None
+
+
+def _many_params(batch: Sequence[_Guarded]) -> dict[str, Any]:
+    """The parameters of ``_WRITE_MANY`` for ``batch`` (different conversations)."""
+    conversations: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
+    event_of: list[uuid.UUID] = []
+    versions: list[int] = []
+    types: list[str] = []
+    data: list[str] = []
+    metadata: list[str] = []
+    ended: list[uuid.UUID] = []
+    ended_of: list[uuid.UUID] = []
+    lease_ids: list[uuid.UUID] = []
+    lease_attempts: list[uuid.UUID] = []
+    lease_instances: list[uuid.UUID | None] = []
+    lease_of: list[uuid.UUID] = []
+    for g in batch:
+        fold, cid = g.fold, g.cid
+        conv = fold.conversation
+        assert conv is not None
+        row = msgspec.structs.asdict(conv.conversation)
+        row.update(owner=conv.owner, last_seq=conv.last_seq)
+        conversations.append(row)
+        messages += [_message_json(r) for r in fold.rows]
+        n = len(fold.stored)
+        event_of += [cid] * n
+        versions += [v for v, _ in fold.stored]
+        types += fold.types
+        data += fold.data
+        metadata += [g.metadata] * n
+        gone, started = _lease_changes(fold.rows, g.instance_id)
+        ended += gone
+        ended_of += [cid] * len(gone)
+        lease_ids += [m for m, _ in started]
+        lease_attempts += [a for _, a in started]
+        lease_instances += [g.instance_id] * len(started)
+        lease_of += [cid] * len(started)
+    return {
+        "ids": [g.cid for g in batch],
+        "expected": [g.expected for g in batch],
+        "conversations": _json.encode(conversations).decode(),
+        "event_of": event_of,
+        "versions": versions,
+        "types": types,
+        "data": data,
+        "metadata": metadata,
+        "messages": _json.encode(messages).decode(),
+        "ended": ended,
+        "ended_of": ended_of,
+        "lease_ids": lease_ids,
+        "lease_attempts": lease_attempts,
+        "lease_instances": lease_instances,
+        "lease_of": lease_of,
+    }
+
+
+async def _write_many(
+    conn: psycopg.AsyncConnection[Any], batch: Sequence[_Guarded]
+) -> set[uuid.UUID]:
+    """Write guarded batches of different conversations with one statement
+    (``_WRITE_MANY``); the conversations whose guard held (the others wrote nothing)."""
+    cur = await conn.execute(_WRITE_MANY, _many_params(batch))
+    return {r[0] for r in await cur.fetchall()}
+
+
 class Store:
     """Appends and reads, over a psycopg async pool of autocommit connections."""
 
@@ -526,6 +670,16 @@ class Store:
         # them: the state the guarded fast way of append folds onto.
         self._known: dict[uuid.UUID, tuple[ConversationRecord, dict[uuid.UUID, MessageRecord]]]
         self._known = {}
+        # Every message row of conversations this store wrote, exactly as of a version (see
+        # ``history``), least recent first; at most HISTORY_ROWS rows in all.
+        self._history: OrderedDict[uuid.UUID, tuple[int, dict[uuid.UUID, MessageRecord]]]
+        self._history = OrderedDict()
+        self._history_rows = 0
+        # Group commit (see ``_group_write``): guarded writes waiting, group writes running.
+        self._queue: deque[_Guarded] = deque()
+        self._in_flight = 0
+        self.group_writes = 0  # group writes run, and the appends they carried
+        self.group_items = 0
 
     def set_on_append(self, on_append: OnAppend | None) -> None:
         """Called after every committed append (the live conversation feeds use it)."""
@@ -554,7 +708,8 @@ class Store:
 
         Two ways in, one outcome. When this store last wrote the conversation and still
         holds the rows the events touch, it checks and folds the batch on those rows and
-        writes it in one guarded statement (one round trip, see ``_WRITE``). If
+        writes it with a guarded statement (one round trip, shared by the guarded appends
+        of other conversations waiting at that moment: see ``_group_write``). If
         another writer has moved the conversation since, the guard writes nothing, and
         the batch goes the locked way: lock, read, check and fold in a transaction, then
         the same write.
@@ -570,6 +725,7 @@ class Store:
                 conversation_id, events, expected_version, metadata, instance_id
             )
         self._remember(conversation_id, fold)
+        self._remember_rows(conversation_id, fold)
         appended = Appended(
             conversation_id, fold.conversation, fold.rows, fold.stored, fold.changes
         )
@@ -584,8 +740,8 @@ class Store:
 
         Each item is what ``append(cid, [checkpoint])`` would store, with the same checks
         and outcome, and its result is None or the exception that append would raise.
-        Items this store can fold on remembered rows go together: their guarded statements
-        in one pipelined transaction, so 500 generations cost a few commits a second, not
+        Items this store can fold on remembered rows go together: one guarded statement for
+        all of them (``_WRITE_MANY``), so 500 generations cost a few commits a second, not
         500. Any item the guard refuses (another writer moved its conversation), and every
         item when the batch fails as a whole, then goes alone through ``append``; a batch
         whose commit's answer was lost is safe to send again (``AlreadyStored``).
@@ -594,8 +750,8 @@ class Store:
         metadata = _json.encode({"actor": "system", "request_id": None}).decode()
         together: list[tuple[int, uuid.UUID, _Folded, int]] = []
         alone: list[int] = []
-        # By conversation id: every batch takes its conversation row locks in one order, so
-        # two batches (of two processes) cannot deadlock; other writers take one lock only.
+        # By conversation id, one item per conversation in `together` (the statement
+        # writes each conversation once; it takes the row locks in id order itself).
         for i in sorted(range(len(items)), key=lambda i: items[i][0]):
             cid, event = items[i]
             known = self._known.get(cid)
@@ -616,20 +772,20 @@ class Store:
         written: list[tuple[int, uuid.UUID, _Folded]] = []
         if together:
             try:
-                async with self.pool.connection() as conn, conn.transaction():
-                    async with conn.pipeline() as pipeline:
-                        cursors = [
-                            await conn.execute(*_statement(cid, fold, version, metadata, None))
+                async with self.pool.connection() as conn:
+                    stored = await _write_many(
+                        conn,
+                        [
+                            _Guarded(cid, fold, version, metadata, None)
                             for _, cid, fold, version in together
-                        ]
-                        await pipeline.sync()
-                    for (i, cid, fold, _), cur in zip(together, cursors, strict=True):
-                        row = await cur.fetchone()
-                        if row is not None and row[0] == 1:
-                            written.append((i, cid, fold))
-                        else:  # another writer got there first: append reads afresh
-                            self._known.pop(cid, None)
-                            alone.append(i)
+                        ],
+                    )
+                for i, cid, fold, _ in together:
+                    if cid in stored:
+                        written.append((i, cid, fold))
+                    else:  # another writer got there first: append reads afresh
+                        self._known.pop(cid, None)
+                        alone.append(i)
             except psycopg.OperationalError as exc:
                 # The database is out of reach (or the pool exhausted): so it is for each
                 # alone too. Nothing of it committed, or (a lost answer to COMMIT) all of
@@ -647,6 +803,7 @@ class Store:
                 alone = [i for i, _, _, _ in together] + alone
         for _, cid, fold in written:
             self._remember(cid, fold)
+            self._remember_rows(cid, fold)
             if self._on_append is not None:
                 self._on_append(
                     Appended(cid, fold.conversation, fold.rows, fold.stored, fold.changes)
@@ -687,15 +844,117 @@ class Store:
             fold = _fold(cid, conv, dict(hot), events)
         except (DomainError, StreamProtocolError):
             return None  # judged on rows that may be stale: the locked way judges again
-        async with self.pool.connection() as conn:
-            try:
-                written = await _write(conn, cid, fold, version, metadata, instance_id)
-            except psycopg.errors.UniqueViolation:
-                written = False  # raced a writer of the locked way: let it judge
+        if fold.conversation is None:
+            written = await self._write_alone(cid, fold, version, metadata, instance_id)
+        else:
+            written = await self._group_write(_Guarded(cid, fold, version, metadata, instance_id))
         if not written:
             self._known.pop(cid, None)
             return None
         return fold
+
+    async def _write_alone(
+        self,
+        cid: uuid.UUID,
+        fold: _Folded,
+        expected: int,
+        metadata: str,
+        instance_id: uuid.UUID | None,
+    ) -> bool:
+        async with self.pool.connection() as conn:
+            try:
+                return await _write(conn, cid, fold, expected, metadata, instance_id)
+            except psycopg.errors.UniqueViolation:
+                return False  # raced a writer of the locked way, or a key: let it judge
+
+    async def _group_write(self, item: _Guarded) -> bool:
+        """Group commit: write ``item`` together with the guarded writes of other
+        conversations that arrive while earlier ones are in flight (``_WRITE_MANY``).
+
+        While fewer than GROUP_WRITERS group writes are in flight, the caller leads one at
+        once (no added latency when idle): it takes what waits in the queue, its own item
+        included, up to GROUP_MAX. Otherwise it waits; a finished group write wakes the
+        next waiter to lead. At most one item per conversation goes in one write (a second
+        waits for the next, where its guard fails if the first moved the conversation)."""
+        self._queue.append(item)
+        try:
+            while not item.done:
+                if self._in_flight < GROUP_WRITERS:
+                    await self._lead()
+                    continue
+                item.wake = anyio.Event()
+                await item.wake.wait()
+        finally:
+            if not item.taken:
+                self._queue.remove(item)
+                self._wake_next()
+        if item.error is not None:
+            raise item.error
+        if item.alone:
+            return await self._write_alone(
+                item.cid, item.fold, item.expected, item.metadata, item.instance_id
+            )
+        return item.written
+
+    def _wake_next(self) -> None:
+        if self._queue and self._in_flight < GROUP_WRITERS:
+            wake = self._queue[0].wake
+            if wake is not None:
+                wake.set()
+
+    async def _lead(self) -> None:
+        batch: list[_Guarded] = []
+        cids: set[uuid.UUID] = set()
+        for g in self._queue:
+            if len(batch) == GROUP_MAX:
+                break
+            if g.cid not in cids:
+                cids.add(g.cid)
+                batch.append(g)
+        for g in batch:
+            g.taken = True
+            self._queue.remove(g)
+        self._in_flight += 1
+        self.group_writes += 1
+        self.group_items += len(batch)
+        self._wake_next()  # a write slot is still free: the rest need not wait
+        try:
+            # Shielded: the batch is the other callers' too, and a cancelled caller must not
+            # cut their writes off (the pool still bounds it in time).
+            with anyio.CancelScope(shield=True):
+                await self._write_batch(batch)
+        finally:
+            self._in_flight -= 1
+            for g in batch:
+                g.done = True
+                if g.wake is not None:
+                    g.wake.set()
+            self._wake_next()
+
+    async def _write_batch(self, batch: Sequence[_Guarded]) -> None:
+        """Run one group write and record each item's outcome (never raises)."""
+        try:
+            async with self.pool.connection() as conn:
+                written = await _write_many(conn, batch)
+        except psycopg.OperationalError as exc:
+            # The database is out of reach (or the pool exhausted): so it would be for each
+            # alone. Nothing committed, or (an answer to COMMIT lost) all of it did: each
+            # caller gets the error, as from its own write.
+            for g in batch:
+                g.error = exc
+            return
+        except Exception:
+            # Perhaps one item's fault (a client_message_id sent twice is a unique key):
+            # each goes again by itself, where the single write and the locked way judge.
+            if len(batch) > 1:
+                structlog.get_logger("turnlog.store").info(
+                    "group write failed; writing its appends one by one", exc_info=True
+                )
+            for g in batch:
+                g.alone = True
+            return
+        for g in batch:
+            g.written = g.cid in written
 
     async def _append_locked(
         self,
@@ -741,6 +1000,54 @@ class Store:
         self._known[cid] = (conv, hot)
         if len(self._known) > KNOWN_CONVERSATIONS:
             del self._known[next(iter(self._known))]
+
+    def _remember_rows(self, cid: uuid.UUID, fold: _Folded) -> None:
+        """Carry the conversation's full rows to the version ``fold`` committed at, if they
+        were exact at the version it was folded onto (or it is the creation): that write
+        went in under the version guard or the row lock, so nobody else wrote in between.
+        Otherwise (unknown, or this process's appends remembered out of order) forget."""
+        entry = self._history.pop(cid, None)
+        if entry is not None:
+            self._history_rows -= len(entry[1])
+        conv = fold.conversation
+        if conv is None:
+            return
+        base = fold.stored[0][0] - 1
+        if base == 0:
+            rows: dict[uuid.UUID, MessageRecord] = {}  # a creation: no rows before it
+        elif entry is not None and entry[0] == base:
+            rows = entry[1]
+        else:
+            return
+        for r in fold.rows:
+            rows[r.message.id] = r
+        if len(rows) > HISTORY_ROWS_PER_CONVERSATION:
+            return
+        self._history[cid] = (conv.conversation.version, rows)
+        self._history_rows += len(rows)
+        while self._history_rows > HISTORY_ROWS:
+            _, (_, dropped) = self._history.popitem(last=False)
+            self._history_rows -= len(dropped)
+
+    def known_idle(self, cid: uuid.UUID) -> ConversationRecord | None:
+        """The conversation as this store last wrote it, if it was idle then; None if not
+        remembered. It may be stale (another process may have written or deleted it since):
+        decide on it only what an append guarded by its version re-checks, so that being
+        stale costs a retry, never a wrong answer."""
+        known = self._known.get(cid)
+        if known is None or known[0].conversation.state != "idle":
+            return None
+        return known[0]
+
+    def history(self, cid: uuid.UUID, version: int) -> list[MessageRecord] | None:
+        """Every message row of the conversation in seq order, as of ``version``, if this
+        store wrote that version and knows the rows exactly then (see ``_remember_rows``);
+        None if not (read them)."""
+        entry = self._history.get(cid)
+        if entry is None or entry[0] != version:
+            return None
+        self._history.move_to_end(cid)
+        return sorted(entry[1].values(), key=lambda r: r.message.seq)
 
     async def _lock_conversation(
         self, conn: psycopg.AsyncConnection[Any], cid: uuid.UUID
