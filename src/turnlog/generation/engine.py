@@ -44,7 +44,7 @@ from turnlog.config import Settings
 from turnlog.generation.history import build_history
 from turnlog.generation.tools import INTERACTIVE, TOOLS, run_server_tool
 from turnlog.log import events as ev
-from turnlog.log.pool import DatabaseUnavailable
+from turnlog.log.pool import DatabaseUnavailable, urgently
 from turnlog.log.projection import (
     AlreadyStored,
     ConversationRecord,
@@ -649,9 +649,10 @@ class Engine:
         if not writes:
             return
         started = time.monotonic()
-        results = await self.store.append_checkpoints(
-            [(g.turn.conversation_id, event) for g, event, _ in writes]
-        )
+        with urgently():  # before new work: a burst of sends must not hold it back
+            results = await self.store.append_checkpoints(
+                [(g.turn.conversation_id, event) for g, event, _ in writes]
+            )
         ended = time.monotonic()
         self._write_s = max(ended - started, self._write_s * DECAY)
         for (gen, event, since), error in zip(writes, results, strict=True):
@@ -695,7 +696,7 @@ class Engine:
         # AlreadyStored: an earlier try of this very write committed; its answer was lost.
         since = gen.unacked_since
         started = time.monotonic()
-        with contextlib.suppress(AlreadyStored):
+        with contextlib.suppress(AlreadyStored), urgently():
             await self.store.append(gen.turn.conversation_id, [event])
         ended = time.monotonic()
         self.metrics.checkpoint_write.observe(ended - started)
@@ -878,7 +879,8 @@ class Engine:
         stored later than the promise allows counts as a checkpoint miss too)."""
 
         async def append() -> None:
-            await self.store.append(turn.conversation_id, batch, instance_id=self.instance_id)
+            with urgently():
+                await self.store.append(turn.conversation_id, batch, instance_id=self.instance_id)
 
         await self._retrying(append, "storing the end of a step failed; retrying")
         self._count_miss(since, time.monotonic())
