@@ -378,6 +378,12 @@ GROUP_MAX = 64
 # (``Store.history``): at most this many rows in all, and none of a longer conversation.
 HISTORY_ROWS = 20_000
 HISTORY_ROWS_PER_CONVERSATION = 200
+# A message row and its conversation's (NULLs if the conversation is gone).
+_MESSAGE_IN_CONVERSATION = (
+    f"SELECT {', '.join('m.' + c for c in _MESSAGE_WRITABLE)}, "
+    f"{', '.join('c.' + c for c in _CONVERSATION_WRITABLE)} FROM messages m"
+    " LEFT JOIN conversations c ON c.id = m.conversation_id WHERE m.id = %s"
+)
 # How many conversations a store remembers for guarded appends (least recent dropped).
 KNOWN_CONVERSATIONS = 4096
 
@@ -1131,6 +1137,20 @@ class Store:
             )
             row: TupleRow | None = await cur.fetchone()
         return None if row is None else message_from_row(row)
+
+    async def get_message_in_conversation(
+        self, mid: uuid.UUID
+    ) -> tuple[MessageRecord, ConversationRecord | None] | None:
+        """The message row and its conversation's, read together (one round trip, one
+        snapshot); None if there is no such message."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_MESSAGE_IN_CONVERSATION, (mid,))
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        n = len(_MESSAGE_WRITABLE)
+        message = message_from_row(row[:n])
+        return message, None if row[n] is None else conversation_from_row(row[n:])
 
     async def find_sent(
         self, cid: uuid.UUID, client_message_id: str
