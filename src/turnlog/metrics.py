@@ -27,6 +27,7 @@ A generation here is one assistant row (one step of a turn).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -34,6 +35,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Latency buckets (seconds) for model answers: first tokens come in tens of milliseconds to
 # seconds, whole answers in seconds to minutes.
+F = TypeVar("F", Counter, Gauge, Histogram)
+
 _ANSWER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -114,6 +117,9 @@ class Metrics:
             registry=r,
         )
         self._gauges: dict[str, Gauge] = {}
+        # Labelled children by family and label values: ``labels()`` validates the values and
+        # takes a lock on every call, and every request and generation counts several.
+        self._children: dict[tuple[object, ...], Any] = {}
 
     def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """A gauge read at scrape time from ``read`` (a count held elsewhere)."""
@@ -122,9 +128,17 @@ class Metrics:
             gauge = self._gauges[name] = Gauge(name, doc, registry=self.registry)
         gauge.set_function(read)
 
+    def child(self, family: F, *labels: str) -> F:
+        """``family.labels(*labels)``, looked up once per distinct label values."""
+        key = (family, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return cast(F, child)
+
     def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_duration.labels(method, route).observe(seconds)
+        self.child(self.http_requests, method, route, str(status)).inc()
+        self.child(self.http_duration, method, route).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 from uuid import UUID
 
@@ -246,6 +246,37 @@ class LiveStream:
         del after  # see above: the answer is the same for every Last-Event-ID
         return Subscription(self)
 
+    async def frames(
+        self, heartbeat_s: float, ping: bytes, after: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """One subscriber's SSE frames (what ``subscribe(after)`` reads), and ``ping`` after
+        each ``heartbeat_s`` idle seconds; the subscription is taken at the first frame and
+        closed when the iteration ends or is closed (the client went away).
+
+        ``Subscription.next_frame`` in one generator: the HTTP stream reads this, and at
+        500 subscribers each coroutine layer per frame (next_frame, _next, _wait) showed in
+        the profile.
+        """
+        sub = self.subscribe(after)
+        loop = sub._loop = asyncio.get_running_loop()
+        try:
+            while True:
+                frame = sub._poll()
+                if frame is not None:
+                    # A backlog: yield to the loop once per frame (see Subscription._next).
+                    await asyncio.sleep(0)
+                    yield frame
+                    continue
+                sub._deadline = loop.time() + heartbeat_s
+                while frame is None:
+                    if sub._ended:
+                        return
+                    # Woken by a publish (a frame, or the end), or idle until the deadline.
+                    frame = sub._poll() if await sub._arm(loop, True) else ping
+                yield frame
+        finally:
+            sub.close()
+
     # -- internals shared with Subscription ---------------------------------------------
 
     def _append(self, seq: int, frame: bytes) -> None:
@@ -261,13 +292,6 @@ class LiveStream:
             for waiter in waiters:
                 if not waiter.done():  # a cancelled reader's future is done already
                     waiter.set_result(True)
-
-    def _oldest(self) -> int:
-        """The smallest seq whose frame is still in the ring."""
-        return max(self._base, self._seq - self._ring_size + 1)
-
-    def _frame(self, seq: int) -> bytes:
-        return self._ring[(seq - self._base) % self._ring_size]
 
     def _snapshot(self) -> tuple[int, Blocks, bytes]:
         """The current init: (K, blocks after K events, its frame), cached per K.
@@ -370,11 +394,17 @@ class Subscription:
                 return frame
 
     async def _wait(self, loop: asyncio.AbstractEventLoop, timed: bool) -> bool:
-        """Wait for the next publish (True) or, if ``timed``, the idle deadline (False).
+        """Wait for the next publish (True) or, if ``timed``, the idle deadline (False)."""
+        return await self._arm(loop, timed)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, timed: bool) -> asyncio.Future[bool]:
+        """The future a wait awaits: resolved True by the next publish or, if ``timed``,
+        False at the idle deadline.
 
         Heartbeats are rare and frames are many, so no timer is armed or cancelled per
         frame: one timer per subscription, armed at the first timed wait, checks the
-        deadline when it fires and re-arms itself if a frame came meanwhile.
+        deadline when it fires and re-arms itself if a frame came meanwhile. (A woken
+        future stays in ``_waiter``; the timer sees it done and leaves it alone.)
         """
         waiter: asyncio.Future[bool] = loop.create_future()
         self._waiter = waiter
@@ -385,10 +415,7 @@ class Subscription:
                 if timer is not None:
                     timer.cancel()
                 self._timer = loop.call_at(self._deadline, self._on_timer)
-        try:
-            return await waiter
-        finally:
-            self._waiter = None
+        return waiter
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -426,9 +453,13 @@ class Subscription:
             frame, self._init = self._init, None
             return frame
         wanted = self._cursor + 1
-        if wanted > stream._seq:
+        seq = stream._seq
+        if wanted > seq:
             return None
-        if wanted < stream._oldest():
+        # Runs once per frame per subscriber: _oldest() and _frame() inlined. (A cursor is
+        # never below the ring's base, so only the ring's wrap-around can leave it behind.)
+        size = stream._ring_size
+        if wanted <= seq - size:
             # Fell out of the ring: resynchronise at the current seq rather than hold the
             # publisher or keep a private backlog. (If the stream finished meanwhile, this
             # init is at D - 1 and the done frame follows.)
@@ -436,9 +467,9 @@ class Subscription:
             self._cursor, self.init_seq, self.init_blocks = k, k, blocks
             return frame
         self._cursor = wanted
-        if wanted == stream._seq and stream._done is not None:
+        if wanted == seq and stream._done is not None:
             self._end()
-        return stream._frame(wanted)
+        return stream._ring[(wanted - stream._base) % size]
 
 
 # --------------------------------------------------------------------------- the registry

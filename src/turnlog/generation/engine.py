@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import random
 import re
 import time
@@ -43,7 +44,7 @@ from turnlog.config import Settings
 from turnlog.generation.history import build_history
 from turnlog.generation.tools import INTERACTIVE, TOOLS, run_server_tool
 from turnlog.log import events as ev
-from turnlog.log.pool import DatabaseUnavailable
+from turnlog.log.pool import DatabaseUnavailable, urgently
 from turnlog.log.projection import (
     AlreadyStored,
     ConversationRecord,
@@ -166,11 +167,16 @@ class Generation:
         self.stream = stream
         # The conversation as the append that started this turn left it (None: read it).
         self.conversation = conversation
+        # Its owner, when known without a read (it never changes): lets a stream request
+        # for a row running here skip reading the row and the conversation (http/live.py).
+        self.owner = None if conversation is None else conversation.owner
         self.scope = anyio.CancelScope()
         self.end_reason: EndReason | None = None
         # Set when a write was fenced off: someone else already ended the row.
         self.fenced = False
-        self.finished = anyio.Event()
+        # asyncio's Event, not anyio's: one per generation, and anyio's looks up its backend
+        # (sniffio, current_task) to make one, ten times the cost. The server runs on asyncio.
+        self.finished = asyncio.Event()
         # Published but not yet stored.
         self.pending: list[StreamEvent] = []
         # The stream seq the store holds for the row (every write names it as from_seq),
@@ -248,8 +254,9 @@ class Engine:
         self._writes = 0
         self._write_s = 0.0
         self._lag_s = 0.0
-        # Set (and replaced) whenever a generation ends; drain waits on it.
-        self._ended = anyio.Event()
+        # Set (and replaced) whenever a generation ends; drain waits on it. (asyncio's, as
+        # Generation.finished: one is made per generation.)
+        self._ended = asyncio.Event()
 
     def bind(self, tg: TaskGroup) -> None:
         """Run generations in ``tg`` (the app lifespan's task group)."""
@@ -360,8 +367,9 @@ class Engine:
                 message_id=str(gen.turn.message_id),
             )
             current = gen
+            m = self.metrics
             provider, model = provider_and_model(current.turn.model)
-            self.metrics.generations_started.labels(provider, model).inc()
+            m.child(m.generations_started, provider, model).inc()
             try:
                 gen = await self._step(current)
             except DomainError as exc:
@@ -383,8 +391,8 @@ class Engine:
                 gen = None
             finally:
                 status = current.stream.status or "interrupted"
-                self.metrics.generations_ended.labels(provider, model, status).inc()
-                self.metrics.generation_duration.labels(provider, model, status).observe(
+                m.child(m.generations_ended, provider, model, status).inc()
+                m.child(m.generation_duration, provider, model, status).observe(
                     time.monotonic() - current.started_at
                 )
 
@@ -469,14 +477,14 @@ class Engine:
                 pause = None if produced[0] else retry_pause(exc, attempt, settings)
                 which = provider_and_model(gen.turn.model)[0]
                 kind = "retryable" if exc.retryable and not produced[0] else "fatal"
-                self.metrics.provider_errors.labels(which, kind).inc()
+                self.metrics.child(self.metrics.provider_errors, which, kind).inc()
                 if produced[0] or not exc.retryable or pause is None:
                     raise
                 if attempt == settings.provider_retries:
                     raise ProviderError(
                         f"{exc} (gave up after {attempt + 1} attempts)", retryable=False
                     ) from exc
-                self.metrics.provider_retries.labels(which).inc()
+                self.metrics.child(self.metrics.provider_retries, which).inc()
                 log.warning(
                     "provider failed before output; retrying",
                     attempt=attempt + 1,
@@ -520,8 +528,9 @@ class Engine:
                         gen.pending_since = time.monotonic()
                         if gen.first_at is None:
                             gen.first_at = gen.pending_since
-                            self.metrics.time_to_first_token.labels(
-                                *provider_and_model(gen.turn.model)
+                            self.metrics.child(
+                                self.metrics.time_to_first_token,
+                                *provider_and_model(gen.turn.model),
                             ).observe(gen.first_at - gen.started_at)
                     produced[0] = True
                     watchdog.fed(settings.provider_stall_timeout_s)
@@ -640,9 +649,10 @@ class Engine:
         if not writes:
             return
         started = time.monotonic()
-        results = await self.store.append_checkpoints(
-            [(g.turn.conversation_id, event) for g, event, _ in writes]
-        )
+        with urgently():  # before new work: a burst of sends must not hold it back
+            results = await self.store.append_checkpoints(
+                [(g.turn.conversation_id, event) for g, event, _ in writes]
+            )
         ended = time.monotonic()
         self._write_s = max(ended - started, self._write_s * DECAY)
         for (gen, event, since), error in zip(writes, results, strict=True):
@@ -686,7 +696,7 @@ class Engine:
         # AlreadyStored: an earlier try of this very write committed; its answer was lost.
         since = gen.unacked_since
         started = time.monotonic()
-        with contextlib.suppress(AlreadyStored):
+        with contextlib.suppress(AlreadyStored), urgently():
             await self.store.append(gen.turn.conversation_id, [event])
         ended = time.monotonic()
         self.metrics.checkpoint_write.observe(ended - started)
@@ -807,6 +817,7 @@ class Engine:
         nxt = None
         if next_turn is not None:
             nxt = Generation(next_turn, self.registry.open(next_turn.message_id))
+            nxt.owner = gen.owner
             self._running[next_turn.message_id] = nxt
             if self._interrupting:
                 nxt.cancel("interrupted")
@@ -821,7 +832,7 @@ class Engine:
         for key, direction in (("input_tokens", "in"), ("output_tokens", "out")):
             n = (usage or {}).get(key)
             if isinstance(n, int) and n > 0:
-                self.metrics.tokens.labels(provider, model, direction).inc(n)
+                self.metrics.child(self.metrics.tokens, provider, model, direction).inc(n)
 
     async def _end(
         self, gen: Generation, how: Literal["aborted", "interrupted", "error"], error: str = ""
@@ -868,7 +879,8 @@ class Engine:
         stored later than the promise allows counts as a checkpoint miss too)."""
 
         async def append() -> None:
-            await self.store.append(turn.conversation_id, batch, instance_id=self.instance_id)
+            with urgently():
+                await self.store.append(turn.conversation_id, batch, instance_id=self.instance_id)
 
         await self._retrying(append, "storing the end of a step failed; retrying")
         self._count_miss(since, time.monotonic())
@@ -899,7 +911,7 @@ class Engine:
         self._wake_drain()
 
     def _wake_drain(self) -> None:
-        ended, self._ended = self._ended, anyio.Event()
+        ended, self._ended = self._ended, asyncio.Event()
         ended.set()
 
 
@@ -913,44 +925,58 @@ class _Watchdog:
     def __init__(self, waited: float) -> None:
         self.waited = waited
         self._deadline = 0.0
+        self._armed = math.inf  # when the timer fires (inf: not armed)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock: Callable[[], float] = time.monotonic  # the loop's clock, once started
         self._scope: anyio.CancelScope | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self, scope: anyio.CancelScope) -> None:
         loop = self._loop = asyncio.get_running_loop()
+        self._clock = loop.time
         self._scope = scope
         self._deadline = loop.time() + self.waited
-        self._timer = loop.call_at(self._deadline, self._fire)
+        self._arm(self._deadline)
+
+    def _arm(self, when: float) -> None:
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed = when
+        self._timer = self._loop.call_at(when, self._fire)
 
     def fed(self, waited: float) -> None:
-        assert self._loop is not None
-        assert self._timer is not None
+        """Something came: nothing for ``waited`` seconds from now times out. Once per item,
+        so as lean as it can be: a clock read and a comparison."""
         self.waited = waited
-        self._deadline = self._loop.time() + waited
-        if self._deadline < self._timer.when():  # a shorter timeout than the one armed
-            self._timer.cancel()
-            self._timer = self._loop.call_at(self._deadline, self._fire)
+        deadline = self._deadline = self._clock() + waited
+        if deadline < self._armed:  # a shorter timeout than the one armed
+            self._arm(deadline)
 
     def _fire(self) -> None:
         assert self._loop is not None
         assert self._scope is not None
+        self._timer = None
         if self._loop.time() >= self._deadline:
-            self._timer = None
+            self._armed = math.inf
             self._scope.cancel()
         else:
-            self._timer = self._loop.call_at(self._deadline, self._fire)
+            self._arm(self._deadline)
 
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._armed = math.inf
 
 
 def without_nul(event: StreamEvent) -> StreamEvent:
     """The event with U+0000 replaced by U+FFFD: PostgreSQL text and jsonb cannot store
     NUL, and a model that emits one must not cost the answer its checkpoints. Replaced
     before publishing, so subscribers and the store see the same text."""
+    # Nearly every event is a text delta without NUL: one check, not the match below.
+    if isinstance(event, TextDelta) and "\x00" not in event.text:
+        return event
     match event:
         case TextDelta(text=t) | ReasoningDelta(text=t) if "\x00" in t:
             return type(event)(text=t.replace("\x00", "\ufffd"))

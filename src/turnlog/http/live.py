@@ -65,12 +65,37 @@ def _within(scope: uuid.UUID | None, conversation_id: uuid.UUID, what: str) -> N
 async def message_stream(request: Request[Any, Any, Any], mid: str) -> Stream:
     owner, scope = reader(request)
     rt = runtime(request)
-    row, _ = await rt.chat.message(owner, parse_id(mid, "message"))
+    message_id = parse_id(mid, "message")
+    gen = rt.engine.running(message_id)
+    if (
+        gen is not None
+        and gen.owner is not None
+        and gen.end_reason is None
+        and not gen.fenced
+        and not gen.stream.finished
+    ):
+        # The row generates here, and nothing is ending it (a delete, here or through
+        # another instance, cancels it first): its owner and conversation are known, so
+        # no read of the row and the conversation (two round trips per subscriber). The
+        # answers are the ones the reads would give.
+        if gen.owner != owner:
+            raise NotFound(f"message {message_id} not found")
+        _within(scope, gen.turn.conversation_id, f"message {mid!r}")
+        after = last_event_id(request)
+        structlog.contextvars.bind_contextvars(
+            conversation_id=str(gen.turn.conversation_id), message_id=str(message_id)
+        )
+        # Streamed without a generator around the live frames.
+        return sse(live_frames(gen.stream, rt.settings.heartbeat_s, after))
+    row, _ = await rt.chat.message(owner, message_id)
     _within(scope, row.message.conversation_id, f"message {mid!r}")
     after = last_event_id(request)
     structlog.contextvars.bind_contextvars(
         conversation_id=str(row.message.conversation_id), message_id=str(row.message.id)
     )
+    live = rt.registry.get(row.message.id)
+    if live is not None:
+        return sse(live_frames(live, rt.settings.heartbeat_s, after))
     return sse(_message_frames(rt, row, after))
 
 

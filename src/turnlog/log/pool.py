@@ -13,12 +13,17 @@ answers, not unavailability.
 
 For a connection held open on purpose (LISTEN, the liveness lock), use a dedicated
 ``psycopg.AsyncConnection``, not this pool.
+
+Durability comes before new work: RESERVED connections of a large pool are kept for units
+of work run :func:`urgently` (the engine's checkpoints and step ends), so a burst of sends
+queued for connections cannot hold back the writes that keep the crash-loss promise.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
@@ -27,6 +32,21 @@ from psycopg_pool import AsyncConnectionPool
 
 # Seconds a client should wait before trying again (the Retry-After of a 503).
 RETRY_AFTER_S = 2
+# Connections only urgent units of work may take, in pools of at least RESERVE_FROM.
+RESERVED = 2
+RESERVE_FROM = 8
+
+_urgent: ContextVar[bool] = ContextVar("turnlog_pool_urgent", default=False)
+
+
+@contextmanager
+def urgently() -> Iterator[None]:
+    """Units of work begun inside (in this task) may take the reserved connections."""
+    token = _urgent.set(True)
+    try:
+        yield
+    finally:
+        _urgent.reset(token)
 
 
 class DatabaseUnavailable(psycopg.OperationalError):
@@ -58,6 +78,15 @@ class BoundedPool:
         # server restarted), so whoever watches (the liveness keeper) checks them at once
         # instead of letting each fail one request.
         self.trouble = anyio.Event()
+        # How many units of work that are not urgent may wait for or hold a connection at
+        # once (None: no limit; the pool is too small to reserve any). Made on first use.
+        size = int(getattr(raw, "max_size", 0))
+        self._ordinary_limit = size - RESERVED if size >= RESERVE_FROM else None
+        self._ordinary: anyio.Semaphore | None = None
+
+    def ordinary_waiting(self) -> int:
+        """Units of work that are not urgent waiting for the pool to let them in."""
+        return 0 if self._ordinary is None else self._ordinary.statistics().tasks_waiting
 
     def mark_down(self) -> None:
         """The database is unreachable: cut off every unit of work waiting on it."""
@@ -73,12 +102,23 @@ class BoundedPool:
         """A pooled connection for one short unit of work (see the class)."""
         bound = self.down_timeout_s if self.down else self.timeout_s
         scope = anyio.CancelScope(deadline=anyio.current_time() + bound)
+        ordinary = None
+        if self._ordinary_limit is not None and not _urgent.get():
+            if self._ordinary is None:
+                self._ordinary = anyio.Semaphore(self._ordinary_limit)
+            ordinary = self._ordinary
         try:
             with scope:
                 self._running.add(scope)
                 try:
-                    async with self.raw.connection(timeout=bound) as conn:
-                        yield conn
+                    if ordinary is not None:
+                        await ordinary.acquire()  # bounded by the scope, like the pool's wait
+                    try:
+                        async with self.raw.connection(timeout=bound) as conn:
+                            yield conn
+                    finally:
+                        if ordinary is not None:
+                            ordinary.release()
                 finally:
                     self._running.discard(scope)
         except DatabaseUnavailable:
