@@ -144,7 +144,6 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             HTTPException: http_exception,
             Exception: internal_error,
         },
-        middleware=[request_log(rt)],
         cors_config=web.cors(settings),
         logging_config=None,
         openapi_config=None,
@@ -153,6 +152,11 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
         request_max_body_size=settings.body_limit,
         debug=False,
     )
+    # The request log wraps litestar's whole handler (its exception handler and CORS
+    # included), not each route: route middleware makes litestar put a second exception
+    # handler in every route, and both wrap `send`, a coroutine layer per SSE chunk. Out
+    # here, a request no route answers (404, a CORS preflight) gets its line as well.
+    app.asgi_handler = request_log(rt)(app.asgi_handler)
     app.state.runtime = rt
     return app
 
