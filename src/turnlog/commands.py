@@ -180,10 +180,10 @@ class Chat:
         return record
 
     async def message(self, owner: str, mid: uuid.UUID) -> tuple[MessageRecord, ConversationRecord]:
-        row = await self.store.get_message(mid)
-        if row is None:
+        found = await self.store.get_message_in_conversation(mid)
+        if found is None:
             raise NotFound(f"message {mid} not found")
-        conv = await self.store.get_conversation(row.message.conversation_id)
+        row, conv = found
         if conv is None or conv.owner != owner:
             raise NotFound(f"message {mid} not found")
         return row, conv

@@ -445,8 +445,9 @@ class Engine:
         if rows is None:
             rows = await self.store.list_messages(turn.conversation_id)
         options = dict(conv.conversation.options)
-        asked = next((r for r in rows if r.message.id == turn.reply_to), None)
-        mine = next((r for r in rows if r.message.id == turn.message_id), None)
+        # From the end: the turn's own rows are the last ones (a long history is not scanned).
+        asked = next((r for r in reversed(rows) if r.message.id == turn.reply_to), None)
+        mine = next((r for r in reversed(rows) if r.message.id == turn.message_id), None)
         if mine is not None and mine.options is not None:
             options.update(mine.options)  # a retry's options replace the message's
         elif asked is not None and asked.options:

@@ -378,6 +378,12 @@ GROUP_MAX = 64
 # (``Store.history``): at most this many rows in all, and none of a longer conversation.
 HISTORY_ROWS = 20_000
 HISTORY_ROWS_PER_CONVERSATION = 200
+# A message row and its conversation's (NULLs if the conversation is gone).
+_MESSAGE_IN_CONVERSATION = (
+    f"SELECT {', '.join('m.' + c for c in _MESSAGE_WRITABLE)}, "
+    f"{', '.join('c.' + c for c in _CONVERSATION_WRITABLE)} FROM messages m"
+    " LEFT JOIN conversations c ON c.id = m.conversation_id WHERE m.id = %s"
+)
 # How many conversations a store remembers for guarded appends (least recent dropped).
 KNOWN_CONVERSATIONS = 4096
 
@@ -672,7 +678,8 @@ class Store:
         self._known = {}
         # Every message row of conversations this store wrote, exactly as of a version (see
         # ``history``), least recent first; at most HISTORY_ROWS rows in all.
-        self._history: OrderedDict[uuid.UUID, tuple[int, dict[uuid.UUID, MessageRecord]]]
+        # Each: (version, the last row's seq, rows by id in seq order).
+        self._history: OrderedDict[uuid.UUID, tuple[int, int, dict[uuid.UUID, MessageRecord]]]
         self._history = OrderedDict()
         self._history_rows = 0
         # Group commit (see ``_group_write``): guarded writes waiting, group writes running.
@@ -1008,25 +1015,32 @@ class Store:
         Otherwise (unknown, or this process's appends remembered out of order) forget."""
         entry = self._history.pop(cid, None)
         if entry is not None:
-            self._history_rows -= len(entry[1])
+            self._history_rows -= len(entry[2])
         conv = fold.conversation
         if conv is None:
             return
         base = fold.stored[0][0] - 1
+        rows: dict[uuid.UUID, MessageRecord]
         if base == 0:
-            rows: dict[uuid.UUID, MessageRecord] = {}  # a creation: no rows before it
+            last, rows = 0, {}  # a creation: no rows before it
         elif entry is not None and entry[0] == base:
-            rows = entry[1]
+            _, last, rows = entry
         else:
             return
+        # Kept in seq order (``history`` hands them out as they are): a new row comes after
+        # every row there (seqs only grow; a fold's rows are in seq order), else forget.
         for r in fold.rows:
+            if r.message.id not in rows:
+                if r.message.seq <= last:
+                    return
+                last = r.message.seq
             rows[r.message.id] = r
         if len(rows) > HISTORY_ROWS_PER_CONVERSATION:
             return
-        self._history[cid] = (conv.conversation.version, rows)
+        self._history[cid] = (conv.conversation.version, last, rows)
         self._history_rows += len(rows)
         while self._history_rows > HISTORY_ROWS:
-            _, (_, dropped) = self._history.popitem(last=False)
+            _, (_, _, dropped) = self._history.popitem(last=False)
             self._history_rows -= len(dropped)
 
     def known_idle(self, cid: uuid.UUID) -> ConversationRecord | None:
@@ -1047,7 +1061,7 @@ class Store:
         if entry is None or entry[0] != version:
             return None
         self._history.move_to_end(cid)
-        return sorted(entry[1].values(), key=lambda r: r.message.seq)
+        return list(entry[2].values())
 
     async def _lock_conversation(
         self, conn: psycopg.AsyncConnection[Any], cid: uuid.UUID
@@ -1131,6 +1145,20 @@ class Store:
             )
             row: TupleRow | None = await cur.fetchone()
         return None if row is None else message_from_row(row)
+
+    async def get_message_in_conversation(
+        self, mid: uuid.UUID
+    ) -> tuple[MessageRecord, ConversationRecord | None] | None:
+        """The message row and its conversation's, read together (one round trip, one
+        snapshot); None if there is no such message."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_MESSAGE_IN_CONVERSATION, (mid,))
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        n = len(_MESSAGE_WRITABLE)
+        message = message_from_row(row[:n])
+        return message, None if row[n] is None else conversation_from_row(row[n:])
 
     async def find_sent(
         self, cid: uuid.UUID, client_message_id: str
