@@ -405,12 +405,15 @@ def start_turnlog(
     env = {**os.environ, "TURNLOG_DATA_DIR": str(data_dir), **(extra_env or {})}
     env.pop("TURNLOG_DATABASE_URL", None)
     command = [str(Path(sys.executable).parent / "turnlog"), "serve", "--port", str(port)]
-    proc = subprocess.Popen(
-        [*command, "--workers", str(workers)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
+    # Its log (stderr) goes to serve-<port>.log beside the data dir, kept with --keep: the
+    # server's own account of a run, e.g. "overloaded: checkpoints are late".
+    with (data_dir.parent / f"serve-{port}.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [*command, "--workers", str(workers)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+        )
     assert proc.stdout is not None
     token = None
     deadline = time.monotonic() + 180

@@ -9,6 +9,7 @@ unstored events age past TURNLOG_CHECKPOINT_S + 0.25 s.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import httpx
@@ -57,7 +58,16 @@ def test_late_checkpoints_refuse_new_generations_with_503_then_recover(
             assert int(refused.headers["Retry-After"]) >= 1
             assert "overloaded" in refused.json()["detail"]
             assert _metric(h, "turnlog_overloaded") == 1.0
-            assert "overloaded: checkpoints are late" in srv.log_path.read_text()
+            said = [
+                json.loads(line)
+                for line in srv.log_path.read_text().splitlines()
+                if "overloaded: checkpoints are late" in line
+            ]
+            assert said, "no overload log line"
+            # The server's judgement, not one generation's: no row's or request's context.
+            assert said[0]["late_rows"] >= 2
+            assert "message_id" not in said[0]
+            assert "request_id" not in said[0]
         # Locks released: the late checkpoints commit (counted as misses), and once the
         # rows are stored on time again new generations are accepted.
         wait_until(

@@ -570,6 +570,9 @@ class Engine:
         one's first write comes early by up to half an interval (drawn from its message
         id), which spreads them over the ticks for good.
         """
+        # Started from some generation's task: its log context (conversation, message,
+        # request) is not this task's, nor its writes' (copies of this context).
+        structlog.contextvars.clear_contextvars()
         interval = self.settings.checkpoint_s
         tick = min(TICK_S, interval / 4)
         tg = self._tg
