@@ -3,6 +3,7 @@ nothing written (§2)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +12,7 @@ import httpx
 import jwt
 import pytest
 
-from .support import DEMO, FAST, JWT_SECRET, Server, assert_problem, make_token
+from .support import DEMO, FAST, JWT_SECRET, Server, assert_problem, make_token, parse_sse
 
 pytestmark = pytest.mark.slow
 
@@ -107,6 +108,56 @@ def test_missing_or_bad_token_gets_401(
             r = _request(h, method, path, body)
             assert r.status_code == 401, f"{method} {path}: {r.status_code} {r.text[:200]}"
     assert _snapshot(server, owned["cid"]) == before
+
+
+def test_a_token_is_refused_once_it_expires_even_after_it_was_accepted(server: Server) -> None:
+    """A token accepted while valid (the server remembers verified tokens) gets 401 from
+    the second its exp passes, as a token it never saw would."""
+    exp = int(time.time()) + 5
+    token = jwt.encode({"sub": "alice", "exp": exp}, JWT_SECRET, algorithm="HS256")
+    with httpx.Client(base_url=server.url, timeout=10) as h:
+        headers = {"Authorization": f"Bearer {token}"}
+        assert h.get("/v1/conversations", headers=headers).status_code == 200
+        while time.time() < exp:  # wait for the clock, not a fixed sleep
+            time.sleep(0.05)
+        r = h.get("/v1/conversations", headers=headers)
+        assert r.status_code == 401, r.text
+        assert "expired" in r.json()["detail"]
+
+
+def _stream_status(h: httpx.Client, path: str) -> tuple[int, str | None]:
+    """The status of a message stream request, and its first event's name if it opened."""
+    with h.stream("GET", path) as r:
+        if r.status_code != 200:
+            r.read()
+            assert_problem(r, r.status_code)
+            return r.status_code, None
+        for event, _, _ in parse_sse(r.iter_lines()):
+            if event is not None:
+                return 200, event
+    return 200, None
+
+
+def test_a_generating_rows_stream_opens_only_for_its_owner(server: Server) -> None:
+    """While a row generates here, its stream opens for its owner and a stream token of
+    its conversation only: another user or another conversation's token gets 404, and so
+    does everyone once the conversation is deleted."""
+    slow = {"tokens_per_second": 20, "length": 2000}
+    with server.client("alice") as c:
+        conv = c.create_conversation(model=DEMO, options=slow)
+        other = c.create_conversation(model=DEMO, options=FAST)
+        mid = c.send(conv["id"], "a long answer")["assistant_message"]["id"]
+    path = f"/v1/messages/{mid}/stream"
+    with server.http("alice") as alice, server.http("mallory") as mallory:
+        r = alice.post(f"/v1/conversations/{other['id']}/stream-token")
+        assert r.status_code == 201, r.text
+        other_token = r.json()["token"]
+        assert _stream_status(alice, path) == (200, "init")
+        assert _stream_status(mallory, path) == (404, None)
+        with httpx.Client(base_url=server.url, timeout=10) as anon:
+            assert _stream_status(anon, f"{path}?token={other_token}") == (404, None)
+        assert alice.delete(f"/v1/conversations/{conv['id']}").status_code == 204
+        assert _stream_status(alice, path) == (404, None)
 
 
 def test_health_endpoints_need_no_token(server: Server) -> None:
