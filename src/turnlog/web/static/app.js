@@ -152,12 +152,14 @@ async function openFeed(generation) {
   const feed = new EventSource(`/v1/conversations/${cid}/live?token=${encodeURIComponent(token)}`);
   state.feed = feed;
   connection("connecting");
-  feed.onopen = () => connection("live");
+  // "live" once the snapshot is on the page (every feed, and every reconnect, starts with
+  // one), not when the headers arrive: until then the page may still show older state.
   feed.addEventListener("snapshot", (e) => {
     const data = JSON.parse(e.data);
     state.conversation = data.conversation;
     state.rows = new Map(data.messages.map((/** @type {Row} */ m) => [m.id, m]));
     sync();
+    connection("live");
   });
   feed.addEventListener("message", (e) => {
     const { message } = JSON.parse(e.data);
