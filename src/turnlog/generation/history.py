@@ -22,6 +22,7 @@ to its own wire shape. The rules (``docs/providers.md`` says why):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Final
 
 import msgspec
@@ -41,35 +42,46 @@ def build_history(
     """The history a step at ``before_seq`` answers, in canonical (seq) order, for a model
     of ``provider`` (the part of ``provider:name`` before the colon; None: keep every
     signature)."""
-    ordered = sorted((r.message for r in rows), key=lambda m: m.seq)
+    ordered = [r.message for r in rows]
+    if any(a.seq > b.seq for a, b in pairwise(ordered)):
+        ordered.sort(key=lambda m: m.seq)  # the store keeps them in order; a caller may not
     replaced = _replaced(ordered)
     out: list[ChatMessage] = []
+    # The calls (id -> name) of the last assistant message still without a result; kept
+    # as ``out`` grows, so each row costs the same however long the history is.
+    open_calls: dict[str, str] = {}
     for m in ordered:
         if m.seq >= before_seq:
             break
-        match m.role:
-            case "user":
-                text = m.edited_content if m.edited_content is not None else m.content
-                _add_user(out, text or "")
-            case "assistant" if m.id not in replaced:
-                blocks = _kept_blocks(m)
-                if provider is not None and _provider_of(m) not in (None, provider):
-                    blocks = _unsigned(blocks)
-                if blocks:
-                    _answer_dangling(out)
-                    out.append(ChatMessage(role="assistant", blocks=blocks))
-            case "tool" if m.tool_call_id in _open_calls(out):
-                out.append(
-                    ChatMessage(
-                        role="tool",
-                        content=m.content or "",
-                        tool_call_id=m.tool_call_id,
-                        tool_name=m.tool_name,
-                    )
+        role = m.role
+        if role == "user":
+            text = (m.edited_content if m.edited_content is not None else m.content) or ""
+            _answer_dangling(out, open_calls)
+            if out and out[-1].role == "user":
+                out[-1] = ChatMessage(role="user", content=f"{out[-1].content}\n\n{text}")
+            else:
+                out.append(ChatMessage(role="user", content=text))
+        elif role == "assistant" and not (replaced and m.id in replaced):
+            blocks = _kept_blocks(m)
+            if provider is not None and _provider_of(m) not in (None, provider):
+                blocks = _unsigned(blocks)
+            if blocks:
+                _answer_dangling(out, open_calls)
+                out.append(ChatMessage(role="assistant", blocks=blocks))
+                for b in blocks:
+                    if isinstance(b, ToolCallBlock):
+                        open_calls[b.id] = b.name
+        elif role == "tool" and m.tool_call_id is not None and m.tool_call_id in open_calls:
+            del open_calls[m.tool_call_id]
+            out.append(
+                ChatMessage(
+                    role="tool",
+                    content=m.content or "",
+                    tool_call_id=m.tool_call_id,
+                    tool_name=m.tool_name,
                 )
-            case _:
-                pass
-    _answer_dangling(out)
+            )
+    _answer_dangling(out, open_calls)
     return tuple(out)
 
 
@@ -77,6 +89,8 @@ def _replaced(ordered: list[Message]) -> set[object]:
     """Ids of unfinished assistant rows that a later assistant row answering the same user
     message replaced (a retry; the later steps of a turn follow completed rows only)."""
     replaced: set[object] = set()
+    if all(m.status == "completed" or m.role != "assistant" for m in ordered):
+        return replaced  # the usual case, without hashing an id per row
     later: set[object] = set()
     for m in reversed(ordered):
         if m.role != "assistant":
@@ -123,32 +137,8 @@ def _settled(block: Block) -> bool:
     return False
 
 
-def _add_user(out: list[ChatMessage], text: str) -> None:
-    _answer_dangling(out)
-    if out and out[-1].role == "user":
-        out[-1] = ChatMessage(role="user", content=f"{out[-1].content}\n\n{text}")
-    else:
-        out.append(ChatMessage(role="user", content=text))
-
-
-def _open_calls(out: list[ChatMessage]) -> dict[str, str]:
-    """The calls (id -> name) of the last assistant message that have no result yet."""
-    answered: set[str] = set()
-    for message in reversed(out):
-        if message.role == "tool" and message.tool_call_id is not None:
-            answered.add(message.tool_call_id)
-        elif message.role == "assistant":
-            return {
-                b.id: b.name
-                for b in message.blocks
-                if isinstance(b, ToolCallBlock) and b.id not in answered
-            }
-        else:
-            return {}
-    return {}
-
-
-def _answer_dangling(out: list[ChatMessage]) -> None:
+def _answer_dangling(out: list[ChatMessage], open_calls: dict[str, str]) -> None:
     """Give every still unanswered call of the last assistant message a synthetic result."""
-    for call_id, name in _open_calls(out).items():
+    for call_id, name in open_calls.items():
         out.append(ChatMessage(role="tool", content=NOT_RUN, tool_call_id=call_id, tool_name=name))
+    open_calls.clear()
