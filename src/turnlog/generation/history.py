@@ -22,7 +22,6 @@ to its own wire shape. The rules (``docs/providers.md`` says why):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import pairwise
 from typing import Final
 
 import msgspec
@@ -39,12 +38,10 @@ NOT_RUN: Final = "(not run: the answer was stopped before this tool call ran)"
 def build_history(
     rows: Sequence[MessageRecord], *, before_seq: int, provider: str | None = None
 ) -> tuple[ChatMessage, ...]:
-    """The history a step at ``before_seq`` answers, in canonical (seq) order, for a model
-    of ``provider`` (the part of ``provider:name`` before the colon; None: keep every
-    signature)."""
+    """The history a step at ``before_seq`` answers, from ``rows`` in seq order (as the
+    store gives them: no sort per generation), for a model of ``provider`` (the part of
+    ``provider:name`` before the colon; None: keep every signature)."""
     ordered = [r.message for r in rows]
-    if any(a.seq > b.seq for a, b in pairwise(ordered)):
-        ordered.sort(key=lambda m: m.seq)  # the store keeps them in order; a caller may not
     replaced = _replaced(ordered)
     out: list[ChatMessage] = []
     # The calls (id -> name) of the last assistant message still without a result; kept
@@ -89,8 +86,16 @@ def _replaced(ordered: list[Message]) -> set[object]:
     """Ids of unfinished assistant rows that a later assistant row answering the same user
     message replaced (a retry; the later steps of a turn follow completed rows only)."""
     replaced: set[object] = set()
-    if all(m.status == "completed" or m.role != "assistant" for m in ordered):
-        return replaced  # the usual case, without hashing an id per row
+    # Only an unfinished row with a later assistant row can be replaced; the usual history
+    # has none (the last row may be the running one), so no id is hashed per row.
+    after = False
+    for m in reversed(ordered):
+        if m.role == "assistant":
+            if after and m.status != "completed":
+                break
+            after = True
+    else:
+        return replaced
     later: set[object] = set()
     for m in reversed(ordered):
         if m.role != "assistant":
