@@ -107,16 +107,15 @@ class DemoProvider:
             options = parse_demo_options(request.options)
         except ValueError as e:
             raise ProviderError(str(e), retryable=False) from None
-        seed = _seed(request)
         pending = _tool_call_pending(request, options.tool)
         events: list[StreamEvent] = []
         if options.reasoning:
             events += (ReasoningDelta(t) for t in _tokens(_REASONING))
         if options.tool is not None and pending:
-            events += _tool_call(seed, options.tool, request)
+            events += _tool_call(_seed(request), options.tool, request)
             finish_reason = "tool_calls"
         else:
-            answer = _answer_words(seed, request, options.tool)
+            answer = _answer_words(request, options.tool)
             events += (TextDelta(t) for t in _tokens(islice(answer, options.length)))
             finish_reason = "stop"
 
@@ -194,8 +193,10 @@ def _tool_call(seed: int, tool: str, request: ModelRequest) -> Iterator[StreamEv
     yield ToolCallReady(call_id, arguments)
 
 
-def _answer_words(seed: int, request: ModelRequest, tool: str | None) -> Iterator[str]:
-    """The words of the answer, without end: an intro, then deterministic sentences."""
+def _answer_words(request: ModelRequest, tool: str | None) -> Iterator[str]:
+    """The words of the answer, without end: an intro, then deterministic sentences (seeded
+    by the request, hashed only once the intro is used up: a short answer never hashes the
+    whole history)."""
     prompt, results = _since_last_user(request)
     answered = [content for name, content in results if name == tool] if tool else []
     if answered:
@@ -206,7 +207,7 @@ def _answer_words(seed: int, request: ModelRequest, tool: str | None) -> Iterato
     else:
         topic = _quote(" ".join(prompt.split()[:6])) or "nothing"
         yield from f"Demo answer to “{topic}”.".split()
-    rng = random.Random(seed)
+    rng = random.Random(_seed(request))
     while True:
         sentence = [rng.choice(_WORDS) for _ in range(rng.randint(6, 14))]
         sentence[0] = sentence[0].capitalize()
@@ -230,10 +231,9 @@ def _input_tokens(request: ModelRequest) -> int:
     count = len((request.system_prompt or "").split())
     for m in request.messages:
         count += len(m.content.split())
-        for block in m.blocks:
-            match block:
-                case TextBlock(text=text) | ReasoningBlock(text=text):
-                    count += len(text.split())
-                case ToolCallBlock(arguments_text=text):
-                    count += len(text.split())
+        for block in m.blocks:  # isinstance, not match: this runs over the whole history
+            if isinstance(block, (TextBlock, ReasoningBlock)):
+                count += len(block.text.split())
+            elif isinstance(block, ToolCallBlock):
+                count += len(block.arguments_text.split())
     return count
