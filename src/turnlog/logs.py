@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import structlog
+
+# One JSON encoder per ``default`` for the process, not one per line: ``json.dumps`` with a
+# keyword argument builds a new ``JSONEncoder`` every call. Same options, same output.
+_ENCODERS: dict[Callable[[Any], Any], json.JSONEncoder] = {}
+
+
+def _dumps(obj: Any, *, default: Callable[[Any], Any]) -> str:
+    """``json.dumps(obj, default=default)`` (what JSONRenderer calls by default)."""
+    encoder = _ENCODERS.get(default)
+    if encoder is None:
+        encoder = _ENCODERS[default] = json.JSONEncoder(default=default)
+    return encoder.encode(obj)
 
 
 def configure(level: str | None = None) -> None:
@@ -16,7 +31,7 @@ def configure(level: str | None = None) -> None:
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=False)
         if sys.stderr.isatty()
-        else structlog.processors.JSONRenderer()
+        else structlog.processors.JSONRenderer(serializer=_dumps)
     )
     structlog.configure(
         processors=[
