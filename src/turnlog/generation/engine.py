@@ -203,7 +203,10 @@ class Generation:
         # and a checkpoint whose write failed without telling whether it committed.
         self.stored_seq = 0
         self.unacked: ev.TurnCheckpointed | None = None
-        self.write_lock = _lock_type()()
+        # fast_acquire: an uncontended acquire does not yield a loop round (anyio's default
+        # does, under a shielded scope of its own). It is taken by a step's end, shielded,
+        # and without waiting by the checkpointer; a cancelled waiter still stops waiting.
+        self.write_lock = _lock_type()(fast_acquire=True)
         # For metrics (time.monotonic()): when this step started, when its first event
         # came, and when the oldest event not yet stored was published (pending or unacked).
         self.started_at = time.monotonic()
