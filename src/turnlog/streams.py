@@ -51,6 +51,8 @@ from turnlog_reducer import (
     encode_event,
 )
 
+from turnlog import aio
+
 __all__ = [
     "LiveStream",
     "StreamAlreadyOpen",
@@ -541,7 +543,7 @@ class StreamRegistry:
                 await self._janitor_wakeup.wait()
 
     def _finished(self, stream: LiveStream) -> None:
-        now = anyio.current_time()
+        now = aio.current_time()
         self._expiring.append((now + self._linger_s, stream))
         wakeup = self._janitor_wakeup
         if wakeup is not None:
@@ -551,7 +553,7 @@ class StreamRegistry:
     def _purge(self) -> None:
         if not self._expiring:
             return
-        now = anyio.current_time()
+        now = aio.current_time()
         while self._expiring and self._expiring[0][0] <= now:
             _, stream = self._expiring.popleft()
             # Only if it was not replaced by a newer stream for the same message.

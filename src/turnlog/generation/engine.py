@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import math
 import random
@@ -41,6 +40,7 @@ from turnlog_reducer import (
     ToolCallStarted,
 )
 
+from turnlog import aio
 from turnlog.config import Settings
 from turnlog.generation.history import build_history
 from turnlog.generation.tools import INTERACTIVE, TOOLS, run_server_tool
@@ -110,25 +110,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-# anyio's asyncio classes, looked up once: ``anyio.CancelScope()`` and ``anyio.Lock()``
-# find the running backend (sniffio, current_task) on every call, twice the cost of the
-# object itself, and each generation makes several. The same objects as anyio would make:
-# the server runs on asyncio only (see ``Generation.finished``).
-@functools.cache
-def _scope_type() -> type[anyio.CancelScope]:
-    return type(anyio.CancelScope())
-
-
-@functools.cache
-def _lock_type() -> type[anyio.Lock]:
-    return type(anyio.Lock())
-
-
-def cancel_scope(*, shield: bool = False) -> anyio.CancelScope:
-    """``anyio.CancelScope(shield=shield)``, without the backend lookup."""
-    return _scope_type()(shield=shield)
-
-
 class Turn(msgspec.Struct, frozen=True, kw_only=True):
     """What the engine needs to run one assistant row (the rest it reads from the store)."""
 
@@ -190,7 +171,7 @@ class Generation:
         # Its owner, when known without a read (it never changes): lets a stream request
         # for a row running here skip reading the row and the conversation (http/live.py).
         self.owner = None if conversation is None else conversation.owner
-        self.scope = cancel_scope()
+        self.scope = aio.cancel_scope()
         self.end_reason: EndReason | None = None
         # Set when a write was fenced off: someone else already ended the row.
         self.fenced = False
@@ -206,7 +187,7 @@ class Generation:
         # fast_acquire: an uncontended acquire does not yield a loop round (anyio's default
         # does, under a shielded scope of its own). It is taken by a step's end, shielded,
         # and without waiting by the checkpointer; a cancelled waiter still stops waiting.
-        self.write_lock = _lock_type()(fast_acquire=True)
+        self.write_lock = aio.lock(fast_acquire=True)
         # For metrics (time.monotonic()): when this step started, when its first event
         # came, and when the oldest event not yet stored was published (pending or unacked).
         self.started_at = time.monotonic()
@@ -426,7 +407,7 @@ class Engine:
                 request, provider = await self._request(gen.turn, gen.conversation)
                 gen.conversation = None
             except UnknownModel as exc:
-                with cancel_scope(shield=True):
+                with aio.cancel_scope(shield=True):
                     await self._end(gen, "error", error=str(exc))
                 return None
             step_end: StepEnd | None = None
@@ -438,7 +419,7 @@ class Engine:
                     step_end = await self._consume(gen, provider, request)
                 except ProviderError as exc:
                     error = scrub(str(exc) or type(exc).__name__, self.settings.models.secrets())
-            with cancel_scope(shield=True):
+            with aio.cancel_scope(shield=True):
                 if gen.fenced:
                     await self._finish_from_store(gen)
                     return None
@@ -529,7 +510,7 @@ class Engine:
         # the server's CPU at 500 generations.
         watchdog = _Watchdog(settings.provider_first_token_timeout_s)
         try:
-            with cancel_scope() as scope:
+            with aio.cancel_scope() as scope:
                 watchdog.start(scope)
                 while True:
                     try:
@@ -569,7 +550,7 @@ class Engine:
             # disconnect at once. Shielded, so a cancelled step still gets to close it.
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
-                with cancel_scope(shield=True):
+                with aio.cancel_scope(shield=True):
                     await aclose()
 
     def _checkpointing(self) -> None:
@@ -737,7 +718,7 @@ class Engine:
         """Run a step's final ``write``, retrying a failure that is not a DomainError (a
         lost connection, say) with backoff for FINAL_WRITE_S, or until the drain's deadline;
         then raise ``WriteGaveUp``."""
-        give_up = asyncio.get_running_loop().time() + FINAL_WRITE_S  # anyio's clock
+        give_up = aio.current_time() + FINAL_WRITE_S
         for i in itertools.count():
             try:
                 await write()

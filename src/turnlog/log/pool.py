@@ -30,6 +30,8 @@ import anyio
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from turnlog import aio
+
 # Seconds a client should wait before trying again (the Retry-After of a 503).
 RETRY_AFTER_S = 2
 # Connections only urgent units of work may take, in pools of at least RESERVE_FROM.
@@ -101,7 +103,7 @@ class BoundedPool:
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A pooled connection for one short unit of work (see the class)."""
         bound = self.down_timeout_s if self.down else self.timeout_s
-        scope = anyio.CancelScope(deadline=anyio.current_time() + bound)
+        scope = aio.cancel_scope(deadline=aio.current_time() + bound)
         ordinary = None
         if self._ordinary_limit is not None and not _urgent.get():
             if self._ordinary is None:

@@ -30,6 +30,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 from turnlog_reducer import Block, StreamProtocolError
 
+from turnlog import aio
 from turnlog.log import events as ev
 from turnlog.log.events import DomainEvent, TurnCheckpointed
 from turnlog.log.pool import BoundedPool
@@ -889,7 +890,7 @@ class Store:
                 if self._in_flight < GROUP_WRITERS:
                     await self._lead()
                     continue
-                item.wake = anyio.Event()
+                item.wake = aio.event()
                 await item.wake.wait()
         finally:
             if not item.taken:
@@ -928,7 +929,7 @@ class Store:
         try:
             # Shielded: the batch is the other callers' too, and a cancelled caller must not
             # cut their writes off (the pool still bounds it in time).
-            with anyio.CancelScope(shield=True):
+            with aio.cancel_scope(shield=True):
                 await self._write_batch(batch)
         finally:
             self._in_flight -= 1
