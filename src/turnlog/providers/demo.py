@@ -160,7 +160,10 @@ def _seed(request: ModelRequest) -> int:
 def _since_last_user(request: ModelRequest) -> tuple[str, list[tuple[str, str]]]:
     """The last user message's text and the (tool name, result) pairs after it."""
     messages = request.messages
-    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    # From the end: the last user message is near it (a long history is not scanned).
+    last_user = next(
+        (i for i in range(len(messages) - 1, -1, -1) if messages[i].role == "user"), -1
+    )
     prompt = messages[last_user].content if last_user >= 0 else ""
     results = [
         (m.tool_name or "", m.content) for m in messages[last_user + 1 :] if m.role == "tool"
@@ -228,12 +231,14 @@ def _tokens(words: Iterable[str]) -> list[str]:
 
 def _input_tokens(request: ModelRequest) -> int:
     """A rough count of the prompt's tokens: its words."""
-    count = len((request.system_prompt or "").split())
+    # The texts joined by a space count the same words as each counted alone (a space
+    # never joins two words), in one split instead of one per message and block.
+    texts = [request.system_prompt or ""]
     for m in request.messages:
-        count += len(m.content.split())
+        texts.append(m.content)
         for block in m.blocks:  # isinstance, not match: this runs over the whole history
             if isinstance(block, (TextBlock, ReasoningBlock)):
-                count += len(block.text.split())
+                texts.append(block.text)
             elif isinstance(block, ToolCallBlock):
-                count += len(block.arguments_text.split())
-    return count
+                texts.append(block.arguments_text)
+    return len(" ".join(texts).split())
