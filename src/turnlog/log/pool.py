@@ -107,7 +107,9 @@ class BoundedPool:
         ordinary = None
         if self._ordinary_limit is not None and not _urgent.get():
             if self._ordinary is None:
-                self._ordinary = anyio.Semaphore(self._ordinary_limit)
+                # fast_acquire: a free slot is taken without yielding a loop round (what
+                # anyio does by default, under a shielded scope); a cancel still stops it.
+                self._ordinary = anyio.Semaphore(self._ordinary_limit, fast_acquire=True)
             ordinary = self._ordinary
         try:
             with scope:
