@@ -90,8 +90,9 @@ class Metrics:
         )
         self.checkpoint_misses = Counter(
             "turnlog_checkpoint_deadline_misses",
-            "Checkpoints stored later than TURNLOG_CHECKPOINT_S + 0.25 s after their oldest "
-            "event was published (a crash then would have lost more than promised).",
+            "Checkpoints and step ends stored later than TURNLOG_CHECKPOINT_S + 0.25 s after "
+            "their oldest event was published (a crash then would have lost more than "
+            "promised).",
             registry=r,
         )
         self.provider_errors = Counter(
