@@ -302,10 +302,9 @@ class Chat:
         # The conversation as this process last wrote it, if it was idle then: the append's
         # version guard re-checks it, so a stale one costs a retry (which reads afresh).
         # Anything it would refuse (not found, busy, a model) is judged on a fresh read.
-        conv = self.store.known_idle(cid)
-        remembered = conv is not None and conv.owner == owner
-        if conv is None or not remembered:
-            conv = await self.conversation(owner, cid)
+        known = self.store.known_idle(cid)
+        remembered = known is not None and known.owner == owner
+        conv = known if known is not None and remembered else await self.conversation(owner, cid)
         if body.client_message_id is not None:
             again = await self._sent_before(cid, body.client_message_id, body.content)
             if again is not None:

@@ -33,10 +33,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# Latency buckets (seconds) for model answers: first tokens come in tens of milliseconds to
-# seconds, whole answers in seconds to minutes.
 F = TypeVar("F", Counter, Gauge, Histogram)
 
+# Latency buckets (seconds) for model answers: first tokens come in tens of milliseconds to
+# seconds, whole answers in seconds to minutes.
 _ANSWER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 

@@ -389,15 +389,11 @@ class Subscription:
         while True:
             if self._ended:
                 raise StopAsyncIteration
-            if not await self._wait(loop, timeout is not None):
+            if not await self._arm(loop, timeout is not None):
                 return None  # idle until the deadline: time to ping
             frame = self._poll()
             if frame is not None:
                 return frame
-
-    async def _wait(self, loop: asyncio.AbstractEventLoop, timed: bool) -> bool:
-        """Wait for the next publish (True) or, if ``timed``, the idle deadline (False)."""
-        return await self._arm(loop, timed)
 
     def _arm(self, loop: asyncio.AbstractEventLoop, timed: bool) -> asyncio.Future[bool]:
         """The future a wait awaits: resolved True by the next publish or, if ``timed``,

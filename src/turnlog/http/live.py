@@ -29,7 +29,7 @@ from turnlog.http.common import (
 from turnlog.http.feeds import Feed
 from turnlog.http.openapi import Text, api
 from turnlog.log.projection import Conversation, Message, MessageRecord, NotFound
-from turnlog.streams import event_frame, init_frame, sse_frame
+from turnlog.streams import LiveStream, event_frame, init_frame, sse_frame
 
 _SSE = Text("text/event-stream", "server-sent events (CONTRACT.md section 3)")
 
@@ -67,6 +67,8 @@ async def message_stream(request: Request[Any, Any, Any], mid: str) -> Stream:
     rt = runtime(request)
     message_id = parse_id(mid, "message")
     gen = rt.engine.running(message_id)
+    row: MessageRecord | None = None
+    live: LiveStream | None
     if (
         gen is not None
         and gen.owner is not None
@@ -80,22 +82,19 @@ async def message_stream(request: Request[Any, Any, Any], mid: str) -> Stream:
         # answers are the ones the reads would give.
         if gen.owner != owner:
             raise NotFound(f"message {message_id} not found")
-        _within(scope, gen.turn.conversation_id, f"message {mid!r}")
-        after = last_event_id(request)
-        structlog.contextvars.bind_contextvars(
-            conversation_id=str(gen.turn.conversation_id), message_id=str(message_id)
-        )
-        # Streamed without a generator around the live frames.
-        return sse(live_frames(gen.stream, rt.settings.heartbeat_s, after))
-    row, _ = await rt.chat.message(owner, message_id)
-    _within(scope, row.message.conversation_id, f"message {mid!r}")
+        conversation_id, live = gen.turn.conversation_id, gen.stream
+    else:
+        row, _ = await rt.chat.message(owner, message_id)
+        conversation_id, live = row.message.conversation_id, rt.registry.get(message_id)
+    _within(scope, conversation_id, f"message {mid!r}")
     after = last_event_id(request)
     structlog.contextvars.bind_contextvars(
-        conversation_id=str(row.message.conversation_id), message_id=str(row.message.id)
+        conversation_id=str(conversation_id), message_id=str(message_id)
     )
-    live = rt.registry.get(row.message.id)
     if live is not None:
+        # Streamed without a generator around the live frames.
         return sse(live_frames(live, rt.settings.heartbeat_s, after))
+    assert row is not None  # only a row read here has no live stream
     return sse(_message_frames(rt, row, after))
 
 
