@@ -38,12 +38,14 @@ def apply_schema(conninfo: str) -> int:
     with psycopg.connect(conninfo, autocommit=True) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
         conn.execute(schema_sql().encode())
-        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-        current = int(row[0]) if row and row[0] is not None else 0
+        # Each migration not yet recorded runs, in number order. Checking the set rather than
+        # the highest number applied means a migration numbered below one already applied (two
+        # branches that landed in the other order) still runs.
+        applied = {int(r[0]) for r in conn.execute("SELECT version FROM schema_version")}
         for number, _name, sql in migrations():
-            if number <= current:
+            if number in applied:
                 continue
             conn.execute(sql.encode())
             conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
-            current = number
-        return current
+            applied.add(number)
+        return max(applied, default=0)
