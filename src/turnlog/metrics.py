@@ -31,7 +31,8 @@ from typing import Any, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Prometheus' text format; litestar appends "; charset=utf-8" to every text/ media type.
+MEDIA_TYPE = "text/plain; version=0.0.4"
 
 F = TypeVar("F", Counter, Gauge, Histogram)
 

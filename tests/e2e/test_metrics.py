@@ -15,7 +15,8 @@ def _scrape(server: Server) -> dict[tuple[str, frozenset[tuple[str, str]]], floa
     """Every sample of /metrics as {(name, labels): value}, read by Prometheus' parser."""
     response = httpx.get(f"{server.url}/metrics", timeout=10)
     assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
+    # Prometheus' text format, its charset said once.
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(response.text)

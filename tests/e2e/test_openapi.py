@@ -20,7 +20,8 @@ from .support import DEMO, Server, make_token
 
 pytestmark = pytest.mark.slow
 
-# Every route of CONTRACT.md section 2 and 3, as (method, path template).
+# Every public route, as (method, path template): the API of docs/protocol.md and the
+# AI SDK routes of docs/ui-chat.md.
 CONTRACT_ROUTES = {
     ("post", "/v1/conversations"),
     ("get", "/v1/conversations"),
@@ -42,6 +43,10 @@ CONTRACT_ROUTES = {
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
+    ("post", "/v1/ui/chat"),
+    ("get", "/v1/ui/chat/{chat_id}/stream"),
+    ("post", "/v1/ui/chat/{chat_id}/stop"),
+    ("get", "/v1/ui/chat/{chat_id}/messages"),
 }
 
 

@@ -20,6 +20,7 @@ from litestar.routes import HTTPRoute
 
 import turnlog
 from turnlog.commands import Sent
+from turnlog.http.ui_chat import ChatIn
 from turnlog.log.projection import Conversation, Message
 
 __all__ = [
@@ -92,6 +93,7 @@ class Text(msgspec.Struct, frozen=True):
 
     media_type: str
     description: str
+    schema: dict[str, Any] | None = None  # else a string, an object or SSE events
 
 
 # One server-sent event as OpenAPI tools read a `text/event-stream` answer: its fields.
@@ -139,6 +141,39 @@ _ERROR_TEXT = {
 }
 
 
+_UI_STREAM = Text("text/event-stream", "the turn as an AI SDK UI message stream")
+
+# The AI SDK routes (http/ui_chat.py, docs/ui-chat.md) declare nothing in their decorators:
+# their descriptions, by (path, method).
+DECLARED_HERE: dict[tuple[str, str], Api] = {
+    ("/v1/ui/chat", "post"): Api(
+        summary="send the chat's new message (or regenerate) and answer the turn (useChat)",
+        answers={200: _UI_STREAM},
+        body=ChatIn,
+        errors=(403, 409, 413, 429),
+    ),
+    ("/v1/ui/chat/{chat_id}/stream", "get"): Api(
+        summary="resume the chat's generating turn from its start (204: none generating)",
+        answers={200: _UI_STREAM, 204: None},
+    ),
+    ("/v1/ui/chat/{chat_id}/stop", "post"): Api(
+        summary="stop the chat's generating answer (or withdraw its question)",
+        answers={200: Message},
+        errors=(409,),
+    ),
+    ("/v1/ui/chat/{chat_id}/messages", "get"): Api(
+        summary="the chat's messages as AI SDK UI messages ([] for an unknown chat)",
+        answers={
+            200: Text(
+                "application/json",
+                "the UI messages",
+                {"type": "array", "items": {"type": "object"}},
+            )
+        },
+    ),
+}
+
+
 def describe(app: Litestar) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``app``'s routes that declare :class:`Api`."""
     ops: list[tuple[str, str, Api, HTTPRoute]] = []  # (path, method, spec, route)
@@ -147,7 +182,9 @@ def describe(app: Litestar) -> dict[str, Any]:
         if not isinstance(route, HTTPRoute):
             continue
         for method, (handler, _) in route.route_handler_map.items():
-            spec = handler.opt.get("api")
+            spec = handler.opt.get("api") or DECLARED_HERE.get(
+                (route.path_format, str(method).lower())
+            )
             if not isinstance(spec, Api):
                 continue
             ops.append((route.path_format, str(method).lower(), spec, route))
@@ -166,7 +203,7 @@ def describe(app: Litestar) -> dict[str, Any]:
         "info": {
             "title": "turnlog",
             "version": turnlog.__version__,
-            "description": "Event-sourced generation backend for AI chat (CONTRACT.md §2-3).",
+            "description": "Event-sourced generation backend for AI chat (docs/protocol.md).",
         },
         "paths": paths,
         "components": {
@@ -233,7 +270,9 @@ def _answer(answer: Any, ref: dict[Any, Any]) -> dict[str, Any]:
     for alt in _alternatives(answer):
         if isinstance(alt, Text):
             schema: dict[str, Any] = {"type": "string"}
-            if alt.media_type == "application/json":
+            if alt.schema is not None:
+                schema = alt.schema
+            elif alt.media_type == "application/json":
                 schema = {"type": "object"}
             elif alt.media_type == "text/event-stream":
                 schema = _SSE_EVENT

@@ -9,7 +9,7 @@ from litestar import Request, Response, get
 
 from turnlog.http.common import error_response, json_response, runtime
 from turnlog.http.openapi import Text, api
-from turnlog.metrics import CONTENT_TYPE
+from turnlog.metrics import MEDIA_TYPE
 
 _JSON = Text("application/json", "status")
 
@@ -40,7 +40,7 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     opt=api("Prometheus metrics", {200: Text("text/plain", "Prometheus text format")}, auth=False),
 )
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    return Response(runtime(request).metrics.render(), media_type=CONTENT_TYPE)
+    return Response(runtime(request).metrics.render(), media_type=MEDIA_TYPE)
 
 
 ROUTES = [healthz, readyz, metrics]
