@@ -22,7 +22,8 @@ import psycopg
 from turnlog_reducer import ToolCallBlock
 
 from turnlog.config import Settings
-from turnlog.generation.engine import Engine, Turn, interrupt_events, utcnow
+from turnlog.generation.engine import Engine
+from turnlog.generation.turn import Turn, utcnow
 from turnlog.limits import Limits
 from turnlog.log import events as ev
 from turnlog.log.projection import (
@@ -38,6 +39,7 @@ from turnlog.log.projection import (
 )
 from turnlog.log.store import Appended, Store, VersionConflict
 from turnlog.providers import ModelForbidden, check_model
+from turnlog.streams import interrupt_events
 
 MAX_TITLE_CHARS = 500
 MAX_CLIENT_ID_CHARS = 200
@@ -142,7 +144,11 @@ class Chat:
 
     # -- checks ----------------------------------------------------------------------------
 
-    def _not_overloaded(self) -> None:
+    def _may_start(self) -> None:
+        """Refuse a command that starts a generation while the server drains (shutting
+        down) or is overloaded (503 either way)."""
+        if self.engine.draining:
+            raise Unavailable("the server is shutting down; try again in a moment")
         wait = self.engine.overloaded()
         if wait is not None:
             raise Overloaded(
@@ -277,10 +283,7 @@ class Chat:
             )
 
         await self.store.retrying(attempt)
-        for mid in self.engine.running_ids():
-            gen = self.engine.running(mid)
-            if gen is not None and gen.turn.conversation_id == cid:
-                gen.cancel("aborted")
+        self.engine.cancel_conversation(cid)
 
     # -- messages --------------------------------------------------------------------------
 
@@ -317,9 +320,7 @@ class Chat:
                 raise
             conv = await self.conversation(owner, cid)
             self._send_model(owner, conv, body)
-        if self.engine.draining:
-            raise Unavailable("the server is shutting down; try again in a moment")
-        self._not_overloaded()
+        self._may_start()
 
         turn: Turn | None = None
         # The first try decides on the row read above (the append's expected version still
@@ -489,9 +490,7 @@ class Chat:
         return after.message
 
     async def retry(self, owner: str, mid: uuid.UUID, body: RetryIn | None = None) -> Message:
-        if self.engine.draining:
-            raise Unavailable("the server is shutting down; try again in a moment")
-        self._not_overloaded()
+        self._may_start()
         turn: Turn | None = None
 
         async def attempt() -> Appended:
@@ -531,9 +530,7 @@ class Chat:
         self, owner: str, mid: uuid.UUID, body: ToolResultIn
     ) -> tuple[Message, Message | None]:
         self._text("content", body.content)
-        if self.engine.draining:
-            raise Unavailable("the server is shutting down; try again in a moment")
-        self._not_overloaded()
+        self._may_start()
         turn: Turn | None = None
 
         async def attempt() -> Appended:

@@ -40,8 +40,7 @@ from turnlog_reducer import StreamProtocolError, decode_blocks, decode_event
 
 from turnlog.cluster import INTERNAL_HEADER, Cluster
 from turnlog.commands import Chat
-from turnlog.generation.engine import done_for
-from turnlog.streams import LiveStream
+from turnlog.streams import LiveStream, done_for
 
 log = structlog.get_logger("turnlog.follow")
 

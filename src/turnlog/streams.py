@@ -46,12 +46,15 @@ from turnlog_reducer import (
     Blocks,
     Done,
     StreamEvent,
+    ToolCallBlock,
+    ToolCallReady,
     apply_stream_event,
     encode_blocks,
     encode_event,
 )
 
 from turnlog import aio
+from turnlog.log.projection import MessageRecord
 
 __all__ = [
     "LiveStream",
@@ -60,8 +63,11 @@ __all__ = [
     "StreamFinished",
     "StreamRegistry",
     "Subscription",
+    "closing_events",
+    "done_for",
     "event_frame",
     "init_frame",
+    "interrupt_events",
 ]
 
 GENERATING: Final = "generating"
@@ -126,6 +132,30 @@ def init_frame(message_id: UUID, seq: int, status: str, blocks: Sequence[Block])
 
 
 # --------------------------------------------------------------------------- the stream
+
+
+def done_for(row: MessageRecord | None) -> Done:
+    """The ``done`` event for a row that is no longer generating (None: the row could not
+    be read; it reads interrupted once repaired)."""
+    if row is None:
+        return Done(status="interrupted")
+    m = row.message
+    status = "interrupted" if m.status == "generating" else m.status
+    return Done(status=status, finish_reason=m.finish_reason, usage=m.usage, error=m.error)
+
+
+def closing_events(blocks: Sequence[Block]) -> tuple[ToolCallReady, ...]:
+    """Events that close the unfinished tool calls among ``blocks``, null arguments (pure)."""
+    return tuple(
+        ToolCallReady(id=b.id, arguments=None)
+        for b in blocks
+        if isinstance(b, ToolCallBlock) and not b.ready
+    )
+
+
+def interrupt_events(row: MessageRecord) -> tuple[StreamEvent, ...]:
+    """Events that close a dead generation's unfinished tool calls (pure)."""
+    return closing_events(row.message.blocks)
 
 
 class LiveStream:

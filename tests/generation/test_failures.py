@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from turnlog.config import Settings
-from turnlog.generation.engine import MAX_RETRY_PAUSE_S, retry_pause, scrub
+from turnlog.generation.step import MAX_RETRY_PAUSE_S, retry_pause, scrub
 from turnlog.providers.base import ProviderError
 
 

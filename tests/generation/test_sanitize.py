@@ -16,7 +16,7 @@ from turnlog_reducer import (
     fold,
 )
 
-from turnlog.generation.engine import without_nul
+from turnlog.generation.step import without_nul
 
 
 @given(st.text())

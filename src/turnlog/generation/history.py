@@ -17,22 +17,63 @@ to its own wire shape. The rules (``docs/providers.md`` says why):
 - tool rows count as the results of their calls; a result whose call is not in the history
   is dropped, and a call without a result (its step was stopped before the tool ran) gets a
   synthetic one, so every call is answered as the APIs require.
+
+:func:`build_request` puts that history into a step's request beside the options, which
+take precedence in this order: the conversation's, then the user message's, then a retry's
+(a retry's replace the message's).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 from turnlog_reducer import Block, ReasoningBlock, TextBlock, ToolCallBlock
 
-from turnlog.log.projection import Message, MessageRecord
-from turnlog.providers.base import ChatMessage
+from turnlog.generation.turn import Turn
+from turnlog.log.projection import ConversationRecord, Message, MessageRecord
+from turnlog.providers.base import ChatMessage, ModelRequest, ToolSpec
 
-__all__ = ["NOT_RUN", "build_history"]
+__all__ = ["NOT_RUN", "build_history", "build_request", "step_options"]
 
 NOT_RUN: Final = "(not run: the answer was stopped before this tool call ran)"
+
+
+def build_request(
+    turn: Turn,
+    conv: ConversationRecord,
+    rows: Sequence[MessageRecord],
+    *,
+    model: str,
+    tools: tuple[ToolSpec, ...],
+) -> ModelRequest:
+    """The request of ``turn``'s step: ``conv``'s system prompt, the history of ``rows``
+    (in seq order) before the turn, the options by precedence; ``model``: the name part of
+    ``turn.model`` the provider is asked for."""
+    return ModelRequest(
+        model=model,
+        system_prompt=conv.conversation.system_prompt,
+        messages=build_history(rows, before_seq=turn.seq, provider=turn.model.partition(":")[0]),
+        options=step_options(turn, conv, rows),
+        tools=tools,
+    )
+
+
+def step_options(
+    turn: Turn, conv: ConversationRecord, rows: Sequence[MessageRecord]
+) -> dict[str, Any]:
+    """The options of ``turn``'s step: the conversation's, updated by a retry's options
+    (stored on the turn's own row) if it has any, else by the user message's."""
+    options = dict(conv.conversation.options)
+    # From the end: the turn's own rows are the last ones (a long history is not scanned).
+    asked = next((r for r in reversed(rows) if r.message.id == turn.reply_to), None)
+    mine = next((r for r in reversed(rows) if r.message.id == turn.message_id), None)
+    if mine is not None and mine.options is not None:
+        options.update(mine.options)  # a retry's options replace the message's
+    elif asked is not None and asked.options:
+        options.update(asked.options)
+    return options
 
 
 def build_history(

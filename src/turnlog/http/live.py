@@ -13,7 +13,6 @@ from litestar import Request, get
 from litestar.response import Stream
 
 from turnlog.follow import mirror_frames
-from turnlog.generation.engine import done_for
 from turnlog.http.auth import stream_reader
 from turnlog.http.common import (
     PING,
@@ -29,7 +28,7 @@ from turnlog.http.common import (
 from turnlog.http.feeds import Feed
 from turnlog.http.openapi import Text, api
 from turnlog.log.projection import Conversation, Message, MessageRecord, NotFound
-from turnlog.streams import LiveStream, event_frame, init_frame, sse_frame
+from turnlog.streams import LiveStream, done_for, event_frame, init_frame, sse_frame
 
 _SSE = Text("text/event-stream", "server-sent events (CONTRACT.md section 3)")
 
@@ -66,20 +65,12 @@ async def message_stream(request: Request[Any, Any, Any], mid: str) -> Stream:
     owner, scope = reader(request)
     rt = runtime(request)
     message_id = parse_id(mid, "message")
-    gen = rt.engine.running(message_id)
+    gen = rt.engine.streams_here(message_id)
     row: MessageRecord | None = None
     live: LiveStream | None
-    if (
-        gen is not None
-        and gen.owner is not None
-        and gen.end_reason is None
-        and not gen.fenced
-        and not gen.stream.finished
-    ):
-        # The row generates here, and nothing is ending it (a delete, here or through
-        # another instance, cancels it first): its owner and conversation are known, so
-        # no read of the row and the conversation (two round trips per subscriber). The
-        # answers are the ones the reads would give.
+    if gen is not None:
+        # Its owner and conversation are known: no read of the row and the conversation
+        # (two round trips per subscriber).
         if gen.owner != owner:
             raise NotFound(f"message {message_id} not found")
         conversation_id, live = gen.turn.conversation_id, gen.stream
