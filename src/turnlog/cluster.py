@@ -232,11 +232,8 @@ class Cluster:
         self.hub.caught_up(cid, version, conv, messages)
 
     def _stop_generations_of(self, cid: uuid.UUID) -> None:
-        for mid in self.engine.running_ids():
-            gen = self.engine.running(mid)
-            if gen is not None and gen.turn.conversation_id == cid:
-                log.info("conversation deleted elsewhere; stopping", message_id=str(mid))
-                gen.cancel("aborted")
+        for mid in self.engine.cancel_conversation(cid):
+            log.info("conversation deleted elsewhere; stopping", message_id=str(mid))
 
     async def _read(self, cid: uuid.UUID) -> tuple[int, Conversation | None, list[Message]] | None:
         """The conversation and its rows as of one version, or (version, None, []) once
