@@ -77,14 +77,15 @@ class ChatApp:
             self.follow_turn()
 
     def _print_row(self, row: JSON, questions: dict[str, str]) -> None:
+        if row["role"] == "assistant" and row["is_generating"]:
+            # Not shown yet: follow_turn streams it live, as after a send.
+            return
         self.shown.add(row["id"])
         match row["role"]:
             case "user":
                 text = row["edited_content"] or row["content"] or ""
                 self.console.print(Text("you: ", style="bold cyan") + Text(text))
             case "assistant":
-                if row["is_generating"]:
-                    return  # followed live instead
                 self._label()
                 self._print_blocks(row["blocks"], final=True)
                 self._status(row["status"], row.get("error"))

@@ -73,3 +73,22 @@ def test_chat_opens_an_existing_conversation_and_retries(server: Server, tmp_pat
     assert [r["role"] for r in rows] == ["user", "assistant", "user", "assistant"]
     assert rows[3]["status"] == "completed"
     assert text_of(rows[3]["blocks"]) in done.stdout
+
+
+def test_chat_opened_on_a_generating_answer_follows_it_live(
+    server: Server, tmp_path: Path
+) -> None:
+    """--conversation on a conversation whose answer is being written streams that answer
+    as it comes and prints all of it, exactly as when the chat sent the question."""
+    with server.client() as c:
+        cid = c.create_conversation(model=DEMO, options={"tokens_per_second": 20, "length": 40})[
+            "id"
+        ]
+        mid = c.send(cid, "a slow question")["assistant_message"]["id"]
+        done = _chat(server, tmp_path, "/quit\n", "--conversation", cid)
+        c.follow(mid)
+        rows = c.list_messages(cid)
+    assert done.returncode == 0, done.stderr
+    assert "you: a slow question" in done.stdout
+    assert rows[1]["status"] == "completed"
+    assert text_of(rows[1]["blocks"]) in done.stdout
