@@ -75,9 +75,7 @@ def test_chat_opens_an_existing_conversation_and_retries(server: Server, tmp_pat
     assert text_of(rows[3]["blocks"]) in done.stdout
 
 
-def test_chat_opened_on_a_generating_answer_follows_it_live(
-    server: Server, tmp_path: Path
-) -> None:
+def test_chat_opened_on_a_generating_answer_follows_it_live(server: Server, tmp_path: Path) -> None:
     """--conversation on a conversation whose answer is being written streams that answer
     as it comes and prints all of it, exactly as when the chat sent the question."""
     with server.client() as c:
