@@ -75,7 +75,10 @@ class Engine:
         now: Clock = utcnow,
         provider_for: ProviderFor = get_provider,
         metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``now``: the wall clock of the stored events; ``clock``: the checkpointer's
+        monotonic clock (a test moves it on to make unstored events late)."""
         self.store = store
         self.registry = registry
         self.settings = settings
@@ -91,7 +94,7 @@ class Engine:
         self._tg: TaskGroup | None = None
         self._running: dict[uuid.UUID, Generation] = {}
         self.checkpoints = Checkpointer(
-            store, settings, self._running, now=now, metrics=self.metrics
+            store, settings, self._running, now=now, metrics=self.metrics, clock=clock
         )
         # Set (and replaced) whenever a generation ends; drain waits on it. (asyncio's, as
         # Generation.finished: one is made per generation.)
