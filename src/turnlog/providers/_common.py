@@ -10,15 +10,27 @@ import httpx
 
 from turnlog.config import Settings
 
-__all__ = ["TRANSPORT_ERRORS", "read_backstop_s", "redact", "retry_after", "retry_after_value"]
+__all__ = [
+    "TIMEOUT_ERRORS",
+    "TRANSPORT_ERRORS",
+    "read_backstop_s",
+    "redact",
+    "retry_after",
+    "retry_after_value",
+]
 
 # The SDKs' HTTP library: httpx2 in recent releases, httpx before.
 try:
     import httpx2
 
     TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx2.TransportError, httpx.TransportError)
+    TIMEOUT_ERRORS: tuple[type[Exception], ...] = (
+        httpx2.TimeoutException,
+        httpx.TimeoutException,
+    )
 except ImportError:  # pragma: no cover - an older SDK on httpx
     TRANSPORT_ERRORS = (httpx.TransportError,)
+    TIMEOUT_ERRORS = (httpx.TimeoutException,)
 
 
 def read_backstop_s(settings: Settings) -> float:

@@ -27,6 +27,11 @@ Quirks handled here:
   blocks are dropped.
 
 The SDK's own retries are off (``max_retries=0``): the engine retries, once, for everyone.
+
+The SDK sends the request (``with_streaming_response``: its auth, base URL, headers and
+status errors); the response's bytes are read here (``_sse.py``), each frame one
+``msgspec`` decode into ``_Event``, which holds only the fields read below, instead of the
+SDK's pydantic event per frame. A frame of another shape is logged once and skipped.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from turnlog_reducer import (
 from turnlog.config import Settings
 from turnlog.models import ProviderSpec
 from turnlog.providers._common import TRANSPORT_ERRORS, read_backstop_s, redact, retry_after
+from turnlog.providers._sse import Skipper, SSEDecoder
 from turnlog.providers._tls import tls_context
 from turnlog.providers.base import (
     Adapter,
@@ -164,14 +170,18 @@ class AnthropicProvider:
         client = self._client()
         try:
             try:
-                stream = await client.messages.create(**params, stream=True)
-                async for item in _translate(stream):
-                    yield item
+                async with client.messages.with_streaming_response.create(
+                    **params, stream=True
+                ) as response:
+                    http = response.http_response
+                    async for item in _translate(_frames(http.aiter_bytes())):
+                        if isinstance(item, _ErrorFrame):
+                            raise self._status_error(200, item.body, item.text, http.headers)
+                        yield item
             except anthropic.APIError as e:
                 raise self._error(e) from None
             except TRANSPORT_ERRORS as e:
-                # Raised while reading the stream (a read timeout is a stall), not wrapped
-                # by the SDK.
+                # Raised while reading the stream (a read timeout is a stall).
                 text = redact(f"anthropic: {type(e).__name__}: {e}", self.api_key)
                 raise ProviderError(text, retryable=True) from None
         finally:
@@ -181,24 +191,29 @@ class AnthropicProvider:
 
     def _error(self, e: anthropic.APIError) -> ProviderError:
         if isinstance(e, anthropic.APIStatusError):
-            # The body's error.type and error.message (read from the body: older SDK
-            # releases have no attributes for them); an `error` event mid-stream comes
-            # with the stream's status, 200.
-            error = e.body.get("error") if isinstance(e.body, dict) else None
-            kind = error.get("type") if isinstance(error, dict) else None
-            detail = error.get("message") if isinstance(error, dict) else None
-            where = "mid-stream" if e.status_code == 200 else f"HTTP {e.status_code}"
-            text = f"anthropic: {where} {kind or 'error'}: {detail or e.message}"
-            retryable = e.status_code in (408, 409, 429) or e.status_code >= 500
-            return ProviderError(
-                redact(text, self.api_key),
-                retryable=retryable or kind in _RETRYABLE_TYPES,
-                retry_after=retry_after(e.response.headers),
-            )
+            return self._status_error(e.status_code, e.body, e.message, e.response.headers)
         # Connection errors and timeouts (APIConnectionError, APITimeoutError).
         return ProviderError(
             redact(f"anthropic: {e.message}", self.api_key),
             retryable=isinstance(e, anthropic.APIConnectionError),
+        )
+
+    def _status_error(
+        self, status: int, body: object, message: str, headers: Mapping[str, str]
+    ) -> ProviderError:
+        # The body's error.type and error.message (read from the body: older SDK releases
+        # have no attributes for them); an `error` event mid-stream comes with the
+        # stream's status, 200.
+        error = body.get("error") if isinstance(body, dict) else None
+        kind = error.get("type") if isinstance(error, dict) else None
+        detail = error.get("message") if isinstance(error, dict) else None
+        where = "mid-stream" if status == 200 else f"HTTP {status}"
+        text = f"anthropic: {where} {kind or 'error'}: {detail or message}"
+        retryable = status in (408, 409, 429) or status >= 500
+        return ProviderError(
+            redact(text, self.api_key),
+            retryable=retryable or kind in _RETRYABLE_TYPES,
+            retry_after=retry_after(headers),
         )
 
 
@@ -221,6 +236,103 @@ ADAPTER = Adapter(
 # -- the stream ------------------------------------------------------------------------------
 
 
+# One Struct for every event of the stream, with only the fields read below (msgspec skips
+# the rest without building them); ``type`` says which are there.
+
+
+class _Details(msgspec.Struct):
+    thinking_tokens: int | None = None
+
+
+class _Usage(msgspec.Struct):
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    output_tokens_details: _Details | None = None
+
+
+class _Message(msgspec.Struct):
+    usage: _Usage | None = None
+
+
+class _Block(msgspec.Struct):
+    """A ``content_block_start``'s block."""
+
+    type: str
+    text: str = ""
+    thinking: str = ""
+    signature: str | None = None
+    data: str = ""
+    id: str = ""
+    name: str = ""
+
+
+class _Delta(msgspec.Struct):
+    """A ``content_block_delta``'s delta, or a ``message_delta``'s."""
+
+    type: str = ""
+    text: str = ""
+    thinking: str = ""
+    signature: str = ""
+    partial_json: str = ""
+    stop_reason: str | None = None
+
+
+class _Event(msgspec.Struct):
+    type: str
+    index: int = 0
+    message: _Message | None = None
+    content_block: _Block | None = None
+    delta: _Delta | None = None
+    usage: _Usage | None = None
+
+
+_decode_event = msgspec.json.Decoder(_Event).decode
+
+
+class _ErrorFrame(msgspec.Struct):
+    """An ``error`` event: its body (JSON if it was) and its text."""
+
+    body: object
+    text: str
+
+
+async def _frames(chunks: AsyncIterator[bytes]) -> AsyncIterator[_Event | _ErrorFrame]:
+    """The stream's events; ``ping`` and frames without an event name skipped (as the SDK
+    skips them)."""
+    decoder = SSEDecoder()
+    skipper = Skipper(log, "anthropic")
+    async for raw in chunks:
+        for name, data in decoder.feed(raw):
+            if name == "ping" or not name:
+                continue
+            if name == "error":
+                yield _error_frame(data)
+                return
+            try:
+                yield _decode_event(data)
+            except msgspec.ValidationError as e:
+                skipper.skip(data, e)
+    for name, data in decoder.flush():
+        if name == "error":
+            yield _error_frame(data)
+            return
+        if name and name != "ping":
+            try:
+                yield _decode_event(data)
+            except msgspec.ValidationError as e:
+                skipper.skip(data, e)
+
+
+def _error_frame(data: bytes) -> _ErrorFrame:
+    try:
+        body: object = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return _ErrorFrame(data.decode("utf-8", "replace"), data.decode("utf-8", "replace"))
+    return _ErrorFrame(body, f"{body}")
+
+
 class _Open(msgspec.Struct):
     """The content block being streamed (the Messages API streams one at a time)."""
 
@@ -231,17 +343,44 @@ class _Open(msgspec.Struct):
     signature: str = ""
 
 
-async def _translate(stream: AsyncIterator[Any]) -> AsyncIterator[StreamEvent | StepEnd]:
-    """The SDK's raw stream events as reducer events and one ``StepEnd``."""
+async def _translate(
+    stream: AsyncIterator[_Event | _ErrorFrame],
+) -> AsyncIterator[StreamEvent | StepEnd | _ErrorFrame]:
+    """The stream's events as reducer events and one ``StepEnd`` (an ``error`` event is
+    passed on for the provider to raise)."""
     reported: dict[str, int] = {}
     finish = "stop"
     blocks: dict[int, _Open] = {}
     async for event in stream:
+        if isinstance(event, _ErrorFrame):
+            yield event
+            return
         match event.type:
+            case "content_block_delta":
+                opened = blocks.get(event.index)
+                delta = event.delta
+                if opened is None or delta is None:
+                    continue
+                match delta.type:
+                    case "text_delta":
+                        yield TextDelta(delta.text)
+                    case "thinking_delta":
+                        opened.has_text = opened.has_text or bool(delta.thinking)
+                        yield ReasoningDelta(delta.thinking)
+                    case "signature_delta":
+                        opened.signature += delta.signature
+                    case "input_json_delta" if delta.partial_json:
+                        opened.text += delta.partial_json
+                        yield ToolCallDelta(opened.tool_id, delta.partial_json)
+                    case _:
+                        pass
             case "message_start":
-                _add_usage(reported, event.message.usage)
+                if event.message is not None:
+                    _add_usage(reported, event.message.usage)
             case "content_block_start":
                 block = event.content_block
+                if block is None:
+                    continue
                 match block.type:
                     case "text":
                         blocks[event.index] = _Open("text")
@@ -259,24 +398,6 @@ async def _translate(stream: AsyncIterator[Any]) -> AsyncIterator[StreamEvent | 
                         yield ToolCallStarted(block.id, block.name)
                     case other:
                         log.info("anthropic block type ignored", block_type=other)
-            case "content_block_delta":
-                opened = blocks.get(event.index)
-                delta = event.delta
-                if opened is None:
-                    continue
-                match delta.type:
-                    case "text_delta":
-                        yield TextDelta(delta.text)
-                    case "thinking_delta":
-                        opened.has_text = opened.has_text or bool(delta.thinking)
-                        yield ReasoningDelta(delta.thinking)
-                    case "signature_delta":
-                        opened.signature += delta.signature
-                    case "input_json_delta" if delta.partial_json:
-                        opened.text += delta.partial_json
-                        yield ToolCallDelta(opened.tool_id, delta.partial_json)
-                    case _:
-                        pass
             case "content_block_stop":
                 opened = blocks.pop(event.index, None)
                 if opened is not None:
@@ -284,7 +405,7 @@ async def _translate(stream: AsyncIterator[Any]) -> AsyncIterator[StreamEvent | 
                         yield item
             case "message_delta":
                 _add_usage(reported, event.usage)
-                if event.delta.stop_reason is not None:
+                if event.delta is not None and event.delta.stop_reason is not None:
                     reason = event.delta.stop_reason
                     finish = _FINISH.get(reason, reason)
             case "message_stop":
@@ -314,21 +435,21 @@ def _close_block(opened: _Open) -> list[StreamEvent]:
             return []
 
 
-def _add_usage(into: dict[str, int], reported: Any) -> None:
+def _add_usage(into: dict[str, int], reported: _Usage | None) -> None:
     """Merge ``message_start``'s or ``message_delta``'s usage (both are cumulative)."""
-    for name in (
-        "input_tokens",
-        "output_tokens",
-        "cache_read_input_tokens",
-        "cache_creation_input_tokens",
-    ):
-        value = getattr(reported, name, None)
-        if isinstance(value, int):
-            into[name] = value
-    details = getattr(reported, "output_tokens_details", None)
-    thinking = getattr(details, "thinking_tokens", None)
-    if isinstance(thinking, int):
-        into["thinking_tokens"] = thinking
+    if reported is None:
+        return
+    if reported.input_tokens is not None:
+        into["input_tokens"] = reported.input_tokens
+    if reported.output_tokens is not None:
+        into["output_tokens"] = reported.output_tokens
+    if reported.cache_read_input_tokens is not None:
+        into["cache_read_input_tokens"] = reported.cache_read_input_tokens
+    if reported.cache_creation_input_tokens is not None:
+        into["cache_creation_input_tokens"] = reported.cache_creation_input_tokens
+    details = reported.output_tokens_details
+    if details is not None and details.thinking_tokens is not None:
+        into["thinking_tokens"] = details.thinking_tokens
 
 
 def _usage(reported: dict[str, int]) -> dict[str, int] | None:

@@ -30,6 +30,15 @@ Quirks handled here:
 The SDK's own retries stay off (its default): the engine retries, once, for everyone. Each
 step has its own HTTP client, closed when the step ends or is cancelled, so the API sees
 the disconnect at once.
+
+The SDK builds and sends the request (its request conversion, URL, API version, key header
+and status errors: ``_open_stream`` does what ``generate_content_stream`` does up to the
+response) and the response's bytes are read here (``_sse.py``): each frame one ``msgspec``
+decode into ``_Response``, which holds only the fields read below, instead of the SDK's
+``json.loads``, ``json.dumps``, ``json.loads`` again and a pydantic model per chunk. The
+request side uses SDK internals (``_GenerateContentParameters_to_mldev``,
+``_build_request``, ``_async_request``): ``tests/providers/test_gemini.py`` pins them,
+and ``pyproject.toml`` the SDK release range they were read from.
 """
 
 from __future__ import annotations
@@ -42,14 +51,16 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, cast
 
 import anyio
 import httpx
 import msgspec
 import structlog
 from google import genai
+from google.genai import _common as genai_common
 from google.genai import errors as genai_errors
+from google.genai import models as genai_models
 from google.genai import types
 from turnlog_reducer import (
     ReasoningBlock,
@@ -67,6 +78,7 @@ from turnlog_reducer import (
 from turnlog.config import Settings
 from turnlog.models import ProviderSpec
 from turnlog.providers._common import TRANSPORT_ERRORS, read_backstop_s, redact, retry_after_value
+from turnlog.providers._sse import Skipper, SSEDecoder
 from turnlog.providers._tls import tls_context
 from turnlog.providers.base import (
     Adapter,
@@ -171,11 +183,13 @@ class GeminiProvider:
         )
         try:
             try:
-                chunks = await client.aio.models.generate_content_stream(
-                    model=request.model, contents=contents, config=config
-                )
-                async for item in _translate(chunks, request):
-                    yield item
+                response = await _open_stream(client, request.model, contents, config)
+                try:
+                    async for item in _translate(_chunks(response), request):
+                        yield item
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
             except genai_errors.APIError as e:
                 raise self._error(e) from None
             except TRANSPORT_ERRORS as e:
@@ -239,6 +253,118 @@ def _retry_after(headers: Mapping[str, str], details: Any) -> float | None:
 # -- the stream ------------------------------------------------------------------------------
 
 
+async def _open_stream(
+    client: genai.Client,
+    model: str,
+    contents: list[types.Content],
+    config: types.GenerateContentConfig,
+) -> httpx.Response:
+    """The SDK's ``generate_content_stream`` up to the response, which is returned unread
+    (what ``AsyncModels._generate_content_stream`` does before it parses; Gemini API only,
+    not Vertex AI): the SDK's own request conversion, URL, headers and status errors."""
+    api = client.aio.models._api_client
+    parameters = types._GenerateContentParameters(model=model, contents=contents, config=config)
+    body = genai_models._GenerateContentParameters_to_mldev(api, parameters, None, parameters)
+    url = body.get("_url")
+    path = "{model}:streamGenerateContent?alt=sse".format_map(url) if url else ""
+    body.pop("config", None)
+    body = genai_common.encode_unserializable_types(genai_common.convert_to_dict(body))
+    http_request = api._build_request("post", path, body, None)
+    response = await api._async_request(http_request=http_request, stream=True)
+    return cast("httpx.Response", response.response_stream)
+
+
+# The fields of a chunk (a ``GenerateContentResponse`` in the REST JSON) read below, and no
+# others: msgspec skips the rest without building them.
+
+
+class _FunctionCall(msgspec.Struct):
+    id: str | None = None
+    name: str | None = None
+    args: dict[str, Any] | None = None
+
+
+class _Part(msgspec.Struct, rename="camel"):
+    text: str | None = None
+    thought: bool | None = None
+    thought_signature: str | None = None  # base64
+    function_call: _FunctionCall | None = None
+
+
+class _Content(msgspec.Struct):
+    parts: list[_Part] | None = None
+
+
+class _Candidate(msgspec.Struct, rename="camel"):
+    content: _Content | None = None
+    finish_reason: str | None = None
+
+
+class _UsageMetadata(msgspec.Struct, rename="camel"):
+    prompt_token_count: int | None = None
+    candidates_token_count: int | None = None
+    thoughts_token_count: int | None = None
+    cached_content_token_count: int | None = None
+
+
+class _PromptFeedback(msgspec.Struct, rename="camel"):
+    block_reason: str | None = None
+
+
+class _Response(msgspec.Struct, rename="camel"):
+    candidates: list[_Candidate] | None = None
+    usage_metadata: _UsageMetadata | None = None
+    prompt_feedback: _PromptFeedback | None = None
+    response_id: str | None = None
+    error: Any = None  # an error object sent inside the stream
+
+
+_decode_response = msgspec.json.Decoder(_Response).decode
+
+
+async def _chunks(response: httpx.Response) -> AsyncIterator[_Response]:
+    """The response's chunks; an ``{"error": …}`` one raised as the SDK raises it."""
+    decoder = SSEDecoder(keep_other=True)
+    skipper = Skipper(log, "gemini")
+    other = decoder.other
+    assert other is not None
+    async for raw in response.aiter_bytes():
+        frames = [data for _, data in decoder.feed(raw)]
+        if other:
+            # An error sent as bare JSON lines (no `data:`): complete once it parses.
+            try:
+                msgspec.json.decode(b"".join(other))
+            except msgspec.DecodeError:
+                pass
+            else:
+                frames.append(b"".join(other))
+                other.clear()
+        for data in frames:
+            try:
+                chunk = _decode_response(data)
+            except msgspec.ValidationError as e:
+                skipper.skip(data, e)
+                continue
+            if chunk.error is not None:
+                _raise_error(chunk.error, data, response)
+            yield chunk
+    for _, data in decoder.flush():
+        try:
+            chunk = _decode_response(data)
+        except msgspec.ValidationError as e:
+            skipper.skip(data, e)
+            continue
+        if chunk.error is not None:
+            _raise_error(chunk.error, data, response)
+        yield chunk
+
+
+def _raise_error(error: Any, data: bytes, response: httpx.Response) -> None:
+    body = msgspec.json.decode(data)
+    code = error.get("code") if isinstance(error, dict) else None
+    raise genai_errors.APIError(code if isinstance(code, int) else 0, body, response)
+
+
 class _State(msgspec.Struct):
     """What the stream made so far: whether there is a last block and if it is signed."""
 
@@ -248,11 +374,11 @@ class _State(msgspec.Struct):
 
 
 async def _translate(
-    chunks: AsyncIterator[types.GenerateContentResponse], request: ModelRequest
+    chunks: AsyncIterator[_Response], request: ModelRequest
 ) -> AsyncIterator[StreamEvent | StepEnd]:
     state = _State()
     finish: str | None = None
-    reported: types.GenerateContentResponseUsageMetadata | None = None
+    reported: _UsageMetadata | None = None
     async for chunk in chunks:
         if chunk.usage_metadata is not None:
             reported = chunk.usage_metadata  # each chunk's counts are the totals so far
@@ -264,11 +390,17 @@ async def _translate(
         candidate = chunk.candidates[0]
         parts = candidate.content.parts if candidate.content else None
         for part in parts or ():
+            if part.function_call is None and not part.thought_signature:
+                # The common case (a text or thought part) without a list per part.
+                if part.text:
+                    yield ReasoningDelta(part.text) if part.thought else TextDelta(part.text)
+                    state.has_block = True
+                    state.last_signed = False
+                continue
             for event in _part_events(part, state, chunk.response_id, request):
                 yield event
         if candidate.finish_reason is not None:
-            # An enum member, or a plain string for a reason this SDK release does not know.
-            name = str(getattr(candidate.finish_reason, "value", candidate.finish_reason))
+            name = candidate.finish_reason
             finish = _FINISH.get(name, name.lower())
     if finish is None:
         raise ProviderError("gemini: the stream ended without a finish reason", retryable=True)
@@ -278,7 +410,7 @@ async def _translate(
 
 
 def _part_events(
-    part: types.Part, state: _State, response_id: str | None, request: ModelRequest
+    part: _Part, state: _State, response_id: str | None, request: ModelRequest
 ) -> list[StreamEvent]:
     events: list[StreamEvent] = []
     call = part.function_call
@@ -299,7 +431,7 @@ def _part_events(
         state.has_block = True
         state.last_signed = False
     if part.thought_signature:
-        signature = base64.b64encode(part.thought_signature).decode()
+        signature = _normalized_signature(part.thought_signature)
         if state.has_block and not state.last_signed:
             events.append(Signature(signature))
             state.last_signed = True
@@ -316,7 +448,18 @@ def _synthetic_id(request: ModelRequest, response_id: str | None, n: int, name: 
     return f"{SYNTHETIC_ID}{digest[:16]}"
 
 
-def _usage(reported: types.GenerateContentResponseUsageMetadata | None) -> dict[str, int] | None:
+def _normalized_signature(wire: str) -> str:
+    """A signature as the block keeps it: standard base64 of its bytes (the API may send
+    the URL-safe alphabet or leave out the padding, which the SDK's bytes field accepted)."""
+    text = wire.replace("-", "+").replace("_", "/")
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return wire
+    return base64.b64encode(raw).decode()
+
+
+def _usage(reported: _UsageMetadata | None) -> dict[str, int] | None:
     if reported is None:
         return None
     thoughts = reported.thoughts_token_count

@@ -20,17 +20,24 @@ in ``tests/providers/test_openai.py``:
 - the ``id`` and ``name`` only on a call's first fragment (everyone);
 - no usage chunk although ``stream_options.include_usage`` was asked (older servers): the
   row's usage stays null.
+
+The SDK sends the request (``with_streaming_response``: its auth, base URL, headers and
+status errors) and the response's bytes are read here, not through the SDK's per-chunk
+pydantic objects (``_sse.py``): each ``data:`` frame is one ``msgspec`` decode into
+``_Chunk``, which holds only the fields read below. A frame of another shape is logged once
+and skipped; one that is not JSON fails the step.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 import anyio
 import msgspec
 import openai
+import structlog
 from turnlog_reducer import (
     Block,
     ReasoningDelta,
@@ -45,7 +52,8 @@ from turnlog_reducer import (
 
 from turnlog.config import Settings
 from turnlog.models import ProviderSpec
-from turnlog.providers._common import read_backstop_s, retry_after
+from turnlog.providers._common import TIMEOUT_ERRORS, TRANSPORT_ERRORS, read_backstop_s, retry_after
+from turnlog.providers._sse import Skipper, SSEDecoder
 from turnlog.providers._tls import tls_context
 from turnlog.providers.base import (
     Adapter,
@@ -58,6 +66,8 @@ from turnlog.providers.base import (
 )
 
 __all__ = ["ADAPTER", "OpenAIOptions", "OpenAIProvider", "to_messages"]
+
+log = structlog.get_logger("turnlog.providers.openai")
 
 
 class OpenAIOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -108,20 +118,18 @@ class OpenAIProvider:
                 }
                 if request.tools:
                     params["tools"] = [_tool(t) for t in request.tools]
-                stream = cast(
-                    "openai.AsyncStream[Any]", await client.chat.completions.create(**params)
-                )
                 assembler = _Assembler()
-                async with stream:
-                    async for chunk in stream:
-                        for event in assembler.feed(chunk.to_dict(warnings=False)):
-                            yield event
+                async with client.chat.completions.with_streaming_response.create(
+                    **params
+                ) as response:
+                    async for item in _read(response.http_response, assembler):
+                        yield item
                 for event in assembler.close():
                     yield event
                 yield assembler.end()
             except openai.APIError as exc:
                 raise _translate(exc) from None
-            except ValueError as exc:  # a frame that is not JSON, or not a chunk
+            except msgspec.DecodeError as exc:  # a frame that is not JSON
                 raise ProviderError(f"openai: malformed stream: {exc}", retryable=False) from None
         finally:
             # Shielded: on cancel the socket must still be closed now, not at GC.
@@ -198,6 +206,101 @@ def _arguments_text(block: ToolCallBlock) -> str:
 
 # -- the stream ----------------------------------------------------------------------------
 
+# The fields of a chunk the assembler reads, and no others (msgspec skips the rest without
+# building them). Text and reasoning are typed ``Any`` and checked where read: a server
+# that sends something else there loses that field, not the whole chunk.
+
+
+class _Function(msgspec.Struct):
+    name: str | None = None
+    arguments: Any = None  # a string; an object from some Ollama versions
+
+
+class _Fragment(msgspec.Struct):
+    index: int | None = None
+    id: str | None = None
+    function: _Function | None = None
+
+
+class _Delta(msgspec.Struct):
+    content: Any = None
+    reasoning: Any = None
+    reasoning_content: Any = None
+    tool_calls: list[_Fragment] | None = None
+
+
+class _Choice(msgspec.Struct):
+    index: int = 0
+    delta: _Delta | None = None
+    finish_reason: str | None = None
+
+
+class _Details(msgspec.Struct):
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    prompt_tokens_details: _Details | None = None
+    completion_tokens_details: _Details | None = None
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_Choice] | None = None
+    usage: _Usage | None = None
+    error: Any = None  # an error object sent inside the stream
+
+
+_decode_chunk = msgspec.json.Decoder(_Chunk).decode
+
+
+async def _read(response: Any, assembler: _Assembler) -> AsyncIterator[StreamEvent]:
+    """The events of the response's ``data:`` frames, up to ``[DONE]``; the SDK's error
+    types for what goes wrong while reading (as its own stream reader raises them)."""
+    decoder = SSEDecoder()
+    skipper = Skipper(log, "openai")
+    feed = assembler.feed
+    try:
+        async for raw in response.aiter_bytes():
+            for _, data in decoder.feed(raw):
+                if data[:6] == b"[DONE]":
+                    return
+                try:
+                    chunk = _decode_chunk(data)
+                except msgspec.ValidationError as exc:
+                    skipper.skip(data, exc)
+                    continue
+                if chunk.error:
+                    raise _stream_error(chunk.error, response)
+                for event in feed(chunk):
+                    yield event
+        for _, data in decoder.flush():
+            if data[:6] == b"[DONE]":
+                return
+            try:
+                chunk = _decode_chunk(data)
+            except msgspec.ValidationError as exc:
+                skipper.skip(data, exc)
+                continue
+            if chunk.error:
+                raise _stream_error(chunk.error, response)
+            for event in feed(chunk):
+                yield event
+    except TIMEOUT_ERRORS as exc:
+        raise openai.APITimeoutError(request=response.request) from exc
+    except TRANSPORT_ERRORS as exc:
+        raise openai.APIConnectionError(request=response.request) from exc
+
+
+def _stream_error(error: Any, response: Any) -> openai.APIError:
+    """An error object inside the stream, as the SDK's own reader raises it."""
+    message = error.get("message") if isinstance(error, dict) else None
+    if not message or not isinstance(message, str):
+        message = "An error occurred during streaming"
+    return openai.APIError(message, response.request, body=error)
+
 
 class _Call:
     __slots__ = ("arguments", "id", "index", "name", "started", "whole")
@@ -212,7 +315,7 @@ class _Call:
 
 
 class _Assembler:
-    """Chat Completions chunks (as dicts) -> our stream events; see the module docstring."""
+    """Chat Completions chunks -> our stream events; see the module docstring."""
 
     def __init__(self) -> None:
         self.calls: list[_Call] = []
@@ -221,33 +324,36 @@ class _Assembler:
         self.finish_reason: str | None = None
         self.usage: dict[str, int] | None = None
 
-    def feed(self, chunk: dict[str, Any]) -> list[StreamEvent]:
+    def feed(self, chunk: _Chunk) -> list[StreamEvent]:
         out: list[StreamEvent] = []
-        if chunk.get("usage"):
-            self.usage = _usage(chunk["usage"])
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
+        if chunk.usage is not None:
+            self.usage = _usage(chunk.usage)
+        for choice in chunk.choices or ():
+            if choice.index != 0:
                 continue
-            delta = choice.get("delta") or {}
-            # vLLM/OpenRouter/Ollama name it `reasoning`, DeepSeek/llama.cpp `reasoning_content`.
-            reasoning = delta.get("reasoning") or delta.get("reasoning_content")
-            if isinstance(reasoning, str) and reasoning:
-                out.append(ReasoningDelta(reasoning))
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                out.append(TextDelta(content))
-            for fragment in delta.get("tool_calls") or ():
-                out += self._fragment(fragment)
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+            delta = choice.delta
+            if delta is not None:
+                # vLLM/OpenRouter/Ollama name it `reasoning`, DeepSeek/llama.cpp
+                # `reasoning_content`.
+                reasoning = delta.reasoning or delta.reasoning_content
+                if reasoning and isinstance(reasoning, str):
+                    out.append(ReasoningDelta(reasoning))
+                content = delta.content
+                if content and isinstance(content, str):
+                    out.append(TextDelta(content))
+                if delta.tool_calls:
+                    for fragment in delta.tool_calls:
+                        out += self._fragment(fragment)
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
         return out
 
-    def _call_for(self, fragment: dict[str, Any]) -> _Call:
-        call_id = fragment.get("id") or None
-        index = fragment.get("index")
+    def _call_for(self, fragment: _Fragment) -> _Call:
+        call_id = fragment.id or None
+        index = fragment.index
         if call_id is not None and call_id in self.by_id:
             return self.by_id[call_id]
-        known = self.by_index.get(index) if isinstance(index, int) else None
+        known = self.by_index.get(index) if index is not None else None
         # A new id is a new call, even under an index already used (every parallel call
         # sent as index 0); no id continues the call of its index, else the last one.
         if call_id is None:
@@ -256,25 +362,25 @@ class _Assembler:
             if index is None and self.calls:
                 return self.calls[-1]
             call_id = f"call_{len(self.calls)}"
-        call = _Call(call_id, index if isinstance(index, int) else None)
+        call = _Call(call_id, index)
         self.calls.append(call)
         self.by_id[call_id] = call
-        if isinstance(index, int):
+        if index is not None:
             self.by_index[index] = call
         return call
 
-    def _fragment(self, fragment: dict[str, Any]) -> list[StreamEvent]:
+    def _fragment(self, fragment: _Fragment) -> list[StreamEvent]:
         call = self._call_for(fragment)
-        function = fragment.get("function") or {}
+        function = fragment.function or _Function()
         out: list[StreamEvent] = []
-        if function.get("name") and not call.name:
-            call.name = function["name"]
+        if function.name and not call.name:
+            call.name = function.name
         if not call.started and call.name:
             call.started = True
             out.append(ToolCallStarted(call.id, call.name))
             if call.arguments:  # fragments that came before the name
                 out.append(ToolCallDelta(call.id, "".join(call.arguments)))
-        arguments = function.get("arguments")
+        arguments = function.arguments
         if arguments is None or arguments == "":
             return out
         if not isinstance(arguments, str):  # an object, not a string (some Ollama versions)
@@ -316,14 +422,14 @@ def _parsed(call: _Call) -> Any:
         return None  # kept as text in arguments_text; the tool sees no arguments
 
 
-def _usage(raw: dict[str, Any]) -> dict[str, int]:
-    prompt = raw.get("prompt_tokens_details") or {}
-    completion = raw.get("completion_tokens_details") or {}
+def _usage(raw: _Usage) -> dict[str, int]:
+    prompt = raw.prompt_tokens_details
+    completion = raw.completion_tokens_details
     return usage(
-        raw.get("prompt_tokens"),
-        raw.get("completion_tokens"),
-        cached_tokens=prompt.get("cached_tokens"),
-        reasoning_tokens=completion.get("reasoning_tokens"),
+        raw.prompt_tokens,
+        raw.completion_tokens,
+        cached_tokens=prompt.cached_tokens if prompt is not None else None,
+        reasoning_tokens=completion.reasoning_tokens if completion is not None else None,
     )
 
 
