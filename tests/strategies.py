@@ -264,3 +264,20 @@ def is_sealed(block: Block) -> bool:
 
 def _tool_index(blocks: list[Block], tool_id: str) -> int:
     return next(k for k, b in enumerate(blocks) if isinstance(b, ToolCallBlock) and b.id == tool_id)
+
+
+# -- issue 22: what a chat product keeps around the answers ---------------------------------
+
+# No NUL: PostgreSQL text and jsonb cannot hold it (the commands refuse it with a 400).
+product_texts = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12)
+
+
+def metadata_maps() -> st.SearchStrategy[dict[str, str]]:
+    """Conversation metadata within the limits: at most 16 keys of 1-64 characters."""
+    keys = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=8)
+    return st.dictionaries(keys, product_texts, max_size=16)
+
+
+def prompt_commands() -> st.SearchStrategy[tuple[str, str]]:
+    """(name, input) of a `/NAME input` prompt command."""
+    return st.tuples(st.from_regex(r"[a-z0-9_-]{1,32}", fullmatch=True), product_texts)

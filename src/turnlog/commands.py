@@ -38,6 +38,7 @@ from turnlog.log.projection import (
     NotFound,
 )
 from turnlog.log.store import Appended, Store, VersionConflict
+from turnlog.product import metadata, search
 from turnlog.providers import ModelForbidden, check_model
 from turnlog.streams import interrupt_events
 
@@ -91,6 +92,7 @@ class ConversationIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model: str | None = None
     options: dict[str, Any] | None = None
     system_prompt: str | None = None
+    metadata: dict[str, str] | None = None
 
 
 class ConversationPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -98,6 +100,7 @@ class ConversationPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     model: str | msgspec.UnsetType = msgspec.UNSET
     options: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     system_prompt: str | msgspec.UnsetType | None = msgspec.UNSET
+    metadata: dict[str, str] | msgspec.UnsetType = msgspec.UNSET  # replaces the whole map
 
 
 class MessageIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -207,6 +210,7 @@ class Chat:
             self._text("title", body.title, limit=MAX_TITLE_CHARS)
         if body.system_prompt is not None:
             self._text("system_prompt", body.system_prompt)
+        metadata = _metadata(body.metadata or {})
         cid = cid or uuid.uuid4()
         done = await self.store.append(
             cid,
@@ -219,6 +223,7 @@ class Chat:
                     model=model,
                     options=options,
                     system_prompt=body.system_prompt,
+                    metadata=metadata,
                 )
             ],
             expected_version=0,
@@ -228,12 +233,36 @@ class Chat:
         return done.conversation.conversation
 
     async def list_conversations(
-        self, owner: str, *, limit: int, cursor: str | None
+        self,
+        owner: str,
+        *,
+        limit: int,
+        cursor: str | None,
+        q: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> tuple[list[Conversation], str | None]:
+        """Newest first; with ``q``, the ones matching it, best first (``search.Found``,
+        paged by offset); ``metadata``: pairs every one listed must hold."""
         if not 1 <= limit <= MAX_PAGE:
             raise BadRequest(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+        wanted = _metadata(metadata or {})
+        if q is not None and q.strip():
+            offset = _decode_offset(cursor) if cursor else 0
+            try:
+                found = await search.search(
+                    self.store.pool, owner, q, metadata=wanted, limit=limit + 1, offset=offset
+                )
+            except search.BadQuery as exc:
+                raise BadRequest(str(exc)) from None
+            nxt = _encode_offset(offset + limit) if len(found) > limit else None
+            return list(found[:limit]), nxt
         before = _decode_cursor(cursor) if cursor else None
-        rows = await self.store.list_conversations(owner, limit=limit + 1, before=before)
+        if wanted:
+            rows = await search.list_filtered(
+                self.store.pool, owner, metadata=wanted, limit=limit + 1, before=before
+            )
+        else:
+            rows = await self.store.list_conversations(owner, limit=limit + 1, before=before)
         more = len(rows) > limit
         rows = rows[:limit]
         nxt = _encode_cursor(rows[-1].conversation) if more and rows else None
@@ -246,6 +275,8 @@ class Chat:
             self._text("title", patch.title, limit=MAX_TITLE_CHARS)
         if isinstance(patch.system_prompt, str):
             self._text("system_prompt", patch.system_prompt)
+        if isinstance(patch.metadata, dict):
+            _metadata(patch.metadata)
 
         async def attempt() -> Appended:
             conv = await self.conversation(owner, cid)
@@ -262,6 +293,7 @@ class Chat:
                         model=patch.model,
                         options=patch.options,
                         system_prompt=patch.system_prompt,
+                        metadata=patch.metadata,
                     )
                 ],
                 expected_version=c.version,
@@ -660,6 +692,13 @@ def unanswered(row: MessageRecord) -> list[str]:
     return [t for t in row.awaiting_user if t in row.open_tool_calls]
 
 
+def _metadata(value: dict[str, str]) -> dict[str, str]:
+    try:
+        return metadata.check(value)
+    except metadata.BadMetadata as exc:
+        raise BadRequest(str(exc)) from None
+
+
 def _no_nul(name: str, value: Any) -> None:
     """PostgreSQL text and jsonb cannot hold U+0000: refuse it here (400) rather than fail
     at the append (a 500 and nothing stored)."""
@@ -678,6 +717,21 @@ def _no_nul(name: str, value: Any) -> None:
 def _encode_cursor(c: Conversation) -> str:
     raw = f"{c.created_at.isoformat()}|{c.id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _encode_offset(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"search|{offset}".encode()).decode().rstrip("=")
+
+
+def _decode_offset(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, offset = raw.partition("|")
+        if kind == "search" and offset.isdigit() and len(offset) <= 9:
+            return int(offset)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise BadRequest(f"cursor {cursor!r} is not one this server gave out for this search")
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:

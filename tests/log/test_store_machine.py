@@ -594,4 +594,5 @@ def test_schema_reapplies_after_rebuild(fresh_db: str) -> None:
         "messages_conversation_seq",
         "messages_client_id",
         "messages_generating",
+        "messages_search",
     }

@@ -10,6 +10,7 @@ from litestar import Request, Response, delete, get, patch, post, put
 
 from turnlog.commands import (
     MAX_PAGE,
+    BadRequest,
     ConversationIn,
     ConversationPatch,
     EditIn,
@@ -31,11 +32,13 @@ from turnlog.http.openapi import (
     api,
 )
 from turnlog.log.projection import Conversation, Message
+from turnlog.product import metadata
 
 
 class ListQuery(msgspec.Struct, frozen=True, kw_only=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)] = 20
     cursor: str | None = None
+    q: str | None = None  # full-text search: ranked, each item with a `match` snippet
 
 
 class ExportQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,13 +70,22 @@ async def create_conversation(request: Request[Any, Any, Any]) -> Response[bytes
 
 @get(
     "/v1/conversations",
-    opt=api("list conversations, newest first", {200: ConversationList}, query=ListQuery),
+    opt=api(
+        "list conversations, newest first; with q, those matching it, best first;"
+        " metadata.KEY=VALUE filters (all must hold)",
+        {200: ConversationList},
+        query=ListQuery,
+    ),
 )
 async def list_conversations(request: Request[Any, Any, Any]) -> Response[bytes]:
     owner = user(request)
     q = query(request, ListQuery)
+    try:
+        wanted = metadata.filters(request.query_params.multi_items())
+    except metadata.BadMetadata as exc:
+        raise BadRequest(str(exc)) from None
     items, nxt = await runtime(request).chat.list_conversations(
-        owner, limit=q.limit, cursor=q.cursor or None
+        owner, limit=q.limit, cursor=q.cursor or None, q=q.q, metadata=wanted
     )
     return json_response(ConversationList(items=items, next=nxt))
 

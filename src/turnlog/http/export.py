@@ -27,6 +27,9 @@ _WORDS: dict[str, dict[str, str]] = {
         "interrupted": "interrupted",
         "error": "failed",
         "aborted": "stopped",
+        "metadata": "Metadata",
+        "up": "rated good",
+        "down": "rated bad",
     },
     "ru": {
         "untitled": "Разговор",
@@ -43,6 +46,9 @@ _WORDS: dict[str, dict[str, str]] = {
         "interrupted": "прервано",
         "error": "ошибка",
         "aborted": "остановлено",
+        "metadata": "Метаданные",
+        "up": "оценено хорошо",
+        "down": "оценено плохо",
     },
     "pl": {
         "untitled": "Rozmowa",
@@ -59,6 +65,9 @@ _WORDS: dict[str, dict[str, str]] = {
         "interrupted": "przerwane",
         "error": "błąd",
         "aborted": "zatrzymane",
+        "metadata": "Metadane",
+        "up": "oceniono dobrze",
+        "down": "oceniono źle",
     },
 }
 
@@ -88,6 +97,10 @@ def markdown(conv: Conversation, messages: Sequence[Message], lang: str) -> str:
     w = _WORDS.get(lang, _WORDS["en"])
     title = (conv.title or w["untitled"]).replace("\n", " ")  # one line: one heading
     out = [f"# {title}", "", f"_{w['model']}: {conv.model}_", ""]
+    if conv.metadata:
+        out += [f"**{w['metadata']}**", ""]
+        out += [f"- {_one_line(k)}: {_one_line(v)}" for k, v in sorted(conv.metadata.items())]
+        out.append("")
     if conv.system_prompt:
         out += [f"## {w['system_prompt']}", "", literal(conv.system_prompt), ""]
     for m in messages:
@@ -97,6 +110,8 @@ def markdown(conv: Conversation, messages: Sequence[Message], lang: str) -> str:
             notes.append(w["edited"])
         if m.status != "completed":
             notes.append(w[m.status])
+        if m.feedback is not None:
+            notes.append(w[m.feedback.rating])
         out.append(f"## {heading}" + (f" _({', '.join(notes)})_" if notes else ""))
         out.append("")
         if m.status == "error" and m.error:
@@ -111,7 +126,14 @@ def markdown(conv: Conversation, messages: Sequence[Message], lang: str) -> str:
                 elif isinstance(block, ToolCallBlock):
                     args = block.arguments_text or "{}"
                     out += [f"**{w['tool_call']}: `{block.name}`**", "", "```json", args, "```", ""]
+            if m.feedback is not None and m.feedback.comment:
+                out += [f"> {_one_line(m.feedback.comment)}", ""]
         else:
             text = m.edited_content if m.edited_content is not None else (m.content or "")
             out += [literal(text), ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _one_line(text: str) -> str:
+    """User text on one line, unable to start a heading or a block of its own."""
+    return literal(" ".join(text.split()))

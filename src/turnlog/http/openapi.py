@@ -50,6 +50,7 @@ class ErrorAnswer(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ConversationList(msgspec.Struct, frozen=True, kw_only=True):
+    # A search's items also carry `match`: a short snippet of where (turnlog.product.search).
     items: list[Conversation]
     next: str | None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from turnlog_reducer import ReasoningDelta, StreamEvent, TextDelta
@@ -32,6 +32,8 @@ class ConversationCreated(_Event, frozen=True, tag="conversation_created"):
     model: str
     options: dict[str, Any]
     system_prompt: str | None
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    agent: str | None = None
 
 
 class ConversationUpdated(_Event, frozen=True, tag="conversation_updated"):
@@ -39,10 +41,19 @@ class ConversationUpdated(_Event, frozen=True, tag="conversation_updated"):
     model: str | UnsetType = UNSET
     options: dict[str, Any] | UnsetType = UNSET
     system_prompt: str | UnsetType | None = UNSET
+    metadata: dict[str, str] | UnsetType = UNSET  # replaces the whole map
+    agent: str | UnsetType | None = UNSET
 
 
 class ConversationDeleted(_Event, frozen=True, tag="conversation_deleted"):
     pass
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True):
+    """A prompt command a user message invoked (CONTRACT.md section 4)."""
+
+    name: str
+    input: str
 
 
 class UserMessageSent(_Event, frozen=True, tag="user_message_sent"):
@@ -51,6 +62,10 @@ class UserMessageSent(_Event, frozen=True, tag="user_message_sent"):
     content: str
     client_message_id: str | None = None
     options: dict[str, Any] | None = None  # per-message model options, over the conversation's
+    # Typed as `/NAME input` naming a prompt command: the command, and the expanded template
+    # the model is sent instead of ``content`` (decided, date included, when it was sent).
+    command: Command | None = None
+    prompt: str | None = None
 
 
 class UserMessageEdited(_Event, frozen=True, tag="user_message_edited"):
@@ -123,6 +138,21 @@ class ToolResultRecorded(_Event, frozen=True, tag="tool_result_recorded"):
     content: str
 
 
+class TitleGenerated(_Event, frozen=True, tag="title_generated"):
+    """The server titled an untitled conversation after its first completed answer
+    (``turnlog.product.titles``); refused if a title was set meanwhile."""
+
+    title: str
+
+
+class FeedbackGiven(_Event, frozen=True, tag="feedback_given"):
+    """A user's rating of an assistant row; ``rating`` None clears it."""
+
+    message_id: uuid.UUID
+    rating: Literal["up", "down"] | None
+    comment: str | None = None
+
+
 DomainEvent = (
     ConversationCreated
     | ConversationUpdated
@@ -136,6 +166,8 @@ DomainEvent = (
     | TurnAborted
     | TurnInterrupted
     | ToolResultRecorded
+    | TitleGenerated
+    | FeedbackGiven
 )
 
 TurnEvent = TurnCheckpointed | StepCompleted | TurnFailed | TurnAborted | TurnInterrupted

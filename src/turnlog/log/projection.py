@@ -19,11 +19,14 @@ from turnlog_reducer import Block, ToolCallBlock, fold
 from turnlog.log.events import (
     UNSET,
     AssistantTurnStarted,
+    Command,
     ConversationCreated,
     ConversationDeleted,
     ConversationUpdated,
     DomainEvent,
+    FeedbackGiven,
     StepCompleted,
+    TitleGenerated,
     ToolResultRecorded,
     TurnAborted,
     TurnCheckpointed,
@@ -51,6 +54,18 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     created_at: datetime
     updated_at: datetime
+    # At most 16 string keys to string values (turnlog.product.metadata checks them).
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    # The preset whose fields are this conversation's defaults (turnlog.product.agents).
+    agent: str | None = None
+
+
+class Feedback(msgspec.Struct, frozen=True, kw_only=True):
+    """A user's rating of an assistant row (``PUT /v1/messages/{mid}/feedback``)."""
+
+    rating: Literal["up", "down"]
+    comment: str | None
+    at: datetime
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,6 +91,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     edited_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    feedback: Feedback | None = None
+    command: Command | None = None  # a user row typed as `/NAME input`
 
 
 class ConversationRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,6 +119,8 @@ class MessageRecord(msgspec.Struct, frozen=True, kw_only=True):
     options: dict[str, Any] | None = None
     open_tool_calls: tuple[str, ...] = ()
     awaiting_user: tuple[str, ...] = ()
+    # A command's expanded template: what the model is sent instead of ``content``.
+    prompt: str | None = None
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -145,7 +164,7 @@ def referenced_messages(event: DomainEvent) -> tuple[uuid.UUID, ...]:
             return (mid,)
         case TurnAborted(message_id=mid) | TurnInterrupted(message_id=mid):
             return (mid,)
-        case ToolResultRecorded(reply_to=mid):
+        case ToolResultRecorded(reply_to=mid) | FeedbackGiven(message_id=mid):
             return (mid,)
         case _:
             return ()
@@ -234,6 +253,17 @@ def check(
             row = _row(messages, mid)
             if call not in row.open_tool_calls:
                 raise InvalidEvent(f"message {mid} has no tool call {call!r} waiting for a result")
+        case TitleGenerated():
+            if conv.conversation.title is not None:
+                # A title set by a user (even while the titling ran) always wins.
+                raise InvalidEvent(f"conversation {cid} already has a title")
+        case FeedbackGiven(message_id=mid):
+            row = _row(messages, mid)
+            if row.message.conversation_id != cid or row.message.role != "assistant":
+                raise InvalidEvent(
+                    f"message {mid} is not an assistant message of conversation {cid}; "
+                    "only answers take feedback"
+                )
         case _:
             pass
 
@@ -267,6 +297,8 @@ def evolve(
             version=version,
             created_at=event.at,
             updated_at=event.at,
+            metadata=event.metadata,
+            agent=event.agent,
         )
         return Outcome(ConversationRecord(conversation=c, owner=event.owner, last_seq=0), ())
     assert conv is not None, "event for a missing conversation"
@@ -282,18 +314,34 @@ def evolve(
                 system_prompt=(
                     c.system_prompt if event.system_prompt is UNSET else event.system_prompt
                 ),
+                metadata=c.metadata if event.metadata is UNSET else event.metadata,
+                agent=c.agent if event.agent is UNSET else event.agent,
                 updated_at=at,
             )
             return _with(conv, c, version)
+        case TitleGenerated():
+            c = msgspec.structs.replace(c, title=event.title, updated_at=at)
+            return _with(conv, c, version)
+        case FeedbackGiven():
+            old = messages[event.message_id]
+            feedback = (
+                None
+                if event.rating is None
+                else Feedback(rating=event.rating, comment=event.comment, at=at)
+            )
+            m = msgspec.structs.replace(old.message, feedback=feedback, updated_at=at)
+            return _with(conv, c, version, (msgspec.structs.replace(old, message=m),))
         case ConversationDeleted():
             return Outcome(None, ())
         case UserMessageSent():
+            m = _new_message(event.message_id, c.id, event.seq, "user", at, content=event.content)
+            if event.command is not None:
+                m = msgspec.structs.replace(m, command=event.command)
             row = MessageRecord(
-                message=_new_message(
-                    event.message_id, c.id, event.seq, "user", at, content=event.content
-                ),
+                message=m,
                 client_message_id=event.client_message_id,
                 options=event.options,
+                prompt=event.prompt,
             )
             c = msgspec.structs.replace(c, updated_at=at)
             return _with(conv, c, version, (row,), event.seq)

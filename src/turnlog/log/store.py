@@ -38,6 +38,7 @@ from turnlog.log.projection import (
     Conversation,
     ConversationRecord,
     DomainError,
+    Feedback,
     InvalidEvent,
     Message,
     MessageRecord,
@@ -82,12 +83,14 @@ def _public_change(before: ConversationRecord | None, after: ConversationRecord 
     if before is None or after is None:
         return True
     a, b = before.conversation, after.conversation
-    return (a.title, a.model, a.options, a.system_prompt, a.state) != (
+    return (a.title, a.model, a.options, a.system_prompt, a.state, a.metadata, a.agent) != (
         b.title,
         b.model,
         b.options,
         b.system_prompt,
         b.state,
+        b.metadata,
+        b.agent,
     )
 
 
@@ -107,16 +110,20 @@ def configure_connection(conn: psycopg.Connection[Any] | psycopg.AsyncConnection
 
 _blocks = msgspec.json.Decoder(tuple[Block, ...])
 _obj = msgspec.json.Decoder(dict[str, Any])
+_strings = msgspec.json.Decoder(dict[str, str])
+_feedback = msgspec.json.Decoder(Feedback)
+_command = msgspec.json.Decoder(ev.Command)
 _json = msgspec.json.Encoder()
 
 CONVERSATION_COLUMNS = (
     "id, owner, title, model, options, system_prompt, state, version, last_seq, "
-    "created_at, updated_at"
+    "created_at, updated_at, metadata, agent"
 )
 MESSAGE_COLUMNS = (
     "id, conversation_id, seq, role, content, blocks, status, error, finish_reason, usage, "
     "model, reply_to, tool_call_id, tool_name, edited_content, edited_at, created_at, "
-    "updated_at, attempt, stream_seq, client_message_id, options, open_tool_calls, awaiting_user"
+    "updated_at, attempt, stream_seq, client_message_id, options, open_tool_calls, awaiting_user, "
+    "feedback, command, prompt"
 )
 _MESSAGE_WRITABLE = MESSAGE_COLUMNS.split(", ")
 _CONVERSATION_WRITABLE = CONVERSATION_COLUMNS.split(", ")
@@ -135,6 +142,8 @@ def conversation_from_row(row: Sequence[Any]) -> ConversationRecord:
         last_seq,
         created,
         updated,
+        metadata,
+        agent,
     ) = row
     return ConversationRecord(
         conversation=Conversation(
@@ -147,6 +156,8 @@ def conversation_from_row(row: Sequence[Any]) -> ConversationRecord:
             version=version,
             created_at=created,
             updated_at=updated,
+            metadata=_strings.decode(metadata),
+            agent=agent,
         ),
         owner=owner,
         last_seq=last_seq,
@@ -179,6 +190,9 @@ def message_from_row(row: Sequence[Any]) -> MessageRecord:
         options,
         open_tool_calls,
         awaiting_user,
+        feedback,
+        command,
+        prompt,
     ) = row
     return MessageRecord(
         message=Message(
@@ -202,6 +216,8 @@ def message_from_row(row: Sequence[Any]) -> MessageRecord:
             edited_at=edited_at,
             created_at=created,
             updated_at=updated,
+            feedback=None if feedback is None else _feedback.decode(feedback),
+            command=None if command is None else _command.decode(command),
         ),
         attempt=attempt,
         stream_seq=stream_seq,
@@ -209,6 +225,7 @@ def message_from_row(row: Sequence[Any]) -> MessageRecord:
         options=None if options is None else _obj.decode(options),
         open_tool_calls=tuple(open_tool_calls),
         awaiting_user=tuple(awaiting_user),
+        prompt=prompt,
     )
 
 
@@ -226,6 +243,8 @@ def conversation_params(r: ConversationRecord) -> tuple[Any, ...]:
         r.last_seq,
         c.created_at,
         c.updated_at,
+        _json.encode(c.metadata).decode(),
+        c.agent,
     )
 
 
@@ -256,6 +275,9 @@ def message_params(r: MessageRecord) -> tuple[Any, ...]:
         None if r.options is None else _json.encode(r.options).decode(),
         list(r.open_tool_calls),
         list(r.awaiting_user),
+        None if m.feedback is None else _json.encode(m.feedback).decode(),
+        None if m.command is None else _json.encode(m.command).decode(),
+        r.prompt,
     )
 
 
@@ -283,13 +305,16 @@ def _updates(columns: list[str], key: str = "id") -> str:
 _LOG_EVENTS = (
     "logged AS ("
     " INSERT INTO events (conversation_id, version, type, data, metadata)"
-    " SELECT %(id)s, v, t, d::jsonb, %(metadata)s::jsonb"
+    " SELECT %(id)s, v, t, d::jsonb, %(event_metadata)s::jsonb"
     " FROM unnest(%(versions)b::int[], %(types)b::text[], %(data)b::text[]) AS e (v, t, d)"
     " WHERE EXISTS (SELECT FROM guard) ORDER BY v)"
 )
 _WRITE = (
     f"WITH guard AS (INSERT INTO conversations ({CONVERSATION_COLUMNS}) VALUES ("
-    + ", ".join(f"%({c})s::jsonb" if c == "options" else f"%({c})s" for c in _CONVERSATION_WRITABLE)
+    + ", ".join(
+        f"%({c})s::jsonb" if c in ("options", "metadata") else f"%({c})s"
+        for c in _CONVERSATION_WRITABLE
+    )
     + f") ON CONFLICT (id) DO UPDATE SET {_updates(_CONVERSATION_WRITABLE)}"
     " WHERE conversations.version = %(expected)s RETURNING id), "
     + _LOG_EVENTS
@@ -530,6 +555,7 @@ def _message_json(r: MessageRecord) -> dict[str, Any]:
         options=r.options,
         open_tool_calls=r.open_tool_calls,
         awaiting_user=r.awaiting_user,
+        prompt=r.prompt,
     )
     return row
 
@@ -560,7 +586,7 @@ def _statement(
     params: dict[str, Any] = {
         "id": cid,
         "expected": expected,
-        "metadata": metadata,
+        "event_metadata": metadata,
         "versions": [v for v, _ in fold.stored],
         "types": fold.types,
         "data": fold.data,
