@@ -20,6 +20,10 @@ writes them):
     turnlog_db_pool_connections_in_use, turnlog_db_pool_requests_waiting   gauges
     turnlog_http_requests_total{method,route,status}             route = path template
     turnlog_http_request_duration_seconds{method,route}          histogram
+    turnlog_feedback_total{provider,model,rating="up"|"down"|"cleared"}
+    turnlog_titles_total{outcome="written"|"failed"|"skipped"}
+    turnlog_cache_hits_total{provider,model}, turnlog_cache_misses_total{provider,model}
+    turnlog_cache_tokens_saved_total{provider,model}             output tokens not generated
 
 A generation here is one assistant row (one step of a turn).
 """
@@ -116,6 +120,35 @@ class Metrics:
             "HTTP request latency (a stream's until it ends).",
             ["method", "route"],
             buckets=_FAST_BUCKETS,
+            registry=r,
+        )
+        # What a chat product keeps around the answers (turnlog.product).
+        self.feedback = Counter(
+            "turnlog_feedback",
+            "Feedback given on answers, by the answer's model and the rating.",
+            [*pm, "rating"],
+            registry=r,
+        )
+        self.titles = Counter(
+            "turnlog_titles",
+            "Automatic titles: written, failed (logged; left untitled) or skipped (a title "
+            "was set meanwhile).",
+            ["outcome"],
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "turnlog_cache_hits", "Answers served from the response cache.", pm, registry=r
+        )
+        self.cache_misses = Counter(
+            "turnlog_cache_misses",
+            "Cacheable requests the response cache did not hold (the model answered).",
+            pm,
+            registry=r,
+        )
+        self.cache_tokens_saved = Counter(
+            "turnlog_cache_tokens_saved",
+            "Output tokens the response cache answered instead of the model.",
+            pm,
             registry=r,
         )
         self._gauges: dict[str, Gauge] = {}

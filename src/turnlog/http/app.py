@@ -33,7 +33,17 @@ from turnlog.config import Settings
 from turnlog.db.schema import apply_schema
 from turnlog.follow import Follower
 from turnlog.generation.engine import Engine, utcnow
-from turnlog.http import conversations, internal, live, models, openapi, ops, ui_chat, web
+from turnlog.http import (
+    conversations,
+    internal,
+    live,
+    models,
+    openapi,
+    ops,
+    product,
+    ui_chat,
+    web,
+)
 from turnlog.http.auth import Unauthorized
 from turnlog.http.common import (
     Runtime,
@@ -135,6 +145,7 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             *ui_chat.ROUTES,
             *web.ROUTES,
             *internal.ROUTES,
+            *product.ROUTES,
         ],
         lifespan=[lifespan],
         exception_handlers={
