@@ -402,8 +402,8 @@ def start_turnlog(
     data_dir: Path, extra_env: dict[str, str] | None = None, *, workers: int = 1
 ) -> Server:
     port = free_port()
-    env = {**os.environ, "TURNLOG_DATA_DIR": str(data_dir), **(extra_env or {})}
-    env.pop("TURNLOG_DATABASE_URL", None)
+    env = {k: v for k, v in os.environ.items() if k != "TURNLOG_DATABASE_URL"}
+    env.update({"TURNLOG_DATA_DIR": str(data_dir), **(extra_env or {})})
     command = [str(Path(sys.executable).parent / "turnlog"), "serve", "--port", str(port)]
     # Its log (stderr) goes to serve-<port>.log beside the data dir, kept with --keep: the
     # server's own account of a run, e.g. "overloaded: checkpoints are late".
@@ -920,6 +920,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with servers(args.keep) as (turnlog, baseline, tmp):
         print(f"turnlog pid {turnlog.proc.pid}, baseline pid {baseline.proc.pid}", flush=True)
+        assert turnlog.db_url is not None
 
         def both(name: str, run: Callable[[Server], Row], other: Server | None = None) -> None:
             mine = run(other or turnlog)
@@ -940,7 +941,12 @@ def main(argv: list[str] | None = None) -> int:
                 lambda srv: sends(srv, args.send_seconds, args.send_clients, args.clients),
             )
         if args.ckpt_off:
-            off = start_turnlog(tmp / "data", {"TURNLOG_CHECKPOINT_S": "3600"})
+            # A second server beside the first: on its database as an external one (the
+            # embedded database serves one `turnlog serve` per data dir).
+            off = start_turnlog(
+                tmp / "data",
+                {"TURNLOG_CHECKPOINT_S": "3600", "TURNLOG_DATABASE_URL": turnlog.db_url},
+            )
             try:
                 g = args.ckpt_off
                 both(
@@ -954,7 +960,9 @@ def main(argv: list[str] | None = None) -> int:
             # The same scenarios on N worker processes behind one port (same database),
             # beside the single process, measured now: subscribers land on any worker and
             # follow the generation's owner through its internal stream (issue 13).
-            multi = start_turnlog(tmp / "data", workers=args.workers)
+            multi = start_turnlog(
+                tmp / "data", {"TURNLOG_DATABASE_URL": turnlog.db_url}, workers=args.workers
+            )
             labels = (f"--workers {args.workers}", "--workers 1")
             try:
                 runs: list[tuple[str, Callable[[Server], Row]]] = [

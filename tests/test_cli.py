@@ -60,6 +60,7 @@ def test_version_and_chat_help_lists_the_slash_commands() -> None:
 def test_token_says_which_secret_signed_it(tmp_path: Path) -> None:
     """The token alone on stdout; on stderr, the secret's file in the data dir, or the
     environment variable."""
+    (tmp_path / "jwt-secret").write_text("t" * 40 + "\n")
     done = _run("token", "--user", "u1", env={"TURNLOG_DATA_DIR": str(tmp_path)})
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 1
@@ -67,3 +68,37 @@ def test_token_says_which_secret_signed_it(tmp_path: Path) -> None:
     done = _run("token", "--user", "u1", env={"TURNLOG_JWT_SECRET": "s" * 40})
     assert "TURNLOG_JWT_SECRET" in done.stderr
     assert "s" * 40 not in done.stderr + done.stdout.replace(done.stdout.strip(), "")
+
+
+def test_token_without_a_secret_explains_and_creates_one_only_when_asked(tmp_path: Path) -> None:
+    """In a data dir without a secret, `turnlog token` exits 1 saying that `turnlog serve`
+    creates it and which data dir it looked in, and creates nothing; --create-secret makes
+    one there and prints a token."""
+    env = {"TURNLOG_DATA_DIR": str(tmp_path / "elsewhere")}
+    done = _run("token", "--user", "u1", env=env)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "turnlog serve" in done.stderr
+    assert str(tmp_path / "elsewhere") in done.stderr
+    assert "--create-secret" in done.stderr
+    assert not (tmp_path / "elsewhere" / "jwt-secret").exists()
+    done = _run("token", "--user", "u1", "--create-secret", env=env)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 1
+    assert (tmp_path / "elsewhere" / "jwt-secret").exists()
+
+
+def test_serve_with_a_default_model_that_cannot_exist_stops_naming_it(tmp_path: Path) -> None:
+    """`TURNLOG_DEFAULT_MODEL=nope:x turnlog serve` stops at once (exit 2), naming the model
+    and the variable, before it starts a database or listens."""
+    env = {
+        "TURNLOG_DATA_DIR": str(tmp_path),
+        "TURNLOG_DEFAULT_MODEL": "nope:x",
+        # Nobody listens there: a server that went on would fail later, on the database.
+        "TURNLOG_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1",
+    }
+    done = _run("serve", "--port", "0", env=env)
+    assert done.returncode == 2, done.stderr
+    assert "TURNLOG_DEFAULT_MODEL" in done.stderr
+    assert "'nope:x'" in done.stderr
+    assert "database" not in done.stderr.lower()

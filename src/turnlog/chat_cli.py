@@ -359,10 +359,15 @@ def _kind(block: Any) -> tuple[str, dict[str, Any]]:
 
 def cli_chat(settings: Settings, args: argparse.Namespace) -> int:
     """``turnlog chat``: a conversation in the terminal."""
-    from turnlog.http.auth import load_secret, make_token, secret_source
+    from turnlog.http.auth import NoSecret, load_secret, make_token, secret_source
 
     console = Console(highlight=False)
-    token = make_token(load_secret(settings), args.user, 24 * 3600)
+    try:
+        # Never a new secret: the server would refuse a token signed with it.
+        token = make_token(load_secret(settings, create=False), args.user, 24 * 3600)
+    except NoSecret as exc:
+        print(f"turnlog chat: {exc}", file=sys.stderr)
+        return 1
     print(
         f"turnlog chat: {args.url} as user {args.user!r}, token signed with "
         f"{secret_source(settings)}",

@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--user", required=True, help="user id (the JWT `sub` claim)")
     token.add_argument("--ttl", type=int, default=30 * 24 * 3600, help="seconds (default 30 days)")
+    token.add_argument(
+        "--create-secret",
+        action="store_true",
+        help="create the data dir's secret if it has none (else `serve` creates it)",
+    )
 
     replay = sub.add_parser("replay", help="verify or rebuild projections from the event log")
     rsub = replay.add_subparsers(dest="replay_command", required=True, metavar="ACTION")
@@ -92,7 +97,16 @@ def _parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="the database in use")
     dsub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     dsub.add_parser("url", help="print the connection URL (starting the embedded one if needed)")
-    dsub.add_parser("stop", help="stop the embedded PostgreSQL")
+    stop = dsub.add_parser(
+        "stop",
+        help="stop the embedded PostgreSQL",
+        description="Stop the embedded PostgreSQL; refused while a `turnlog serve` uses it.",
+    )
+    stop.add_argument(
+        "--force",
+        action="store_true",
+        help="stop it even under a running server (which then answers 503 until it is back)",
+    )
     return p
 
 
@@ -119,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         case "token":
             from turnlog.http.auth import cli_token
 
-            return cli_token(settings, user=args.user, ttl=args.ttl)
+            return cli_token(settings, user=args.user, ttl=args.ttl, create=args.create_secret)
         case "replay":
             from turnlog.replay import cli_replay
 
@@ -131,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         case "db":
             from turnlog.db.embedded import cli_db
 
-            return cli_db(settings, args.db_command)
+            return cli_db(settings, args.db_command, force=getattr(args, "force", False))
     raise AssertionError(f"unhandled command {args.command!r}")
 
 

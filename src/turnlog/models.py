@@ -78,9 +78,27 @@ class ProviderSpec(msgspec.Struct, frozen=True, kw_only=True):
     api_key_env: str | None = None
     models: tuple[str, ...] | None = None  # None: any model name is passed through
     defaults: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    # A key is needed: the file names its variable, or the provider talks to the vendor's
+    # own API (no base_url). A local server or gateway at a base_url may need none.
+    key_required: bool = False
 
     def offers(self, name: str) -> bool:
         return self.models is None or name in self.models
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why no model of this provider can be used now (its key is missing), or None."""
+        if self.api_key or not self.key_required:
+            return None
+        if self.api_key_env:
+            return (
+                f"provider {self.name!r} has no API key: the variable {self.api_key_env}"
+                " is unset or empty where the server runs"
+            )
+        return (
+            f"provider {self.name!r} has no API key: name the variable holding it with"
+            f" api_key_env in [providers.{self.name}]"
+        )
 
     def __repr__(self) -> str:
         # Never show the key, wherever a spec ends up printed.
@@ -202,17 +220,22 @@ class Catalog(msgspec.Struct, frozen=True, kw_only=True):
 # -- the TOML file -------------------------------------------------------------------------
 
 
+# Tables keyed by a name the user chose (a provider, a user, a model) are read as Any here
+# and converted one by one (``_table``), so that an error names the table it is in
+# (``providers.claude``) where msgspec would say ``$.providers[...]``.
+
+
 class _ProviderIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     kind: Kind
     base_url: str | None = None
     api_key_env: str | None = None
     models: list[str] | None = None
-    defaults: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    defaults: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class _AccessIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     default: list[str] | None = None
-    users: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    users: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class _LimitsIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -221,7 +244,7 @@ class _LimitsIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class _FileIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    providers: dict[str, _ProviderIn] = msgspec.field(default_factory=dict)
+    providers: dict[str, Any] = msgspec.field(default_factory=dict)
     access: _AccessIn = msgspec.field(default_factory=_AccessIn)
     limits: _LimitsIn = msgspec.field(default_factory=_LimitsIn)
 
@@ -239,19 +262,39 @@ def _read_file(path: Path) -> _File:
         raise ConfigError(f"TURNLOG_CONFIG={str(path)!r} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"TURNLOG_CONFIG={str(path)!r} is not valid TOML: {exc}") from None
-    try:
-        file = msgspec.convert(raw, _FileIn)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"TURNLOG_CONFIG={str(path)!r}: {exc}") from None
-    for name in file.providers:
+    where = f"TURNLOG_CONFIG={str(path)!r}"
+    file = _table(raw, _FileIn, None, where)
+    providers: dict[str, _ProviderIn] = {}
+    for name, table in file.providers.items():
         if not name or ":" in name or name != name.strip():
-            raise ConfigError(f"TURNLOG_CONFIG={str(path)!r}: bad provider name {name!r}")
+            raise ConfigError(f"{where}: bad provider name {name!r}")
+        provider = _table(table, _ProviderIn, f"providers.{name}", where)
+        for model, options in provider.defaults.items():
+            _table(options, dict[str, Any], f"providers.{name}.defaults.{model}", where)
+        providers[name] = provider
+    users = {
+        user: tuple(_table(patterns, list[str], f"access.users.{user}", where))
+        for user, patterns in file.access.users.items()
+    }
     access = Access(
         default=tuple(file.access.default) if file.access.default is not None else None,
-        users={u: tuple(p) for u, p in file.access.users.items()},
+        users=users,
     )
     limits = {k: v for k, v in msgspec.structs.asdict(file.limits).items() if v is not None}
-    return _File(file.providers, access, limits)
+    return _File(providers, access, limits)
+
+
+def _table(raw: Any, shape: Any, name: str | None, where: str) -> Any:
+    """``raw`` converted to ``shape``; a ``ConfigError`` naming table ``name`` (None: the
+    file's top level) and the field, as ``providers.claude.models[0]``."""
+    try:
+        return msgspec.convert(raw, shape)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        if name is not None:
+            text, at, path = message.rpartition(" - at `$")
+            message = f"{text} - at `{name}{path}" if at else f"{message} - in [{name}]"
+        raise ConfigError(f"{where}: {message}") from None
 
 
 def _spec(name: str, raw: _ProviderIn, env: Mapping[str, str], path: str) -> ProviderSpec:
@@ -275,4 +318,5 @@ def _spec(name: str, raw: _ProviderIn, env: Mapping[str, str], path: str) -> Pro
         api_key_env=key_var,
         models=tuple(raw.models) if raw.models is not None else None,
         defaults=raw.defaults,
+        key_required=raw.kind != "demo" and (raw.api_key_env is not None or not raw.base_url),
     )

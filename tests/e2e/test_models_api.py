@@ -81,3 +81,35 @@ def test_config_file_providers_defaults_and_access(
         fold = c.follow(sent["assistant_message"]["id"])
         # The provider's default options applied: five words at 400 tokens per second.
         assert len(fold.text.split()) == 5
+
+
+def test_a_provider_without_its_key_is_logged_listed_unavailable_and_refused(
+    spawn: Callable[..., Server], tmp_path: Path
+) -> None:
+    """A configured provider whose key variable is empty: the server says so when it starts,
+    /v1/models lists its models with available false and the reason, and a conversation
+    or a send with it (one made while the key was set) is a 400 naming the variable."""
+    path = tmp_path / "turnlog.toml"
+    path.write_text(
+        '[providers.claude]\nkind = "anthropic"\napi_key_env = "CLAUDE_KEY"\nmodels = ["x"]\n'
+    )
+    keyed = spawn(env={"TURNLOG_CONFIG": str(path), "CLAUDE_KEY": "k"}).start()
+    with keyed.http("alice") as http:
+        cid = http.post("/v1/conversations", json={"model": "claude:x"}).json()["id"]
+    keyed.kill()
+    srv = spawn(
+        env={"TURNLOG_CONFIG": str(path), "CLAUDE_KEY": ""}, database_url=keyed.database_url
+    ).start()
+    assert "CLAUDE_KEY" in srv.log()
+    with srv.http("alice") as http:
+        items = {i["id"]: i for i in http.get("/v1/models").json()["items"]}
+        assert items[DEMO]["capabilities"]["available"] is True
+        claude = items["claude:x"]["capabilities"]
+        assert claude["available"] is False
+        assert "CLAUDE_KEY" in claude["detail"]
+        r = http.post("/v1/conversations", json={"model": "claude:x"})
+        assert_problem(r, 400)
+        assert "CLAUDE_KEY" in r.json()["detail"]
+        r = http.post(f"/v1/conversations/{cid}/messages", json={"content": "hi"})
+        assert_problem(r, 400)
+        assert "CLAUDE_KEY" in r.json()["detail"]

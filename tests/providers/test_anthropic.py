@@ -344,3 +344,12 @@ async def test_bad_options_are_a_final_error(fake: FakeServer) -> None:
 def test_blocks_without_signatures_encode_as_before() -> None:
     """A plain text answer's blocks carry no signature keys."""
     assert encode_blocks((TextBlock("x"),)) == b'[{"type":"text","text":"x"}]'
+
+
+async def test_connection_refused_is_retryable_and_names_the_host() -> None:
+    """Nobody listening: a retryable connection error naming the host it tried."""
+    with FakeServer() as gone:
+        url = gone.url
+    _, error = await run_to_error(AnthropicProvider(api_key=KEY, base_url=url), request())
+    assert error.retryable
+    assert url.removeprefix("http://") in str(error)

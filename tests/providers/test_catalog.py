@@ -111,6 +111,9 @@ def test_listing_shows_only_what_the_user_may_use(tmp_path: Path) -> None:
         ("[providers.x]\nkind = 'openai'\nmodels = ['a']\n[providers.x.defaults.b]\nt = 1\n", "b"),
         ("[providers]\nkind = [", "not valid TOML"),
         ("[acess]\n", "acess"),
+        ("[providers.claude]\nkind = 3\n", r"providers\.claude"),
+        ("[providers.claude]\nkind = 'anthropic'\nmodels = [1]\n", r"providers\.claude\.models"),
+        ("[access.users]\nbob = [1]\n", r"access\.users\.bob"),
     ],
 )
 def test_bad_files_fail_loudly_at_startup(tmp_path: Path, text: str, match: str) -> None:
@@ -118,6 +121,7 @@ def test_bad_files_fail_loudly_at_startup(tmp_path: Path, text: str, match: str)
     with pytest.raises(ConfigError, match=match) as info:
         catalog(tmp_path, text)
     assert "turnlog.toml" in str(info.value)
+    assert "[...]" not in str(info.value)  # the table's name, not msgspec's `$.providers[...]`
     with pytest.raises(ValueError, match=match):
         Settings.from_env({"TURNLOG_CONFIG": str(tmp_path / "turnlog.toml")})
 
@@ -175,3 +179,24 @@ def test_limits_come_from_the_file_unless_the_environment_sets_them(tmp_path: Pa
         path.write_text(f"[limits]\n{bad}\n")
         with pytest.raises(ValueError, match="limits"):
             Settings.from_env({"TURNLOG_CONFIG": str(path)})
+
+
+def test_a_provider_whose_key_variable_is_empty_is_unavailable_naming_it(
+    tmp_path: Path,
+) -> None:
+    """A provider whose key variable is unset or empty is listed as unavailable with the
+    reason, and a model of it is refused (400) naming the variable; set, it is available."""
+    text = "[providers.claude]\nkind = 'anthropic'\napi_key_env = 'CLAUDE_KEY'\n"
+    for env in ({}, {"CLAUDE_KEY": ""}):
+        cat = catalog(tmp_path, text, **env)
+        reason = cat.providers["claude"].unavailable
+        assert reason is not None
+        assert "CLAUDE_KEY" in reason
+        with pytest.raises(UnknownModel, match="CLAUDE_KEY"):
+            check_model(cat, "root", "claude:sonnet", {})
+    cat = catalog(tmp_path, text, CLAUDE_KEY="k")
+    assert cat.providers["claude"].unavailable is None
+    check_model(cat, "root", "claude:sonnet", {})
+    # A local server that needs no key names no key variable: available.
+    local = catalog(tmp_path, "[providers.local]\nkind = 'openai'\nbase_url = 'http://h/v1'\n")
+    assert local.providers["local"].unavailable is None

@@ -349,3 +349,12 @@ async def test_an_unknown_finish_reason_passes_through(fake: FakeServer) -> None
     fake.queue(w.reply(w.chunk(w.text("x"), finish="SOMETHING_NEW")))
     _, end = await run(provider(fake), request())
     assert end.finish_reason == "something_new"
+
+
+async def test_connection_refused_is_retryable_and_names_the_host() -> None:
+    """Nobody listening: a retryable connection error naming the host it tried."""
+    with FakeServer() as gone:
+        url = gone.url
+    _, error = await run_to_error(GeminiProvider(api_key=KEY, base_url=url), request())
+    assert error.retryable
+    assert url.removeprefix("http://") in str(error)

@@ -273,14 +273,15 @@ async def test_bad_request_is_final_and_never_shows_the_key(srv: FakeServer) -> 
 
 
 @pytest.mark.anyio
-async def test_connection_refused_is_retryable() -> None:
-    """Nobody listening: a retryable connection error."""
+async def test_connection_refused_is_retryable_and_names_the_host() -> None:
+    """Nobody listening: a retryable connection error naming the host it tried."""
     with FakeServer() as gone:
         url = gone.url
     spec = ProviderSpec(name="openai", kind="openai", base_url=url + "/v1", api_key=KEY)
     with pytest.raises(ProviderError, match="connection") as info:
         await run(OpenAIProvider(spec, Settings()), request())
     assert info.value.retryable
+    assert url.removeprefix("http://") in str(info.value)
 
 
 @pytest.mark.anyio

@@ -48,6 +48,7 @@ from urllib.parse import quote
 import psycopg
 
 from turnlog.config import Settings
+from turnlog.pidfile import serving_pid
 
 Isolation = Literal["direct", "unshare", "setpriv"]
 """How the PostgreSQL binaries are run: as ourselves, in a user namespace, or via setpriv."""
@@ -663,8 +664,8 @@ def resolve_database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | No
     return embedded.ensure_running(), embedded
 
 
-def cli_db(settings: Settings, action: str) -> int:
-    """``turnlog db url|stop``; returns the exit status."""
+def cli_db(settings: Settings, action: str, *, force: bool = False) -> int:
+    """``turnlog db url|stop [--force]``; returns the exit status."""
     try:
         match action:
             case "url":
@@ -672,18 +673,39 @@ def cli_db(settings: Settings, action: str) -> int:
                 print(url)
                 return 0
             case "stop":
-                if settings.database_url:
-                    print("TURNLOG_DATABASE_URL is set: there is no embedded PostgreSQL to stop")
-                    return 0
-                embedded = EmbeddedPostgres(settings.data_dir)
-                if not embedded.is_running():
-                    print(f"embedded PostgreSQL in {embedded.pgdata} is not running")
-                    return 0
-                embedded.stop()
-                print(f"stopped embedded PostgreSQL in {embedded.pgdata}")
-                return 0
+                return _stop(settings, force=force)
     except EmbeddedPostgresError as exc:
         print(f"turnlog: {exc}", file=sys.stderr)
         return 1
     print(f"turnlog: expected db action 'url' or 'stop', got {action!r}", file=sys.stderr)
     return 2
+
+
+def _stop(settings: Settings, *, force: bool) -> int:
+    """``turnlog db stop``: refused while a server runs on this data dir (serve.pid)."""
+    if settings.database_url:
+        print("TURNLOG_DATABASE_URL is set: there is no embedded PostgreSQL to stop")
+        return 0
+    embedded = EmbeddedPostgres(settings.data_dir)
+    if not embedded.is_running():
+        print(f"embedded PostgreSQL in {embedded.pgdata} is not running")
+        return 0
+    pid = serving_pid(settings.data_dir)
+    if pid is not None and not force:
+        print(
+            f"turnlog db stop: a server (pid {pid}) is using the embedded PostgreSQL in "
+            f"{embedded.pgdata}; stopped under it, it would answer 503 to everything. Stop "
+            f"the server first (kill {pid}: it drains and stops), or run `turnlog db stop "
+            "--force` to stop the database anyway",
+            file=sys.stderr,
+        )
+        return 1
+    if pid is not None:
+        print(
+            f"stopping the embedded PostgreSQL under the server with pid {pid}: it answers "
+            "503 until the database runs again (`turnlog db url` starts it)",
+            flush=True,
+        )
+    embedded.stop()
+    print(f"stopped embedded PostgreSQL in {embedded.pgdata}")
+    return 0

@@ -33,8 +33,13 @@ class Unauthorized(Exception):
     """No token, or one this server did not sign, or an expired one."""
 
 
-def load_secret(settings: Settings) -> str:
-    """TURNLOG_JWT_SECRET, else the secret generated once into the data dir (mode 0600)."""
+class NoSecret(Exception):
+    """The data dir has no secret and the caller may not create one."""
+
+
+def load_secret(settings: Settings, *, create: bool = True) -> str:
+    """TURNLOG_JWT_SECRET, else the secret generated once into the data dir (mode 0600);
+    ``NoSecret`` if there is none there and not ``create``."""
     if settings.jwt_secret:
         return settings.jwt_secret
     path = Path(settings.data_dir) / "jwt-secret"
@@ -42,6 +47,12 @@ def load_secret(settings: Settings) -> str:
         return path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         pass
+    if not create:
+        raise NoSecret(
+            f"no secret in data dir {settings.data_dir} (no {path}): `turnlog serve` creates "
+            "it when it first starts, so run this where the server runs (the same "
+            "TURNLOG_DATA_DIR, or the same TURNLOG_JWT_SECRET)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
     # O_EXCL: when two processes race to create it, one wins and the other reads the winner's.
@@ -183,8 +194,10 @@ def stream_reader(secret: str, token: str) -> tuple[str, uuid.UUID]:
     return _sub(claims), conversation_id
 
 
-def cli_token(settings: Settings, *, user: str, ttl: int) -> int:
-    """``turnlog token --user ID [--ttl SECONDS]``: the token alone on one line."""
+def cli_token(settings: Settings, *, user: str, ttl: int, create: bool = False) -> int:
+    """``turnlog token --user ID [--ttl SECONDS] [--create-secret]``: the token alone on one
+    line. A data dir without a secret is an error unless ``create``: a token signed with a
+    new secret would not be one the running server accepts."""
     problem = user_id_problem(user)
     if problem is not None:
         # !a: undecodable bytes in argv arrive as lone surrogates, unprintable as is.
@@ -196,7 +209,12 @@ def cli_token(settings: Settings, *, user: str, ttl: int) -> int:
             file=sys.stderr,
         )
         return 2
-    print(make_token(load_secret(settings), user, ttl))
+    try:
+        secret = load_secret(settings, create=create)
+    except NoSecret as exc:
+        print(f"turnlog token: {exc}; or pass --create-secret to make one here", file=sys.stderr)
+        return 1
+    print(make_token(secret, user, ttl))
     # On stderr: stdout is the token alone, for `TOKEN=$(turnlog token ...)`.
     print(f"turnlog token: signed with {secret_source(settings)}", file=sys.stderr)
     return 0

@@ -1,4 +1,4 @@
-"""``GET /v1/models``: the models the caller may use (CONTRACT.md §2, §5)."""
+"""``GET /v1/models``: the models the caller may use (docs/providers.md)."""
 
 from __future__ import annotations
 
@@ -46,13 +46,17 @@ async def list_models(request: Request[Any, Any, Any]) -> Response[bytes]:
     for spec, name in settings.models.listing(owner, settings.default_model):
         if spec.kind not in capabilities:
             capabilities[spec.kind] = _capabilities(spec.kind) if spec.kind in ADAPTERS else {}
+        found = capabilities[spec.kind]
+        if spec.unavailable is not None and found.get("available"):
+            # The SDK is here but this provider's key is not.
+            found = {**found, "available": False, "detail": spec.unavailable}
         items.append(
             ModelInfo(
                 id=f"{spec.name}:{name}",
                 provider=spec.name,
                 name=name,
                 kind=spec.kind,
-                capabilities=capabilities[spec.kind],
+                capabilities=found,
             )
         )
     return json_response(ModelList(items=items))

@@ -12,14 +12,15 @@ worker of ``serve --workers N`` shares the public socket with its siblings but n
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+import structlog
 import uvicorn
 
 from turnlog import logs
@@ -27,6 +28,10 @@ from turnlog.config import Settings
 from turnlog.http.app import Runtime, create_app
 from turnlog.http.auth import make_token, secret_source
 from turnlog.http.protocol import with_head_timeout
+from turnlog.pidfile import ServePid, serving_pid
+from turnlog.providers import UnknownModel, check_at_start
+
+log = structlog.get_logger("turnlog.serve")
 
 DEMO_USER = "demo-user"
 
@@ -72,24 +77,62 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def banner(settings: Settings, secret: str, base: str) -> str:
-    """What ``serve`` prints once it is ready: where, which database, a demo token."""
+def banner(settings: Settings, secret: str, base: str, notes: Sequence[str] = ()) -> str:
+    """What ``serve`` prints once it is ready: where, which database, a demo token, the
+    ``notes`` (its pid), and last, on the embedded defaults, the signed-in web chat URL."""
     token = make_token(secret, DEMO_USER, 30 * 24 * 3600)
     where = (
         "external PostgreSQL"
         if settings.database_url
         else (f"embedded PostgreSQL under {settings.data_dir}")
     )
-    text = (
-        f"turnlog is serving on {base} ({where})\n"
-        f"tokens are signed with {secret_source(settings)}\n"
-        f"bearer token for user {DEMO_USER!r} (30 days):\n{token}\n"
-        f"try:  curl -s -X POST {base}/v1/conversations -H 'Authorization: Bearer {token}'"
-    )
+    lines = [
+        f"turnlog is serving on {base} ({where})",
+        f"tokens are signed with {secret_source(settings)}",
+        f"bearer token for user {DEMO_USER!r} (30 days):",
+        token,
+        f"try:  curl -s -X POST {base}/v1/conversations -H 'Authorization: Bearer {token}'",
+        *notes,
+    ]
     if not settings.database_url:
         # The fragment never leaves the browser: the page moves it to session storage.
-        text += f"\nweb chat, signed in as {DEMO_USER!r}: {base}/#token={token}"
-    return text
+        lines.append(f"web chat, signed in as {DEMO_USER!r}: {base}/#token={token}")
+    return "\n".join(lines)
+
+
+def preflight(settings: Settings) -> bool:
+    """The checks before a server starts anything: False (said on stderr) if the default
+    model cannot be used; each configured provider that cannot be used now is logged."""
+    try:
+        problems = check_at_start(settings)
+    except UnknownModel as exc:
+        print(f"turnlog serve: {exc}", file=sys.stderr)
+        return False
+    for problem in problems:
+        log.warning("provider unavailable", reason=problem)
+    return True
+
+
+def claim_data_dir(settings: Settings) -> tuple[ServePid | None, str]:
+    """This process's hold on the data dir's serve.pid and the line that says so; a hold
+    of None with a refusal if another server runs there on the embedded database."""
+    hold = ServePid.take(settings.data_dir)
+    if hold is not None:
+        return hold, f"pid {os.getpid()} (in {hold.path})"
+    other = serving_pid(settings.data_dir)
+    path = Path(settings.data_dir) / "serve.pid"
+    if settings.database_url is None:
+        raise DataDirServed(
+            f"turnlog serve: data dir {settings.data_dir} is already served by pid {other} "
+            f"(see {path}): one server per data dir on the embedded database. Stop it first "
+            f"(kill {other}), or give this one another TURNLOG_DATA_DIR"
+        )
+    # An external database: servers may share a data dir; serve.pid names the first.
+    return None, f"pid {os.getpid()} ({path} names pid {other}, the first server here)"
+
+
+class DataDirServed(Exception):
+    """Another ``turnlog serve`` runs on this data dir with the embedded database."""
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -104,29 +147,44 @@ def bind(host: str, port: int) -> socket.socket:
 
 def run_server(settings: Settings, *, host: str, port: int, worker_fd: int | None = None) -> int:
     logs.configure()
+    if worker_fd is None and not preflight(settings):  # a worker's supervisor checked
+        return 2
+    hold: ServePid | None = None
+    pid_line = ""
+    if worker_fd is None:  # a worker's supervisor holds the data dir
+        try:
+            hold, pid_line = claim_data_dir(settings)
+        except DataDirServed as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    try:
+        return _serve(settings, host=host, port=port, worker_fd=worker_fd, pid_line=pid_line)
+    finally:
+        if hold is not None:
+            hold.release()
+
+
+def _serve(
+    settings: Settings, *, host: str, port: int, worker_fd: int | None, pid_line: str
+) -> int:
     tune_gc()
     rt = Runtime(settings)
     base = f"http://{host}:{port}"
-    pid_file = Path(settings.data_dir) / "serve.pid"
 
     def ready(rt: Runtime) -> None:
         freeze_startup_objects()
         if worker_fd is None:  # a worker's supervisor prints it once for all
-            print(banner(settings, rt.secret, base), flush=True)
-            # So that this server, and only this one, can be stopped:
+            # The pid, so that this server and only this one can be stopped:
             # kill $(cat DATA_DIR/serve.pid)
-            pid_file.parent.mkdir(parents=True, exist_ok=True)
-            pid_file.write_text(f"{os.getpid()}\n", encoding="utf-8")
-            print(f"pid {os.getpid()} (in {pid_file})", flush=True)
+            print(banner(settings, rt.secret, base, [pid_line]), flush=True)
 
     rt.on_ready = ready
     try:
         public = bind(host, port) if worker_fd is None else socket.socket(fileno=worker_fd)
     except OSError as exc:
         print(
-            f"turnlog serve: cannot listen on {host}:{port}: {exc.strerror}. Another server "
-            f"there? (this data dir's last one wrote its pid to {pid_file}); "
-            "or choose another port with --port",
+            f"turnlog serve: cannot listen on {host}:{port}: {exc.strerror}. Another "
+            "program there? Choose another port with --port",
             file=sys.stderr,
         )
         return 1
@@ -152,11 +210,6 @@ def run_server(settings: Settings, *, host: str, port: int, worker_fd: int | Non
         server.run(sockets=[public, internal])
     except KeyboardInterrupt:
         return 130
-    finally:
-        # Only our own: another server may have written its pid since.
-        with contextlib.suppress(OSError):
-            if pid_file.read_text(encoding="utf-8").strip() == str(os.getpid()):
-                pid_file.unlink()
     if not server.started:
         print("turnlog: the server did not start (see the log above)", file=sys.stderr)
         return 1

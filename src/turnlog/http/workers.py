@@ -4,7 +4,8 @@ One Python process is bound to one core. The supervisor (this module) uses them 
 resolves the database once (starting the embedded PostgreSQL if there is no
 TURNLOG_DATABASE_URL, so N workers never race to start it), makes the JWT secret once, binds
 the public socket once and starts N ``turnlog serve --worker-fd FD`` processes that inherit
-it. The kernel hands each new connection to whichever worker accepts it first.
+it. The kernel hands each new connection to whichever worker accepts it first. The
+supervisor holds the data dir (its pid in serve.pid, turnlog.pidfile) for them all.
 
 Every worker is a full instance (docs/deployment.md): its own pool, liveness lock, stream
 registry and internal socket, so a subscriber on one worker follows a generation on another
@@ -31,7 +32,7 @@ from turnlog.config import Settings
 from turnlog.db.embedded import resolve_database_url
 from turnlog.db.schema import apply_schema
 from turnlog.http.auth import load_secret
-from turnlog.http.serve import banner, bind
+from turnlog.http.serve import DataDirServed, banner, bind, claim_data_dir, preflight
 
 # A worker that dies sooner than this after its start is restarted only after a pause, so a
 # worker that cannot start does not spin.
@@ -41,6 +42,21 @@ QUICK_DEATH_S = 5.0
 def supervise(settings: Settings, *, host: str, port: int, workers: int) -> int:
     """Run ``workers`` server processes on ``host:port`` until a signal; the exit status."""
     logs.configure()
+    if not preflight(settings):
+        return 2
+    try:
+        hold, pid_line = claim_data_dir(settings)
+    except DataDirServed as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        return _supervise(settings, host=host, port=port, workers=workers, pid_line=pid_line)
+    finally:
+        if hold is not None:
+            hold.release()
+
+
+def _supervise(settings: Settings, *, host: str, port: int, workers: int, pid_line: str) -> int:
     url, _ = resolve_database_url(settings)
     apply_schema(url)
     secret = load_secret(settings)
@@ -76,7 +92,8 @@ def supervise(settings: Settings, *, host: str, port: int, workers: int) -> int:
             if not announced and not signals:
                 announced = _ready(base)
                 if announced:
-                    print(banner(settings, secret, base), f"\n({workers} workers)", flush=True)
+                    notes = [f"{pid_line}, supervising {workers} workers"]
+                    print(banner(settings, secret, base, notes), flush=True)
             for i, (proc, started) in list(running.items()):
                 code = proc.poll()
                 if code is None:

@@ -46,6 +46,7 @@ __all__ = [
     "ToolSpec",
     "UnknownModel",
     "adapter_for",
+    "check_at_start",
     "check_model",
     "get_provider",
     "parse_model",
@@ -96,11 +97,38 @@ def check_model(catalog: Catalog, user: str | None, model: str, options: Mapping
     spec, _ = catalog.resolve(model)
     if user is not None:
         catalog.check_access(user, model)
+    if spec.unavailable is not None:
+        raise UnknownModel(f"model {model!r} cannot be used: {spec.unavailable}")
     adapter = adapter_for(spec.kind)
     try:
         msgspec.convert(dict(options), adapter.options)
     except (msgspec.ValidationError, TypeError, ValueError) as exc:
         raise ValueError(_options_error(spec, exc)) from None
+
+
+def check_at_start(settings: Settings) -> list[str]:
+    """What ``turnlog serve`` checks before it starts. Raises ``UnknownModel`` naming
+    TURNLOG_DEFAULT_MODEL unless the default model can be used (a model that cannot exist,
+    a missing SDK, no key); returns why each other configured provider cannot be used now
+    (its key or its SDK missing), for the log."""
+    model = settings.default_model
+    try:
+        spec, _ = settings.models.resolve(model)
+        if spec.unavailable is not None:
+            raise UnknownModel(spec.unavailable)
+        adapter_for(spec.kind)
+    except UnknownModel as exc:
+        raise UnknownModel(f"TURNLOG_DEFAULT_MODEL={model!r} cannot be used: {exc}") from None
+    problems: list[str] = []
+    for provider in settings.models.providers.values():
+        if provider.unavailable is not None:
+            problems.append(provider.unavailable)
+            continue
+        try:
+            adapter_for(provider.kind)
+        except UnknownModel as exc:
+            problems.append(f"provider {provider.name!r}: {exc}")
+    return problems
 
 
 def validate_model(model: str, settings: Settings | None = None) -> None:

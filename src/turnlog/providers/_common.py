@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import time
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -13,6 +15,7 @@ from turnlog.config import Settings
 __all__ = [
     "TIMEOUT_ERRORS",
     "TRANSPORT_ERRORS",
+    "host_of",
     "read_backstop_s",
     "redact",
     "retry_after",
@@ -68,3 +71,15 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
 def redact(text: str, secret: str | None) -> str:
     """``text`` without ``secret`` (an API key must never reach a stored error)."""
     return text.replace(secret, "[redacted]") if secret else text
+
+
+def host_of(error: BaseException, base_url: str | None, default: str) -> str:
+    """The ``host:port`` a connection error was about: its request's URL, else the
+    provider's base URL, else the SDK's ``default`` one (so a refused or unreachable server
+    is named in the error the user reads)."""
+    request = None
+    # httpx's errors raise RuntimeError for a request they were not given.
+    with contextlib.suppress(RuntimeError, AttributeError):
+        request = error.request  # type: ignore[attr-defined]
+    url = str(request.url) if request is not None else (base_url or default)
+    return urlsplit(url).netloc.rpartition("@")[2] or url

@@ -60,7 +60,13 @@ from turnlog_reducer import (
 
 from turnlog.config import Settings
 from turnlog.models import ProviderSpec
-from turnlog.providers._common import TRANSPORT_ERRORS, read_backstop_s, redact, retry_after
+from turnlog.providers._common import (
+    TRANSPORT_ERRORS,
+    host_of,
+    read_backstop_s,
+    redact,
+    retry_after,
+)
 from turnlog.providers._sse import Skipper, SSEDecoder
 from turnlog.providers._tls import tls_context
 from turnlog.providers.base import (
@@ -182,7 +188,8 @@ class AnthropicProvider:
                 raise self._error(e) from None
             except TRANSPORT_ERRORS as e:
                 # Raised while reading the stream (a read timeout is a stall).
-                text = redact(f"anthropic: {type(e).__name__}: {e}", self.api_key)
+                host = host_of(e, self.base_url, "https://api.anthropic.com")
+                text = redact(f"anthropic: {type(e).__name__} ({host}): {e}", self.api_key)
                 raise ProviderError(text, retryable=True) from None
         finally:
             # Shielded: a cancelled step must still close its connection, right now.
@@ -192,9 +199,14 @@ class AnthropicProvider:
     def _error(self, e: anthropic.APIError) -> ProviderError:
         if isinstance(e, anthropic.APIStatusError):
             return self._status_error(e.status_code, e.body, e.message, e.response.headers)
-        # Connection errors and timeouts (APIConnectionError, APITimeoutError).
+        # Connection errors and timeouts (APIConnectionError, APITimeoutError), naming
+        # the server they were about.
+        text = f"anthropic: {e.message}"
+        host = host_of(e, self.base_url, "https://api.anthropic.com")
+        if host not in text:
+            text += f" ({host})"
         return ProviderError(
-            redact(f"anthropic: {e.message}", self.api_key),
+            redact(text, self.api_key),
             retryable=isinstance(e, anthropic.APIConnectionError),
         )
 

@@ -77,7 +77,13 @@ from turnlog_reducer import (
 
 from turnlog.config import Settings
 from turnlog.models import ProviderSpec
-from turnlog.providers._common import TRANSPORT_ERRORS, read_backstop_s, redact, retry_after_value
+from turnlog.providers._common import (
+    TRANSPORT_ERRORS,
+    host_of,
+    read_backstop_s,
+    redact,
+    retry_after_value,
+)
 from turnlog.providers._sse import Skipper, SSEDecoder
 from turnlog.providers._tls import tls_context
 from turnlog.providers.base import (
@@ -193,7 +199,8 @@ class GeminiProvider:
             except genai_errors.APIError as e:
                 raise self._error(e) from None
             except TRANSPORT_ERRORS as e:
-                text = redact(f"gemini: {type(e).__name__}: {e}", self.api_key)
+                host = host_of(e, self.base_url, "https://generativelanguage.googleapis.com")
+                text = redact(f"gemini: {type(e).__name__} ({host}): {e}", self.api_key)
                 raise ProviderError(text, retryable=True) from None
         finally:
             # Shielded: a cancelled step must still close its connection, right now.

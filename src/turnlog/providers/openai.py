@@ -52,7 +52,13 @@ from turnlog_reducer import (
 
 from turnlog.config import Settings
 from turnlog.models import ProviderSpec
-from turnlog.providers._common import TIMEOUT_ERRORS, TRANSPORT_ERRORS, read_backstop_s, retry_after
+from turnlog.providers._common import (
+    TIMEOUT_ERRORS,
+    TRANSPORT_ERRORS,
+    host_of,
+    read_backstop_s,
+    retry_after,
+)
 from turnlog.providers._sse import Skipper, SSEDecoder
 from turnlog.providers._tls import tls_context
 from turnlog.providers.base import (
@@ -445,7 +451,8 @@ def _translate(exc: openai.APIError) -> ProviderError:
         return ProviderError(f"openai: timed out {what} ({cause})", retryable=False)
     if isinstance(exc, openai.APIConnectionError):
         reason = exc.__cause__ or exc
-        return ProviderError(f"openai: connection failed: {reason}", retryable=True)
+        host = host_of(exc, None, "https://api.openai.com/v1")
+        return ProviderError(f"openai: connection to {host} failed: {reason}", retryable=True)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         return ProviderError(
