@@ -46,6 +46,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Request bodies larger than this are refused with 413 before they are read whole;
     # 0: 8 MiB, or more if max_message_chars needs it (the longest content, JSON-escaped).
     max_body_bytes: int = 0
+    # Automatic titles (turnlog.product.titles): on unless TURNLOG_AUTO_TITLES=0; the model
+    # that writes them (None: the conversation's own).
+    auto_titles: bool = True
+    title_model: str | None = None
 
     @property
     def body_limit(self) -> int:
@@ -77,6 +81,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             if not raw.strip().isdigit():
                 raise ValueError(f"{name} must be a whole number >= 0, got {raw!r}")
             return int(raw)
+
+        def switch(name: str, default: bool) -> bool:
+            raw = (e.get(name) or "").strip().lower()
+            if not raw:
+                return default
+            if raw in ("1", "true", "on", "yes"):
+                return True
+            if raw in ("0", "false", "off", "no"):
+                return False
+            raise ValueError(f"{name} must be 1 or 0, got {e.get(name)!r}")
 
         d = cls()  # the defaults
         models = Catalog.load(e)
@@ -122,4 +136,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 if o.strip()
             ),
             internal_host=e.get("TURNLOG_INTERNAL_HOST") or d.internal_host,
+            auto_titles=switch("TURNLOG_AUTO_TITLES", d.auto_titles),
+            title_model=e.get("TURNLOG_TITLE_MODEL") or None,
         )

@@ -56,7 +56,8 @@ from turnlog.http.common import (
 from turnlog.log.liveness import Liveness
 from turnlog.log.pool import BoundedPool, DatabaseUnavailable
 from turnlog.log.projection import DomainError
-from turnlog.log.store import Store, open_pool
+from turnlog.log.store import Appended, OnAppend, Store, open_pool
+from turnlog.product.titles import Titler
 
 __all__ = ["Runtime", "create_app"]
 
@@ -195,7 +196,7 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
         rt.chat = Chat(rt.store, rt.engine, settings, rt.limits)
         await rt.liveness.start(utcnow())
         rt.cluster = Cluster(url, rt.store, rt.hub, rt.engine, rt.instance_id)
-        rt.store.set_on_append(rt.cluster.on_append)
+        rt.store.set_on_append(_after_commit(rt))
         rt.chat.cancel_elsewhere = rt.cluster.request_cancel
         await rt.cluster.register(rt.internal_url)
         rt.follower = Follower(
@@ -207,6 +208,8 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
             tg.start_soon(rt.cluster.run)
             tg.start_soon(rt.registry.run)
             tg.start_soon(rt.liveness.run)
+            if rt.titler is not None:
+                tg.start_soon(rt.titler.run)
             repaired = await rt.chat.sweep()
             log.info("started", instance_id=str(rt.instance_id), interrupted_orphans=repaired)
             tg.start_soon(_drain_when_asked, rt)
@@ -230,6 +233,21 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
             await rt.limits.close()
             await pool.close()
         log.info("stopped")
+
+
+def _after_commit(rt: Runtime) -> OnAppend:
+    """The store's after-commit hook: the cluster's (feeds, wake-ups), then automatic
+    titles' (unless TURNLOG_AUTO_TITLES=0)."""
+    if not rt.settings.auto_titles:
+        return rt.cluster.on_append
+    titler = rt.titler = Titler(rt.store, rt.settings, rt.metrics, now=rt.engine.now)
+    cluster = rt.cluster
+
+    def after_commit(appended: Appended) -> None:
+        cluster.on_append(appended)
+        titler.on_append(appended)
+
+    return after_commit
 
 
 async def _unregister(rt: Runtime) -> None:

@@ -42,6 +42,7 @@ from turnlog.log.projection import (
 )
 from turnlog.log.store import Store, VersionConflict
 from turnlog.metrics import Metrics
+from turnlog.product.titles import Titler
 from turnlog.streams import LiveStream, StreamRegistry
 
 log = structlog.get_logger("turnlog.http")
@@ -82,6 +83,7 @@ class Runtime:
         self.follower: Follower
         self.metrics = Metrics()
         self.limits = Limits(settings)
+        self.titler: Titler | None = None  # automatic titles, unless turned off
 
     def request_drain(self) -> None:
         """Thread- and signal-safe: begin the graceful drain."""

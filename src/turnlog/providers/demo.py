@@ -22,6 +22,9 @@ only its pacing reads the clock. Options:
     output it is final.
 ``reasoning`` (bool, default false)
     Stream a fixed sentence of ``reasoning_delta`` tokens first. The text is the same either way.
+``title`` (bool, default false)
+    Answer with a title instead: the first six words of the last user message (what
+    automatic titles get from the demo model, ``turnlog.product.titles``).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class DemoOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     tool: Literal["clock", "ask_user"] | None = None
     fail_after: Annotated[int, msgspec.Meta(ge=0)] | None = None
     reasoning: bool = False
+    title: bool = False
 
 
 def parse_demo_options(options: Mapping[str, Any]) -> DemoOptions:
@@ -96,6 +100,7 @@ _REASONING: Final = (  # noqa: SIM905
 ).split()
 _ARGUMENT_CHUNK: Final = 4  # characters of tool-call JSON per tool_call_delta
 _QUOTE_LIMIT: Final = 200  # characters of a tool result or prompt quoted in the text
+_TITLE_WORDS: Final = 6  # words of a title (option ``title``)
 
 
 class DemoProvider:
@@ -111,7 +116,11 @@ class DemoProvider:
         events: list[StreamEvent] = []
         if options.reasoning:
             events += (ReasoningDelta(t) for t in _tokens(_REASONING))
-        if options.tool is not None and pending:
+        if options.title:
+            prompt, _ = _since_last_user(request)
+            events += (TextDelta(t) for t in _tokens(prompt.split()[:_TITLE_WORDS]))
+            finish_reason = "stop"
+        elif options.tool is not None and pending:
             events += _tool_call(_seed(request), options.tool, request)
             finish_reason = "tool_calls"
         else:
