@@ -44,6 +44,7 @@ def _routes(ids: dict[str, Any]) -> list[tuple[str, str, Any]]:
         ("GET", f"/v1/conversations/{cid}/export?format=json", None),
         ("GET", f"/v1/messages/{mid}/stream", None),
         ("POST", f"/v1/messages/{mid}/cancel", None),
+        ("PUT", f"/v1/messages/{mid}/feedback", {"rating": "up"}),
         ("POST", f"/v1/messages/{mid}/retry", None),
         ("POST", f"/v1/messages/{mid}/tool-results", {"tool_call_id": "x", "content": "y"}),
         ("DELETE", f"/v1/conversations/{cid}", None),
