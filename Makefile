@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test test-js test-aisdk web lint bench clean
+.PHONY: serve test test-js test-aisdk lint bench clean
 
 $(STAMP): pyproject.toml reducer/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +36,6 @@ test-js: $(STAMP) reducer/js/node_modules/.installed tests/web/node_modules/.ins
 %/node_modules/.installed: %/package.json %/package-lock.json
 	cd $* && npm ci --no-audit --no-fund
 	touch $@
-
-# The page ships a copy of the JS reducer (no Node needed to run it); a test keeps them equal.
-web:
-	cp reducer/js/reducer.js src/turnlog/web/static/reducer.js
 
 # The Vercel AI SDK suite: the real `ai` client against a real `turnlog serve` (CONTRACT.md
 # section 3b), twice: ai 6 on the machine's Node, then the same files with ai 7 on Node 22,

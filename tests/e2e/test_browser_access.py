@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,8 @@ import pytest
 from turnlog.http.auth import make_stream_token
 
 from .support import FAST, JWT_SECRET, Server, assert_problem, make_token, parse_sse
+
+REPO = Path(__file__).parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -238,5 +241,8 @@ def test_the_web_chat_is_served_at_the_root(server: Server) -> None:
         for name in ("app.js", "timeline.js", "reducer.js", "style.css"):
             r = h.get(f"/web/{name}")
             assert r.status_code == 200, name
-        assert "javascript" in h.get("/web/reducer.js").headers["content-type"]
+        reducer = h.get("/web/reducer.js")
+        assert "javascript" in reducer.headers["content-type"]
+        # The JS reducer's one source, served as is.
+        assert reducer.content == (REPO / "reducer" / "js" / "reducer.js").read_bytes()
         assert h.get("/web/../../config.py").status_code == 404
