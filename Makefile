@@ -37,8 +37,8 @@ test-js: $(STAMP) reducer/js/node_modules/.installed tests/web/node_modules/.ins
 	cd $* && npm ci --no-audit --no-fund
 	touch $@
 
-# The Vercel AI SDK suite: the real `ai` client against a real `turnlog serve` (CONTRACT.md
-# section 3b), twice: ai 6 on the machine's Node, then the same files with ai 7 on Node 22,
+# The Vercel AI SDK suite: the real `ai` client against a real `turnlog serve` (docs/ui-chat.md),
+# twice: ai 6 on the machine's Node, then the same files with ai 7 on Node 22,
 # both installed from npm (tests/aisdk7). Each lane is pinned by its package-lock.json.
 test-aisdk: $(STAMP) tests/aisdk/node_modules/.installed tests/aisdk7/node_modules/.installed
 	cd tests/aisdk && npm test

@@ -17,7 +17,7 @@ a subscriber's *lag* for that delta is its own receive time minus that reference
 per scenario: deliveries/s (delta frames received by all subscribers / generation time),
 and p50/p99 lag over all subscribers, and over the subscribers on B and C alone.
 
-Target (issue 13): p99 lag of B and C subscribers <= 50 ms above the same-instance ones on
+Target (docs/deployment.md): p99 lag of B and C subscribers <= 50 ms above the same-instance ones on
 loopback. Subscribers and servers share this machine's cores: numbers are noisy under load.
 """
 

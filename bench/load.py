@@ -19,8 +19,8 @@ on asyncio with httptools, so the clients stay cheap). Scenarios:
 - with ``--workers N`` (default 2; 0 skips): ``fan-out`` and ``gens`` again on
   ``turnlog serve --workers N`` (same database), rows labelled ``--workers N`` beside a
   ``--workers 1`` run measured right after, ratio between them. Subscribers land on any
-  worker and follow the generation's owner through one internal stream per worker (issue
-  13, docs/deployment.md). CPU and RSS count every worker and the supervisor.
+  worker and follow the generation's owner through one internal stream per worker
+  (docs/deployment.md). CPU and RSS count every worker and the supervisor.
 
 Columns (turnlog, baseline, ratio): deliveries/s (frames of deltas received by all
 subscribers), p50/p99 lag (arrival behind the demo schedule token i at start + i/tps, start
@@ -959,7 +959,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers > 1:
             # The same scenarios on N worker processes behind one port (same database),
             # beside the single process, measured now: subscribers land on any worker and
-            # follow the generation's owner through its internal stream (issue 13).
+            # follow the generation's owner through its internal stream.
             multi = start_turnlog(
                 tmp / "data", {"TURNLOG_DATABASE_URL": turnlog.db_url}, workers=args.workers
             )

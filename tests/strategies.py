@@ -266,7 +266,7 @@ def _tool_index(blocks: list[Block], tool_id: str) -> int:
     return next(k for k, b in enumerate(blocks) if isinstance(b, ToolCallBlock) and b.id == tool_id)
 
 
-# -- issue 22: what a chat product keeps around the answers ---------------------------------
+# -- what a chat product keeps around the answers -----------------------------------------
 
 # No NUL: PostgreSQL text and jsonb cannot hold it (the commands refuse it with a 400).
 product_texts = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12)

@@ -1,4 +1,4 @@
-"""The demo provider (CONTRACT.md §5) and the model-string seam in front of it."""
+"""The demo provider (docs/providers.md) and the model-string seam in front of it."""
 
 from __future__ import annotations
 

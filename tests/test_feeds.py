@@ -1,4 +1,4 @@
-"""FeedHub with two sources (issue 13): this process's commits and catch-ups from the store
+"""FeedHub with two sources: this process's commits and catch-ups from the store
 after another instance committed. Ids never decrease, nothing is shown twice at one version,
 and a gap is left to the catch-up."""
 

@@ -47,7 +47,7 @@ export function decodeBlocks(data: string | unknown): Blocks;
 export function encodeBlocks(blocks: Blocks | ReadonlyArray<Block>): string;
 /**
  * turnlog-reducer: fold a model's stream events into content blocks, purely and in linear
- * time. The JavaScript twin of the Python package `turnlog_reducer` (CONTRACT.md §1): the
+ * time. The JavaScript twin of the Python package `turnlog_reducer` (docs/protocol.md): the
  * same events, the same block JSON, the same laws, the same conformance files.
  *
  * State: `Blocks`, an immutable sequence of frozen block objects (`length`, `at(i)`,

@@ -1,7 +1,7 @@
 // @ts-check
 /**
  * turnlog-reducer: fold a model's stream events into content blocks, purely and in linear
- * time. The JavaScript twin of the Python package `turnlog_reducer` (CONTRACT.md §1): the
+ * time. The JavaScript twin of the Python package `turnlog_reducer` (docs/protocol.md): the
  * same events, the same block JSON, the same laws, the same conformance files.
  *
  * State: `Blocks`, an immutable sequence of frozen block objects (`length`, `at(i)`,

@@ -1,4 +1,4 @@
-"""The reference client of the turnlog HTTP API (CONTRACT.md sections 2 and 3).
+"""The reference client of the turnlog HTTP API and its SSE (docs/protocol.md).
 
 General layout::
 

@@ -1,4 +1,4 @@
-"""Settings, read once from the environment (CONTRACT.md section 6)."""
+"""Settings, read once from the environment (README.md, "Commands"; docs/operations.md)."""
 
 from __future__ import annotations
 

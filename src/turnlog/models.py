@@ -1,6 +1,6 @@
 """The model catalog: which providers exist, the models each offers, who may use which.
 
-Read once at startup from the environment (CONTRACT.md §6) and, when ``TURNLOG_CONFIG``
+Read once at startup from the environment and, when ``TURNLOG_CONFIG``
 names one, a TOML file (see ``docs/providers.md``)::
 
     [providers.local]            # models "local:<name>"
@@ -48,7 +48,7 @@ __all__ = [
 Kind = Literal["openai", "anthropic", "gemini", "demo"]
 KINDS: Final = ("openai", "anthropic", "gemini", "demo")
 
-# kind -> (key variable, base URL variable) of CONTRACT.md §6.
+# kind -> (key variable, base URL variable) that make a provider from the environment alone.
 ENV_VARS: Final = {
     "openai": ("OPENAI_API_KEY", "OPENAI_BASE_URL"),
     "anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),

@@ -1,5 +1,5 @@
 // The real `ai` client (DefaultChatTransport, readUIMessageStream, AbstractChat with resume)
-// against a real `turnlog serve`: every case of CONTRACT.md section 3b / issue 10.
+// against a real `turnlog serve`: every case of docs/ui-chat.md.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';

@@ -1,6 +1,6 @@
-"""Browsers (CONTRACT.md §2-§3): CORS for the origins in TURNLOG_CORS_ORIGINS, stream tokens
-for ``EventSource``, ``?token=`` only on the two SSE routes and never in a log, and the web
-chat served at ``/``."""
+"""Browsers (docs/protocol.md, "Browsers"): CORS for the origins in TURNLOG_CORS_ORIGINS,
+stream tokens for ``EventSource``, ``?token=`` only on the two SSE routes and never in a log,
+and the web chat served at ``/``."""
 
 from __future__ import annotations
 

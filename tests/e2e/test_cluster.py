@@ -1,6 +1,6 @@
-"""Many instances on one PostgreSQL behind a real nginx (issue 13): any instance answers any
-request the same way (CONTRACT.md §3, §4) — live deltas, feeds, cancel, owner death, a
-rolling restart, and ``serve --workers N``."""
+"""Many instances on one PostgreSQL behind a real nginx (docs/deployment.md): any instance
+answers any request the same way — live deltas, feeds, cancel, owner death, a rolling
+restart, and ``serve --workers N``."""
 
 from __future__ import annotations
 

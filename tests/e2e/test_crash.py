@@ -1,6 +1,5 @@
 """Process death and shutdown mid-answer: SIGKILL loses at most the checkpoint window,
-SIGTERM loses nothing and exits within its bound (§3, §4; issue 4 "Recovery", "Graceful
-shutdown")."""
+SIGTERM loses nothing and exits within its bound (docs/operations.md)."""
 
 from __future__ import annotations
 

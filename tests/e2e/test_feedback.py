@@ -1,4 +1,4 @@
-"""Feedback on answers: `PUT /v1/messages/{mid}/feedback` (issue 22)."""
+"""Feedback on answers: `PUT /v1/messages/{mid}/feedback`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A property-based fuzz of the whole HTTP surface, over raw sockets, against a real
-``turnlog serve`` (issue 11).
+``turnlog serve``.
 
 Hypothesis drives the method, the path (each route's shape with real, random and garbage
 ids), the query, the headers as raw bytes (Authorization, X-Request-ID, Last-Event-ID,

@@ -1,4 +1,4 @@
-"""Hostile input never gets a 500 (issue 11): undecodable headers, deeply nested JSON,
+"""Hostile input never gets a 500 (docs/operations.md): undecodable headers, deeply nested JSON,
 crafted tokens, concurrent repeats of one send, and connections that never finish a
 request head."""
 

@@ -1,5 +1,5 @@
 """PostgreSQL killed, restarted and paused under a running server, and signals while it is
-gone (issue 11). turnlog is never restarted in these tests; its database is.
+gone. turnlog is never restarted in these tests; its database is.
 
 What must hold: while the database is gone every request that needs it is a 503 with
 Retry-After within a few seconds (never a 500, never a 30 s wait) and /readyz says so;

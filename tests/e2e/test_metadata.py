@@ -1,4 +1,4 @@
-"""Conversation metadata over HTTP: limits, `metadata.KEY=` filters, export (issue 22)."""
+"""Conversation metadata over HTTP: limits, `metadata.KEY=` filters, export."""
 
 from __future__ import annotations
 

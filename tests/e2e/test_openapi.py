@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 # Every public route, as (method, path template): the API of docs/protocol.md and the
 # AI SDK routes of docs/ui-chat.md.
-CONTRACT_ROUTES = {
+PUBLIC_ROUTES = {
     ("post", "/v1/conversations"),
     ("get", "/v1/conversations"),
     ("get", "/v1/conversations/{cid}"),
@@ -56,7 +56,7 @@ def test_openapi_describes_every_route_with_bodies_and_errors(server: Server) ->
     doc = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
     assert doc["openapi"].startswith("3.1")
     ops = {(m, p) for p, item in doc["paths"].items() for m in item}
-    assert ops >= CONTRACT_ROUTES, CONTRACT_ROUTES - ops
+    assert ops >= PUBLIC_ROUTES, PUBLIC_ROUTES - ops
     send = doc["paths"]["/v1/conversations/{cid}/messages"]["post"]
     body_ref = send["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     body = doc["components"]["schemas"][body_ref.rsplit("/", 1)[1]]

@@ -1,4 +1,4 @@
-"""Overload (issue 14): when checkpoints cannot be stored in time, the server says so and
+"""Overload: when checkpoints cannot be stored in time, the server says so and
 refuses new generations with 503 + Retry-After instead of silently widening what a crash
 would lose; it accepts them again once the rows are stored on time.
 

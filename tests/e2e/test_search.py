@@ -1,4 +1,4 @@
-"""Full-text search over titles and message text (`GET /v1/conversations?q=`, issue 22)."""
+"""Full-text search over titles and message text (`GET /v1/conversations?q=`)."""
 
 from __future__ import annotations
 

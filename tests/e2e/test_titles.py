@@ -1,4 +1,4 @@
-"""Automatic titles through a real server (issue 22): written after the first answer, shown
+"""Automatic titles through a real server: written after the first answer, shown
 by the feed, never over a user's title, off with TURNLOG_AUTO_TITLES=0, failures logged."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Group commit (issue 14): concurrent guarded appends of different conversations go to
+"""Group commit: concurrent guarded appends of different conversations go to
 PostgreSQL together, in one statement, each conversation under its own version guard; and
 the rows a store remembers for the send path (its idle conversations, their exact history).
 

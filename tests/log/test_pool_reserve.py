@@ -1,4 +1,4 @@
-"""The pool keeps connections for durability (issue 14): with every ordinary connection
+"""The pool keeps connections for durability: with every ordinary connection
 taken and more ordinary work queued behind them, a unit of work run ``urgently`` (the
 engine's checkpoints and step ends) still gets a connection at once, and the queued
 ordinary work goes on once the holders let go.

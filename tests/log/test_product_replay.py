@@ -1,4 +1,4 @@
-"""Replay rebuilds what issue 22 adds: metadata, titles, feedback and prompt commands.
+"""Replay rebuilds what a chat product keeps: metadata, titles, feedback and prompt commands.
 
 The store's state machine (test_store_machine) with more rules: every step is followed by
 its invariants, so the projection must stay the fold of the log and equal what
@@ -100,7 +100,7 @@ class ProductMachine(StoreMachine):
 
 
 def test_replay_rebuilds_metadata_titles_feedback_and_commands(fresh_db: str) -> None:
-    """With issue 22's events in the log, the projection is the fold and the rebuild."""
+    """With the product's events in the log, the projection is the fold and the rebuild."""
     apply_schema(fresh_db)
     machine = type("Machine", (ProductMachine,), {"url": fresh_db})
     run_state_machine_as_test(

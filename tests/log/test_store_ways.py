@@ -295,7 +295,7 @@ async def test_a_client_message_id_sent_twice_is_the_callers_to_judge(
 async def test_batched_checkpoints_land_together_and_alone_with_appends_outcomes(
     stores: tuple[Store, Store, str],
 ) -> None:
-    """append_checkpoints (issue 14) stores many rows' checkpoints in one transaction, with
+    """append_checkpoints stores many rows' checkpoints in one transaction, with
     the outcome append would give each: a row another writer moved goes the locked way and
     lands after its work, a fenced row gets Fenced and no trace, a re-sent batch (its
     answer lost) answers AlreadyStored."""

@@ -1,4 +1,4 @@
-"""Fixtures of issue 22's in-process tests: a store on a fresh PostgreSQL database."""
+"""Fixtures of the chat product's in-process tests: a store on a fresh PostgreSQL database."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The laws of CONTRACT.md §1, one property test each: they are the reducer's spec."""
+"""The reducer's laws (docs/protocol.md, "Laws"), one property test each: they are its spec."""
 
 from __future__ import annotations
 

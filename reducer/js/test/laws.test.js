@@ -1,4 +1,4 @@
-// The laws of CONTRACT.md §1 as fast-check properties: the same laws the Python package's
+// The reducer's laws (docs/protocol.md, "Laws") as fast-check properties: the same laws the Python package's
 // tests/reducer/test_reducer_laws.py states with Hypothesis.
 import assert from "node:assert/strict";
 import { test } from "node:test";

@@ -1,6 +1,6 @@
 """Bearer tokens: JWT HS256 whose ``sub`` claim is the user id.
 
-A *stream token* (CONTRACT.md §2) is the same kind of JWT with a ``scope`` claim
+A *stream token* (docs/protocol.md, "Browsers") is the same kind of JWT with a ``scope`` claim
 ``stream:<conversation id>``: it reads only that conversation's feed and its messages'
 streams, passed as ``?token=`` because a browser's ``EventSource`` cannot send headers. It is
 refused as a bearer token everywhere else.

@@ -1,4 +1,4 @@
-"""Conversations and their messages: the CRUD routes of CONTRACT.md section 2."""
+"""Conversations and their messages: the CRUD routes (docs/protocol.md, "HTTP")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Routes the instances of one deployment use among themselves (issue 13, docs/deployment.md).
+"""Routes the instances of one deployment use among themselves (docs/deployment.md).
 
 ``GET /internal/v1/messages/{mid}/stream``: a message's live stream as this instance runs it
 (the same frames ``/v1/messages/{mid}/stream`` sends), 404 if it does not run here. Another

@@ -1,4 +1,5 @@
-"""The SSE routes of CONTRACT.md section 3: a message's stream and a conversation's feed."""
+"""The SSE routes (docs/protocol.md, "Server-sent events"): a message's stream and a
+conversation's feed."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from turnlog.http.openapi import Text, api
 from turnlog.log.projection import Conversation, Message, MessageRecord, NotFound
 from turnlog.streams import LiveStream, done_for, event_frame, init_frame, sse_frame
 
-_SSE = Text("text/event-stream", "server-sent events (CONTRACT.md section 3)")
+_SSE = Text("text/event-stream", "server-sent events (docs/protocol.md)")
 
 
 class StreamQuery(msgspec.Struct, frozen=True, kw_only=True):

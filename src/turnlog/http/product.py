@@ -1,4 +1,4 @@
-"""The routes of what a chat product keeps around the answers (issue 22): feedback on
+"""The routes of what a chat product keeps around the answers: feedback on
 answers, prompt commands and agents. Search and metadata are in ``conversations.py``."""
 
 from __future__ import annotations

@@ -61,8 +61,9 @@ class _Server(uvicorn.Server):
 
 # Garbage collection: a server allocates a young object or two per frame and per event, and
 # with the default thresholds (700, 10, 10) the collector ran every few hundred frames and
-# took 20-25% of the CPU at 500 generations, with ~145 ms full collections (issue 14). Young
-# collections every 50,000 allocations, and startup's objects frozen out of every scan.
+# took 20-25% of the CPU at 500 generations, with ~145 ms full collections
+# (docs/performance.md). Young collections every 50,000 allocations, and startup's objects
+# frozen out of every scan.
 GC_THRESHOLDS = (50_000, 20, 10)
 
 

@@ -1,10 +1,11 @@
 """What browsers need: the web chat at ``/`` and stream tokens for ``EventSource``.
 
 The page is static files shipped inside the package (``turnlog/web/static``): ``GET /`` is
-its ``index.html``, ``GET /web/<file>`` the rest. Browser auth (CONTRACT.md §2): a page holds
-a bearer token, and since ``EventSource`` cannot send headers it asks
-``POST /v1/conversations/{cid}/stream-token`` for a short-lived token that only reads that
-conversation's feed and its messages' streams (``?token=`` on those two routes, see ``live``).
+its ``index.html``, ``GET /web/<file>`` the rest. Browser auth (docs/protocol.md,
+"Browsers"): a page holds a bearer token, and since ``EventSource`` cannot send headers it
+asks ``POST /v1/conversations/{cid}/stream-token`` for a short-lived token that only reads
+that conversation's feed and its messages' streams (``?token=`` on those two routes, see
+``live``).
 """
 
 from __future__ import annotations

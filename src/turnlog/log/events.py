@@ -50,7 +50,7 @@ class ConversationDeleted(_Event, frozen=True, tag="conversation_deleted"):
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True):
-    """A prompt command a user message invoked (CONTRACT.md section 4)."""
+    """A prompt command a user message invoked."""
 
     name: str
     input: str

@@ -43,7 +43,7 @@ Status = Literal["generating", "completed", "interrupted", "error", "aborted"]
 
 
 class Conversation(msgspec.Struct, frozen=True, kw_only=True):
-    """A conversation as the API shows it (CONTRACT.md section 2)."""
+    """A conversation as the API shows it (docs/protocol.md, "HTTP")."""
 
     id: uuid.UUID
     title: str | None
@@ -69,7 +69,7 @@ class Feedback(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):
-    """A message row as the API shows it (CONTRACT.md section 2)."""
+    """A message row as the API shows it (docs/protocol.md, "HTTP")."""
 
     id: uuid.UUID
     conversation_id: uuid.UUID

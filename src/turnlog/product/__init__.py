@@ -1,4 +1,4 @@
-"""What a chat product keeps around the answers (issue 22), one module per part.
+"""What a chat product keeps around the answers, one module per part.
 
 - ``metadata``: a conversation's string map (limits, and the list's ``metadata.KEY=`` filters);
 - ``search``: full-text search over titles and message text (PostgreSQL, ranked, per user);

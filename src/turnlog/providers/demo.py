@@ -1,4 +1,4 @@
-"""The ``demo`` provider: a local, deterministic stand-in for a model (CONTRACT.md §5).
+"""The ``demo`` provider: a local, deterministic stand-in for a model (docs/providers.md).
 
 No network. The output is a pure function of the request (system prompt, history, options);
 only its pacing reads the clock. Options:

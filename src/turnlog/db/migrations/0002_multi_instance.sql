@@ -1,4 +1,4 @@
--- Many instances on one PostgreSQL (issue 13).
+-- Many instances on one PostgreSQL (docs/deployment.md).
 --
 -- instances.internal_url: where the instance serves its live streams to the other instances
 -- (a follower opens one upstream per message there; see docs/deployment.md). NULL for an

@@ -1,4 +1,4 @@
--- What a chat product stores around the answers (issue 22): metadata, agents, feedback,
+-- What a chat product stores around the answers: metadata, agents, feedback,
 -- prompt commands, full-text search, and two operational tables (users' prompts and the
 -- response cache).
 
@@ -39,7 +39,7 @@ ALTER TABLE messages ADD COLUMN IF NOT EXISTS search tsvector GENERATED ALWAYS A
 ) STORED;
 CREATE INDEX IF NOT EXISTS messages_search ON messages USING gin (search);
 
--- Operational, never replayed: each user's own prompt commands (CONTRACT.md section 4).
+-- Operational, never replayed: each user's own prompt commands.
 -- What a send expanded is stored in its row (messages.prompt), so replay never needs these.
 CREATE TABLE IF NOT EXISTS prompts (
     owner       text        NOT NULL,
@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS prompts (
     PRIMARY KEY (owner, name)
 );
 
--- Operational, never replayed: the response cache (CONTRACT.md section 4). A hit is written
+-- Operational, never replayed: the response cache. A hit is written
 -- to the log as ordinary turn events, so the log alone still rebuilds every row.
 -- key: sha256 over everything that shapes the answer plus the user (or "shared").
 CREATE TABLE IF NOT EXISTS response_cache (

@@ -1,8 +1,7 @@
 // @ts-check
 /**
- * The timeline the page shows, as a pure function of what it knows (BACKGROUND.md: "the
- * timeline a client shows is a pure function of the stored rows plus the live overlay of
- * generating rows"). No DOM, no clock: tested in Node (tests/web/timeline.test.mjs).
+ * The timeline the page shows, as a pure function of what it knows: the stored rows plus
+ * the live overlay of generating rows (docs/web.md). No DOM, no clock: tested in Node (tests/web/timeline.test.mjs).
  *
  * - `rows`: the conversation's message rows as the feed last showed them (any order; they
  *   are shown in `seq` order).
