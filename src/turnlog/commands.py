@@ -38,7 +38,8 @@ from turnlog.log.projection import (
     NotFound,
 )
 from turnlog.log.store import Appended, Store, VersionConflict
-from turnlog.product import metadata, search
+from turnlog.product import agents, metadata, search
+from turnlog.product.config import Agent
 from turnlog.providers import ModelForbidden, check_model
 from turnlog.streams import interrupt_events
 
@@ -93,6 +94,7 @@ class ConversationIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     options: dict[str, Any] | None = None
     system_prompt: str | None = None
     metadata: dict[str, str] | None = None
+    agent: str | None = None  # a preset whose fields are defaults under these
 
 
 class ConversationPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -101,6 +103,7 @@ class ConversationPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     options: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     system_prompt: str | msgspec.UnsetType | None = msgspec.UNSET
     metadata: dict[str, str] | msgspec.UnsetType = msgspec.UNSET  # replaces the whole map
+    agent: str | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class MessageIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -181,6 +184,14 @@ class Chat:
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
 
+    def _agent(self, owner: str, name: str) -> Agent:
+        try:
+            return agents.check(self.settings.models, owner, name, self.settings.default_model)
+        except agents.AgentForbidden as exc:
+            raise Forbidden(str(exc)) from None
+        except agents.UnknownAgent as exc:
+            raise BadRequest(str(exc)) from None
+
     async def conversation(self, owner: str, cid: uuid.UUID) -> ConversationRecord:
         record = await self.store.get_conversation(cid)
         # Another user's conversation is "not found": its existence is not revealed.
@@ -203,9 +214,10 @@ class Chat:
         self, owner: str, body: ConversationIn, *, cid: uuid.UUID | None = None
     ) -> Conversation:
         """A new conversation; ``cid`` names it when the caller derived its id (a UI chat)."""
-        model = body.model or self.settings.default_model
+        preset = None if body.agent is None else self._agent(owner, body.agent)
+        model = body.model or (preset and preset.model) or self.settings.default_model
         options = body.options or {}
-        self._model(owner, model, options)
+        self._model(owner, model, {**(preset.options if preset else {}), **options})
         if body.title is not None:
             self._text("title", body.title, limit=MAX_TITLE_CHARS)
         if body.system_prompt is not None:
@@ -224,6 +236,7 @@ class Chat:
                     options=options,
                     system_prompt=body.system_prompt,
                     metadata=metadata,
+                    agent=body.agent,
                 )
             ],
             expected_version=0,
@@ -283,7 +296,11 @@ class Chat:
             c = conv.conversation
             model = c.model if isinstance(patch.model, msgspec.UnsetType) else patch.model
             options = c.options if isinstance(patch.options, msgspec.UnsetType) else patch.options
-            self._model(owner, model, options)
+            name = c.agent if isinstance(patch.agent, msgspec.UnsetType) else patch.agent
+            if isinstance(patch.agent, str):
+                self._agent(owner, patch.agent)  # a name kept from before is not re-judged
+            preset = self.settings.models.product.agents.get(name) if name else None
+            self._model(owner, model, {**(preset.options if preset else {}), **options})
             return await self.store.append(
                 cid,
                 [
@@ -294,6 +311,7 @@ class Chat:
                         options=patch.options,
                         system_prompt=patch.system_prompt,
                         metadata=patch.metadata,
+                        agent=patch.agent,
                     )
                 ],
                 expected_version=c.version,
@@ -413,7 +431,7 @@ class Chat:
         return Sent(user.message, assistant.message, created=True)
 
     def _send_model(self, owner: str, conv: ConversationRecord, body: MessageIn) -> None:
-        c = conv.conversation
+        c = agents.effective(conv, self.settings.models).conversation
         self._model(owner, c.model, {**c.options, **(body.options or {})})
 
     async def _sent_before(

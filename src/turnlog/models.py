@@ -34,6 +34,15 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from turnlog.product.config import (
+    AgentIn,
+    CacheIn,
+    NamesAccessIn,
+    ProductConfig,
+    PromptIn,
+    product_config,
+)
+
 __all__ = [
     "KINDS",
     "Access",
@@ -137,6 +146,8 @@ class Catalog(msgspec.Struct, frozen=True, kw_only=True):
     source: str | None = None  # the TOML file it came from, for messages
     # The file's [limits] table (per-user limits; the environment's variables win).
     limits: dict[str, int] = msgspec.field(default_factory=dict)
+    # Agents, prompt commands and the response cache (turnlog.product.config).
+    product: ProductConfig = msgspec.field(default_factory=ProductConfig)
 
     @classmethod
     def demo_only(cls) -> Catalog:
@@ -161,7 +172,20 @@ class Catalog(msgspec.Struct, frozen=True, kw_only=True):
         file = _read_file(Path(path))
         for name, raw in file.providers.items():
             providers[name] = _spec(name, raw, env, path)
-        return cls(providers=providers, access=file.access, source=path, limits=file.limits)
+        catalog = cls(
+            providers=providers,
+            access=file.access,
+            source=path,
+            limits=file.limits,
+            product=file.product,
+        )
+        for name, agent in file.product.agents.items():
+            if agent.model is not None:
+                try:
+                    catalog.resolve(agent.model)
+                except UnknownModel as exc:
+                    raise ConfigError(f"TURNLOG_CONFIG={path!r}: agents.{name}: {exc}") from None
+        return catalog
 
     def resolve(self, model: str) -> tuple[ProviderSpec, str]:
         """The provider and model name of ``model``; ``UnknownModel`` (400) naming it."""
@@ -236,6 +260,7 @@ class _ProviderIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class _AccessIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     default: list[str] | None = None
     users: dict[str, Any] = msgspec.field(default_factory=dict)
+    agents: dict[str, Any] = msgspec.field(default_factory=dict)  # NamesAccessIn
 
 
 class _LimitsIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -247,12 +272,16 @@ class _FileIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     providers: dict[str, Any] = msgspec.field(default_factory=dict)
     access: _AccessIn = msgspec.field(default_factory=_AccessIn)
     limits: _LimitsIn = msgspec.field(default_factory=_LimitsIn)
+    agents: dict[str, Any] = msgspec.field(default_factory=dict)
+    prompts: dict[str, Any] = msgspec.field(default_factory=dict)
+    cache: dict[str, Any] | None = None
 
 
 class _File(msgspec.Struct, frozen=True):
     providers: dict[str, _ProviderIn]
     access: Access
     limits: dict[str, int]
+    product: ProductConfig
 
 
 def _read_file(path: Path) -> _File:
@@ -281,7 +310,17 @@ def _read_file(path: Path) -> _File:
         users=users,
     )
     limits = {k: v for k, v in msgspec.structs.asdict(file.limits).items() if v is not None}
-    return _File(providers, access, limits)
+    try:
+        product = product_config(
+            {n: _table(t, AgentIn, f"agents.{n}", where) for n, t in file.agents.items()},
+            _table(file.access.agents, NamesAccessIn, "access.agents", where),
+            {n: _table(t, PromptIn, f"prompts.{n}", where) for n, t in file.prompts.items()},
+            None if file.cache is None else _table(file.cache, CacheIn, "cache", where),
+            where,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return _File(providers, access, limits, product)
 
 
 def _table(raw: Any, shape: Any, name: str | None, where: str) -> Any:

@@ -37,6 +37,7 @@ from turnlog.log.pool import DatabaseUnavailable, urgently
 from turnlog.log.projection import ConversationRecord, DomainError, Fenced, MessageRecord
 from turnlog.log.store import Store
 from turnlog.metrics import Metrics, provider_and_model
+from turnlog.product import agents
 from turnlog.providers import get_provider
 from turnlog.providers.base import ModelRequest, Provider, ProviderError, StepEnd, UnknownModel
 from turnlog.streams import StreamRegistry, closing_events, done_for
@@ -281,6 +282,8 @@ class Engine:
         if rows is None:
             rows = await self.store.list_messages(turn.conversation_id)
         provider, name = self.provider_for(turn.model, self.settings)
+        # The agent's system prompt and options as configured now, under the conversation's.
+        conv = agents.effective(conv, self.settings.models)
         return build_request(turn, conv, rows, model=name, tools=TOOLS), provider
 
     # -- step endings ----------------------------------------------------------------------

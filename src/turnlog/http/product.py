@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, Response, put
+import msgspec
+from litestar import Request, Response, get, put
 
 from turnlog.commands import BadRequest
 from turnlog.http.common import body, json_response, parse_id, runtime, user
@@ -13,7 +14,7 @@ from turnlog.http.openapi import api
 from turnlog.log.projection import Message
 from turnlog.log.store import Appended
 from turnlog.metrics import provider_and_model
-from turnlog.product import feedback
+from turnlog.product import agents, feedback
 
 
 @put(
@@ -46,4 +47,35 @@ async def put_feedback(request: Request[Any, Any, Any], mid: str) -> Response[by
     return json_response(row)
 
 
-ROUTES = [put_feedback]
+class AgentInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    description: str
+    model: str
+    tools: list[str] | None
+    options: dict[str, Any]
+    system_prompt: str | None
+
+
+class AgentList(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[AgentInfo]
+
+
+@get("/v1/agents", opt=api("the agents (named presets) this user may use", {200: AgentList}))
+async def list_agents(request: Request[Any, Any, Any]) -> Response[bytes]:
+    owner = user(request)
+    settings = runtime(request).settings
+    items = [
+        AgentInfo(
+            name=a.name,
+            description=a.description,
+            model=a.model or settings.default_model,
+            tools=a.tools,
+            options=a.options,
+            system_prompt=a.system_prompt,
+        )
+        for a in agents.listing(settings.models, owner, settings.default_model)
+    ]
+    return json_response(AgentList(items=items))
+
+
+ROUTES = [put_feedback, list_agents]
