@@ -255,7 +255,7 @@ def test_a_turn_ends_with_the_terminal_chunk_of_its_status(
 ) -> None:
     """completed -> finish, aborted -> abort, error and interrupted -> error; status in metadata."""
     turn = uichat.group_turns(tool_turn(status))[1]
-    assert isinstance(turn, uichat.Turn)
+    assert isinstance(turn, uichat.UITurn)
     chunks = wire(uichat.turn_chunks(turn))
     assert chunks[0] == {"type": "start", "messageId": str(uuid.UUID(int=1002))}
     assert chunks[-1] == last
@@ -273,7 +273,7 @@ def test_a_retried_step_replaces_the_one_it_retried() -> None:
     failed = row("assistant", 2, status="interrupted", reply_to=user.message.id)
     retry = row("assistant", 3, blocks=tuple(fold((), [TextDelta("ok")])), reply_to=user.message.id)
     turn = uichat.group_turns([user, failed, retry])[1]
-    assert isinstance(turn, uichat.Turn)
+    assert isinstance(turn, uichat.UITurn)
     assert [s.seq for s in turn.steps] == [3]
     assert turn.message_id == str(retry.message.id)
 
@@ -303,7 +303,7 @@ def test_a_continuation_assembles_onto_the_message_the_client_holds() -> None:
     )
     rows = [user, asking, answer, reply]
     turn = uichat.group_turns(rows)[1]
-    assert isinstance(turn, uichat.Turn)
+    assert isinstance(turn, uichat.UITurn)
     enc = StepEncoder(str(reply.message.id))
     continuation = [
         uichat.Start(message_id=turn.message_id),

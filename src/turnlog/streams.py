@@ -57,6 +57,7 @@ from turnlog import aio
 from turnlog.log.projection import MessageRecord
 
 __all__ = [
+    "PING",
     "LiveStream",
     "StreamAlreadyOpen",
     "StreamError",
@@ -71,6 +72,8 @@ __all__ = [
 ]
 
 GENERATING: Final = "generating"
+# An SSE comment: keeps an idle connection (and every proxy on its way) open.
+PING: Final = b": ping\n\n"
 
 
 class StreamError(Exception):

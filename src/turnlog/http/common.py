@@ -43,7 +43,7 @@ from turnlog.log.projection import (
 from turnlog.log.store import Store, VersionConflict
 from turnlog.metrics import Metrics
 from turnlog.product.titles import Titler
-from turnlog.streams import LiveStream, StreamRegistry
+from turnlog.streams import PING, LiveStream, StreamRegistry
 
 log = structlog.get_logger("turnlog.http")
 
@@ -51,7 +51,6 @@ T = TypeVar("T")
 json_encoder = msgspec.json.Encoder()
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-PING = b": ping\n\n"
 
 
 class Runtime:

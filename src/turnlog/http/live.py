@@ -16,7 +16,6 @@ from litestar.response import Stream
 from turnlog.follow import mirror_frames
 from turnlog.http.auth import stream_reader
 from turnlog.http.common import (
-    PING,
     Runtime,
     json_encoder,
     last_event_id,
@@ -29,7 +28,7 @@ from turnlog.http.common import (
 from turnlog.http.feeds import Feed
 from turnlog.http.openapi import Text, api
 from turnlog.log.projection import Conversation, Message, MessageRecord, NotFound
-from turnlog.streams import LiveStream, done_for, event_frame, init_frame, sse_frame
+from turnlog.streams import PING, LiveStream, done_for, event_frame, init_frame, sse_frame
 
 _SSE = Text("text/event-stream", "server-sent events (docs/protocol.md)")
 

@@ -20,8 +20,8 @@ from litestar.routes import HTTPRoute
 
 import turnlog
 from turnlog.commands import Sent
-from turnlog.http.ui_chat import ChatIn
 from turnlog.log.projection import Conversation, Message
+from turnlog.uichat import ChatIn
 
 __all__ = [
     "ROUTES",

@@ -1,9 +1,9 @@
-"""The Vercel AI SDK "UI message stream" view of turnlog (CONTRACT.md section 3b), pure.
+"""The Vercel AI SDK "UI message stream" view of turnlog (docs/ui-chat.md), pure.
 
 One assistant *turn* (every step row answering one user message, with the tool rows between
 them) is one UI message. This module maps turnlog's rows and stream events to the AI SDK's
-UI message chunks; it reads no clock, touches no database and makes no ids. The HTTP layer
-(``turnlog.http.ui_chat``) feeds it stored rows and live stream events; a stored turn and a
+UI message chunks; it reads no clock, touches no database and makes no ids. The adapter
+(``turnlog.uichat.chat``) feeds it stored rows and live stream events; a stored turn and a
 live one go through the same :class:`StepEncoder`, so they cannot disagree.
 
 General layout::
@@ -47,9 +47,12 @@ from turnlog.generation.tools import INTERACTIVE
 from turnlog.log.projection import Message, MessageRecord
 
 __all__ = [
+    "INTERRUPTED_TEXT",
     "Chunk",
+    "Start",
+    "StartStep",
     "StepEncoder",
-    "Turn",
+    "UITurn",
     "assemble",
     "encode_chunk",
     "finish_reason",
@@ -57,6 +60,7 @@ __all__ = [
     "metadata",
     "step_end",
     "terminal",
+    "tool_outputs",
     "turn_chunks",
     "ui_messages",
 ]
@@ -387,7 +391,7 @@ def terminal(row: Message) -> list[Chunk]:
 # -- turns ---------------------------------------------------------------------------------
 
 
-class Turn(msgspec.Struct, frozen=True):
+class UITurn(msgspec.Struct, frozen=True):
     """One assistant turn: the user row it answers (``None`` before any) and its rows.
 
     ``steps`` are its assistant rows without the superseded ones (an ended, not completed
@@ -411,9 +415,9 @@ class Turn(msgspec.Struct, frozen=True):
         return [t for t in self.tools if t.reply_to == step.id]
 
 
-def group_turns(rows: Sequence[MessageRecord]) -> list[MessageRecord | Turn]:
+def group_turns(rows: Sequence[MessageRecord]) -> list[MessageRecord | UITurn]:
     """Rows in seq order as user rows and turns (each turn after the user row it answers)."""
-    out: list[MessageRecord | Turn] = []
+    out: list[MessageRecord | UITurn] = []
     user: MessageRecord | None = None
     steps: list[Message] = []
     tools: list[Message] = []
@@ -426,7 +430,7 @@ def group_turns(rows: Sequence[MessageRecord]) -> list[MessageRecord | Turn]:
             if s.status in ("completed", "generating") or i == len(steps) - 1
         )
         if kept:
-            out.append(Turn(user, kept, tuple(tools)))
+            out.append(UITurn(user, kept, tuple(tools)))
         steps.clear()
         tools.clear()
 
@@ -444,7 +448,7 @@ def group_turns(rows: Sequence[MessageRecord]) -> list[MessageRecord | Turn]:
     return out
 
 
-def turn_chunks(turn: Turn) -> list[Chunk]:
+def turn_chunks(turn: UITurn) -> list[Chunk]:
     """A stored turn (none of its rows generating) as the whole stream a client would get."""
     out: list[Chunk] = [Start(message_id=turn.message_id)]
     for step in turn.steps:
@@ -475,7 +479,7 @@ def ui_messages(rows: Sequence[MessageRecord]) -> list[dict[str, Any]]:
     """
     out: list[dict[str, Any]] = []
     for item in group_turns(rows):
-        if isinstance(item, Turn):
+        if isinstance(item, UITurn):
             if not item.generating:
                 out.append(assemble(turn_chunks(item)))
         else:
