@@ -326,3 +326,15 @@ def test_fresh_user_sees_no_conversations(server: Server) -> None:
         r = h.get("/v1/conversations")
         assert r.status_code == 200
         assert r.json() == {"items": [], "next": None}
+
+
+def test_a_token_with_the_wrong_signature_says_how_to_get_a_valid_one(server: Server) -> None:
+    """401 names `turnlog token` and the secret to share; the server said its secret."""
+    bad = make_token("alice", secret="another-secret-0123456789abcdef0123456789")
+    with server.http(None) as http:
+        r = http.get("/v1/conversations", headers={"Authorization": f"Bearer {bad}"})
+    assert r.status_code == 401
+    detail = r.json()["detail"]
+    assert "turnlog token" in detail
+    assert "TURNLOG_JWT_SECRET" in detail
+    assert "tokens are signed with the secret in TURNLOG_JWT_SECRET" in server.log()
