@@ -6,7 +6,7 @@ General layout::
       LiveStream              folded blocks + seq + a ring of SSE frames, each encoded once
         Subscription          one reader's cursor into that ring; yields SSE frames (bytes)
 
-Why it is shaped this way (issue 4, "design for scale": 500 subscribers on one stream):
+Why it is shaped this way (500 subscribers on one stream cost no more per event than one):
 
 * ``publish`` folds the event with the shared reducer, numbers it, encodes its SSE frame
   exactly once and stores it in a ring indexed by seq. It then sets one broadcast event.
@@ -21,7 +21,7 @@ Why it is shaped this way (issue 4, "design for scale": 500 subscribers on one s
   between the snapshot and the cursor: no delta is duplicated or missed, and no lock is
   needed.
 * A subscriber always gets a snapshot and the suffix after it at one offset, never a suffix
-  alone (BACKGROUND.md, "OpenAI background responses"); ``Last-Event-ID`` therefore only
+  alone (docs/protocol.md, "Reconnecting"); ``Last-Event-ID`` therefore only
   tells us the client reconnects — it is answered with init at the current seq.
 
 Numbering: the first event after the stored checkpoint ``seq`` gets ``seq + 1``. ``finish``
@@ -288,9 +288,8 @@ class LiveStream:
         each ``heartbeat_s`` idle seconds; the subscription is taken at the first frame and
         closed when the iteration ends or is closed (the client went away).
 
-        ``Subscription.next_frame`` in one generator: the HTTP stream reads this, and at
-        500 subscribers each coroutine layer per frame (next_frame, _next, _wait) showed in
-        the profile.
+        ``Subscription.next_frame`` in one generator: the HTTP stream reads this, and a
+        coroutine layer per frame costs what 500 subscribers multiply (docs/performance.md).
         """
         sub = self.subscribe(after)
         loop = sub._loop = asyncio.get_running_loop()
@@ -378,7 +377,7 @@ class Subscription:
         self._cursor = k  # the last seq this reader was given (its init's K, at first)
         self._init: bytes | None = frame  # pending init frame, sent first
         self._ended = False
-        # Waiting (see _wait): the pending future, the idle deadline of next_frame and the
+        # Waiting (see _arm): the pending future, the idle deadline of next_frame and the
         # one timer that enforces it, armed lazily and re-armed only when it fires early.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[bool] | None = None

@@ -1,5 +1,5 @@
 """Auth, owner gate and bad input: 401/404/4xx with a readable detail, never a 500, and
-nothing written (§2)."""
+nothing written (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 the server cannot keep that promise (overload).
 
 The promise: a crash loses at most ``TURNLOG_CHECKPOINT_S`` of a generating row's output
-(docs/architecture.md, "Checkpoints"). One :class:`Checkpointer` per engine owns every
+(docs/architecture.md, "Generation"). One :class:`Checkpointer` per engine owns every
 constant of it: each tick it looks for rows due, writes them in batches (one transaction
 per chunk, ``Store.append_checkpoints``), acknowledges what committed, retries what failed,
 and judges whether rows are late enough to refuse new generations (:meth:`overloaded`).

@@ -96,8 +96,7 @@ async def _stream_once(
     stream = provider.stream(request)
     produced = False
     # One cancel scope for the whole try and one timer that fires only when a timeout
-    # may have passed; a scope per item (armed and disarmed per token) was a tenth of
-    # the server's CPU at 500 generations.
+    # may have passed, not a scope armed and disarmed per token (docs/performance.md).
     watchdog = _Watchdog(settings.provider_first_token_timeout_s)
     try:
         with aio.cancel_scope() as scope:
