@@ -17,6 +17,13 @@ General layout
 - ``turnlog.http``: the litestar app: routes, auth, SSE.
 - ``turnlog.client``: the Python reference client and the terminal chat.
 - ``turnlog.cli``: the ``turnlog`` command.
+
+For applications: ``turnlog.tool`` marks a function as a tool the models may call and
+``turnlog.ToolContext`` is what such a function may receive about its call (docs/tools.md).
 """
 
+from turnlog.generation.tools.python import tool
+from turnlog.generation.tools.registry import ToolContext
+
+__all__ = ["ToolContext", "tool"]
 __version__ = "0.1.0"

@@ -123,6 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.workers < 1:
                 print(f"turnlog: --workers must be >= 1, got {args.workers}", file=sys.stderr)
                 return 2
+            from turnlog.generation.tools.registry import build_registry
+
+            try:  # a bad tool configuration stops the server before it starts
+                build_registry(settings.models.tools)
+            except ValueError as exc:
+                print(f"turnlog: {exc}", file=sys.stderr)
+                return 2
             if args.workers > 1:
                 from turnlog.http.workers import supervise
 

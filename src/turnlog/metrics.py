@@ -24,6 +24,8 @@ writes them):
     turnlog_titles_total{outcome="written"|"failed"|"skipped"}
     turnlog_cache_hits_total{provider,model}, turnlog_cache_misses_total{provider,model}
     turnlog_cache_tokens_saved_total{provider,model}             output tokens not generated
+    turnlog_tool_calls_total{tool}, turnlog_tool_errors_total{tool}
+    turnlog_tool_duration_seconds{tool}                          histogram
 
 A generation here is one assistant row (one step of a turn).
 """
@@ -149,6 +151,24 @@ class Metrics:
             "turnlog_cache_tokens_saved",
             "Output tokens the response cache answered instead of the model.",
             pm,
+            registry=r,
+        )
+        # Tools (issue 19): every server tool call, by tool name.
+        self.tool_calls = Counter(
+            "turnlog_tool_calls", "Server tool calls run, by tool.", ["tool"], registry=r
+        )
+        self.tool_errors = Counter(
+            "turnlog_tool_errors",
+            "Server tool calls whose result is an error (raised, timed out, server gone, bad"
+            " arguments, isError), by tool.",
+            ["tool"],
+            registry=r,
+        )
+        self.tool_duration = Histogram(
+            "turnlog_tool_duration_seconds",
+            "How long server tool calls took, by tool.",
+            ["tool"],
+            buckets=_ANSWER_BUCKETS,
             registry=r,
         )
         self._gauges: dict[str, Gauge] = {}

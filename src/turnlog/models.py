@@ -16,6 +16,11 @@ names one, a TOML file (see ``docs/providers.md``)::
     [access.users]
     alice = ["*"]
 
+Tools (CONTRACT.md section 7, ``docs/tools.md``) come from ``[mcp.SERVER]``,
+``[python_tools]``, ``[client_tools.NAME]`` and ``[tools]``, and who may use which from
+``[access.tools]`` (``default`` and ``users``, the same shape as the models' rules); they are
+parsed here into a :class:`ToolsConfig` and turned into tools by ``turnlog.generation.tools``.
+
 Without a file the environment alone makes the providers: ``demo`` always, and ``openai``,
 ``anthropic``, ``gemini`` when their key or base URL variable is set. A provider named in the
 file wins over the one the environment would make under the same name.
@@ -27,6 +32,7 @@ adapter. Nothing here imports an SDK.
 from __future__ import annotations
 
 import fnmatch
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,14 +53,20 @@ __all__ = [
     "KINDS",
     "Access",
     "Catalog",
+    "ClientToolConfig",
     "ConfigError",
+    "McpServerConfig",
+    "McpToolConfig",
     "ModelForbidden",
     "ProviderSpec",
+    "ToolsConfig",
     "UnknownModel",
     "parse_model",
 ]
 
 Kind = Literal["openai", "anthropic", "gemini", "demo"]
+Effect = Literal["read_only", "idempotent", "side_effect"]
+Approval = Literal["never", "always", "side_effect"]
 KINDS: Final = ("openai", "anthropic", "gemini", "demo")
 
 # kind -> (key variable, base URL variable) that make a provider from the environment alone.
@@ -148,6 +160,8 @@ class Catalog(msgspec.Struct, frozen=True, kw_only=True):
     limits: dict[str, int] = msgspec.field(default_factory=dict)
     # Agents, prompt commands and the response cache (turnlog.product.config).
     product: ProductConfig = msgspec.field(default_factory=ProductConfig)
+    # Tools: [mcp.*], [python_tools], [client_tools.*], [tools], [access.tools].
+    tools: ToolsConfig = msgspec.field(default_factory=lambda: ToolsConfig())
 
     @classmethod
     def demo_only(cls) -> Catalog:
@@ -178,6 +192,7 @@ class Catalog(msgspec.Struct, frozen=True, kw_only=True):
             source=path,
             limits=file.limits,
             product=file.product,
+            tools=file.tools,
         )
         for name, agent in file.product.agents.items():
             if agent.model is not None:
@@ -257,10 +272,16 @@ class _ProviderIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     defaults: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+class _ToolAccessIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    default: list[str] | None = None
+    users: dict[str, list[str]] = msgspec.field(default_factory=dict)
+
+
 class _AccessIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     default: list[str] | None = None
     users: dict[str, Any] = msgspec.field(default_factory=dict)
     agents: dict[str, Any] = msgspec.field(default_factory=dict)  # NamesAccessIn
+    tools: _ToolAccessIn = msgspec.field(default_factory=_ToolAccessIn)
 
 
 class _LimitsIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -275,6 +296,10 @@ class _FileIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     agents: dict[str, Any] = msgspec.field(default_factory=dict)
     prompts: dict[str, Any] = msgspec.field(default_factory=dict)
     cache: dict[str, Any] | None = None
+    mcp: dict[str, McpServerConfig] = msgspec.field(default_factory=dict)
+    python_tools: _PythonToolsIn = msgspec.field(default_factory=lambda: _PythonToolsIn())
+    client_tools: dict[str, ClientToolConfig] = msgspec.field(default_factory=dict)
+    tools: _ToolsIn = msgspec.field(default_factory=lambda: _ToolsIn())
 
 
 class _File(msgspec.Struct, frozen=True):
@@ -282,6 +307,7 @@ class _File(msgspec.Struct, frozen=True):
     access: Access
     limits: dict[str, int]
     product: ProductConfig
+    tools: ToolsConfig
 
 
 def _read_file(path: Path) -> _File:
@@ -320,7 +346,11 @@ def _read_file(path: Path) -> _File:
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return _File(providers, access, limits, product)
+    try:
+        tools = _tools(file)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return _File(providers, access, limits, product, tools)
 
 
 def _table(raw: Any, shape: Any, name: str | None, where: str) -> Any:
@@ -358,4 +388,163 @@ def _spec(name: str, raw: _ProviderIn, env: Mapping[str, str], path: str) -> Pro
         models=tuple(raw.models) if raw.models is not None else None,
         defaults=raw.defaults,
         key_required=raw.kind != "demo" and (raw.api_key_env is not None or not raw.base_url),
+    )
+
+
+# -- tools ---------------------------------------------------------------------------------
+
+# A tool name every provider accepts: OpenAI and Anthropic take [a-zA-Z0-9_-]{1,64}, Gemini
+# also wants a letter or an underscore first.
+TOOL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_-]{0,63}$")
+# An MCP server's name prefixes its tools' names (SERVER__TOOL), so it may not hold "__".
+SERVER_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]*(?:_[a-zA-Z0-9-]+)*$")
+
+
+class McpToolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """``[mcp.SERVER.tools.TOOL]``: what the config says over one MCP tool's annotations."""
+
+    effect: Effect | None = None
+    approval: Approval | None = None
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+
+class McpServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """``[mcp.SERVER]``: a stdio server turnlog starts, or a Streamable HTTP one it calls.
+
+    ``env`` and ``headers`` values may hold ``${VAR}``, read from turnlog's environment when
+    connecting; they are never logged or shown (see ``__repr__``)."""
+
+    transport: Literal["stdio", "http"]
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    approval: Approval | None = None
+    tools: dict[str, McpToolConfig] = msgspec.field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        where = self.url if self.transport == "http" else self.command
+        return f"McpServerConfig(transport={self.transport!r}, {where!r})"
+
+
+class ClientToolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """``[client_tools.NAME]``: a tool the client runs (the turn waits for its output)."""
+
+    description: str
+    input_schema: dict[str, Any] = msgspec.field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+    approval: Approval | None = None
+
+
+class ToolAccess(msgspec.Struct, frozen=True, kw_only=True):
+    """Who may use which tools: globs over tool names, as :class:`Access` for models."""
+
+    default: tuple[str, ...] | None = None  # None: every tool
+    users: dict[str, tuple[str, ...]] = msgspec.field(default_factory=dict)
+
+    def allows(self, user: str, tool: str) -> bool:
+        patterns = self.users.get(user, self.default)
+        return patterns is None or any(fnmatch.fnmatchcase(tool, p) for p in patterns)
+
+
+class ToolsConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Every tool setting of ``TURNLOG_CONFIG``, with the defaults of CONTRACT.md section 7."""
+
+    default: tuple[str, ...] = ("clock", "ask_user")  # a conversation that names none
+    approval: Approval = "never"
+    max_steps: int = 10
+    max_tool_calls: int = 32
+    parallel_tool_calls: int = 4
+    timeout_s: float = 60.0
+    mcp: dict[str, McpServerConfig] = msgspec.field(default_factory=dict)
+    python_modules: tuple[str, ...] = ()
+    client_tools: dict[str, ClientToolConfig] = msgspec.field(default_factory=dict)
+    access: ToolAccess = msgspec.field(default_factory=ToolAccess)
+
+
+class _PythonToolsIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    modules: list[str] = msgspec.field(default_factory=list)
+
+
+class _ToolsIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    default: list[str] | None = None
+    approval: Approval = "never"
+    max_steps: Annotated[int, msgspec.Meta(ge=1)] = 10
+    max_tool_calls: Annotated[int, msgspec.Meta(ge=1)] = 32
+    parallel_tool_calls: Annotated[int, msgspec.Meta(ge=1)] = 4
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+
+
+def check_input_schema(schema: Any) -> str | None:
+    """Why ``schema`` is not a JSON schema of an arguments object (None: it is one).
+
+    Only what every provider needs is checked: an object schema, its ``properties`` an
+    object of schemas, its ``required`` a list of names."""
+    if not isinstance(schema, dict):
+        return f"expected a JSON object, got {type(schema).__name__}"
+    if schema.get("type") != "object":
+        return f'expected "type": "object" at the top, got {schema.get("type")!r}'
+    props = schema.get("properties", {})
+    if not isinstance(props, dict) or not all(isinstance(v, dict | bool) for v in props.values()):
+        return '"properties" must be an object whose values are schemas'
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        return '"required" must be a list of property names'
+    return None
+
+
+def _tools(file: _FileIn) -> ToolsConfig:
+    """The tool sections of ``file``, checked; ``ValueError`` says what is wrong."""
+    for name, server in file.mcp.items():
+        if not SERVER_NAME.match(name) or len(name) > 30:
+            raise ValueError(
+                f"bad MCP server name {name!r}: letters, digits, '-' and single '_', starting"
+                " with a letter, at most 30 characters (its tools are named SERVER__TOOL)"
+            )
+        if server.transport == "stdio" and not server.command:
+            raise ValueError(f'mcp.{name}: transport "stdio" needs a command')
+        if server.transport == "http" and not server.url:
+            raise ValueError(f'mcp.{name}: transport "http" needs a url')
+        wrong = [k for k, v in (("command", server.command), ("url", server.url)) if v] + [
+            k for k, v in (("args", server.args), ("env", server.env), ("cwd", server.cwd)) if v
+        ]
+        allowed = {"command", "args", "env", "cwd"} if server.transport == "stdio" else {"url"}
+        wrong = [k for k in wrong if k not in allowed]
+        if server.transport == "stdio" and server.headers:
+            wrong.append("headers")
+        if wrong:
+            raise ValueError(
+                f"mcp.{name}: {', '.join(wrong)} do not apply to transport {server.transport!r}"
+            )
+    for name, client in file.client_tools.items():
+        if not TOOL_NAME.match(name):
+            raise ValueError(
+                f"client_tools.{name}: a tool name must match {TOOL_NAME.pattern}"
+                " (every provider accepts those)"
+            )
+        why = check_input_schema(client.input_schema)
+        if why is not None:
+            raise ValueError(f"client_tools.{name}.input_schema is not a JSON schema: {why}")
+    t = file.tools
+    a = file.access.tools
+    return ToolsConfig(
+        default=tuple(t.default) if t.default is not None else ToolsConfig().default,
+        approval=t.approval,
+        max_steps=t.max_steps,
+        max_tool_calls=t.max_tool_calls,
+        parallel_tool_calls=t.parallel_tool_calls,
+        timeout_s=t.timeout_s,
+        mcp=file.mcp,
+        python_modules=tuple(file.python_tools.modules),
+        client_tools=file.client_tools,
+        access=ToolAccess(
+            default=tuple(a.default) if a.default is not None else None,
+            users={u: tuple(p) for u, p in a.users.items()},
+        ),
     )

@@ -41,6 +41,7 @@ from turnlog.http import (
     openapi,
     ops,
     product,
+    tools,
     ui_chat,
     web,
 )
@@ -141,6 +142,7 @@ def create_app(settings: Settings, rt: Runtime | None = None) -> Litestar:
             *conversations.ROUTES,
             *live.ROUTES,
             *models.ROUTES,
+            *tools.ROUTES,
             *ops.ROUTES,
             *openapi.ROUTES,
             *ui_chat.ROUTES,
@@ -210,6 +212,7 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
             tg.start_soon(rt.liveness.run)
             if rt.titler is not None:
                 tg.start_soon(rt.titler.run)
+            await tg.start(rt.tools.run)  # MCP servers connected, their tools listed
             repaired = await rt.chat.sweep()
             log.info("started", instance_id=str(rt.instance_id), interrupted_orphans=repaired)
             tg.start_soon(_drain_when_asked, rt)

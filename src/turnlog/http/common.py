@@ -29,6 +29,7 @@ from turnlog.commands import (
 from turnlog.config import Settings
 from turnlog.follow import Follower
 from turnlog.generation.engine import Engine
+from turnlog.generation.tools.registry import build_registry
 from turnlog.http.auth import load_secret, user_from_header
 from turnlog.http.feeds import FeedHub
 from turnlog.limits import Limits, TooMany
@@ -83,6 +84,8 @@ class Runtime:
         self.metrics = Metrics()
         self.limits = Limits(settings)
         self.titler: Titler | None = None  # automatic titles, unless turned off
+        # Every tool this server offers; its MCP sessions run in the lifespan's task group.
+        self.tools = build_registry(settings.models.tools)
 
     def request_drain(self) -> None:
         """Thread- and signal-safe: begin the graceful drain."""

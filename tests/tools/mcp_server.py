@@ -1,0 +1,109 @@
+"""A small MCP server for the tests, written with the official SDK's server API (``MCPServer``).
+
+    python -m tests.tools.mcp_server stdio
+    python -m tests.tools.mcp_server http PORT
+    python -m tests.tools.mcp_server garbage      # answers every line with non-JSON
+
+Tools: ``add`` (read-only), ``note`` (a side effect: appends to $NOTES_FILE), ``fail``
+(an ``isError`` result), ``slow`` (sleeps), ``progress`` (reports progress), ``big`` (a long
+text), ``env`` (an environment variable's value), ``die`` (the process exits mid-call),
+``header`` (a request header, over HTTP).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+
+server = MCPServer("turnlog-test")
+
+
+@server.tool(annotations=ToolAnnotations(read_only_hint=True))
+def add(a: int, b: int) -> str:
+    """Add two whole numbers."""
+    return str(a + b)
+
+
+@server.tool()
+def note(text: str) -> str:
+    """Write a note (a side effect)."""
+    path = os.environ.get("NOTES_FILE")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return f"noted: {text}"
+
+
+@server.tool(annotations=ToolAnnotations(idempotent_hint=True))
+def fail(message: str) -> str:
+    """Always fails with ``message``."""
+    raise ToolError(message)
+
+
+@server.tool()
+async def slow(seconds: float) -> str:
+    """Sleep, then answer."""
+    await anyio.sleep(seconds)
+    return f"slept {seconds}"
+
+
+@server.tool()
+async def progress(steps: int, ctx: Context) -> str:
+    """Report progress ``steps`` times."""
+    for i in range(steps):
+        await ctx.report_progress(i + 1, steps, f"step {i + 1}")
+    return f"{steps} steps"
+
+
+@server.tool()
+def big(chars: int) -> str:
+    """A text of ``chars`` characters."""
+    return "x" * chars
+
+
+@server.tool()
+def env(name: str) -> str:
+    """An environment variable of the server process."""
+    return os.environ.get(name, "<unset>")
+
+
+@server.tool()
+def die() -> str:
+    """The server process exits in the middle of the call."""
+    print("dying now", file=sys.stderr, flush=True)
+    os._exit(3)
+
+
+@server.tool()
+def header(name: str, ctx: Context) -> str:
+    """A header of the HTTP request carrying this call."""
+    request = ctx.request_context.request
+    return str(request.headers.get(name, "<none>")) if request is not None else "<no request>"
+
+
+def garbage() -> None:
+    """Answer every line on stdin with a line that is not JSON-RPC."""
+    print("starting up", file=sys.stderr, flush=True)
+    for _line in sys.stdin:
+        sys.stdout.write("this is not json {{{\n")
+        sys.stdout.flush()
+    time.sleep(0.1)
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "stdio":
+        print("test server on stdio", file=sys.stderr, flush=True)
+        server.run("stdio")
+    elif mode == "http":
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    elif mode == "garbage":
+        garbage()
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
