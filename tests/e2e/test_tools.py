@@ -78,7 +78,8 @@ def test_tools_lists_every_source_for_a_user_with_every_right(tool_server: Serve
         r = h.get("/v1/tools")
     assert r.status_code == 200
     items = {t["name"]: t for t in r.json()["items"]}
-    assert {"clock", "ask_user", "t__add", "t__note", "weather", "create_ticket", "pick_color"} <= set(items)
+    expected = {"clock", "ask_user", "t__add", "t__note", "weather", "create_ticket", "pick_color"}
+    assert expected <= set(items)
     assert "t__env" not in items  # not included
     assert items["t__add"] == {
         "name": "t__add",

@@ -76,22 +76,37 @@ def http_port() -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
         p.wait()
 
 
-@asynccontextmanager
-async def manager(
-    config: ToolsConfig, env: dict[str, str] | None = None
-) -> AsyncIterator[McpManager]:
-    m = McpManager(config, env, backoff_s=0.1, max_backoff_s=0.5, poll_s=0.2, connect_timeout_s=3)
-    async with anyio.create_task_group() as tg:
-        await tg.start(m.run)
-        yield m
-        tg.cancel_scope.cancel()
-
-
 async def until(probe: Any, what: str, limit: float = 30.0) -> None:
     """Poll ``probe`` (state another process changes: nothing to wait on) for ``limit`` s."""
     with anyio.fail_after(limit):
         while not probe():  # noqa: ASYNC110 - the state is another process's
             await anyio.sleep(0.05)
+
+
+@asynccontextmanager
+async def manager(
+    config: ToolsConfig,
+    env: dict[str, str] | None = None,
+    *,
+    connect_timeout_s: float = 30,
+    wait: bool = True,
+) -> AsyncIterator[McpManager]:
+    """A running manager; with ``wait``, once every server is connected (a loaded machine
+    may take long to start a Python process: no timing is assumed)."""
+    m = McpManager(
+        config,
+        env,
+        backoff_s=0.1,
+        max_backoff_s=0.5,
+        poll_s=0.2,
+        connect_timeout_s=connect_timeout_s,
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(m.run)
+        if wait:
+            await until(lambda: all(m.available(s) for s in m.servers()), "connected", 120)
+        yield m
+        tg.cancel_scope.cancel()
 
 
 def registry(m: McpManager, config: ToolsConfig) -> ToolRegistry:
@@ -135,8 +150,11 @@ async def test_stdio_lists_tools_calls_them_and_reads_annotations() -> None:
             # The allow-listed environment only: turnlog's own variables stay out.
             out = await run_tool(tools["t__env"], {"name": "MY_SECRET"}, CTX)
             assert out.content == "<unset>"
+            # Its stderr reaches our log (read by a thread: poll for it).
+            await until(
+                lambda: any(e.get("event") == "MCP server stderr" for e in logs), "stderr line"
+            )
     assert "s3cr3t-value" not in repr(logs)
-    assert any(e.get("event") == "MCP server stderr" for e in logs)
 
 
 @pytest.mark.anyio
@@ -273,8 +291,8 @@ async def test_a_server_that_sends_garbage_is_unavailable_not_a_crash() -> None:
             "t": stdio(),
         }
     )
-    async with manager(config) as m:
-        await until(lambda: m.available("t"), "the good server")
+    async with manager(config, connect_timeout_s=3, wait=False) as m:
+        await until(lambda: m.available("t"), "the good server", 120)
         assert not m.available("junk")
         assert not [t for t in m.tools() if t.name.startswith("junk__")]
         out = await m.call("junk", "add", {}, CTX, lambda *a: None)
