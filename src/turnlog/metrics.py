@@ -153,7 +153,7 @@ class Metrics:
             pm,
             registry=r,
         )
-        # Tools (issue 19): every server tool call, by tool name.
+        # Tools: every server tool call, by tool name.
         self.tool_calls = Counter(
             "turnlog_tool_calls", "Server tool calls run, by tool.", ["tool"], registry=r
         )

@@ -16,7 +16,7 @@ names one, a TOML file (see ``docs/providers.md``)::
     [access.users]
     alice = ["*"]
 
-Tools (CONTRACT.md section 7, ``docs/tools.md``) come from ``[mcp.SERVER]``,
+Tools (``docs/tools.md``) come from ``[mcp.SERVER]``,
 ``[python_tools]``, ``[client_tools.NAME]`` and ``[tools]``, and who may use which from
 ``[access.tools]`` (``default`` and ``users``, the same shape as the models' rules); they are
 parsed here into a :class:`ToolsConfig` and turned into tools by ``turnlog.generation.tools``.
@@ -454,7 +454,7 @@ class ToolAccess(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ToolsConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Every tool setting of ``TURNLOG_CONFIG``, with the defaults of CONTRACT.md section 7."""
+    """Every tool setting of ``TURNLOG_CONFIG``, with its defaults (docs/tools.md)."""
 
     default: tuple[str, ...] = ("clock", "ask_user")  # a conversation that names none
     approval: Approval = "never"

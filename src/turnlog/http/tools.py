@@ -1,4 +1,4 @@
-"""``GET /v1/tools``: the tools the caller may give a conversation (CONTRACT.md §2, §7)."""
+"""``GET /v1/tools``: the tools the caller may give a conversation (docs/tools.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The tool registry: one descriptor shape for every source (CONTRACT.md section 7).
+"""The tool registry: one descriptor shape for every source (docs/tools.md).
 
 Sources: the built-ins (``clock``, ``ask_user``), Python functions marked ``turnlog.tool``
 (``python.py``), the tools of MCP servers (``mcp.py``, named ``SERVER__TOOL``) and client
