@@ -55,6 +55,8 @@ from turnlog.log.store import (
     conversation_from_row,
     message_from_row,
 )
+from turnlog.log.tree import active as tree_active
+from turnlog.log.tree import numbered
 
 log = structlog.get_logger("turnlog.cluster")
 
@@ -254,13 +256,15 @@ class Cluster:
                 if found is None or found[0] is None:
                     return None
                 return int(found[0]), None, []
-            conv = conversation_from_row(row).conversation
+            record = conversation_from_row(row)
+            conv = record.conversation
             cur = await conn.execute(
                 f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = %s ORDER BY seq",
                 (cid,),
             )
-            messages = [message_from_row(r).message for r in await cur.fetchall()]
-        return conv.version, conv, messages
+            rows = numbered([message_from_row(r) for r in await cur.fetchall()])
+        # The feeds show the active path only (turnlog.log.tree).
+        return conv.version, conv, [r.message for r in tree_active(record, rows)]
 
     async def _poller(self) -> None:
         while True:

@@ -26,6 +26,7 @@ from turnlog.generation.engine import Engine
 from turnlog.generation.turn import Turn, utcnow
 from turnlog.limits import Limits
 from turnlog.log import events as ev
+from turnlog.log import tree
 from turnlog.log.projection import (
     Conversation,
     ConversationBusy,
@@ -114,6 +115,7 @@ class MessageIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class EditIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     content: str
+    resend: bool = False  # true: a new version of the message, answered (turnlog.versioning)
 
 
 class ToolResultIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -452,15 +454,21 @@ class Chat:
             return None
         return Sent(user.message, assistant.message, created=False)
 
-    async def list_messages(self, owner: str, cid: uuid.UUID) -> list[Message]:
-        return (await self.conversation_with_messages(owner, cid))[1]
+    async def list_messages(
+        self, owner: str, cid: uuid.UUID, *, every_version: bool = False
+    ) -> list[Message]:
+        return (await self.conversation_with_messages(owner, cid, every_version=every_version))[1]
 
     async def conversation_with_messages(
-        self, owner: str, cid: uuid.UUID
+        self, owner: str, cid: uuid.UUID, *, every_version: bool = False
     ) -> tuple[Conversation, list[Message]]:
-        """The owner-gated conversation and its messages in seq order."""
+        """The owner-gated conversation and its messages in seq order: the active path
+        (turnlog.log.tree), or every row of every version."""
         conv = await self.conversation(owner, cid)
-        return conv.conversation, [r.message for r in await self.store.list_messages(cid)]
+        rows = await self.store.list_messages(cid)
+        if not every_version:
+            rows = tree.active(conv, rows)
+        return conv.conversation, [r.message for r in rows]
 
     async def edit(self, owner: str, cid: uuid.UUID, mid: uuid.UUID, body: EditIn) -> Message:
         self._content(body.content)
@@ -540,41 +548,12 @@ class Chat:
         return after.message
 
     async def retry(self, owner: str, mid: uuid.UUID, body: RetryIn | None = None) -> Message:
-        self._may_start()
-        turn: Turn | None = None
+        """Since versions, the same as regenerate: a new version of the turn ``mid`` ends."""
+        # Imported here: turnlog.versioning builds on this module.
+        from turnlog.versioning import RegenerateIn, regenerate
 
-        async def attempt() -> Appended:
-            nonlocal turn
-            row, conv = await self.message(owner, mid)
-            m = row.message
-            if m.role != "assistant" or m.status not in ("interrupted", "error", "aborted"):
-                raise NotGenerating(
-                    f"message {mid} is a {m.status} {m.role} message; only interrupted, "
-                    "failed or aborted assistant messages can be retried"
-                )
-            c = conv.conversation
-            if c.state != "idle":
-                raise ConversationBusy(f"conversation {c.id} is {c.state.replace('_', ' ')}")
-            # Options given replace the failed turn's; else the failed turn's stay.
-            options = row.options
-            if body is not None and body.options is not None:
-                self._model(owner, c.model, {**c.options, **body.options})
-                options = body.options
-            turn = Turn.new(c.id, conv.last_seq + 1, c.model, reply_to=m.reply_to)
-            turn = msgspec.structs.replace(turn, options=options)
-            return await self.store.append(
-                c.id,
-                [turn.started(self.now(), retry_of=mid)],
-                expected_version=c.version,
-                actor=owner,
-                instance_id=self.engine.instance_id,
-            )
-
-        async with self.limits.admit(owner, send=False):
-            done = await self.store.retrying(attempt)
-        assert turn is not None
-        self.engine.start(turn, done.conversation)
-        return done.messages[0].message
+        options = None if body is None else body.options
+        return await regenerate(self, owner, mid, RegenerateIn(options=options))
 
     async def tool_result(
         self, owner: str, mid: uuid.UUID, body: ToolResultIn

@@ -40,6 +40,7 @@ from turnlog.log.store import (
     message_from_row,
     message_params,
 )
+from turnlog.log.tree import numbered
 
 PROJECTIONS = ("conversations", "messages")
 """The tables replay owns. ``instances`` and ``leases`` are operational state, not folds."""
@@ -265,6 +266,9 @@ def _diff(
     if f.problem is not None:
         return [f"conversation {cid}: {f.problem}"]
     out: list[str] = []
+    # Versions are counted, not stored (turnlog.log.tree): both sides counted afresh.
+    rows = {r.message.id: r for r in numbered(list(rows.values()))}
+    folded = {r.message.id: r for r in numbered(list(f.messages.values()))}
     if f.conversation is None:
         if live is not None:
             out.append(
@@ -275,8 +279,8 @@ def _diff(
         out.append(f"conversation {cid}: missing from the projection (log version {f.version})")
     elif live != f.conversation:
         out += _field_diff(f"conversation {cid}", _fields(live), _fields(f.conversation))
-    for mid in sorted(rows.keys() | f.messages.keys(), key=lambda m: _seq(rows, f.messages, m)):
-        want, have = f.messages.get(mid), rows.get(mid)
+    for mid in sorted(rows.keys() | folded.keys(), key=lambda m: _seq(rows, folded, m)):
+        want, have = folded.get(mid), rows.get(mid)
         if want is None:
             assert have is not None
             out.append(f"{_message_label(have)}: in the projection but not in the log")

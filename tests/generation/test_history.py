@@ -45,6 +45,8 @@ class Rows:
             "edited_at": None,
             "created_at": NOW,
             "updated_at": NOW,
+            # One path: each row follows the one before it.
+            "parent_id": self.rows[-1].message.id if self.rows else None,
         }
         m = Message(**{**base, **fields})
         self.rows.append(MessageRecord(message=m))
@@ -173,3 +175,18 @@ def test_another_providers_signatures_are_not_sent() -> None:
     )
     assert history[3] == ChatMessage(role="assistant", blocks=ours)
     assert build_history(r.rows, before_seq=len(r.rows) + 1)[1].blocks == theirs
+
+
+def test_only_the_steps_own_path_counts() -> None:
+    """Other versions (a regenerated answer, an edited question) are not the step's past."""
+    r = Rows()
+    q = r.user("question")
+    r.assistant(TextBlock("first answer"))
+    second = r._add("assistant", blocks=(TextBlock("second answer"),), parent_id=q.id)
+    r._add("user", content="thanks", parent_id=second.id)
+    mine = r._add("assistant", status="generating", parent_id=r.rows[-1].message.id)
+    assert build_history(r.rows, before_seq=mine.seq) == (
+        ChatMessage(role="user", content="question"),
+        ChatMessage(role="assistant", blocks=(TextBlock("second answer"),)),
+        ChatMessage(role="user", content="thanks"),
+    )

@@ -41,6 +41,7 @@ from turnlog_reducer import (
 from turnlog import replay
 from turnlog.db.schema import apply_schema
 from turnlog.log import events as ev
+from turnlog.log import tree
 from turnlog.log.projection import (
     AlreadyStored,
     ConversationBusy,
@@ -526,6 +527,72 @@ class StoreMachine(RuleBasedStateMachine):
             bad = ev.ConversationUpdated(at=self.now(), title="nul \x00 here")
             errors = InvalidEvent
         self.append_fails(cid, [good, bad], errors, expected_version=self.versions[cid])
+
+    @precondition(lambda self: self.live())
+    @rule(data=st.data())
+    def regenerate(self, data: st.DataObject) -> None:
+        """A new version of a turn that ended: a sibling of its first row, made active."""
+        cid = data.draw(st.sampled_from(self.live()))
+        conv, rows = self.conversation(cid), self.messages(cid)
+        answered = {r.message.reply_to for r in rows if r.message.role == "tool"}
+        ends = [
+            r.message.id
+            for r in rows
+            if r.message.role == "assistant"
+            and r.message.status != "generating"
+            and r.message.id not in answered
+        ]
+        if not ends:
+            return
+        start = tree.turn_parent(rows, data.draw(st.sampled_from(ends)))
+        event = ev.AssistantTurnStarted(
+            at=self.now(),
+            message_id=self.new_id(),
+            seq=conv.last_seq + 1,
+            attempt=self.new_id(),
+            model="demo:default",
+            parent_id=None if start is None else start.message.id,
+        )
+        if conv.conversation.state == "generating":
+            self.append_fails(cid, [event], ConversationBusy)
+            return
+        self.append(cid, [event])
+        assert self.conversation(cid).conversation.active_leaf_id == event.message_id
+
+    @precondition(lambda self: self.live())
+    @rule(data=st.data())
+    def resend(self, data: st.DataObject) -> None:
+        """Edit and resend: a new version of a user row, answered."""
+        cid = data.draw(st.sampled_from(self.live()))
+        conv, rows = self.conversation(cid), self.messages(cid)
+        users = [r for r in rows if r.message.role == "user"]
+        if not users or conv.conversation.state != "idle":
+            return
+        old = data.draw(st.sampled_from(users))
+        user = ev.UserMessageSent(
+            at=self.now(),
+            message_id=self.new_id(),
+            seq=conv.last_seq + 1,
+            content=data.draw(texts),
+            parent_id=old.message.parent_id,
+        )
+        self.append(cid, [user, self.start_turn(cid, user.seq + 1, user.message_id)])
+
+    @precondition(lambda self: self.live())
+    @rule(data=st.data())
+    def select(self, data: st.DataObject) -> None:
+        """Switch the active path (allowed while a version generates)."""
+        cid = data.draw(st.sampled_from(self.live()))
+        rows = self.messages(cid)
+        if not rows:
+            return
+        mid = data.draw(st.sampled_from([r.message.id for r in rows]))
+        leaf = tree.newest_leaf(rows, mid).message.id
+        self.append(cid, [ev.VersionSelected(at=self.now(), message_id=mid, leaf_id=leaf)])
+        path = tree.active(self.conversation(cid), self.messages(cid))
+        assert path[0].message.parent_id is None
+        assert path[-1].message.id == leaf
+        assert mid in {r.message.id for r in path}
 
     @precondition(lambda self: self.deleted)
     @rule(data=st.data())

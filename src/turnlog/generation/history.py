@@ -81,8 +81,9 @@ def build_history(
 ) -> tuple[ChatMessage, ...]:
     """The history a step at ``before_seq`` answers, from ``rows`` in seq order (as the
     store gives them: no sort per generation), for a model of ``provider`` (the part of
-    ``provider:name`` before the colon; None: keep every signature)."""
-    ordered = [r.message for r in rows]
+    ``provider:name`` before the colon; None: keep every signature). Only the step's own
+    path counts: the rows it follows, parent by parent (other versions are not its past)."""
+    ordered = _lineage(rows, before_seq)
     replaced = _replaced(ordered)
     out: list[ChatMessage] = []
     # The calls (id -> name) of the last assistant message still without a result; kept
@@ -121,6 +122,22 @@ def build_history(
             )
     _answer_dangling(out, open_calls)
     return tuple(out)
+
+
+def _lineage(rows: Sequence[MessageRecord], before_seq: int) -> list[Message]:
+    """The ancestors of the row at ``before_seq``, first row first (every row before it
+    when it is not among ``rows``: a caller asking for a step not yet stored)."""
+    step = next((r.message for r in reversed(rows) if r.message.seq == before_seq), None)
+    if step is None:
+        return [r.message for r in rows]
+    by_id = {r.message.id: r.message for r in rows}
+    out: list[Message] = []
+    at = by_id.get(step.parent_id) if step.parent_id is not None else None
+    while at is not None:
+        out.append(at)
+        at = by_id.get(at.parent_id) if at.parent_id is not None else None
+    out.reverse()
+    return out
 
 
 def _replaced(ordered: list[Message]) -> set[object]:

@@ -8,6 +8,7 @@ import msgspec
 import structlog
 from litestar import Request, Response, delete, get, patch, post, put
 
+from turnlog import versioning
 from turnlog.commands import (
     MAX_PAGE,
     BadRequest,
@@ -39,6 +40,10 @@ class ListQuery(msgspec.Struct, frozen=True, kw_only=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)] = 20
     cursor: str | None = None
     q: str | None = None  # full-text search: ranked, each item with a `match` snippet
+
+
+class MessagesQuery(msgspec.Struct, frozen=True, kw_only=True):
+    all: bool = False  # every row of every version, not only the active path
 
 
 class ExportQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,24 +158,44 @@ async def send_message(request: Request[Any, Any, Any], cid: str) -> Response[by
 
 @get(
     "/v1/conversations/{cid:str}/messages",
-    opt=api("the messages in canonical (seq) order", {200: MessageList}),
+    opt=api(
+        "the messages of the active path in canonical (seq) order (all=true: every version)",
+        {200: MessageList},
+        query=MessagesQuery,
+    ),
 )
 async def list_messages(request: Request[Any, Any, Any], cid: str) -> Response[bytes]:
     owner = user(request)
-    items = await runtime(request).chat.list_messages(owner, parse_id(cid, "conversation"))
+    q = query(request, MessagesQuery)
+    items = await runtime(request).chat.list_messages(
+        owner, parse_id(cid, "conversation"), every_version=q.all
+    )
     return json_response(MessageList(items=items))
 
 
 @put(
     "/v1/conversations/{cid:str}/messages/{mid:str}",
-    opt=api("edit a user message", {200: Message}, body=EditIn, errors=(409,)),
+    status_code=200,
+    opt=api(
+        "edit a user message; with resend: true, a new version of it, answered",
+        {200: Message, 201: SendAnswer},
+        body=EditIn,
+        errors=_GENERATES,
+    ),
 )
 async def edit_message(request: Request[Any, Any, Any], cid: str, mid: str) -> Response[bytes]:
     owner = user(request)
     conversation_id = parse_id(cid, "conversation")
     message_id = parse_id(mid, "message")
     data = await body(request, EditIn)
-    row = await runtime(request).chat.edit(owner, conversation_id, message_id, data)
+    rt = runtime(request)
+    if data.resend:
+        sent = await versioning.resend(rt.chat, owner, conversation_id, message_id, data)
+        structlog.contextvars.bind_contextvars(
+            conversation_id=str(conversation_id), message_id=str(sent.assistant_message.id)
+        )
+        return json_response(SendAnswer.of(sent), 201)
+    row = await rt.chat.edit(owner, conversation_id, message_id, data)
     return json_response(row)
 
 
@@ -228,8 +253,44 @@ async def retry_message(request: Request[Any, Any, Any], mid: str) -> Response[b
     owner = user(request)
     message_id = parse_id(mid, "message")
     data = await body(request, RetryIn, empty_ok=True)
-    row = await runtime(request).chat.retry(owner, message_id, data)
+    row = await versioning.regenerate(
+        runtime(request).chat, owner, message_id, versioning.RegenerateIn(options=data.options)
+    )
     return json_response(RetryAnswer(assistant_message=row), 201)
+
+
+@post(
+    "/v1/messages/{mid:str}/regenerate",
+    status_code=201,
+    opt=api(
+        "a new version of the turn this assistant message ends, made active and answered",
+        {201: RetryAnswer},
+        body=versioning.RegenerateIn,
+        body_required=False,
+        errors=(*_GENERATES, 403),
+    ),
+)
+async def regenerate_message(request: Request[Any, Any, Any], mid: str) -> Response[bytes]:
+    owner = user(request)
+    message_id = parse_id(mid, "message")
+    data = await body(request, versioning.RegenerateIn, empty_ok=True)
+    row = await versioning.regenerate(runtime(request).chat, owner, message_id, data)
+    structlog.contextvars.bind_contextvars(message_id=str(row.id))
+    return json_response(RetryAnswer(assistant_message=row), 201)
+
+
+@post(
+    "/v1/messages/{mid:str}/select",
+    status_code=200,
+    opt=api(
+        "make the path through this message active (to the newest leaf below it)",
+        {200: Conversation},
+    ),
+)
+async def select_message(request: Request[Any, Any, Any], mid: str) -> Response[bytes]:
+    owner = user(request)
+    conv = await versioning.select(runtime(request).chat, owner, parse_id(mid, "message"))
+    return json_response(conv)
 
 
 @post(
@@ -262,5 +323,7 @@ ROUTES = [
     export_conversation,
     cancel_message,
     retry_message,
+    regenerate_message,
+    select_message,
     tool_results,
 ]

@@ -18,8 +18,10 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
+from turnlog.log.events import VersionSelected
 from turnlog.log.projection import Conversation, Message
 from turnlog.log.store import Appended
+from turnlog.log.tree import on_active_path
 from turnlog.streams import sse_frame
 
 QUEUE_FRAMES = 1024
@@ -88,7 +90,7 @@ class _Topic:
 
 
 def _public(c: Conversation) -> tuple[object, ...]:
-    return (c.title, c.model, c.options, c.system_prompt, c.state)
+    return (c.title, c.model, c.options, c.system_prompt, c.state, c.active_leaf_id)
 
 
 class FeedHub:
@@ -144,10 +146,22 @@ class FeedHub:
             self.on_gap(appended.conversation_id)
             return
         conv = appended.conversation
+        if (
+            self.on_gap is not None
+            and conv is not None
+            and any(isinstance(e, VersionSelected) for _, e in appended.events)
+        ):
+            # Another path became active: its rows are shown again (a subscriber may never
+            # have seen them), read from the store by the catch-up, under this version.
+            topic.rows.clear()
+            self.on_gap(appended.conversation_id)
+            return
         frames: list[tuple[int, bytes]] = []
         for change in appended.changes:
             v = change.version
             for m in change.messages:
+                if conv is not None and not on_active_path(conv, m.seq):
+                    continue  # another version's row (one generating while not shown)
                 data = _encoder.encode(_MessageChange(m, v))
                 topic.rows[m.id] = _encoder.encode(m)
                 frames.append((v, sse_frame(b"message", v, data)))

@@ -66,6 +66,10 @@ class UserMessageSent(_Event, frozen=True, tag="user_message_sent"):
     # the model is sent instead of ``content`` (decided, date included, when it was sent).
     command: Command | None = None
     prompt: str | None = None
+    # Set: a new version (edit and resend) under this parent (None: a first row), made the
+    # active one. Unset (every send, and events written before versions): the row follows
+    # the conversation's active leaf.
+    parent_id: uuid.UUID | UnsetType | None = UNSET
 
 
 class UserMessageEdited(_Event, frozen=True, tag="user_message_edited"):
@@ -83,6 +87,10 @@ class AssistantTurnStarted(_Event, frozen=True, tag="assistant_turn_started"):
     reply_to: uuid.UUID | None = None
     retry_of: uuid.UUID | None = None
     options: dict[str, Any] | None = None  # a retry's options, over the user message's
+    # Set: a new version (regenerate, retry) under this parent, made the active one. Unset
+    # (a send's answer, a turn's next step, events written before versions): the row
+    # follows the row before it (seq - 1).
+    parent_id: uuid.UUID | UnsetType | None = UNSET
 
 
 class _TurnEvent(_Event, frozen=True, kw_only=True):
@@ -153,6 +161,14 @@ class FeedbackGiven(_Event, frozen=True, tag="feedback_given"):
     comment: str | None = None
 
 
+class VersionSelected(_Event, frozen=True, tag="version_selected"):
+    """The active path now ends at ``leaf_id``: the newest leaf below ``message_id``, the
+    row the user chose (both decided by the command)."""
+
+    message_id: uuid.UUID
+    leaf_id: uuid.UUID
+
+
 DomainEvent = (
     ConversationCreated
     | ConversationUpdated
@@ -168,6 +184,7 @@ DomainEvent = (
     | ToolResultRecorded
     | TitleGenerated
     | FeedbackGiven
+    | VersionSelected
 )
 
 TurnEvent = TurnCheckpointed | StepCompleted | TurnFailed | TurnAborted | TurnInterrupted

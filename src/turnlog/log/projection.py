@@ -35,6 +35,7 @@ from turnlog.log.events import (
     TurnInterrupted,
     UserMessageEdited,
     UserMessageSent,
+    VersionSelected,
 )
 
 ConversationState = Literal["idle", "generating", "awaiting_input"]
@@ -58,6 +59,8 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
     # The preset whose fields are this conversation's defaults (turnlog.product.agents).
     agent: str | None = None
+    # Where the active path ends (None: no rows yet). See turnlog.log.tree.
+    active_leaf_id: uuid.UUID | None = None
 
 
 class Feedback(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,6 +96,11 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime
     feedback: Feedback | None = None
     command: Command | None = None  # a user row typed as `/NAME input`
+    # Versions (turnlog.log.tree): the row this one follows; this row's index among the
+    # rows sharing that parent, and their count (counted, not stored: see ``numbered``).
+    parent_id: uuid.UUID | None = None
+    version: int = 1
+    versions: int = 1
 
 
 class ConversationRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,6 +109,11 @@ class ConversationRecord(msgspec.Struct, frozen=True, kw_only=True):
     conversation: Conversation
     owner: str
     last_seq: int
+    # The tree of its rows (turnlog.log.tree): the active leaf's seq, the id of the row at
+    # ``last_seq``, and every row's parent seq by seq (0 for a first row).
+    leaf_seq: int = 0
+    last_id: uuid.UUID | None = None
+    tree: tuple[int, ...] = ()
 
 
 class MessageRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -166,6 +179,12 @@ def referenced_messages(event: DomainEvent) -> tuple[uuid.UUID, ...]:
             return (mid,)
         case ToolResultRecorded(reply_to=mid) | FeedbackGiven(message_id=mid):
             return (mid,)
+        case UserMessageSent(parent_id=uuid.UUID() as mid):
+            return (mid,)
+        case AssistantTurnStarted(parent_id=uuid.UUID() as mid):
+            return (mid,)
+        case VersionSelected(message_id=mid, leaf_id=leaf):
+            return (mid, leaf)
         case _:
             return ()
 
@@ -201,6 +220,15 @@ def check(
                     f"expected message seq {conv.last_seq + 1} in conversation {cid}, "
                     f"got {event.seq}"
                 )
+    match event:
+        case (
+            UserMessageSent(parent_id=uuid.UUID() as parent)
+            | AssistantTurnStarted(parent_id=uuid.UUID() as parent)
+        ):
+            # A new version's parent: an existing row of this conversation. Being a new row,
+            # the child can never be its own ancestor (no route makes a cycle).
+            if _row(messages, parent).message.conversation_id != cid:
+                raise NotFound(f"message {parent} not found in conversation {cid}")
     match event:
         case UserMessageSent():
             if conv.conversation.state != "idle":
@@ -264,6 +292,18 @@ def check(
                     f"message {mid} is not an assistant message of conversation {cid}; "
                     "only answers take feedback"
                 )
+        case VersionSelected(message_id=mid, leaf_id=leaf_id):
+            chosen, leaf = _row(messages, mid).message, _row(messages, leaf_id).message
+            for m in (chosen, leaf):
+                if m.conversation_id != cid:
+                    raise NotFound(f"message {m.id} not found in conversation {cid}")
+            s = leaf.seq
+            while s > chosen.seq:
+                s = conv.tree[s - 1]
+            if s != chosen.seq:
+                raise InvalidEvent(f"message {leaf_id} is not below message {mid}")
+            if leaf.seq in conv.tree:
+                raise InvalidEvent(f"message {leaf_id} has replies: it is not a leaf")
         case _:
             pass
 
@@ -334,7 +374,10 @@ def evolve(
         case ConversationDeleted():
             return Outcome(None, ())
         case UserMessageSent():
-            m = _new_message(event.message_id, c.id, event.seq, "user", at, content=event.content)
+            conv, pid = _place(conv, messages, event)
+            m = _new_message(
+                event.message_id, c.id, event.seq, "user", at, content=event.content, parent_id=pid
+            )
             if event.command is not None:
                 m = msgspec.structs.replace(m, command=event.command)
             row = MessageRecord(
@@ -343,7 +386,7 @@ def evolve(
                 options=event.options,
                 prompt=event.prompt,
             )
-            c = msgspec.structs.replace(c, updated_at=at)
+            c = msgspec.structs.replace(conv.conversation, updated_at=at)
             return _with(conv, c, version, (row,), event.seq)
         case UserMessageEdited():
             old = messages[event.message_id]
@@ -352,6 +395,8 @@ def evolve(
             )
             return _with(conv, c, version, (msgspec.structs.replace(old, message=m),))
         case AssistantTurnStarted():
+            conv, pid = _place(conv, messages, event)
+            c = conv.conversation
             m = _new_message(
                 event.message_id,
                 c.id,
@@ -361,11 +406,14 @@ def evolve(
                 status="generating",
                 model=event.model,
                 reply_to=event.reply_to,
+                parent_id=pid,
             )
             row = MessageRecord(message=m, attempt=event.attempt, options=event.options)
             c = msgspec.structs.replace(c, state="generating", updated_at=at)
             return _with(conv, c, version, (row,), event.seq)
         case ToolResultRecorded():
+            conv, after = _place(conv, messages, event)
+            c = conv.conversation
             parent = messages[event.reply_to]
             parent = msgspec.structs.replace(
                 parent,
@@ -387,8 +435,14 @@ def evolve(
                 reply_to=event.reply_to,
                 tool_call_id=event.tool_call_id,
                 tool_name=event.tool_name,
+                parent_id=after,
             )
             return _with(conv, c, version, (parent, MessageRecord(message=m)), event.seq)
+        case VersionSelected():
+            leaf = messages[event.leaf_id].message
+            conv = msgspec.structs.replace(conv, leaf_seq=leaf.seq)
+            c = msgspec.structs.replace(c, active_leaf_id=leaf.id, updated_at=at)
+            return _with(conv, c, version)
         case (
             TurnCheckpointed() | StepCompleted() | TurnFailed() | TurnAborted() | TurnInterrupted()
         ):
@@ -430,6 +484,46 @@ def _evolve_turn(
     return _with(conv, msgspec.structs.replace(c, state=state, updated_at=at), version, (row,))
 
 
+def _place(
+    conv: ConversationRecord,
+    messages: Mapping[uuid.UUID, MessageRecord],
+    event: UserMessageSent | AssistantTurnStarted | ToolResultRecorded,
+) -> tuple[ConversationRecord, uuid.UUID | None]:
+    """Put the row ``event`` creates into the tree; (the conversation after, its parent).
+
+    - A new version (the event names its parent): under that parent, and the active path
+      now ends at it.
+    - A user row naming none (a send): after the active leaf, which it becomes.
+    - Any other row (a send's answer, a tool result, a turn's next step, and every row of a
+      log written before versions): after the row before it (seq - 1), the tail of the one
+      turn that can be running; it becomes the active leaf only if that row was the leaf
+      (the user may have selected another path while it ran).
+    """
+    explicit = not isinstance(event, ToolResultRecorded) and event.parent_id is not UNSET
+    if explicit:
+        assert not isinstance(event, ToolResultRecorded)
+        parent = event.parent_id
+        assert parent is not UNSET
+        pseq = 0 if parent is None else messages[parent].message.seq
+        leaf = True
+    elif isinstance(event, UserMessageSent):
+        parent, pseq, leaf = conv.conversation.active_leaf_id, conv.leaf_seq, True
+    else:
+        parent, pseq = conv.last_id, conv.last_seq
+        leaf = pseq == conv.leaf_seq
+    c = conv.conversation
+    if leaf:
+        c = msgspec.structs.replace(c, active_leaf_id=event.message_id)
+    record = msgspec.structs.replace(
+        conv,
+        conversation=c,
+        leaf_seq=event.seq if leaf else conv.leaf_seq,
+        last_id=event.message_id,
+        tree=(*conv.tree, pseq),
+    )
+    return record, parent
+
+
 def _end(m: Message, status: Status, **fields: Any) -> Message:
     return msgspec.structs.replace(
         m, status=status, is_generating=False, interrupted=status == "interrupted", **fields
@@ -443,12 +537,27 @@ def _with(
     rows: tuple[MessageRecord, ...] = (),
     last_seq: int | None = None,
 ) -> Outcome:
-    record = ConversationRecord(
+    record = msgspec.structs.replace(
+        conv,
         conversation=msgspec.structs.replace(c, version=version),
-        owner=conv.owner,
         last_seq=conv.last_seq if last_seq is None else last_seq,
     )
-    return Outcome(record, rows)
+    return Outcome(record, tuple(numbered_row(record.tree, r) for r in rows))
+
+
+def numbered_row(tree: tuple[int, ...], r: MessageRecord) -> MessageRecord:
+    """``r`` with its version and versions as of ``tree`` (see turnlog.log.tree)."""
+    m = r.message
+    if m.seq > len(tree):
+        return r  # a log that does not hold the row's creation (never in a valid one)
+    parent = tree[m.seq - 1]
+    # tuple.count runs in C: microseconds per row even with thousands of rows.
+    version, versions = tree[: m.seq - 1].count(parent) + 1, tree.count(parent)
+    if m.version == version and m.versions == versions:
+        return r
+    return msgspec.structs.replace(
+        r, message=msgspec.structs.replace(m, version=version, versions=versions)
+    )
 
 
 def _new_message(
@@ -464,6 +573,7 @@ def _new_message(
     reply_to: uuid.UUID | None = None,
     tool_call_id: str | None = None,
     tool_name: str | None = None,
+    parent_id: uuid.UUID | None = None,
 ) -> Message:
     return Message(
         id=mid,
@@ -486,4 +596,5 @@ def _new_message(
         edited_at=None,
         created_at=at,
         updated_at=at,
+        parent_id=parent_id,
     )

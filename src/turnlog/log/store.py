@@ -45,8 +45,10 @@ from turnlog.log.projection import (
     check,
     created_messages,
     evolve,
+    numbered_row,
     referenced_messages,
 )
+from turnlog.log.tree import numbered
 
 
 class VersionConflict(DomainError):
@@ -83,7 +85,16 @@ def _public_change(before: ConversationRecord | None, after: ConversationRecord 
     if before is None or after is None:
         return True
     a, b = before.conversation, after.conversation
-    return (a.title, a.model, a.options, a.system_prompt, a.state, a.metadata, a.agent) != (
+    return (
+        a.title,
+        a.model,
+        a.options,
+        a.system_prompt,
+        a.state,
+        a.metadata,
+        a.agent,
+        a.active_leaf_id,
+    ) != (
         b.title,
         b.model,
         b.options,
@@ -91,6 +102,7 @@ def _public_change(before: ConversationRecord | None, after: ConversationRecord 
         b.state,
         b.metadata,
         b.agent,
+        b.active_leaf_id,
     )
 
 
@@ -117,13 +129,13 @@ _json = msgspec.json.Encoder()
 
 CONVERSATION_COLUMNS = (
     "id, owner, title, model, options, system_prompt, state, version, last_seq, "
-    "created_at, updated_at, metadata, agent"
+    "created_at, updated_at, metadata, agent, active_leaf_id, leaf_seq, last_id, tree"
 )
 MESSAGE_COLUMNS = (
     "id, conversation_id, seq, role, content, blocks, status, error, finish_reason, usage, "
     "model, reply_to, tool_call_id, tool_name, edited_content, edited_at, created_at, "
     "updated_at, attempt, stream_seq, client_message_id, options, open_tool_calls, awaiting_user, "
-    "feedback, command, prompt"
+    "feedback, command, prompt, parent_id"
 )
 _MESSAGE_WRITABLE = MESSAGE_COLUMNS.split(", ")
 _CONVERSATION_WRITABLE = CONVERSATION_COLUMNS.split(", ")
@@ -144,6 +156,10 @@ def conversation_from_row(row: Sequence[Any]) -> ConversationRecord:
         updated,
         metadata,
         agent,
+        active_leaf_id,
+        leaf_seq,
+        last_id,
+        tree,
     ) = row
     return ConversationRecord(
         conversation=Conversation(
@@ -158,9 +174,13 @@ def conversation_from_row(row: Sequence[Any]) -> ConversationRecord:
             updated_at=updated,
             metadata=_strings.decode(metadata),
             agent=agent,
+            active_leaf_id=active_leaf_id,
         ),
         owner=owner,
         last_seq=last_seq,
+        leaf_seq=leaf_seq,
+        last_id=last_id,
+        tree=tuple(tree),
     )
 
 
@@ -193,6 +213,7 @@ def message_from_row(row: Sequence[Any]) -> MessageRecord:
         feedback,
         command,
         prompt,
+        parent_id,
     ) = row
     return MessageRecord(
         message=Message(
@@ -218,6 +239,7 @@ def message_from_row(row: Sequence[Any]) -> MessageRecord:
             updated_at=updated,
             feedback=None if feedback is None else _feedback.decode(feedback),
             command=None if command is None else _command.decode(command),
+            parent_id=parent_id,
         ),
         attempt=attempt,
         stream_seq=stream_seq,
@@ -245,6 +267,10 @@ def conversation_params(r: ConversationRecord) -> tuple[Any, ...]:
         c.updated_at,
         _json.encode(c.metadata).decode(),
         c.agent,
+        c.active_leaf_id,
+        r.leaf_seq,
+        r.last_id,
+        list(r.tree),
     )
 
 
@@ -278,6 +304,7 @@ def message_params(r: MessageRecord) -> tuple[Any, ...]:
         None if m.feedback is None else _json.encode(m.feedback).decode(),
         None if m.command is None else _json.encode(m.command).decode(),
         r.prompt,
+        m.parent_id,
     )
 
 
@@ -643,7 +670,13 @@ def _many_params(batch: Sequence[_Guarded]) -> dict[str, Any]:
         conv = fold.conversation
         assert conv is not None
         row = msgspec.structs.asdict(conv.conversation)
-        row.update(owner=conv.owner, last_seq=conv.last_seq)
+        row.update(
+            owner=conv.owner,
+            last_seq=conv.last_seq,
+            leaf_seq=conv.leaf_seq,
+            last_id=conv.last_id,
+            tree=conv.tree,
+        )
         conversations.append(row)
         messages += [_message_json(r) for r in fold.rows]
         n = len(fold.stored)
@@ -1158,20 +1191,28 @@ class Store:
             return [conversation_from_row(r) for r in await cur.fetchall()]
 
     async def list_messages(self, cid: uuid.UUID) -> list[MessageRecord]:
+        """Every row of the conversation (all versions) in seq order, numbered (see
+        turnlog.log.tree; ``tree.active`` picks the active path)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = %s ORDER BY seq",
                 (cid,),
             )
-            return [message_from_row(r) for r in await cur.fetchall()]
+            return numbered([message_from_row(r) for r in await cur.fetchall()])
 
     async def get_message(self, mid: uuid.UUID) -> MessageRecord | None:
         async with self.pool.connection() as conn:
+            # With its conversation's tree, to number its version (an empty one once the
+            # conversation is gone).
             cur = await conn.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = %s", (mid,)
+                f"SELECT {', '.join('m.' + c for c in _MESSAGE_WRITABLE)}, c.tree FROM messages m"
+                " LEFT JOIN conversations c ON c.id = m.conversation_id WHERE m.id = %s",
+                (mid,),
             )
             row: TupleRow | None = await cur.fetchone()
-        return None if row is None else message_from_row(row)
+        if row is None:
+            return None
+        return numbered_row(tuple(row[-1] or ()), message_from_row(row[:-1]))
 
     async def get_message_in_conversation(
         self, mid: uuid.UUID
@@ -1185,7 +1226,10 @@ class Store:
             return None
         n = len(_MESSAGE_WRITABLE)
         message = message_from_row(row[:n])
-        return message, None if row[n] is None else conversation_from_row(row[n:])
+        if row[n] is None:
+            return message, None
+        conv = conversation_from_row(row[n:])
+        return numbered_row(conv.tree, message), conv
 
     async def find_sent(
         self, cid: uuid.UUID, client_message_id: str
