@@ -7,8 +7,9 @@ server-tool step shows its tool call and result; a question (``ask_user``) is as
 typed is dropped afterwards, so a command typed then cannot end up in the answer or run
 against the wrong row. Ctrl-C while an answer streams cancels it; at the ``answer ›``
 prompt it withdraws the question (the conversation is free again); at the ``you ›`` prompt
-it leaves. ``/retry`` and ``/cancel`` always act on the conversation's newest assistant row,
-read from the server when typed.
+it leaves. ``/retry`` (or ``/regenerate``), ``/edit`` and ``/cancel`` always act on the
+conversation's newest row of that kind on its active path, read from the server when typed;
+a new version is shown from the row it replaces on.
 
 Without a terminal (stdin or stdout piped) it reads lines and prints plain text.
 """
@@ -40,7 +41,9 @@ if TYPE_CHECKING:
 __all__ = ["SLASH_COMMANDS", "ChatApp", "cli_chat"]
 
 SLASH_COMMANDS: Final = {
-    "/retry": "answer the last failed, stopped or interrupted message again",
+    "/retry": "answer the last message again (a new version of it)",
+    "/regenerate": "the same: a new version of the last answer",
+    "/edit TEXT": "replace your last message with TEXT (a new version) and answer it",
     "/cancel": "stop the answer being generated, or withdraw a pending question",
     "/help": "show these commands",
     "/quit": "leave (Ctrl-D or Ctrl-C at the prompt too)",
@@ -235,10 +238,27 @@ class ChatApp:
     def retry(self) -> None:
         row = self.newest_assistant()
         if row is None:
-            self.console.print("nothing to retry yet")
+            self.console.print("nothing to regenerate yet")
             return
-        self.client.retry(row["id"])
+        new = self.client.regenerate(row["id"])["assistant_message"]
+        self._version(new)
         self.follow_turn()
+
+    def edit(self, text: str) -> None:
+        rows: list[JSON] = self.client.list_messages(self.cid)
+        row = next((r for r in reversed(rows) if r["role"] == "user"), None)
+        if row is None:
+            self.console.print("nothing to edit yet")
+            return
+        sent = self.client.resend(self.cid, row["id"], text)
+        self.shown.add(sent["user_message"]["id"])
+        self._version(sent["user_message"])
+        self.follow_turn()
+
+    def _version(self, row: JSON) -> None:
+        self.console.print(
+            Text(f"[version {row['version']}/{row['versions']}]", style="dim"), highlight=False
+        )
 
     def cancel(self) -> None:
         row = self.newest_assistant()
@@ -264,9 +284,11 @@ class ChatApp:
                         return 0
                     case "/help":
                         for name, what in SLASH_COMMANDS.items():
-                            self.console.print(f"  {name:8} {what}", highlight=False)
-                    case "/retry":
+                            self.console.print(f"  {name:12} {what}", highlight=False)
+                    case "/retry" | "/regenerate":
                         self.retry()
+                    case _ if line.startswith("/edit "):
+                        self.edit(line.removeprefix("/edit ").strip())
                     case "/cancel":
                         self.cancel()
                     case _ if line.startswith("/") and " " not in line:

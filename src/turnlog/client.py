@@ -380,10 +380,39 @@ class Client:
         result: JSON = _decoded(self.http.post(_Routes.messages(cid), json=body))
         return result
 
-    def list_messages(self, cid: str) -> list[JSON]:
-        """GET /v1/conversations/{cid}/messages -> the rows in canonical order."""
-        items: list[JSON] = _decoded(self.http.get(_Routes.messages(cid)))["items"]
+    def list_messages(self, cid: str, *, every_version: bool = False) -> list[JSON]:
+        """GET /v1/conversations/{cid}/messages -> the active path's rows in canonical
+        order (``every_version``: every row, ``?all=true``)."""
+        params = {"all": "true"} if every_version else None
+        items: list[JSON] = _decoded(self.http.get(_Routes.messages(cid), params=params))["items"]
         return items
+
+    def resend(self, cid: str, mid: str, content: str) -> JSON:
+        """PUT a user message with ``resend: true`` -> ``{"user_message", "assistant_message"}``
+        (201): a new version of it, answered."""
+        url = f"{_Routes.messages(cid)}/{mid}"
+        result: JSON = _decoded(self.http.put(url, json={"content": content, "resend": True}))
+        return result
+
+    def regenerate(
+        self, mid: str, *, options: Mapping[str, Any] | None = None, model: str | None = None
+    ) -> JSON:
+        """POST /v1/messages/{mid}/regenerate -> ``{"assistant_message": row}`` (201): a new
+        version of the turn that assistant message ends."""
+        body: dict[str, Any] = {}
+        if options is not None:
+            body["options"] = dict(options)
+        if model is not None:
+            body["model"] = model
+        url = _Routes.message(mid, "regenerate")
+        result: JSON = _decoded(self.http.post(url, json=body or None))
+        return result
+
+    def select(self, mid: str) -> JSON:
+        """POST /v1/messages/{mid}/select -> the conversation, its active path now through
+        ``mid``."""
+        result: JSON = _decoded(self.http.post(_Routes.message(mid, "select")))
+        return result
 
     def edit(self, cid: str, mid: str, content: str) -> JSON:
         """PUT a user message's edited content -> the row."""

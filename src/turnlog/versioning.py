@@ -35,7 +35,7 @@ from turnlog.commands import (
     NotGenerating,
     Sent,
 )
-from turnlog.generation.engine import Turn
+from turnlog.generation.turn import Turn
 from turnlog.log import events as ev
 from turnlog.log import tree
 from turnlog.log.projection import Conversation, ConversationBusy, Message, NotFound

@@ -95,6 +95,29 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
     await assertStored(chat, t);
   });
 
+  test('regenerate() makes a new version of the last turn; the client holds what is hydrated', async t => {
+    const chat = alice.chat(generateId());
+    await chat.sendMessage({ text: 'Answer twice' }, { body: { options: FAST } });
+    assert.equal(chat.status, 'ready', chat.error?.message);
+    const first = chat.lastMessage.id;
+    await chat.regenerate({ body: { options: { ...FAST, length: 8 } } });
+    assert.equal(chat.status, 'ready', chat.error?.message);
+    assert.notEqual(chat.lastMessage.id, first, 'a new version, not the old message again');
+    assert.equal(chat.messages.length, 2);
+    await assertStored(chat, t);
+    // A tool turn (two steps, a tool result between) is regenerated as a whole.
+    const clock = { ...FAST, tool: 'clock' };
+    await chat.sendMessage({ text: 'What time is it?' }, { body: { options: clock } });
+    await chat.regenerate({ body: { options: clock } });
+    assert.equal(chat.status, 'ready', chat.error?.message);
+    assert.equal(chat.messages.length, 4);
+    assert.deepEqual(
+      chat.lastMessage.parts.map(p => p.type),
+      ['step-start', 'tool-clock', 'step-start', 'text'],
+    );
+    await assertStored(chat, t);
+  });
+
   test('reasoning arrives as a reasoning part before the text', async t => {
     const chat = alice.chat(generateId());
     await chat.sendMessage({ text: 'Think first' }, { body: { options: { ...FAST, reasoning: true } } });
@@ -301,7 +324,7 @@ describe('useChat against turnlog', { timeout: 10 * LONG }, () => {
         `stored ${summary(stored)} keeps ${kept.length} chars`,
     );
 
-    // The interrupted turn is regenerated the AI SDK way (a retry of its step).
+    // The interrupted turn is regenerated the AI SDK way (a new version of the turn).
     const fresh = alice.chat(chat.id, { messages: await alice.messages(chat.id) });
     await fresh.regenerate({ body: { options: FAST } });
     assert.equal(fresh.status, 'ready', fresh.error?.message);

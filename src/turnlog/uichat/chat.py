@@ -40,6 +40,7 @@ from turnlog.commands import (
 )
 from turnlog.config import Settings
 from turnlog.follow import Follower, Mirror
+from turnlog.log import tree
 from turnlog.log.projection import ConversationRecord, DomainError, Message, MessageRecord, NotFound
 from turnlog.log.store import Store
 from turnlog.streams import PING, StreamRegistry, Subscription
@@ -150,7 +151,7 @@ class UIChat:
         if conv is None or conv.conversation.state != "generating":
             return None
         cid = conv.conversation.id
-        generating = [t for t in _turns(await self.store.list_messages(cid)) if t.generating]
+        generating = [t for t in _turns(await self._active(cid)) if t.generating]
         if not generating:
             return None
         turn = generating[-1]
@@ -177,7 +178,8 @@ class UIChat:
         conv = await self._conversation(owner, chat_id)
         if conv is None:
             return []
-        return mapping.ui_messages(await self.store.list_messages(conv.conversation.id))
+        rows = tree.active(conv, await self.store.list_messages(conv.conversation.id))
+        return mapping.ui_messages(rows)
 
     # -- chat ids ----------------------------------------------------------------------------
 
@@ -213,9 +215,15 @@ class UIChat:
 
     # -- what a POST starts ------------------------------------------------------------------
 
+    async def _active(self, cid: uuid.UUID) -> list[MessageRecord]:
+        """The conversation's active path (turnlog.log.tree): what ``useChat`` shows."""
+        conv = await self.store.get_conversation(cid)
+        rows = await self.store.list_messages(cid)
+        return rows if conv is None else tree.active(conv, rows)
+
     async def _turn(self, cid: uuid.UUID, user_id: uuid.UUID | None) -> UITurn | None:
-        """The turn answering user row ``user_id``, as stored now."""
-        for turn in _turns(await self.store.list_messages(cid)):
+        """The turn answering user row ``user_id`` on the active path, as stored now."""
+        for turn in _turns(await self._active(cid)):
             if _user_id(turn) == user_id:
                 return turn
         return None
@@ -223,9 +231,9 @@ class UIChat:
     async def _regenerate(
         self, owner: str, cid: uuid.UUID, options: dict[str, Any] | None
     ) -> AsyncIterator[bytes]:
-        """Retry the last turn's last step (interrupted, failed or aborted), with
-        ``options`` in place of the failed step's if given; answer the turn."""
-        turns = _turns(await self.store.list_messages(cid))
+        """A new version of the last turn (``regenerate``), with ``options`` in place of
+        the turn's if given; answer it."""
+        turns = _turns(await self._active(cid))
         if not turns:
             raise NotGenerating("this chat has no answer to regenerate")
         await self.chat.retry(owner, turns[-1].steps[-1].id, RetryIn(options=options))
