@@ -59,7 +59,14 @@ def message(seq: int, content: str) -> Message:
 
 
 def appended(version: int, *messages: Message, title: str = "t") -> Appended:
-    record = ConversationRecord(conversation=conversation(version, title), owner="u", last_seq=9)
+    # Nine rows on one path (each the child of the one before), the last one active.
+    record = ConversationRecord(
+        conversation=conversation(version, title),
+        owner="u",
+        last_seq=9,
+        leaf_seq=9,
+        tree=tuple(range(9)),
+    )
     event = ev.ConversationUpdated(at=AT, title=title)
     return Appended(
         CID,
@@ -146,3 +153,33 @@ def test_a_deletion_seen_in_the_store_ends_the_feeds() -> None:
     assert [(e, v) for e, v, _ in frames] == [("conversation", 5)]
     assert frames[0][2] == {"conversation": None, "version": 5, "deleted": True}
     assert feed.closed
+
+
+def test_rows_off_the_active_path_are_not_shown_and_a_switch_is_caught_up() -> None:
+    """A row of another version (off the active path) sends no frame; a select asks for a
+    catch-up, which shows the new path's rows (even ones shown before) and the conversation."""
+    hub = FeedHub()
+    gaps: list[uuid.UUID] = []
+    hub.on_gap = gaps.append
+    feed = hub.subscribe(CID)
+    hub.seed(CID, 3)
+    # Rows 1 (first) and 2, 3: versions under row 1; row 3 is active, row 2 is not.
+    record = ConversationRecord(
+        conversation=conversation(4), owner="u", last_seq=3, leaf_seq=3, tree=(0, 1, 1)
+    )
+    change = Change(4, (message(2, "off"), message(3, "on")), conversation_changed=False)
+    hub.publish(Appended(CID, record, (), ((4, ev.ConversationUpdated(at=AT)),), (change,)))
+    assert [d["message"]["id"] for _, _, d in drain(feed)] == [str(uuid.UUID(int=3))]  # type: ignore[index]
+    select = ev.VersionSelected(at=AT, message_id=uuid.UUID(int=2), leaf_id=uuid.UUID(int=2))
+    switched = msgspec.structs.replace(
+        record,
+        leaf_seq=2,
+        conversation=msgspec.structs.replace(
+            record.conversation, version=5, active_leaf_id=uuid.UUID(int=2)
+        ),
+    )
+    hub.publish(Appended(CID, switched, (), ((5, select),), (Change(5, (), True),)))
+    assert gaps == [CID]
+    assert drain(feed) == []
+    hub.caught_up(CID, 5, switched.conversation, [message(1, "first"), message(2, "off")])
+    assert [e for e, _, _ in drain(feed)] == ["message", "message", "conversation"]

@@ -183,6 +183,17 @@ def test_chat_in_a_terminal(server: Server, tmp_path: Path) -> None:
             assert "Traceback" not in term.transcript()
             assert c.get_conversation(cid)["conversation"]["state"] == "idle"
 
+            # /edit: the last question replaced by a new version, answered.
+            c.patch_conversation(cid, options=FAST)
+            prompts = term.transcript().count("you ›")
+            term.type("/edit tell me less\r")
+            term.wait(lambda t: term.transcript().count("you ›") > prompts, "the edited answer")
+            wait_until(lambda: _idle(c, cid), what="idle after /edit")
+            rows = _rows(c, cid)
+            assert rows[-2]["content"] == "tell me less"
+            assert (rows[-2]["version"], rows[-2]["versions"]) == (2, 2)
+            assert "[version 2/2]" in term.transcript()
+
             term.type("/quit\r")
             term.child.expect(pexpect.EOF, timeout=10)
         finally:
@@ -195,12 +206,11 @@ def test_chat_in_a_terminal(server: Server, tmp_path: Path) -> None:
             again.prompt()
             history = again.transcript()
             for expected in (
-                "you: tell me everything",
-                "[stopped]",
+                "you: tell me everything",  # its stopped answer: replaced by /retry's version
                 "you: ask me",
                 "? What should I focus on",
                 "answer: the wire format",
-                "[question withdrawn]",
+                "you: tell me less",  # the /edit version of "ask again" (its question withdrawn)
                 "assistant:",
             ):
                 assert expected in history, f"{expected!r} not in:\n{history}"

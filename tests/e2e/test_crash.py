@@ -98,13 +98,15 @@ def test_sigkill_mid_answer_loses_at_most_the_checkpoint_window(
         fold = c.follow(new["id"])
         assert fold.done is not None
         assert fold.done.status == "completed"
-        rows = c.list_messages(cid)
+        rows = c.list_messages(cid, every_version=True)
         assert [(r["seq"], r["role"], r["status"]) for r in rows] == [
             (1, "user", "completed"),
             (2, "assistant", "interrupted"),
             (3, "assistant", "completed"),
         ]
         assert rows[2]["blocks"] == blocks_json(fold.blocks)
+        # The retry is a new version of the answer, the active one.
+        assert [r["seq"] for r in c.list_messages(cid)] == [1, 3]
 
 
 def test_orphan_repaired_by_another_process_stream_endpoint(

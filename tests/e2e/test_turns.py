@@ -74,18 +74,23 @@ def test_cancel_aborts_keeps_partial_blocks_and_then_409(server: Server) -> None
         assert e.value.detail
 
 
-def test_cancel_and_retry_answer_409_on_a_completed_message(server: Server) -> None:
-    """A completed message cannot be cancelled or retried: 409 with a detail."""
+def test_cancel_answers_409_on_a_completed_message_and_retry_makes_a_version(
+    server: Server,
+) -> None:
+    """A completed message cannot be cancelled (409 with a detail); retry, since versions the
+    same as regenerate, answers it again as a new version replacing it on the active path."""
     with server.client() as c:
         conv = c.create_conversation(model=DEMO, options=FAST)
         mid = c.send(conv["id"], "done quickly")["assistant_message"]["id"]
         c.follow(mid)
-        for action in (c.cancel, c.retry):
-            with pytest.raises(ApiError) as e:
-                action(mid)
-            assert e.value.status == 409
-            assert e.value.detail
-        assert len(c.list_messages(conv["id"])) == 2
+        with pytest.raises(ApiError) as e:
+            c.cancel(mid)
+        assert e.value.status == 409
+        assert e.value.detail
+        new = c.retry(mid)["assistant_message"]
+        assert (new["version"], new["versions"]) == (2, 2)
+        c.follow(new["id"])
+        assert [r["id"] for r in c.list_messages(conv["id"])][1:] == [new["id"]]
 
 
 def test_retry_of_an_aborted_message_completes_a_new_row(server: Server) -> None:
@@ -101,9 +106,11 @@ def test_retry_of_an_aborted_message_completes_a_new_row(server: Server) -> None
         fold = c.follow(new["id"])
         assert fold.done is not None
         assert fold.done.status == "completed"
-        rows = c.list_messages(conv["id"])
+        rows = c.list_messages(conv["id"], every_version=True)
         assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
         assert find(rows, mid)["status"] == "aborted"
+        # A new version: the aborted answer is off the active path.
+        assert [r["id"] for r in c.list_messages(conv["id"])][1:] == [new["id"]]
         assert find(rows, new["id"])["status"] == "completed"
         assert find(rows, new["id"])["blocks"] == blocks_json(fold.blocks)
 
