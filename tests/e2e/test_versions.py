@@ -1,5 +1,5 @@
 """Versions over HTTP: regenerate, edit and resend, select, and everything that follows the
-active path (§2 "Versions", issue 21)."""
+active path (docs/protocol.md, "Versions")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
--- Versions (issue 21): every message row has a parent; a conversation shows one path.
+-- Versions: every message row has a parent; a conversation shows one path (docs/protocol.md).
 --
 -- messages.parent_id: the row this one follows (NULL for a first row). Rows sharing a parent
 -- are versions of each other. Set when the row is created, never changed, and always an
