@@ -28,7 +28,7 @@ test: lint test-js test-aisdk
 # The JS reducer (tsc, conformance, fast-check laws), then the web chat: deriveTimeline in
 # Node and the page in Debian's Chromium against a real `turnlog serve`. Screenshots go to
 # test-artifacts/web/.
-test-js: $(STAMP) reducer/js/node_modules/.installed tests/web/node_modules/.installed
+test-js: $(STAMP) reducer/js/node_modules/.installed tests/web/node_modules/.installed web/node_modules/.installed
 	cd reducer/js && npm test
 	scripts/ensure-debian-packages chromium=chromium
 	cd tests/web && npm test
@@ -36,6 +36,12 @@ test-js: $(STAMP) reducer/js/node_modules/.installed tests/web/node_modules/.ins
 %/node_modules/.installed: %/package.json %/package-lock.json
 	cd $* && npm ci --no-audit --no-fund
 	touch $@
+
+# The page ships copies of the libraries pinned in web/package.json (Markdown, sanitizing,
+# highlighting; their licences beside them), so no Node is needed to run it; a test keeps the
+# copies equal to the packages (tests/web/vendor.test.mjs).
+web: web/node_modules/.installed
+	node web/vendor.mjs copy
 
 # The Vercel AI SDK suite: the real `ai` client against a real `turnlog serve` (docs/ui-chat.md),
 # twice: ai 6 on the machine's Node, then the same files with ai 7 on Node 22,

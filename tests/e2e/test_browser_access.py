@@ -237,8 +237,9 @@ def test_the_web_chat_is_served_at_the_root(server: Server) -> None:
         assert page.status_code == 200
         assert page.headers["content-type"] == "text/html; charset=utf-8"
         assert "/web/app.js" in page.text
-        assert "default-src 'self'" in page.headers["content-security-policy"]
-        for name in ("app.js", "timeline.js", "reducer.js", "style.css"):
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self';" in csp and "unsafe" not in csp
+        for name in ("app.js", "timeline.js", "reducer.js", "markdown.js", "style.css"):
             r = h.get(f"/web/{name}")
             assert r.status_code == 200, name
         reducer = h.get("/web/reducer.js")
@@ -246,3 +247,50 @@ def test_the_web_chat_is_served_at_the_root(server: Server) -> None:
         # The JS reducer's one source, served as is.
         assert reducer.content == (REPO / "reducer" / "js" / "reducer.js").read_bytes()
         assert h.get("/web/../../config.py").status_code == 404
+        assert h.get("/web/vendor/../../../http/web.py").status_code == 404
+
+
+def test_static_files_are_gzipped_and_revalidated(server: Server) -> None:
+    """Page files go gzipped to a browser that accepts it, with an ETag (a reload: 304);
+    /favicon.ico is the page's icon (no 404 on every load)."""
+    with server.http(None) as h:
+        r = h.get("/web/vendor/purify.es.mjs", headers={"Accept-Encoding": "gzip"})
+        assert r.status_code == 200
+        assert r.headers["content-encoding"] == "gzip"
+        assert int(r.headers["content-length"]) < len(r.content) / 2
+        again = h.get("/web/vendor/purify.es.mjs", headers={"If-None-Match": r.headers["etag"]})
+        assert again.status_code == 304
+        plain = h.get("/web/app.js", headers={"Accept-Encoding": "identity"})
+        assert "content-encoding" not in plain.headers
+        icon = h.get("/favicon.ico")
+        assert (icon.status_code, icon.headers["content-type"]) == (200, "image/svg+xml")
+
+
+def test_the_session_cookie_signs_in_with_csrf_defended(server: Server) -> None:
+    """POST /v1/session trades a bearer token for an HttpOnly, SameSite=Strict cookie; the
+    cookie is a credential only with X-Turnlog-CSRF: 1 and not from another site; DELETE
+    clears it."""
+    token = make_token("alice")
+    with server.http(None) as h:
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert h.post("/v1/session", headers=bearer).status_code == 401  # no CSRF header
+        signed = h.post("/v1/session", headers={**bearer, "X-Turnlog-CSRF": "1"})
+        assert signed.status_code == 201
+        assert signed.json()["user"] == "alice"
+        cookie = signed.headers["set-cookie"]
+        for flag in ("turnlog_session=", "HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="):
+            assert flag in cookie, cookie
+        assert "Secure" not in cookie  # plain HTTP here; HTTPS (or X-Forwarded-Proto) adds it
+    jar = {"turnlog_session": token}
+    with httpx.Client(base_url=server.url, cookies=jar, timeout=10) as h:
+        assert h.get("/v1/conversations").status_code == 401
+        csrf = {"X-Turnlog-CSRF": "1"}
+        assert h.get("/v1/conversations", headers=csrf).status_code == 200
+        assert h.get("/v1/session", headers=csrf).json()["user"] == "alice"
+        cross = {**csrf, "Sec-Fetch-Site": "same-site"}
+        assert h.get("/v1/conversations", headers=cross).status_code == 401
+        out = h.delete("/v1/session", headers=csrf)
+        assert out.status_code == 204
+        assert "Max-Age=0" in out.headers["set-cookie"]
+    with httpx.Client(base_url=server.url, cookies={"turnlog_session": "forged"}, timeout=10) as h:
+        assert h.get("/v1/conversations", headers={"X-Turnlog-CSRF": "1"}).status_code == 401

@@ -71,13 +71,15 @@ describe("the web chat in Chromium", () => {
     return (await turnlog.messages(cid)).filter((m) => m.role === "assistant").at(-1);
   }
 
-  test("the printed URL signs in, keeps the token out of the URL, and lists the chats", async () => {
+  test("the printed URL signs in, keeps the token out of the URL and of scripts, and lists the chats", async () => {
     const conv = await turnlog.conversation(SLOW, "listed chat");
     const page = await newPage(browser);
     await page.goto(turnlog.webUrl);
     await page.waitForSelector(`#conversations li[data-id="${conv.id}"]`);
     assert.equal(new URL(page.url()).hash, "");
-    assert.equal(await page.evaluate(() => sessionStorage.getItem("turnlog.token")), turnlog.token);
+    // The token now lives in an HttpOnly cookie: nothing a script can read holds it.
+    const readable = await page.evaluate(() => JSON.stringify([document.cookie, { ...sessionStorage }, { ...localStorage }]));
+    assert.ok(!readable.includes(turnlog.token.split(".")[2]), readable);
     await page.click(`#conversations li[data-id="${conv.id}"]`);
     await page.waitForSelector("#conn[data-state=live]");
     assert.equal(await page.textContent("#title"), "listed chat");
@@ -176,7 +178,8 @@ describe("the web chat in Chromium", () => {
     shots.push(await screenshot(page, "5-ask-user"));
     await page.fill("li.tool_call form.ask input", "Mostly sleep");
     await page.click("li.tool_call form.ask button");
-    await page.waitForSelector("li.tool_call .result:text('Mostly sleep')");
+    // The call folds once it has its result (the result is inside, one click away).
+    await page.waitForSelector("li.tool_call .result:text('Mostly sleep')", { state: "attached" });
     await waitFor(async () => (await lastAssistant(conv.id)).status === "completed" && !(await page.isDisabled("#send")),
       { what: "the resumed turn to end" });
     const row = await lastAssistant(conv.id);

@@ -32,6 +32,7 @@ from turnlog.generation.engine import Engine
 from turnlog.generation.tools.registry import build_registry
 from turnlog.http.auth import load_secret, user_from_header
 from turnlog.http.feeds import FeedHub
+from turnlog.http.session import COOKIE, session_user
 from turnlog.limits import Limits, TooMany
 from turnlog.log.liveness import Liveness
 from turnlog.log.pool import RETRY_AFTER_S
@@ -167,7 +168,12 @@ def internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]
 
 
 def user(request: Request[Any, Any, Any]) -> str:
-    uid = user_from_header(runtime(request).secret, request.headers.get("authorization"))
+    """The caller: a bearer token, else the web chat's session cookie (turnlog.http.session)."""
+    authorization = request.headers.get("authorization")
+    if authorization is None and COOKIE in request.cookies:
+        uid = session_user(runtime(request).secret, request.headers, request.cookies)
+    else:
+        uid = user_from_header(runtime(request).secret, authorization)
     structlog.contextvars.bind_contextvars(user=uid)
     return uid
 
