@@ -326,3 +326,33 @@ def test_hostile_versions(server: Server) -> None:
         ):
             _no_cycle(rows)
             _is_a_path(rows)
+
+
+def test_a_turn_after_the_users_answer_regenerates_from_that_answer(server: Server) -> None:
+    """In a turn that asked the user (ask_user), the answer after the user's reply is
+    regenerated from that reply (the tool row), not from the question: the question and
+    the reply stay; a model given is checked (unknown: 400 naming it)."""
+    with server.client() as c:
+        cid = c.create_conversation(model=DEMO, options={**FAST, "tool": "ask_user"})["id"]
+        asking = c.send(cid, "ask me")["assistant_message"]
+        wait_until(
+            lambda: c.get_conversation(cid)["conversation"]["state"] == "awaiting_input",
+            what="the question",
+        )
+        rows = c.list_messages(cid)
+        call = next(b for b in rows[-1]["blocks"] if b["type"] == "tool_call")
+        c.tool_result(asking["id"], call["id"], "blue")
+        rows = _settle(c, cid)
+        assert [r["role"] for r in rows] == ["user", "assistant", "tool", "assistant"]
+        reply, last = rows[2], rows[3]
+        with pytest.raises(ApiError) as e:
+            c.regenerate(last["id"], model="nowhere:none")
+        assert e.value.status == 400
+        assert "nowhere" in e.value.detail
+        new = c.regenerate(last["id"], model=DEMO)["assistant_message"]
+        assert new["parent_id"] == reply["id"]
+        assert new["model"] == DEMO
+        rows = _settle(c, cid)
+        assert _ids(rows) == [*_ids(rows[:3]), new["id"]]
+        assert rows[2]["id"] == reply["id"]
+        assert rows[3]["status"] == "completed"
