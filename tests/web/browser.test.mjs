@@ -105,15 +105,20 @@ describe("the web chat in Chromium", () => {
     assert.deepEqual(await lastText(page), { text: storedText(row), streaming: false });
     shots.push(await screenshot(page, "2-completed"));
 
+    // Edit sends the message again as a new version, answered; the first stays one arrow away.
     await page.click("li.user .edit");
     await page.fill("li.user textarea", "Tell me about event logs");
     await page.click("li.user .save");
-    await page.waitForSelector("li.user .edited:text('(edited)')");
+    await page.waitForSelector("li.user .versions .count:text('2/2')");
     assert.equal(await page.textContent("li.user .body"), "Tell me about event logs");
+    await waitFor(async () => (await lastAssistant(conv.id)).id !== row.id && !(await page.isDisabled("#send")),
+      { what: "the edited message's answer" });
+    const edited = await lastAssistant(conv.id);
+    assert.ok(storedText(edited).includes("event logs"), storedText(edited));
 
     await page.click("#export");
     const markdown = await waitFor(() => page.evaluate(() => document.body.dataset.export), { what: "the export" });
-    assert.ok(markdown.includes(storedText(row).slice(0, 40)), markdown);
+    assert.ok(markdown.includes(storedText(edited).slice(0, 40)), markdown);
     await page.close();
   });
 

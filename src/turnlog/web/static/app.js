@@ -923,8 +923,6 @@ async function loadChoices() {
   state.agents = agents ?? [];
   state.tools = tools ?? [];
   state.prompts = prompts;
-  $("agent-field").hidden = agents === null;
-  $("tools-field").hidden = tools === null;
 }
 
 /** The settings form from the conversation (when it is not being edited). */
@@ -941,6 +939,8 @@ function fillSettings() {
   const temperature = conv.options?.temperature;
   input("temperature").value = typeof temperature === "number" ? String(temperature) : "";
   /** @type {HTMLTextAreaElement} */ ($("system-prompt")).value = conv.system_prompt ?? "";
+  $("agent-field").hidden = !("agent" in conv) || state.agents.length === 0;
+  $("tools-field").hidden = !("tools" in conv) || state.tools.length === 0;
   const chosen = new Set(conv.tools ?? []);
   $("tools").replaceChildren(...state.tools.map((t) => {
     const label = el("label");
@@ -983,6 +983,7 @@ $("settings").onsubmit = (e) => {
       options,
       system_prompt: /** @type {HTMLTextAreaElement} */ ($("system-prompt")).value.trim() || null,
     };
+    // Agent and tools only where this server has them (a field it does not know is a 400).
     if (!$("agent-field").hidden) patch.agent = /** @type {HTMLSelectElement} */ ($("agent")).value || null;
     if (!$("tools-field").hidden) {
       patch.tools = [...$("tools").querySelectorAll("input:checked")].map((b) => /** @type {HTMLInputElement} */ (b).value);
