@@ -4,12 +4,14 @@ PostgreSQL fixtures every storage and end-to-end test uses (see tests/pg.py)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from tests import pg
+from turnlog.db.schema import apply_schema
+from turnlog.log.store import Store, open_pool
 
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile(
@@ -42,3 +44,15 @@ def fresh_db(pg_server: str) -> Iterator[str]:
     """The URL of a new, empty database (no schema), dropped after the test."""
     with pg.fresh_database(pg_server) as url:
         yield url
+
+
+@pytest.fixture
+async def store(fresh_db: str) -> AsyncIterator[Store]:
+    """A store on a fresh database with the schema applied (the in-process tests)."""
+    apply_schema(fresh_db)
+    pool = open_pool(fresh_db, min_size=1, max_size=4)
+    await pool.open()
+    try:
+        yield Store(pool)
+    finally:
+        await pool.close()

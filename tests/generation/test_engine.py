@@ -14,7 +14,7 @@ import pytest
 from turnlog_reducer import Block, StreamEvent, TextBlock, TextDelta, ToolCallReady, ToolCallStarted
 
 from tests.generation.support import OWNER, in_process, wait_until
-from turnlog.commands import ToolResultIn
+from turnlog.commands import ToolResultIn, Unavailable
 from turnlog.config import Settings
 from turnlog.log.store import Store
 from turnlog.providers.base import ModelRequest, ProviderError, StepEnd
@@ -188,7 +188,7 @@ async def test_drain_lets_a_running_step_finish_within_the_grace(store: Store) -
         async with anyio.create_task_group() as tg:
             tg.start_soon(run.engine.drain, 30.0)
             await wait_until(lambda: run.engine.draining)
-            with pytest.raises(Exception, match="shutting down"):
+            with pytest.raises(Unavailable, match="shutting down"):
                 await run.send(await run.conversation())
             go_on.set()
         row = await store.get_message(sent.assistant_message.id)

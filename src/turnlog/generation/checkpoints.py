@@ -190,7 +190,7 @@ class Checkpointer:
             for gen in chunk:
                 gen.checkpoint_queued = True
             self.writes += 1
-            tg.start_soon(self._write, chunk, name="checkpoint write")
+            tg.start_soon(self._write_chunk, chunk, name="checkpoint write")
 
     def due(self, now: float) -> list[Generation]:
         """The rows whose checkpoint should start by the next tick, most urgent first (and
@@ -216,7 +216,7 @@ class Checkpointer:
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def _write(self, due: list[Generation]) -> None:
+    async def _write_chunk(self, due: list[Generation]) -> None:
         """Write one checkpoint for each of ``due`` (together), and settle each."""
         batch: list[Generation] = []
         # Shielded: a cancel landing inside the write would lose the events it had taken

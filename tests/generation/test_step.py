@@ -1,11 +1,26 @@
-"""The engine's failure rules as pure functions: how long to wait, and what to mask."""
+"""One provider step's rules as pure functions (generation/step.py): how long to wait before
+a retry, what to mask in an error text, and NUL characters from a model never reaching
+PostgreSQL (which cannot store them)."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from turnlog_reducer import (
+    EMPTY,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallReady,
+    ToolCallStarted,
+    encode_event,
+    fold,
+)
 
 from turnlog.config import Settings
-from turnlog.generation.step import MAX_RETRY_PAUSE_S, retry_pause, scrub
+from turnlog.generation.step import MAX_RETRY_PAUSE_S, retry_pause, scrub, without_nul
 from turnlog.providers.base import ProviderError
 
 
@@ -39,3 +54,27 @@ def test_scrub_masks_configured_keys_and_key_shaped_text() -> None:
         assert secret not in out
     assert out.startswith("401: bad key [redacted]")
     assert scrub("plain words stay", [key]) == "plain words stay"
+
+
+@given(st.text())
+def test_text_without_nul_is_unchanged_and_nul_becomes_replacement(text: str) -> None:
+    """Text deltas lose every U+0000 (as U+FFFD) and keep everything else."""
+    for kind in (TextDelta, ReasoningDelta):
+        out = without_nul(kind(text=text))
+        assert isinstance(out, kind)
+        assert out.text == text.replace("\x00", "\ufffd")
+        if "\x00" not in text:
+            assert out == kind(text=text)
+
+
+def test_tool_call_events_are_cleaned_everywhere() -> None:
+    """Tool call ids, names, argument deltas and parsed arguments are cleaned too."""
+    events = [
+        without_nul(ToolCallStarted(id="c\x001", name="clo\x00ck")),
+        without_nul(ToolCallDelta(id="c\ufffd1", arguments_delta='{"q":"a\x00"}')),
+        without_nul(ToolCallReady(id="c\ufffd1", arguments={"q": ["a\x00", {"k\x00": 1}]})),
+    ]
+    for event in events:
+        assert b"\\u0000" not in encode_event(event)
+    blocks = fold(EMPTY, events)
+    assert msgspec.json.encode(blocks[0].arguments) == '{"q":["a\ufffd",{"k\ufffd":1}]}'.encode()

@@ -1,4 +1,4 @@
-"""The UI message stream mapping (turnlog.uichat): live and stored turns cannot disagree."""
+"""The UI message stream mapping (turnlog.uichat.mapping): live and stored turns cannot disagree."""
 
 from __future__ import annotations
 
@@ -20,11 +20,10 @@ from turnlog_reducer import (
     fold,
 )
 
+from tests.strategies import split_sequences
 from turnlog import uichat
 from turnlog.log.projection import Message, MessageRecord
 from turnlog.uichat import StepEncoder
-
-from .strategies import split_sequences
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 CID = uuid.UUID(int=1)
