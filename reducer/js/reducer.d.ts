@@ -215,6 +215,7 @@ export type Done = {
     finish_reason?: string | null;
     usage?: Record<string, unknown> | null;
     error?: string | null;
+    recovered?: number | null;
 };
 export type StreamEvent = TextDelta | ReasoningDelta | ToolCallStarted | ToolCallDelta | ToolCallReady | Signature | ReasoningRedacted | Done;
 /** The tool-call registry of one version: `pairs[:k]` are its `[id, block index]`. */

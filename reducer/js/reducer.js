@@ -37,7 +37,8 @@
  * @typedef {{type: "reasoning_redacted", data: string}} ReasoningRedacted
  * @typedef {"completed" | "interrupted" | "error" | "aborted"} DoneStatus
  * @typedef {{type: "done", status: DoneStatus, finish_reason?: string | null,
- *   usage?: Record<string, unknown> | null, error?: string | null}} Done
+ *   usage?: Record<string, unknown> | null, error?: string | null,
+ *   recovered?: number | null}} Done
  * @typedef {TextDelta | ReasoningDelta | ToolCallStarted | ToolCallDelta | ToolCallReady
  *   | Signature | ReasoningRedacted | Done} StreamEvent
  */
@@ -400,13 +401,13 @@ function str(obj, field, where) {
  * @param {Record<string, unknown>} obj
  * @param {string} field
  * @param {string} where
- * @param {"str" | "object"} expected
+ * @param {"str" | "object" | "int"} expected
  */
 function optional(obj, field, where, expected) {
   const v = obj[field];
   if (v === undefined || v === null) return undefined;
   if (kindOf(v) !== expected) {
-    const want = expected === "str" ? "str | null" : "object | null";
+    const want = `${expected} | null`;
     throw new ValidationError(`Expected \`${want}\`, got \`${kindOf(v)}\` - at \`${where}.${field}\``);
   }
   return v;
@@ -473,9 +474,11 @@ function toEvent(value, where) {
       const finish = optional(o, "finish_reason", where, "str");
       const usage = optional(o, "usage", where, "object");
       const error = optional(o, "error", where, "str");
+      const recovered = optional(o, "recovered", where, "int");
       if (finish !== undefined) done.finish_reason = /** @type {string} */ (finish);
       if (usage !== undefined) done.usage = /** @type {Record<string, unknown>} */ (usage);
       if (error !== undefined) done.error = /** @type {string} */ (error);
+      if (recovered !== undefined) done.recovered = /** @type {number} */ (recovered);
       return done;
     }
     default:

@@ -83,6 +83,8 @@ class Done(_Event, frozen=True, tag="done"):
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     error: str | None = None
+    # How many times the generation was continued after its process died (absent if never).
+    recovered: int | None = None
 
 
 StreamEvent: TypeAlias = (

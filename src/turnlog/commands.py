@@ -42,6 +42,7 @@ from turnlog.log.store import Appended, Store, VersionConflict
 from turnlog.product import agents, metadata, search
 from turnlog.product.config import Agent
 from turnlog.providers import ModelForbidden, check_model
+from turnlog.recovery import FoundBy, Recovery
 from turnlog.streams import interrupt_events
 
 MAX_TITLE_CHARS = 500
@@ -146,6 +147,7 @@ class Chat:
         # Asks the living instance that runs a row to cancel it (turnlog.cluster); False
         # when this one has to end the row itself.
         self.cancel_elsewhere: Callable[[MessageRecord], Awaitable[bool]] | None = None
+        self.recovery = Recovery(store, engine, settings, interrupt=self.interrupt, now=self.now)
 
     def now(self) -> datetime:
         return self.engine.now()
@@ -653,35 +655,34 @@ class Chat:
                 current = await self.store.get_message(row.message.id)
         raise ConversationBusy(f"message {row.message.id} kept changing; try again")
 
-    async def repair_if_orphan(self, row: MessageRecord) -> MessageRecord:
-        """Mark ``row`` interrupted if it is generating with no living generation."""
+    async def repair_if_orphan(
+        self, row: MessageRecord, found_by: FoundBy = "subscriber"
+    ) -> MessageRecord:
+        """If ``row`` is generating with no living generation, take it over: continued here
+        (it stays generating, now under this instance) or interrupted (turnlog.recovery)."""
         mid = row.message.id
         if row.message.status != "generating":
             return row
         mine = self.engine.running(mid) is not None
         if not await self.store.is_orphan(mid, me=self.engine.instance_id, mine=mine):
             return row
-        await self.interrupt(row, "its generation is gone (the process died)")
-        return await self.store.get_message(mid) or row
+        return await self.recovery.take_over(row, found_by)
 
     async def _repair_orphans(self, cid: uuid.UUID) -> bool:
         repaired = False
         for row in await self.store.list_messages(cid):
             if row.message.status == "generating":
-                after = await self.repair_if_orphan(row)
+                after = await self.repair_if_orphan(row, "send")
                 repaired = repaired or after.message.status != "generating"
         return repaired
 
     async def sweep(self) -> int:
-        """At startup: interrupt every generating row whose process is gone. Right after a
+        """At startup: take over every generating row whose process is gone. Right after a
         database restart that cannot be told yet (LIVENESS_GRACE_S): wait it out first."""
         unsettled = await self.store.liveness_unsettled_s()
         if unsettled > 0:
             await anyio.sleep(unsettled)
-        rows = await self.store.orphans(me=self.engine.instance_id, mine=self.engine.running_ids())
-        for row in rows:
-            await self.interrupt(row, "the server restarted")
-        return len(rows)
+        return await self.recovery.sweep("startup")
 
 
 def unanswered(row: MessageRecord) -> list[str]:

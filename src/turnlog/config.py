@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -50,6 +51,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # that writes them (None: the conversation's own).
     auto_titles: bool = True
     title_model: str | None = None
+    # Recovery (docs/operations.md): a generating row whose process died is continued by a
+    # surviving instance ("continue") or ends interrupted ("interrupt"); continued at most
+    # this many times, and only while its last stored write is younger than the max age.
+    recovery: Literal["continue", "interrupt"] = "continue"
+    recovery_max_attempts: int = 3
+    recovery_max_age_s: float = 600.0
 
     @property
     def body_limit(self) -> int:
@@ -94,6 +101,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
         d = cls()  # the defaults
         models = Catalog.load(e)
+        recovery = (e.get("TURNLOG_RECOVERY") or d.recovery).strip().lower()
+        if recovery not in ("continue", "interrupt"):
+            raise ValueError(f"TURNLOG_RECOVERY must be continue or interrupt, got {recovery!r}")
         return cls(
             database_url=e.get("TURNLOG_DATABASE_URL") or None,
             data_dir=Path(e.get("TURNLOG_DATA_DIR") or d.data_dir).absolute(),
@@ -138,4 +148,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             internal_host=e.get("TURNLOG_INTERNAL_HOST") or d.internal_host,
             auto_titles=switch("TURNLOG_AUTO_TITLES", d.auto_titles),
             title_model=e.get("TURNLOG_TITLE_MODEL") or None,
+            recovery="continue" if recovery == "continue" else "interrupt",
+            recovery_max_attempts=count("TURNLOG_RECOVERY_MAX_ATTEMPTS", d.recovery_max_attempts),
+            recovery_max_age_s=number("TURNLOG_RECOVERY_MAX_AGE_S", d.recovery_max_age_s),
         )

@@ -16,10 +16,11 @@ showing a duplicate or skipping one.
 Failure cases (docs/deployment.md has the whole table):
 
 * The upstream breaks before ``done``: the follower asks PostgreSQL. Row ended -> ``done``
-  with the stored status. Owner dead (its liveness lock is free) -> the row is repaired to
-  ``interrupted`` here and the mirror ends with that ``done``; a subscriber is never left
-  waiting. Owner alive -> reconnect; its new ``init`` must be at the mirror's seq, else the
-  mirror is dropped.
+  with the stored status. Owner dead (its liveness lock is free) -> the row is taken over
+  here (continued, or interrupted: turnlog.recovery) and the mirror is dropped, so that its
+  readers reconnect to the stored checkpoint rather than keep text that was never stored;
+  a subscriber is never left waiting. Owner alive -> reconnect; its new ``init`` must be at
+  the mirror's seq, else the mirror is dropped.
 * Dropped (a gap, or nobody reads it any more): its subscribers' responses end without
   ``done``; their clients reconnect (``Last-Event-ID``) and get a fresh init, as after any
   network break.
@@ -295,11 +296,14 @@ class Follower:
                     stream.finish(done_for(await self.store.get_message(mid)))
                     return None
                 if not owner.alive:
-                    log.info("owner died; repairing the row", message_id=str(mid))
+                    log.info("owner died; taking the row over", message_id=str(mid))
                     row = await self.store.get_message(mid)
                     if row is not None:
-                        row = await self.chat.repair_if_orphan(row)
-                    stream.finish(done_for(row))
+                        await self.chat.repair_if_orphan(row, "mirror")
+                    # The mirror may show events its owner never stored: rather than end
+                    # on them, its readers end here and reconnect, to the stored
+                    # checkpoint and whatever follows it now (continued, or interrupted).
+                    mirror.dropped = True
                     return None
                 connected = await self._connect(mid)
                 if connected is not None:

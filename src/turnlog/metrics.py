@@ -171,6 +171,20 @@ class Metrics:
             buckets=_ANSWER_BUCKETS,
             registry=r,
         )
+        self.recoveries = Counter(
+            "turnlog_recoveries",
+            "Generating rows whose process died: continued here (started), continued to a "
+            "completed end (succeeded), or not continued (given_up, by reason).",
+            ["outcome", "reason"],
+            registry=r,
+        )
+        self.recovery_first_delta = Histogram(
+            "turnlog_recovery_first_delta_seconds",
+            "From a continued row's last stored write (the latest its process can have died)"
+            " to its first continued stream event.",
+            buckets=_ANSWER_BUCKETS,
+            registry=r,
+        )
         self._gauges: dict[str, Gauge] = {}
         # Labelled children by family and label values: ``labels()`` validates the values and
         # takes a lock on every call, and every request and generation counts several.

@@ -69,6 +69,7 @@ __all__ = [
     "event_frame",
     "init_frame",
     "interrupt_events",
+    "recovering_frame",
 ]
 
 GENERATING: Final = "generating"
@@ -137,6 +138,11 @@ def init_frame(message_id: UUID, seq: int, status: str, blocks: Sequence[Block])
 # --------------------------------------------------------------------------- the stream
 
 
+def recovering_frame(attempt: int) -> bytes:
+    """The ``recovering`` frame that follows the ``init`` of a continued generation."""
+    return b'event: recovering\ndata: {"attempt":%d}\n\n' % attempt
+
+
 def done_for(row: MessageRecord | None) -> Done:
     """The ``done`` event for a row that is no longer generating (None: the row could not
     be read; it reads interrupted once repaired)."""
@@ -166,6 +172,7 @@ class LiveStream:
 
     __slots__ = (
         "__weakref__",  # lets tests prove a dropped stream is freed
+        "_abandoned",
         "_base",
         "_blocks",
         "_done",
@@ -177,6 +184,7 @@ class LiveStream:
         "_subscribers",
         "_waiters",
         "message_id",
+        "recovering",
     )
 
     def __init__(
@@ -187,6 +195,7 @@ class LiveStream:
         seq: int = 0,
         ring_size: int = 4096,
         on_finish: Callable[[LiveStream], None] | None = None,
+        recovering: int | None = None,
     ) -> None:
         if seq < 0:
             raise ValueError(f"seq must be >= 0, got {seq}")
@@ -209,6 +218,12 @@ class LiveStream:
         self._waiters: list[asyncio.Future[bool]] = []
         self._on_finish = on_finish
         self._subscribers = 0
+        # Set when this stream continues a generation whose process died (the recovery's
+        # number): every init while it generates is followed by a `recovering` frame.
+        self.recovering = recovering
+        # Set when the generation was handed over to another process (a drain): readers end
+        # without `done` and reconnect to wherever it goes on.
+        self._abandoned = False
 
     def __repr__(self) -> str:
         return f"<LiveStream {self.message_id} seq={self._seq} status={self.status}>"
@@ -225,8 +240,9 @@ class LiveStream:
 
     @property
     def finished(self) -> bool:
-        """Whether ``finish`` has published the ``done`` event."""
-        return self._done is not None
+        """Whether ``finish`` has published the ``done`` event (or the stream was abandoned:
+        no event follows either way)."""
+        return self._done is not None or self._abandoned
 
     @property
     def status(self) -> str | None:
@@ -248,7 +264,7 @@ class LiveStream:
         if isinstance(event, Done):
             self.finish(event)
             return self._seq
-        if self._done is not None:
+        if self._done is not None or self._abandoned:
             raise StreamFinished(f"stream of message {self.message_id} already finished")
         blocks = apply_stream_event(self._blocks, event)  # may raise: nothing changed yet
         seq = self._seq + 1
@@ -260,12 +276,25 @@ class LiveStream:
 
     def finish(self, done: Done) -> None:
         """Publish the ``done`` event and mark the stream finished; later publishes raise."""
-        if self._done is not None:
+        if self._done is not None or self._abandoned:
             raise StreamFinished(f"stream of message {self.message_id} already finished")
+        if self.recovering is not None:
+            done = msgspec.structs.replace(done, recovered=self.recovering)
         seq = self._seq + 1
         self._append(seq, event_frame(seq, done))
         self._seq = seq
         self._done = done
+        self._wake()
+        if self._on_finish is not None:
+            self._on_finish(self)
+
+    def abandon(self) -> None:
+        """End every reader after the frames it has, without ``done``: the generation was
+        handed over and goes on elsewhere (a reader's client reconnects and gets a fresh
+        ``init`` there). Later publishes raise."""
+        if self._done is not None or self._abandoned:
+            return
+        self._abandoned = True
         self._wake()
         if self._on_finish is not None:
             self._on_finish(self)
@@ -340,6 +369,8 @@ class LiveStream:
         if cached is None or cached[0] != self._seq:
             status = GENERATING if self._done is None else self._done.status
             frame = init_frame(self.message_id, k, status, self._blocks)
+            if self.recovering is not None and self._done is None:
+                frame += recovering_frame(self.recovering)
             cached = self._init_cache = (self._seq, frame)
         return k, self._blocks, cached[1]
 
@@ -485,6 +516,8 @@ class Subscription:
         wanted = self._cursor + 1
         seq = stream._seq
         if wanted > seq:
+            if stream._abandoned:
+                self._end()
             return None
         # Runs once per frame per subscriber: _oldest() and _frame() inlined. (A cursor is
         # never below the ring's base, so only the ring's wrap-around can leave it behind.)
@@ -529,9 +562,15 @@ class StreamRegistry:
         return sum(s.subscriber_count for s in self._streams.values())
 
     def open(
-        self, message_id: UUID, *, blocks: Sequence[Block] = EMPTY, seq: int = 0
+        self,
+        message_id: UUID,
+        *,
+        blocks: Sequence[Block] = EMPTY,
+        seq: int = 0,
+        recovering: int | None = None,
     ) -> LiveStream:
-        """Start the stream of ``message_id``, from a stored checkpoint if one is given.
+        """Start the stream of ``message_id``, from a stored checkpoint if one is given
+        (``recovering``: the number of the recovery that continues it from there).
 
         A finished stream still lingering under that id is replaced; a live one raises
         ``StreamAlreadyOpen``.
@@ -546,6 +585,7 @@ class StreamRegistry:
             seq=seq,
             ring_size=self._ring_size,
             on_finish=self._finished,
+            recovering=recovering,
         )
         self._streams[message_id] = stream
         return stream

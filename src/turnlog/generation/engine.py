@@ -88,7 +88,8 @@ class Engine:
         self.provider_for = provider_for
         self.metrics = metrics or Metrics()
         self.draining = False
-        self._interrupting = False
+        # Set once a drain stops what still runs: why (a next step started then stops too).
+        self._stop_reason: EndReason | None = None
         self._hurried = False
         # When final writes give up at the latest (anyio time), once a drain has begun.
         self._stop_by = float("inf")
@@ -138,12 +139,31 @@ class Engine:
         """Open the row's live stream now (so it exists before the HTTP answer) and run the
         turn in the background task group. ``conversation``: the conversation as the append
         that started the turn left it, which saves the generation reading it again."""
+        return self._launch(Generation(turn, self.registry.open(turn.message_id), conversation))
+
+    def resume(
+        self, turn: Turn, row: MessageRecord, conversation: ConversationRecord | None = None
+    ) -> Generation:
+        """Continue ``row``, taken over (``turn.attempt``) after the process that ran it
+        died: its live stream starts at the stored blocks, every init followed by a
+        ``recovering`` frame, and the step asks the model to go on from there."""
+        stream = self.registry.open(
+            turn.message_id,
+            blocks=row.message.blocks,
+            seq=row.stream_seq,
+            recovering=turn.recovery,
+        )
+        gen = Generation(turn, stream, conversation)
+        gen.stored_seq = row.stream_seq
+        gen.recovered_from = row.message.updated_at
+        return self._launch(gen)
+
+    def _launch(self, gen: Generation) -> Generation:
         if self._tg is None:
             raise RuntimeError("engine is not bound to a task group")
-        gen = Generation(turn, self.registry.open(turn.message_id), conversation)
         self.checkpoints.join(gen)
-        self._running[turn.message_id] = gen
-        self._tg.start_soon(self._run_steps, gen, name=f"generation {turn.message_id}")
+        self._running[gen.turn.message_id] = gen
+        self._tg.start_soon(self._run_steps, gen, name=f"generation {gen.turn.message_id}")
         return gen
 
     async def cancel(self, message_id: uuid.UUID) -> bool:
@@ -177,10 +197,12 @@ class Engine:
         with anyio.move_on_after(grace_s):
             while self._running and not self._hurried:
                 await self._ended.wait()
-        self._interrupting = True
+        # What is left is handed over (its checkpoint stored, the row left generating for
+        # another instance or the next start to continue), or with recovery off, interrupted.
+        self._stop_reason = "handed_over" if self.settings.recovery == "continue" else "interrupted"
         while self._running:
             for gen in list(self._running.values()):
-                gen.cancel("interrupted")
+                gen.cancel(self._stop_reason)
             await self._ended.wait()
 
     def hurry(self) -> None:
@@ -224,7 +246,10 @@ class Engine:
                 await self._end_after_crash(current)
                 gen = None
             finally:
-                status = current.stream.status or "interrupted"
+                status = current.stream.status or (
+                    "handed_over" if current.end_reason == "handed_over" else "interrupted"
+                )
+                self._count_recovery(current, status)
                 m.child(m.generations_ended, provider, model, status).inc()
                 m.child(m.generation_duration, provider, model, status).observe(
                     time.monotonic() - current.started_at
@@ -255,6 +280,9 @@ class Engine:
             with aio.cancel_scope(shield=True):
                 if gen.fenced:
                     await self._finish_from_store(gen)
+                    return None
+                if gen.end_reason == "handed_over":
+                    await self._hand_over(gen)
                     return None
                 if gen.end_reason is not None:
                     await self._end(gen, gen.end_reason)
@@ -392,13 +420,53 @@ class Engine:
             nxt = Generation(next_turn, self.registry.open(next_turn.message_id))
             nxt.owner = gen.owner
             self._running[next_turn.message_id] = nxt
-            if self._interrupting:
-                nxt.cancel("interrupted")
+            if self._stop_reason is not None:
+                nxt.cancel(self._stop_reason)
         self._count_tokens(turn, step_end.usage)
         gen.stream.finish(
             Done(status="completed", finish_reason=step_end.finish_reason, usage=step_end.usage)
         )
         return nxt
+
+    def _count_recovery(self, gen: Generation, status: str) -> None:
+        """A continued row's step ended: count a completed one, and when its first continued
+        event came after its last stored write."""
+        if not gen.turn.recovery:
+            return
+        m = self.metrics
+        if status == "completed":
+            m.child(m.recoveries, "succeeded", "").inc()
+        if gen.recovered_from is not None and gen.first_at is not None:
+            first = self.now().timestamp() - (time.monotonic() - gen.first_at)
+            m.recovery_first_delta.observe(max(0.0, first - gen.recovered_from.timestamp()))
+
+    async def _hand_over(self, gen: Generation) -> None:
+        """The process is going away (a drain past its grace): store what the step has so
+        far as a checkpoint and leave the row generating, for another instance or the next
+        start to continue (recovery). Its readers end without ``done`` and reconnect."""
+        turn = gen.turn
+        async with gen.write_lock:
+            try:
+                await self._settle_before_end(gen)
+                events, seq = gen.take_pending()
+                if seq != gen.stored_seq:
+                    checkpoint = ev.TurnCheckpointed(
+                        at=self.now(),
+                        message_id=turn.message_id,
+                        attempt=turn.attempt,
+                        events=events,
+                        stream_seq=seq,
+                        from_seq=gen.stored_seq,
+                    )
+                    await self._write_end(turn, [checkpoint], gen.unacked_since)
+            except DomainError:  # fenced, or the conversation is gone
+                await self._finish_from_store(gen)
+                return
+            except WriteGaveUp as exc:
+                # The last checkpoint is what a successor continues from.
+                log.warning("could not store the handed-over row's last events", error=str(exc))
+        log.info("generation handed over", stream_seq=gen.stream.seq)
+        gen.stream.abandon()
 
     def _count_tokens(self, turn: Turn, usage: dict[str, Any] | None) -> None:
         provider, model = provider_and_model(turn.model)

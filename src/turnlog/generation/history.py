@@ -33,7 +33,7 @@ from turnlog_reducer import Block, ReasoningBlock, TextBlock, ToolCallBlock
 
 from turnlog.generation.turn import Turn
 from turnlog.log.projection import ConversationRecord, Message, MessageRecord
-from turnlog.providers.base import ChatMessage, ModelRequest, ToolSpec
+from turnlog.providers.base import ChatMessage, Continuation, ModelRequest, ToolSpec
 
 __all__ = ["NOT_RUN", "build_history", "build_request", "step_options"]
 
@@ -57,6 +57,24 @@ def build_request(
         messages=build_history(rows, before_seq=turn.seq, provider=turn.model.partition(":")[0]),
         options=step_options(turn, conv, rows),
         tools=tools,
+        continuation=_continuation(turn, rows),
+    )
+
+
+def _continuation(turn: Turn, rows: Sequence[MessageRecord]) -> Continuation | None:
+    """What a recovered turn's row holds, for the model to go on from (None otherwise).
+    Its blocks are sent back as a stopped row's are: reasoning cut mid-thought unsigned is
+    left out (some APIs refuse it), and so is a tool call whose arguments never finished."""
+    if not turn.recovery:
+        return None
+    mine = next((r for r in reversed(rows) if r.message.id == turn.message_id), None)
+    if mine is None:
+        return None
+    blocks = tuple(mine.message.blocks)
+    return Continuation(
+        blocks=blocks,
+        stream_seq=mine.stream_seq,
+        settled=tuple(b for b in blocks if _settled(b)),
     )
 
 

@@ -25,8 +25,9 @@ from turnlog.streams import LiveStream
 
 __all__ = ["Clock", "EndReason", "Generation", "Turn", "utcnow"]
 
-# Why a generation was cancelled: a user's cancel (aborted) or a shutdown (interrupted).
-EndReason = Literal["aborted", "interrupted"]
+# Why a generation was cancelled: a user's cancel (aborted), or a shutdown that hands the
+# row over to be continued elsewhere (handed_over) or, with recovery off, ends it (interrupted).
+EndReason = Literal["aborted", "interrupted", "handed_over"]
 Clock = Callable[[], datetime]
 
 
@@ -46,6 +47,9 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True):
     reply_to: uuid.UUID | None = None
     # A retry's options: they replace the user message's for every step of this turn.
     options: dict[str, Any] | None = None
+    # Set when this turn continues its row after the process that ran it died: the number
+    # of that recovery (1, 2, ...). The step asks the model to go on from the stored blocks.
+    recovery: int = 0
 
     @classmethod
     def new(
@@ -117,6 +121,9 @@ class Generation:
         # came, and when the oldest event not yet stored was published (pending or unacked).
         self.started_at = time.monotonic()
         self.first_at: float | None = None
+        # A continued row (recovery): when its last stored write was, the latest its
+        # previous process can have died (for the time-to-first-continued-delta metric).
+        self.recovered_from: datetime | None = None
         self.pending_since: float | None = None
         self.unacked_since: float | None = None
         # Checkpoints (turnlog.generation.checkpoints): how much earlier than due the first

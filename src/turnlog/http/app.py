@@ -213,8 +213,9 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
             if rt.titler is not None:
                 tg.start_soon(rt.titler.run)
             await tg.start(rt.tools.run)  # MCP servers connected, their tools listed
-            repaired = await rt.chat.sweep()
-            log.info("started", instance_id=str(rt.instance_id), interrupted_orphans=repaired)
+            orphans = await rt.chat.sweep()
+            log.info("started", instance_id=str(rt.instance_id), orphans_taken_over=orphans)
+            tg.start_soon(rt.chat.recovery.watch)
             tg.start_soon(_drain_when_asked, rt)
             rt.ready = True
             if rt.on_ready is not None:

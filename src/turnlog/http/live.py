@@ -135,6 +135,12 @@ async def _follow_store(rt: Runtime, row: MessageRecord) -> AsyncIterator[bytes]
         if current.message.status == "generating":
             # Its owner may have died meanwhile: never wait for a generation that is gone.
             current = await rt.chat.repair_if_orphan(current)
+            live = rt.registry.get(m.id)
+            if live is not None:
+                # Taken over and continued here: its live stream, from a fresh init.
+                async for frame in live_frames(live, rt.settings.heartbeat_s, None):
+                    yield frame
+                return
         if current.message.status != "generating":
             for frame in _final_frames(current):
                 yield frame

@@ -137,6 +137,19 @@ class TurnInterrupted(_TurnEvent, frozen=True, tag="turn_interrupted"):
     reason: str
 
 
+class TurnResumed(_Event, frozen=True, tag="turn_resumed"):
+    """A generating row whose process died is taken over by generation ``attempt``, which
+    continues it from the ``stream_seq`` events it holds (recovery number ``recovery``).
+    Written only on top of ``previous_attempt`` at that seq: of two instances that find the
+    same orphan, one takes it and the other is fenced."""
+
+    message_id: uuid.UUID
+    attempt: uuid.UUID
+    previous_attempt: uuid.UUID | None
+    stream_seq: int
+    recovery: int
+
+
 class ToolResultRecorded(_Event, frozen=True, tag="tool_result_recorded"):
     message_id: uuid.UUID
     seq: int
@@ -185,6 +198,7 @@ DomainEvent = (
     | TitleGenerated
     | FeedbackGiven
     | VersionSelected
+    | TurnResumed
 )
 
 TurnEvent = TurnCheckpointed | StepCompleted | TurnFailed | TurnAborted | TurnInterrupted

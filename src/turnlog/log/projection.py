@@ -33,6 +33,7 @@ from turnlog.log.events import (
     TurnEvent,
     TurnFailed,
     TurnInterrupted,
+    TurnResumed,
     UserMessageEdited,
     UserMessageSent,
     VersionSelected,
@@ -177,7 +178,11 @@ def referenced_messages(event: DomainEvent) -> tuple[uuid.UUID, ...]:
             return (mid,)
         case TurnAborted(message_id=mid) | TurnInterrupted(message_id=mid):
             return (mid,)
-        case ToolResultRecorded(reply_to=mid) | FeedbackGiven(message_id=mid):
+        case (
+            ToolResultRecorded(reply_to=mid)
+            | FeedbackGiven(message_id=mid)
+            | TurnResumed(message_id=mid)
+        ):
             return (mid,)
         case UserMessageSent(parent_id=uuid.UUID() as mid):
             return (mid,)
@@ -276,6 +281,20 @@ def check(
                 raise InvalidEvent(
                     f"message {event.message_id} already holds stream seq {row.stream_seq}, "
                     f"got {event.stream_seq}"
+                )
+        case TurnResumed(message_id=mid):
+            row = _row(messages, mid)
+            if row.message.status != "generating":
+                raise Fenced(f"message {mid} is {row.message.status}, no longer generating")
+            if row.attempt != event.previous_attempt:
+                raise Fenced(
+                    f"message {mid} belongs to attempt {row.attempt}, "
+                    f"not {event.previous_attempt}: someone else took it over"
+                )
+            if row.stream_seq != event.stream_seq:
+                raise InvalidEvent(
+                    f"message {mid} holds stream seq {row.stream_seq}, but the takeover "
+                    f"continues from {event.stream_seq}"
                 )
         case ToolResultRecorded(reply_to=mid, tool_call_id=call):
             row = _row(messages, mid)
@@ -443,6 +462,12 @@ def evolve(
             conv = msgspec.structs.replace(conv, leaf_seq=leaf.seq)
             c = msgspec.structs.replace(c, active_leaf_id=leaf.id, updated_at=at)
             return _with(conv, c, version)
+        case TurnResumed():
+            # The row goes on generating under its new owner; its blocks stay as stored.
+            old = messages[event.message_id]
+            m = msgspec.structs.replace(old.message, updated_at=at)
+            row = msgspec.structs.replace(old, message=m, attempt=event.attempt)
+            return _with(conv, c, version, (row,))
         case (
             TurnCheckpointed() | StepCompleted() | TurnFailed() | TurnAborted() | TurnInterrupted()
         ):

@@ -1214,6 +1214,18 @@ class Store:
             return None
         return numbered_row(tuple(row[-1] or ()), message_from_row(row[:-1]))
 
+    async def resumptions(self, cid: uuid.UUID, mid: uuid.UUID) -> int:
+        """How many times message ``mid`` was taken over after its process died (its
+        ``turn_resumed`` events): recovery's attempt budget. Rare, so read from the log."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM events WHERE conversation_id = %s "
+                "AND type = 'turn_resumed' AND data->>'message_id' = %s",
+                (cid, str(mid)),
+            )
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
     async def get_message_in_conversation(
         self, mid: uuid.UUID
     ) -> tuple[MessageRecord, ConversationRecord | None] | None:

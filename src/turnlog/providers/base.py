@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
-from turnlog_reducer import Block, StreamEvent
+from turnlog_reducer import Block, StreamEvent, TextBlock
 
 from turnlog.models import ModelForbidden, ProviderSpec, UnknownModel
 
@@ -37,6 +37,7 @@ __all__ = [
     "CLOCK_TOOL",
     "Adapter",
     "ChatMessage",
+    "Continuation",
     "ModelForbidden",
     "ModelRequest",
     "Provider",
@@ -67,6 +68,22 @@ class ToolSpec(msgspec.Struct, frozen=True):
     interactive: bool = False
 
 
+class Continuation(msgspec.Struct, frozen=True):
+    """A step continued after its process died: what its row had stored (``blocks``, folded
+    from ``stream_seq`` stream events). The adapter asks its model to go on from
+    ``settled`` (the blocks that can be sent back: text, signed reasoning, finished calls);
+    docs/providers.md says how each provider is asked."""
+
+    blocks: tuple[Block, ...]
+    stream_seq: int
+    settled: tuple[Block, ...]
+
+    @property
+    def text(self) -> str:
+        """The settled text blocks joined: the answer so far, as a model would go on from it."""
+        return "".join(b.text for b in self.settled if isinstance(b, TextBlock))
+
+
 class ModelRequest(msgspec.Struct, frozen=True):
     """Everything a provider needs for one step."""
 
@@ -75,6 +92,9 @@ class ModelRequest(msgspec.Struct, frozen=True):
     messages: tuple[ChatMessage, ...]
     options: dict[str, Any]
     tools: tuple[ToolSpec, ...]
+    # Set when the step continues a row whose process died (recovery); the adapter then
+    # asks for the rest of the answer, not a new one.
+    continuation: Continuation | None = None
 
 
 class StepEnd(msgspec.Struct, frozen=True):

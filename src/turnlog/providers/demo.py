@@ -25,6 +25,9 @@ only its pacing reads the clock. Options:
 ``title`` (bool, default false)
     Answer with a title instead: the first six words of the last user message (what
     automatic titles get from the demo model, ``turnlog.product.titles``).
+
+A continued step (``request.continuation``, after its process died) emits the events after
+the ``stream_seq`` its row stored, so the continued answer equals the never-interrupted one.
 """
 
 from __future__ import annotations
@@ -134,9 +137,14 @@ class DemoProvider:
         loop = asyncio.get_running_loop()
         start = loop.time()
         interval = 1.0 / options.tokens_per_second
+        # A continued step (recovery) goes on after the events its row stored: the same
+        # request gives the same events, so the continued answer is the uncut one exactly.
+        done = 0 if request.continuation is None else request.continuation.stream_seq
         for i, event in enumerate(events):
+            if i < done:
+                continue
             # Sleep even when already late: each event then reaches a real await.
-            await asyncio.sleep(max(0.0, start + i * interval - loop.time()))
+            await asyncio.sleep(max(0.0, start + (i - done) * interval - loop.time()))
             if options.fail_after is not None and i == options.fail_after:
                 raise ProviderError(
                     f"demo provider failed after {i} tokens as asked (fail_after={i})",

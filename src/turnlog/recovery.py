@@ -1,0 +1,167 @@
+"""Recovery: a generating row whose process died is taken over and continued, not lost.
+
+Who finds such a row (an *orphan*: its lease's instance is gone or its liveness lock is
+free, see ``turnlog.log.liveness``): this instance at start-up (:meth:`Recovery.sweep`), its
+watch for other instances' deaths (:meth:`Recovery.watch`), a subscriber or a send that
+meets it (``Chat.repair_if_orphan``), or a mirror whose owner died (``turnlog.follow``).
+Each calls :meth:`Recovery.take_over`, which decides:
+
+* continue: append ``TurnResumed`` (a new attempt, written only on top of the dead one's
+  attempt and stored stream seq, so of two instances that find the same orphan one wins and
+  the other is fenced), then the engine runs the turn again from the stored blocks; the
+  provider is asked to go on from them (``ModelRequest.continuation``), its readers get
+  ``init`` at the stored checkpoint, then ``recovering``, then the new events;
+* or interrupt, as before recovery existed, when ``TURNLOG_RECOVERY=interrupt``, when the
+  row was continued ``TURNLOG_RECOVERY_MAX_ATTEMPTS`` times already (a turn that kills its
+  process every time must not take the fleet down with it), or when its last stored write
+  is older than ``TURNLOG_RECOVERY_MAX_AGE_S`` (nobody waits for it any more).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import anyio
+import structlog
+
+from turnlog.config import Settings
+from turnlog.generation.engine import Engine
+from turnlog.generation.turn import Clock, Turn
+from turnlog.log import events as ev
+from turnlog.log.pool import DatabaseUnavailable
+from turnlog.log.projection import Fenced, InvalidEvent, MessageRecord, NotFound
+from turnlog.log.store import Store
+
+__all__ = ["FoundBy", "Recovery"]
+
+log = structlog.get_logger("turnlog.recovery")
+
+# How often an instance looks for rows of instances that died (plus up to half of it at
+# random, so that instances started together do not all look at the same moment).
+WATCH_S = 2.0
+
+FoundBy = Literal["startup", "watch", "subscriber", "send", "mirror"]
+Interrupt = Callable[[MessageRecord, str], Awaitable[None]]
+
+
+class Recovery:
+    """Takes over orphaned generating rows: continues them here, or interrupts them."""
+
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        settings: Settings,
+        *,
+        interrupt: Interrupt,
+        now: Clock,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.settings = settings
+        self._interrupt = interrupt
+        self._now = now
+
+    async def sweep(self, found_by: FoundBy = "startup") -> int:
+        """Take over every orphan now; how many there were."""
+        rows = await self.store.orphans(me=self.engine.instance_id, mine=self.engine.running_ids())
+        for row in rows:
+            await self.take_over(row, found_by)
+        return len(rows)
+
+    async def watch(self) -> None:
+        """Forever: find the rows of instances that died meanwhile and take them over (run in
+        the app's task group). A failed look is logged and tried again at the next one."""
+        while True:
+            await anyio.sleep(WATCH_S * (1 + random.random() / 2))
+            if self.engine.draining:
+                return
+            try:
+                await self.sweep("watch")
+            except DatabaseUnavailable as exc:
+                log.info("could not look for orphaned rows", error=str(exc))
+            except Exception:
+                # A bug here must not take the server down; the next look tries again.
+                log.exception("looking for orphaned rows failed")
+
+    async def take_over(self, row: MessageRecord, found_by: FoundBy) -> MessageRecord:
+        """Continue ``row`` (an orphan) here, or interrupt it when recovery does not apply;
+        the row as it is afterwards (another instance may have taken it first)."""
+        m = row.message
+        on = self.settings.recovery == "continue"
+        done = await self.store.resumptions(m.conversation_id, m.id) if on else 0
+        why_not = self._why_not(row, done)
+        if why_not is not None:
+            kind, reason = why_not
+            log.warning(
+                "not continuing an orphaned row",
+                message_id=str(m.id),
+                conversation_id=str(m.conversation_id),
+                reason=reason,
+            )
+            self.engine.metrics.child(self.engine.metrics.recoveries, "given_up", kind).inc()
+            await self._interrupt(row, f"its process died; not continued: {reason}")
+            return await self.store.get_message(m.id) or row
+        if self.engine.draining:
+            return row  # this instance is going away too: another one (or the next start) will
+        recovery = done + 1
+        turn = Turn(
+            conversation_id=m.conversation_id,
+            message_id=m.id,
+            attempt=uuid.uuid4(),
+            seq=m.seq,
+            model=m.model or self.settings.default_model,
+            reply_to=m.reply_to,
+            options=row.options,
+            recovery=recovery,
+        )
+        event = ev.TurnResumed(
+            at=self._now(),
+            message_id=m.id,
+            attempt=turn.attempt,
+            previous_attempt=row.attempt,
+            stream_seq=row.stream_seq,
+            recovery=recovery,
+        )
+        try:
+            appended = await self.store.append(
+                m.conversation_id, [event], instance_id=self.engine.instance_id
+            )
+        except (Fenced, InvalidEvent, NotFound) as exc:
+            # Taken over by another instance first, ended, or deleted meanwhile.
+            log.info("orphaned row taken elsewhere", message_id=str(m.id), detail=str(exc))
+            return await self.store.get_message(m.id) or row
+        resumed = next(r for r in appended.messages if r.message.id == m.id)
+        log.info(
+            "continuing an orphaned row",
+            message_id=str(m.id),
+            conversation_id=str(m.conversation_id),
+            recovery=recovery,
+            stream_seq=row.stream_seq,
+            found_by=found_by,
+        )
+        self.engine.metrics.child(self.engine.metrics.recoveries, "started", found_by).inc()
+        self.engine.resume(turn, resumed, appended.conversation)
+        return resumed
+
+    def _why_not(self, row: MessageRecord, done: int) -> tuple[str, str] | None:
+        """(metric label, reason) when ``row``, continued ``done`` times so far, is not to be
+        continued again; None when it is."""
+        s = self.settings
+        if s.recovery != "continue":
+            return "off", "recovery is off (TURNLOG_RECOVERY=interrupt)"
+        age = (self._now() - row.message.updated_at).total_seconds()
+        if age > s.recovery_max_age_s:
+            return "max_age", (
+                f"its last write was {age:.0f} s ago, over TURNLOG_RECOVERY_MAX_AGE_S="
+                f"{s.recovery_max_age_s:g}"
+            )
+        if done >= s.recovery_max_attempts:
+            return "max_attempts", (
+                f"it was continued {done} times already "
+                f"(TURNLOG_RECOVERY_MAX_ATTEMPTS={s.recovery_max_attempts})"
+            )
+        return None
