@@ -198,14 +198,16 @@ async def test_drain_lets_a_running_step_finish_within_the_grace(store: Store) -
 
 
 async def test_drain_interrupts_a_step_still_running_after_the_grace(store: Store) -> None:
-    """After the grace the step is stored interrupted with its text, and its stream ends."""
+    """With recovery off, after the grace the step is stored interrupted with its text, and
+    its stream ends."""
 
     async def step(request: ModelRequest) -> Step:
         yield TextDelta(text="cut")
         await anyio.sleep_forever()
         yield StepEnd(finish_reason="stop")  # pragma: no cover - interrupted above
 
-    async with in_process(store, step) as run:
+    settings = Settings(provider_backoff_s=0.01, recovery="interrupt")
+    async with in_process(store, step, settings) as run:
         cid = await run.conversation()
         sent, gen = await run.send(cid)
         await wait_until(lambda: gen.stream.seq >= 1)

@@ -1,0 +1,160 @@
+"""Recovery in process: a row left generating by a process that went away is taken over by
+another engine and continued from its stored blocks, once, within its budgets.
+
+The first engine hands its row over with a drain past its grace (what SIGTERM does; a
+SIGKILL leaves the same row behind, minus the last second: tests/e2e/test_recovery.py).
+Its instance is not registered, so its lease names no living instance: an orphan.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from datetime import timedelta
+
+import anyio
+import msgspec
+import pytest
+from turnlog_reducer import Block, StreamEvent, TextBlock, TextDelta
+
+from tests.generation.support import in_process, wait_until
+from turnlog.config import Settings
+from turnlog.log.store import Store
+from turnlog.providers.base import ModelRequest, StepEnd
+
+pytestmark = pytest.mark.anyio
+
+Step = AsyncIterator[StreamEvent | StepEnd]
+SETTINGS = Settings(provider_backoff_s=0.01)
+
+
+def text_of(blocks: Iterable[Block]) -> str:
+    return "".join(b.text for b in blocks if isinstance(b, TextBlock))
+
+
+async def cut_short(request: ModelRequest) -> Step:
+    """A step that writes "Hello " and then never ends (until its process goes)."""
+    yield TextDelta(text="Hel")
+    yield TextDelta(text="lo ")
+    await anyio.sleep_forever()
+    yield StepEnd(finish_reason="stop")  # pragma: no cover - handed over above
+
+
+async def go_on(request: ModelRequest) -> Step:
+    """A step that goes on after what its row holds."""
+    assert request.continuation is not None
+    yield TextDelta(text=f"world ({len(request.continuation.text)} chars kept)")
+    yield StepEnd(finish_reason="stop", usage={"input_tokens": 1, "output_tokens": 1})
+
+
+async def handed_over(store: Store) -> tuple[uuid.UUID, uuid.UUID]:
+    """A conversation whose answer "Hello " was handed over by a drained engine: (cid, mid)."""
+    async with in_process(store, cut_short, SETTINGS) as first:
+        cid = await first.conversation()
+        sent, gen = await first.send(cid)
+        await wait_until(lambda: gen.stream.seq >= 2)
+        with anyio.fail_after(20):
+            await first.engine.drain(0.0)
+    assert gen.stream.finished and gen.stream.status is None  # abandoned: no done
+    row = await store.get_message(sent.assistant_message.id)
+    assert row is not None
+    assert row.message.status == "generating"
+    assert text_of(row.message.blocks) == "Hello "
+    return cid, sent.assistant_message.id
+
+
+async def test_a_handed_over_row_is_continued_from_its_stored_blocks(store: Store) -> None:
+    """Another engine's sweep takes the row over: the model is asked to go on from the stored
+    text, readers get init at the checkpoint then ``recovering``, and the row completes."""
+    cid, mid = await handed_over(store)
+    async with in_process(store, go_on, SETTINGS) as second:
+        assert await second.chat.sweep() == 1
+        gen = second.engine.running(mid)
+        assert gen is not None
+        sub = gen.stream.subscribe()
+        with anyio.fail_after(20):
+            await gen.finished.wait()
+        frames = [frame async for frame in sub]
+        row = await store.get_message(mid)
+        conv = await store.get_conversation(cid)
+    request = second.provider.requests[0]
+    assert request.continuation is not None
+    assert request.continuation.stream_seq == 2
+    assert request.continuation.text == "Hello "
+    assert [m.content for m in request.messages] == ["hello"]  # the same question
+    assert frames[0].startswith(b"event: init\nid: 2\n")
+    assert b'"Hello "' in frames[0]
+    assert frames[0].endswith(b'event: recovering\ndata: {"attempt":1}\n\n')
+    done = msgspec.json.decode(frames[-1].split(b"data: ")[1])
+    assert done["status"] == "completed"
+    assert done["recovered"] == 1
+    assert row is not None
+    assert row.message.status == "completed"
+    assert text_of(row.message.blocks) == "Hello world (6 chars kept)"
+    assert conv is not None
+    assert conv.conversation.state == "idle"
+
+
+async def test_two_instances_finding_one_orphan_continue_it_once(store: Store) -> None:
+    """The takeover is written on top of the dead attempt: of two that find the row at the
+    same moment, one continues it and the other is fenced off and leaves it alone."""
+    _, mid = await handed_over(store)
+    async with (
+        in_process(store, go_on, SETTINGS) as a,
+        in_process(store, go_on, SETTINGS) as b,
+    ):
+        row = await store.get_message(mid)
+        assert row is not None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.chat.recovery.take_over, row, "watch")
+            tg.start_soon(b.chat.recovery.take_over, row, "watch")
+        await wait_until(lambda: not a.engine.running_ids() and not b.engine.running_ids())
+        after = await store.get_message(mid)
+    assert len(a.provider.requests) + len(b.provider.requests) == 1
+    assert after is not None
+    assert after.message.status == "completed"
+    assert text_of(after.message.blocks) == "Hello world (6 chars kept)"
+
+
+async def test_a_row_continued_as_often_as_allowed_is_interrupted(store: Store) -> None:
+    """TURNLOG_RECOVERY_MAX_ATTEMPTS: a row that keeps losing its process is not taken over
+    again past the limit; it reads interrupted with the text it had."""
+    _, mid = await handed_over(store)
+    once = Settings(provider_backoff_s=0.01, recovery_max_attempts=1)
+    async with in_process(store, cut_short, once) as second:
+        assert await second.chat.sweep() == 1  # continued (1 of 1), then handed over again
+        gen = second.engine.running(mid)
+        assert gen is not None
+        await wait_until(lambda: gen.stream.seq >= 4)
+    async with in_process(store, go_on, once) as third:
+        assert await third.chat.sweep() == 1
+        row = await store.get_message(mid)
+    assert not third.provider.requests
+    assert row is not None
+    assert row.message.status == "interrupted"
+    assert text_of(row.message.blocks) == "Hello Hello "
+
+
+async def test_an_orphan_older_than_the_max_age_is_interrupted(store: Store) -> None:
+    """TURNLOG_RECOVERY_MAX_AGE_S: a row whose last write is older is not continued."""
+    _, mid = await handed_over(store)
+    async with in_process(store, go_on, SETTINGS) as second:
+        second.now.t += timedelta(seconds=SETTINGS.recovery_max_age_s + 1)
+        assert await second.chat.sweep() == 1
+        row = await store.get_message(mid)
+    assert not second.provider.requests
+    assert row is not None
+    assert row.message.status == "interrupted"
+
+
+async def test_with_recovery_off_an_orphan_is_interrupted(store: Store) -> None:
+    """TURNLOG_RECOVERY=interrupt: the row reads interrupted, as before recovery existed."""
+    _, mid = await handed_over(store)
+    off = Settings(provider_backoff_s=0.01, recovery="interrupt")
+    async with in_process(store, go_on, off) as second:
+        assert await second.chat.sweep() == 1
+        row = await store.get_message(mid)
+    assert not second.provider.requests
+    assert row is not None
+    assert row.message.status == "interrupted"
+    assert text_of(row.message.blocks) == "Hello "
