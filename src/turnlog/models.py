@@ -102,6 +102,11 @@ class ProviderSpec(msgspec.Struct, frozen=True, kw_only=True):
     # A key is needed: the file names its variable, or the provider talks to the vendor's
     # own API (no base_url). A local server or gateway at a base_url may need none.
     key_required: bool = False
+    # How a step cut by a crash is continued (docs/providers.md): the partial answer as the
+    # last assistant turn and a user turn asking to go on ("instruct", which every chat API
+    # takes), or the partial alone as the last turn for the server to extend ("prefill":
+    # llama.cpp's server and Anthropic do; not every OpenAI-compatible server does).
+    continuation: Literal["instruct", "prefill"] = "instruct"
 
     def offers(self, name: str) -> bool:
         return self.models is None or name in self.models
@@ -270,6 +275,7 @@ class _ProviderIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     api_key_env: str | None = None
     models: list[str] | None = None
     defaults: dict[str, Any] = msgspec.field(default_factory=dict)
+    continuation: Literal["instruct", "prefill"] = "instruct"
 
 
 class _ToolAccessIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -388,6 +394,7 @@ def _spec(name: str, raw: _ProviderIn, env: Mapping[str, str], path: str) -> Pro
         models=tuple(raw.models) if raw.models is not None else None,
         defaults=raw.defaults,
         key_required=raw.kind != "demo" and (raw.api_key_env is not None or not raw.base_url),
+        continuation=raw.continuation,
     )
 
 

@@ -76,6 +76,7 @@ from turnlog.providers.base import (
     ProviderError,
     StepEnd,
     ToolSpec,
+    continued_history,
     usage,
 )
 
@@ -180,7 +181,10 @@ class AnthropicProvider:
                     **params, stream=True
                 ) as response:
                     http = response.http_response
-                    async for item in _translate(_frames(http.aiter_bytes())):
+                    c = request.continuation
+                    trimmed = c is not None and prefills(options) and c.text != c.text.rstrip()
+                    items = _translate(_frames(http.aiter_bytes()))
+                    async for item in _after_prefill(items, trimmed):
                         if isinstance(item, _ErrorFrame):
                             raise self._status_error(200, item.body, item.text, http.headers)
                         yield item
@@ -488,8 +492,10 @@ def request_params(request: ModelRequest, options: AnthropicOptions) -> dict[str
     params: dict[str, Any] = {
         "model": request.model,
         "max_tokens": options.max_tokens,
-        "messages": history_messages(request.messages),
+        "messages": history_messages(continued_history(request, prefill=prefills(options))),
     }
+    if prefills(options) and request.continuation is not None:
+        _trim_prefill(params["messages"])
     if request.system_prompt:
         params["system"] = request.system_prompt
     if request.tools:
@@ -512,6 +518,42 @@ def request_params(request: ModelRequest, options: AnthropicOptions) -> dict[str
 
 def _tool(spec: ToolSpec) -> dict[str, Any]:
     return {"name": spec.name, "description": spec.description, "input_schema": spec.parameters}
+
+
+def prefills(options: AnthropicOptions) -> bool:
+    """Whether a cut answer is continued as a prefilled assistant turn (the model extends
+    it). Extended thinking forbids a prefill: then it is asked to go on in a user turn."""
+    return options.thinking_budget is None and not options.adaptive_thinking
+
+
+def _trim_prefill(messages: list[dict[str, Any]]) -> None:
+    """The API refuses a final assistant turn ending in whitespace: trim it (the stream
+    then drops the whitespace the model starts with, see ``_after_prefill``)."""
+    if not messages or messages[-1]["role"] != "assistant":
+        return
+    content = messages[-1]["content"]
+    while content and content[-1]["type"] == "text":
+        content[-1] = {**content[-1], "text": content[-1]["text"].rstrip()}
+        if content[-1]["text"]:
+            return
+        content.pop()
+    if not content:
+        messages.pop()
+
+
+async def _after_prefill(
+    items: AsyncIterator[StreamEvent | StepEnd | _ErrorFrame], trimmed: bool
+) -> AsyncIterator[StreamEvent | StepEnd | _ErrorFrame]:
+    """A continued answer whose stored text ended in whitespace (trimmed from the prefill):
+    the model's own leading whitespace would double it, so it is dropped."""
+    async for item in items:
+        if trimmed and isinstance(item, TextDelta):
+            text = item.text.lstrip()
+            if not text:
+                continue
+            trimmed = False
+            item = TextDelta(text)
+        yield item
 
 
 def history_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:

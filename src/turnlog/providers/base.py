@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import msgspec
 from turnlog_reducer import Block, StreamEvent, TextBlock
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ASK_USER_TOOL",
     "CLOCK_TOOL",
+    "CONTINUE_PROMPT",
     "Adapter",
     "ChatMessage",
     "Continuation",
@@ -45,6 +46,7 @@ __all__ = [
     "StepEnd",
     "ToolSpec",
     "UnknownModel",
+    "continued_history",
     "usage",
 ]
 
@@ -82,6 +84,30 @@ class Continuation(msgspec.Struct, frozen=True):
     def text(self) -> str:
         """The settled text blocks joined: the answer so far, as a model would go on from it."""
         return "".join(b.text for b in self.settled if isinstance(b, TextBlock))
+
+
+# The turn that asks a model to go on with an answer cut by a crash ("instruct").
+CONTINUE_PROMPT: Final = (
+    "Your previous answer was cut off because the server handling it stopped. Continue it "
+    "exactly where it stopped: do not repeat any of it, and do not mention the interruption."
+)
+
+
+def continued_history(request: ModelRequest, *, prefill: bool) -> tuple[ChatMessage, ...]:
+    """The history of a step, continuing its cut answer if it is one: the settled partial
+    answer as the last assistant turn, then (unless ``prefill``: the model extends that turn
+    itself) a user turn asking to go on. A step cut before any settled output simply starts
+    again. Reasoning is left out: a model continues the answer, not its thoughts."""
+    c = request.continuation
+    if c is None:
+        return request.messages
+    kept = tuple(b for b in c.settled if isinstance(b, TextBlock))
+    if not kept:
+        return request.messages
+    partial = ChatMessage(role="assistant", blocks=kept)
+    if prefill:
+        return (*request.messages, partial)
+    return (*request.messages, partial, ChatMessage(role="user", content=CONTINUE_PROMPT))
 
 
 class ModelRequest(msgspec.Struct, frozen=True):

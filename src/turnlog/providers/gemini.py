@@ -92,6 +92,7 @@ from turnlog.providers.base import (
     ModelRequest,
     ProviderError,
     StepEnd,
+    continued_history,
     usage,
 )
 
@@ -167,7 +168,8 @@ class GeminiProvider:
         except ValueError as e:
             raise ProviderError(str(e), retryable=False) from None
         config = generate_config(request, options)
-        contents = history_contents(request.messages)
+        # A cut answer is continued by asking in a user turn (Gemini has no prefill).
+        contents = history_contents(continued_history(request, prefill=False))
         # Our own HTTP client: its read timeout is "no bytes for this long" (a stall), and
         # closing it is what hangs up on a cancelled step.
         http = httpx.AsyncClient(

@@ -68,6 +68,7 @@ from turnlog.providers.base import (
     ProviderError,
     StepEnd,
     ToolSpec,
+    continued_history,
     usage,
 )
 
@@ -117,7 +118,10 @@ class OpenAIProvider:
             try:
                 params: dict[str, Any] = {
                     "model": request.model,
-                    "messages": to_messages(request.system_prompt, request.messages),
+                    "messages": to_messages(
+                        request.system_prompt,
+                        continued_history(request, prefill=self.spec.continuation == "prefill"),
+                    ),
                     "stream": True,
                     "stream_options": {"include_usage": True},
                     **msgspec.to_builtins(options),
