@@ -50,6 +50,7 @@ __all__ = [
     "Client",
     "Init",
     "MessageFold",
+    "Recovering",
     "StreamGapError",
     "StreamItem",
     "text_of",
@@ -94,13 +95,21 @@ class Init(msgspec.Struct, frozen=True):
     blocks: Blocks
 
 
+class Recovering(msgspec.Struct, frozen=True):
+    """The ``recovering`` event: the generation is being continued after its process died
+    (the ``attempt``-th time); it follows an ``init`` at the last stored checkpoint."""
+
+    attempt: int
+
+
 class StreamItem(NamedTuple):
-    """One event of a message stream. ``data`` is an ``Init`` for ``init``, else the
-    reducer's event Struct (``TextDelta``, …, ``Done``)."""
+    """One event of a message stream. ``data`` is an ``Init`` for ``init``, a
+    ``Recovering`` for ``recovering``, else the reducer's event Struct (``TextDelta``, …,
+    ``Done``)."""
 
     event: str
     id: int | None
-    data: Init | StreamEvent
+    data: Init | Recovering | StreamEvent
 
 
 def _decode_item(sse: ServerSentEvent) -> StreamItem:
@@ -117,6 +126,8 @@ def _decode_item(sse: ServerSentEvent) -> StreamItem:
             blocks=decode_blocks(msgspec.json.encode(raw["blocks"])),
         )
         return StreamItem("init", event_id, init)
+    if sse.event == "recovering":
+        return StreamItem("recovering", event_id, msgspec.json.decode(sse.data, type=Recovering))
     return StreamItem(sse.event, event_id, decode_event(sse.data))
 
 
@@ -124,7 +135,9 @@ class MessageFold:
     """The live state of one message, folded from its stream.
 
     ``init`` replaces the state (the first one, and any later one: a reconnect or a
-    resynchronisation); every other event must carry the id after the previous one and is
+    resynchronisation; after its process died, one at the stored checkpoint, which may be
+    behind what was shown: ``rewinds`` counts those); ``recovering`` counts in
+    ``recoveries``; every other event must carry the id after the previous one and is
     applied with ``apply_stream_event``. ``done`` ends it.
     """
 
@@ -134,6 +147,8 @@ class MessageFold:
         self.status: str | None = None
         self.done: Done | None = None
         self.inits = 0
+        self.rewinds = 0
+        self.recoveries = 0
 
     @property
     def finished(self) -> bool:
@@ -150,9 +165,12 @@ class MessageFold:
         data = item.data
         if isinstance(data, Init):
             if self.seq is not None and data.seq < self.seq:
-                raise StreamGapError(f"init at seq {data.seq} after seq {self.seq} was seen")
+                self.rewinds += 1  # back to the stored checkpoint: the process died
             self.blocks, self.seq, self.status = data.blocks, data.seq, data.status
             self.inits += 1
+            return
+        if isinstance(data, Recovering):
+            self.recoveries += 1
             return
         if self.seq is None:
             raise StreamGapError(f"{item.event} before init")

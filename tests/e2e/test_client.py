@@ -116,8 +116,26 @@ def test_fold_rejects_a_missing_or_repeated_id() -> None:
         fold.feed(StreamItem("text_delta", 3, TextDelta("x")))
     with pytest.raises(StreamGapError):
         fold.feed(StreamItem("text_delta", 5, TextDelta("x")))
-    with pytest.raises(StreamGapError):
-        fold.feed(StreamItem("init", 1, Init("m", 1, "generating", MessageFold().blocks)))
+
+
+def test_fold_goes_back_to_an_earlier_init_and_counts_it() -> None:
+    """After its process died a message restarts from the stored checkpoint, which may be
+    behind what was shown: a later init at a lower seq replaces the state (a rewind), and
+    ``recovering`` is counted, not folded."""
+    from turnlog_reducer import EMPTY, TextBlock, TextDelta
+
+    from turnlog.client import Init, Recovering
+
+    fold = MessageFold()
+    fold.feed(StreamItem("init", 0, Init("m", 0, "generating", EMPTY)))
+    fold.feed(StreamItem("text_delta", 1, TextDelta("a")))
+    fold.feed(StreamItem("text_delta", 2, TextDelta("b")))
+    stored = fold.blocks.__class__([TextBlock("a")])
+    fold.feed(StreamItem("init", 1, Init("m", 1, "generating", stored)))
+    fold.feed(StreamItem("recovering", None, Recovering(attempt=1)))
+    fold.feed(StreamItem("text_delta", 2, TextDelta("c")))
+    assert fold.text == "ac"
+    assert (fold.rewinds, fold.recoveries, fold.inits) == (1, 1, 2)
 
 
 def test_api_error_carries_status_and_detail() -> None:

@@ -21,6 +21,9 @@ pytestmark = pytest.mark.slow
 
 CHECKPOINT_S = 0.5
 TPS = 20
+# These tests are about what a crash or a shutdown leaves stored, with recovery off (a row
+# then reads interrupted); continuing the row is tests/e2e/test_recovery.py's.
+INTERRUPT = {"TURNLOG_RECOVERY": "interrupt"}
 
 
 def _stored(c: Any, cid: str, mid: str) -> dict[str, Any]:
@@ -62,7 +65,7 @@ def test_sigkill_mid_answer_loses_at_most_the_checkpoint_window(
     """SIGKILL after two checkpoints, restart: the row is interrupted with a prefix of the
     streamed blocks missing at most (checkpoint + 0.5 s) of tokens; stream answers init+done
     at once; retry completes a new row."""
-    srv = spawn(env={"TURNLOG_CHECKPOINT_S": str(CHECKPOINT_S)}).start()
+    srv = spawn(env={**INTERRUPT, "TURNLOG_CHECKPOINT_S": str(CHECKPOINT_S)}).start()
     with srv.client() as c:
         conv = c.create_conversation(model=DEMO, options={"tokens_per_second": TPS, "length": 300})
         cid = conv["id"]
@@ -114,7 +117,7 @@ def test_orphan_repaired_by_another_process_stream_endpoint(
 ) -> None:
     """Two processes on one database; the generating one is killed: the other's stream
     endpoint repairs the orphan to interrupted and answers init + done (never waits forever)."""
-    a = spawn(env={"TURNLOG_CHECKPOINT_S": str(CHECKPOINT_S)}).start()
+    a = spawn(env={**INTERRUPT, "TURNLOG_CHECKPOINT_S": str(CHECKPOINT_S)}).start()
     b = spawn(env={"TURNLOG_CHECKPOINT_S": str(CHECKPOINT_S)}, database_url=a.database_url)
     b.start()
     with a.client() as c:
@@ -147,7 +150,11 @@ def test_sigterm_mid_answer_exits_within_grace_and_loses_nothing(
     """SIGTERM with a subscriber connected: exit within the grace + 2 s, the subscriber gets
     done, and after restart the row holds exactly what was streamed (completed or interrupted)."""
     srv = spawn(
-        env={"TURNLOG_CHECKPOINT_S": str(CHECKPOINT_S), "TURNLOG_SHUTDOWN_GRACE_S": str(grace)}
+        env={
+            **INTERRUPT,
+            "TURNLOG_CHECKPOINT_S": str(CHECKPOINT_S),
+            "TURNLOG_SHUTDOWN_GRACE_S": str(grace),
+        }
     ).start()
     with srv.client() as c:
         conv = c.create_conversation(

@@ -269,7 +269,11 @@ def test_sigterm_with_the_database_gone_exits_in_bounded_time(
     """SIGTERM while PostgreSQL is down: the process exits within the grace period plus a
     few seconds, every subscriber gets `done`; after a restart the rows read interrupted."""
     grace = 2.0
-    a = spawn(database_url=db, env={"TURNLOG_SHUTDOWN_GRACE_S": str(grace)}).start()
+    # Recovery off: the rows are to read interrupted (handing them over is test_recovery's).
+    a = spawn(
+        database_url=db,
+        env={"TURNLOG_SHUTDOWN_GRACE_S": str(grace), "TURNLOG_RECOVERY": "interrupt"},
+    ).start()
     answers = start_answers(a, 2)
     kill(own_pg)
     took = a.terminate(timeout=60)
@@ -292,7 +296,9 @@ def test_double_sigterm_still_gives_every_subscriber_done(
 ) -> None:
     """A second SIGTERM (the forced stop) cuts the 30 s grace short, and still every
     stream subscriber gets its `done` before the connections close."""
-    a = spawn(database_url=db, env={"TURNLOG_SHUTDOWN_GRACE_S": "30"})
+    a = spawn(
+        database_url=db, env={"TURNLOG_SHUTDOWN_GRACE_S": "30", "TURNLOG_RECOVERY": "interrupt"}
+    )
     a.start()
     answers = start_answers(a, 3)
     assert a.proc is not None
