@@ -228,7 +228,8 @@ def test_a_sigkill_loop_ends_every_turn_with_the_uncrashed_text(
     reconnected folds to the stored blocks, and replay verifies the log. The figures go to
     test-artifacts/recovery-loop.json."""
     rng = random.Random(20261204)
-    srv = spawn().start()
+    # Each turn may be killed every time: more attempts than kills (the limit has its test).
+    srv = spawn(env={"TURNLOG_RECOVERY_MAX_ATTEMPTS": "10"}).start()
     turns = 4
     with srv.client() as c:
         expected = reference_text(c, length=160)
