@@ -87,15 +87,34 @@ class _Upstream:
                 if block.startswith(b":"):
                     return b"", 0, b""
                 fields = dict(line.split(b": ", 1) for line in block.split(b"\n"))
-                return fields[b"event"], int(fields[b"id"]), fields[b"data"]
+                # `recovering` carries no id (it is not a stream event).
+                return fields[b"event"], int(fields.get(b"id", b"0")), fields[b"data"]
             try:
                 chunk = await self._chunks.__anext__()
             except StopAsyncIteration:
                 return None
             self._buffer += chunk
 
+    def buffered_recovering(self) -> int | None:
+        """The attempt of a ``recovering`` frame already buffered right after the ``init``
+        just read (the owner sends both in one write), consumed; None if there is none."""
+        end = self._buffer.find(b"\n\n")
+        if end < 0 or not self._buffer.startswith(b"event: recovering\n"):
+            return None
+        block = bytes(self._buffer[:end])
+        del self._buffer[: end + 2]
+        return _recovering_attempt(block.split(b"data: ", 1)[1])
+
     async def aclose(self) -> None:
         await self.response.aclose()
+
+
+class _Recovering(msgspec.Struct):
+    attempt: int
+
+
+def _recovering_attempt(data: bytes) -> int:
+    return msgspec.json.decode(data, type=_Recovering).attempt
 
 
 class Follower:
@@ -166,7 +185,8 @@ class Follower:
         except (msgspec.ValidationError, msgspec.DecodeError):
             await upstream.aclose()
             raise
-        mirror = Mirror(LiveStream(mid, blocks=blocks, seq=init.seq))
+        recovering = upstream.buffered_recovering()
+        mirror = Mirror(LiveStream(mid, blocks=blocks, seq=init.seq, recovering=recovering))
         self._mirrors[mid] = mirror
         self._tg.start_soon(self._pump, mirror, upstream, name=f"mirror {mid}")
         return mirror
@@ -270,6 +290,10 @@ class Follower:
                 unread_since = None
             if not name:
                 continue  # a ping
+            if name == b"recovering":
+                # The owner continues a row whose process died (after a reconnect's init).
+                stream.mark_recovering(_recovering_attempt(data))
+                continue
             if name == b"init":
                 # The owner resynchronised this reader (it fell out of the ring): fine if
                 # nothing was missed, else the mirror cannot continue.

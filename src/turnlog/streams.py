@@ -288,6 +288,12 @@ class LiveStream:
         if self._on_finish is not None:
             self._on_finish(self)
 
+    def mark_recovering(self, attempt: int) -> None:
+        """This stream continues a row whose process died (a mirror learns it from its
+        upstream): later inits carry the ``recovering`` frame, and ``done`` says so."""
+        self.recovering = attempt
+        self._init_cache = None
+
     def abandon(self) -> None:
         """End every reader after the frames it has, without ``done``: the generation was
         handed over and goes on elsewhere (a reader's client reconnects and gets a fresh

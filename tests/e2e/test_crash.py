@@ -118,7 +118,9 @@ def test_orphan_repaired_by_another_process_stream_endpoint(
     """Two processes on one database; the generating one is killed: the other's stream
     endpoint repairs the orphan to interrupted and answers init + done (never waits forever)."""
     a = spawn(env={**INTERRUPT, "TURNLOG_CHECKPOINT_S": str(CHECKPOINT_S)}).start()
-    b = spawn(env={"TURNLOG_CHECKPOINT_S": str(CHECKPOINT_S)}, database_url=a.database_url)
+    b = spawn(
+        env={**INTERRUPT, "TURNLOG_CHECKPOINT_S": str(CHECKPOINT_S)}, database_url=a.database_url
+    )
     b.start()
     with a.client() as c:
         conv = c.create_conversation(model=DEMO, options={"tokens_per_second": TPS, "length": 300})
