@@ -1,4 +1,4 @@
-"""Agents through a real server (issue 22): `[agents.NAME]` presets, GET /v1/agents with
+"""Agents through a real server: `[agents.NAME]` presets, GET /v1/agents with
 per-user access, a conversation's `agent` as defaults under its own fields, and a changed
 agent config applying to the next turn."""
 

@@ -1,4 +1,4 @@
-"""The ``TURNLOG_CONFIG`` sections of issue 22: ``[agents.NAME]``, ``[access.agents]``,
+"""The chat product's ``TURNLOG_CONFIG`` sections: ``[agents.NAME]``, ``[access.agents]``,
 ``[prompts.NAME]`` and ``[cache]`` (see docs/operations.md)::
 
     [agents.reviewer]
@@ -92,7 +92,7 @@ class CacheConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ProductConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """What issue 22 reads from the config file (empty without one)."""
+    """What the chat product reads from the config file (empty without one)."""
 
     agents: dict[str, Agent] = msgspec.field(default_factory=dict)
     # Who may use which agents: globs over agent names; None: every agent.
