@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
-from turnlog_reducer import StreamEvent
+import anyio
+from turnlog_reducer import StreamEvent, TextDelta
 
 from turnlog.config import Settings
 from turnlog.providers.base import ModelRequest, Provider, StepEnd
@@ -31,3 +32,15 @@ class FunctionProvider:
     def provider_for(self, model: str, settings: Settings) -> tuple[Provider, str]:
         """The engine's ``provider_for``: this provider for every model."""
         return self, model.partition(":")[2]
+
+
+def stalls_after(text: str) -> StepFunction:
+    """A step that publishes ``text`` and then waits until it is cancelled (a user's
+    cancel, a delete, a drain): a model that is still answering."""
+
+    async def step(request: ModelRequest) -> AsyncIterator[StreamEvent | StepEnd]:
+        yield TextDelta(text=text)
+        await anyio.sleep_forever()
+        yield StepEnd(finish_reason="stop")  # pragma: no cover - never gets here
+
+    return step

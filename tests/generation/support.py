@@ -68,6 +68,13 @@ class InProcess:
     async def conversation(self) -> uuid.UUID:
         return (await self.chat.create_conversation(OWNER, ConversationIn())).id
 
+    async def answering(self, content: str = "hello") -> tuple[uuid.UUID, Sent, Generation]:
+        """A new conversation whose answer to ``content`` has published its first event."""
+        cid = await self.conversation()
+        sent, gen = await self.send(cid, content)
+        await wait_until(lambda: gen.stream.seq >= 1)
+        return cid, sent, gen
+
     async def send(self, cid: uuid.UUID, content: str = "hello") -> tuple[Sent, Generation]:
         """Send ``content``; the sent rows and the generation it started."""
         sent = await self.chat.send(OWNER, cid, MessageIn(content=content))

@@ -8,12 +8,12 @@ overload judgement that refuses new generations.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
 from turnlog_reducer import StreamEvent, TextBlock, TextDelta
 
+from tests.generation.fake_provider import stalls_after
 from tests.generation.support import OWNER, WallClock, in_process, wait_until
 from turnlog.commands import MessageIn, Overloaded
 from turnlog.config import Settings
@@ -27,7 +27,6 @@ from turnlog.generation.turn import Generation, Turn
 from turnlog.log import events as ev
 from turnlog.log.store import Store
 from turnlog.metrics import Metrics
-from turnlog.providers.base import ModelRequest, StepEnd
 from turnlog.streams import StreamRegistry
 
 pytestmark = pytest.mark.anyio
@@ -230,14 +229,7 @@ async def test_one_late_row_among_many_is_not_overload(rows: Rows) -> None:
 async def test_an_overloaded_engine_refuses_a_send_with_retry_after(store: Store) -> None:
     """In process: rows whose events look late to the checkpointer's clock make the next
     ``Chat.send`` fail with Overloaded (a 503 with Retry-After), not start a generation."""
-
-    async def step(request: ModelRequest) -> AsyncIterator[StreamEvent | StepEnd]:
-        yield TextDelta(text="slow")
-        await anyio.sleep_forever()
-        yield StepEnd(finish_reason="stop")  # pragma: no cover - interrupted at the end
-
-    settings = Settings(checkpoint_s=5.0)
-    async with in_process(store, step, settings) as run:
+    async with in_process(store, stalls_after("slow"), Settings(checkpoint_s=5.0)) as run:
         gens = []
         for _ in range(2):
             _, gen = await run.send(await run.conversation())
@@ -256,12 +248,7 @@ async def test_a_running_rows_text_is_stored_once_its_checkpoint_is_due(store: S
     """In process: nothing is stored before the interval; moving the clock past it makes
     the checkpointer store the row's text while it still generates."""
 
-    async def step(request: ModelRequest) -> AsyncIterator[StreamEvent | StepEnd]:
-        yield TextDelta(text="kept")
-        await anyio.sleep_forever()
-        yield StepEnd(finish_reason="stop")  # pragma: no cover - interrupted at the end
-
-    async with in_process(store, step, Settings(checkpoint_s=3600.0)) as run:
+    async with in_process(store, stalls_after("kept"), Settings(checkpoint_s=3600.0)) as run:
         sent, gen = await run.send(await run.conversation())
         await wait_until(lambda: gen.stream.seq >= 1)
         for _ in range(3):  # some ticks go by: an hour's interval is not due

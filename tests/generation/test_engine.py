@@ -13,6 +13,7 @@ import anyio
 import pytest
 from turnlog_reducer import Block, StreamEvent, TextBlock, TextDelta, ToolCallReady, ToolCallStarted
 
+from tests.generation.fake_provider import stalls_after
 from tests.generation.support import OWNER, in_process, wait_until
 from turnlog.commands import ToolResultIn, Unavailable
 from turnlog.config import Settings
@@ -132,15 +133,8 @@ async def test_an_interactive_call_waits_for_the_user_and_their_answer_starts_th
 async def test_cancel_stores_the_row_aborted_with_what_was_published(store: Store) -> None:
     """``Chat.cancel`` of a running step: the row is aborted, keeping the text so far."""
 
-    async def step(request: ModelRequest) -> Step:
-        yield TextDelta(text="partial")
-        await anyio.sleep_forever()
-        yield StepEnd(finish_reason="stop")  # pragma: no cover - cancelled above
-
-    async with in_process(store, step) as run:
-        cid = await run.conversation()
-        sent, gen = await run.send(cid)
-        await wait_until(lambda: gen.stream.seq >= 1)
+    async with in_process(store, stalls_after("partial")) as run:
+        cid, sent, gen = await run.answering()
         after = await run.chat.cancel(OWNER, sent.assistant_message.id)
         conv = await store.get_conversation(cid)
     assert after.status == "aborted"
@@ -154,12 +148,7 @@ async def test_cancel_stores_the_row_aborted_with_what_was_published(store: Stor
 async def test_deleting_a_conversation_cancels_its_generation(store: Store) -> None:
     """A delete stops the conversation's running generation here (cancel_conversation)."""
 
-    async def step(request: ModelRequest) -> Step:
-        yield TextDelta(text="x")
-        await anyio.sleep_forever()
-        yield StepEnd(finish_reason="stop")  # pragma: no cover - cancelled above
-
-    async with in_process(store, step) as run:
+    async with in_process(store, stalls_after("x")) as run:
         cid = await run.conversation()
         _, gen = await run.send(cid)
         await wait_until(lambda: gen.stream.seq >= 1)
@@ -182,9 +171,7 @@ async def test_drain_lets_a_running_step_finish_within_the_grace(store: Store) -
         yield StepEnd(finish_reason="stop")
 
     async with in_process(store, step) as run:
-        cid = await run.conversation()
-        sent, gen = await run.send(cid)
-        await wait_until(lambda: gen.stream.seq >= 1)
+        _cid, sent, _gen = await run.answering()
         async with anyio.create_task_group() as tg:
             tg.start_soon(run.engine.drain, 30.0)
             await wait_until(lambda: run.engine.draining)
@@ -201,16 +188,9 @@ async def test_drain_interrupts_a_step_still_running_after_the_grace(store: Stor
     """With recovery off, after the grace the step is stored interrupted with its text, and
     its stream ends."""
 
-    async def step(request: ModelRequest) -> Step:
-        yield TextDelta(text="cut")
-        await anyio.sleep_forever()
-        yield StepEnd(finish_reason="stop")  # pragma: no cover - interrupted above
-
     settings = Settings(provider_backoff_s=0.01, recovery="interrupt")
-    async with in_process(store, step, settings) as run:
-        cid = await run.conversation()
-        sent, gen = await run.send(cid)
-        await wait_until(lambda: gen.stream.seq >= 1)
+    async with in_process(store, stalls_after("cut"), settings) as run:
+        _cid, sent, gen = await run.answering()
         with anyio.fail_after(20):
             await run.engine.drain(0.0)
         row = await store.get_message(sent.assistant_message.id)
@@ -232,9 +212,7 @@ async def test_a_stale_attempt_is_fenced_off_and_never_overwrites_the_row(store:
         yield StepEnd(finish_reason="stop")
 
     async with in_process(store, step) as run:
-        cid = await run.conversation()
-        sent, gen = await run.send(cid)
-        await wait_until(lambda: gen.stream.seq >= 1)
+        _cid, sent, gen = await run.answering()
         row = await store.get_message(sent.assistant_message.id)
         assert row is not None
         await run.chat.interrupt(row, "taken over in a test")
