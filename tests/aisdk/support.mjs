@@ -60,13 +60,20 @@ export async function waitFor(check, what, timeout = LONG) {
 
 /** One `turnlog serve` with its own data dir; `kill()` is SIGKILL, `start()` again restarts. */
 export class Server {
-  /** `sharing`: another Server whose data dir (so database and secret) this one shares:
-   * a second server process of the same deployment. */
+  /** `sharing`: another Server whose database and secret this one shares: a second
+   * server process of the same deployment. */
   constructor(sharing = null) {
     this.sharing = sharing;
     if (sharing !== null) {
-      this.dataDir = sharing.dataDir;
-      this.env = sharing.env;
+      // One server per data dir on the embedded database: this one gets its own data dir
+      // and reaches the first one's database as an external one (same secret, same rows).
+      const url = execFileSync(TURNLOG, ['db', 'url'], { env: sharing.env })
+        .toString()
+        .trim()
+        .split('\n')
+        .at(-1);
+      this.dataDir = mkdtempSync(join(tmpdir(), 'turnlog-aisdk-'));
+      this.env = { ...sharing.env, TURNLOG_DATA_DIR: this.dataDir, TURNLOG_DATABASE_URL: url };
       this.proc = null;
       this.log = '';
       return;
@@ -139,7 +146,11 @@ export class Server {
       proc.kill('SIGTERM');
       await Promise.race([gone, sleep(30_000).then(() => proc.kill('SIGKILL'))]);
     }
-    if (this.sharing !== null) return;
+    if (this.sharing !== null) {
+      // Its database is the first server's, which stops it.
+      rmSync(this.dataDir, { recursive: true, force: true });
+      return;
+    }
     try {
       execFileSync(TURNLOG, ['db', 'stop'], { env: this.env, stdio: 'ignore' });
     } catch {
