@@ -45,7 +45,7 @@ SLASH_COMMANDS: Final = {
     "/regenerate": "the same: a new version of the last answer",
     "/edit TEXT": "replace your last message with TEXT (a new version) and answer it",
     "/cancel": "stop the answer being generated, or withdraw a pending question",
-    "/help": "show these commands",
+    "/help": "show these commands and the prompt commands (so does / alone)",
     "/quit": "leave (Ctrl-D or Ctrl-C at the prompt too)",
 }
 HELP: Final = (
@@ -282,9 +282,8 @@ class ChatApp:
                 match line:
                     case "/quit" | "/exit":
                         return 0
-                    case "/help":
-                        for name, what in SLASH_COMMANDS.items():
-                            self.console.print(f"  {name:12} {what}", highlight=False)
+                    case "/help" | "/":
+                        self.list_commands()
                     case "/retry" | "/regenerate":
                         self.retry()
                     case _ if line.startswith("/edit "):
@@ -292,13 +291,25 @@ class ChatApp:
                     case "/cancel":
                         self.cancel()
                     case _ if line.startswith("/") and " " not in line:
-                        self.console.print(f"unknown command {line}; {HELP}", highlight=False)
+                        if line[1:] in {p["name"] for p in self.client.list_prompts()}:
+                            self.send(line)  # a prompt command with no input
+                        else:
+                            self.console.print(f"unknown command {line}; {HELP}", highlight=False)
                     case _:
                         self.send(line)
             except ApiError as e:
                 self.console.print(Text(f"error {e.status}: {e.detail}", style="red"))
             except httpx.HTTPError as e:
                 self.console.print(Text(f"connection error: {e}", style="red"))
+
+    def list_commands(self) -> None:
+        """The chat's own commands, then the prompt commands (`/NAME text` sends a prompt's
+        template with the text in it)."""
+        for name, what in SLASH_COMMANDS.items():
+            self.console.print(f"  {name:12} {what}", highlight=False)
+        for p in self.client.list_prompts():
+            what = p["description"] or p["template"].splitlines()[0][:60]
+            self.console.print(f"  /{p['name']:11} {what}  (prompt)", highlight=False)
 
     @contextlib.contextmanager
     def _quiet(self) -> Iterator[None]:

@@ -365,6 +365,11 @@ class Client:
         result: JSON = _decoded(self.http.get(_Routes.conversation(cid)))
         return result
 
+    def list_prompts(self) -> list[JSON]:
+        """GET /v1/prompts -> the prompt commands (configured, then the user's own)."""
+        result: list[JSON] = _decoded(self.http.get("/v1/prompts"))["items"]
+        return result
+
     def patch_conversation(
         self,
         cid: str,

@@ -41,6 +41,7 @@ from turnlog.log.projection import (
 from turnlog.log.store import Appended, Store, VersionConflict
 from turnlog.product import agents, metadata, search
 from turnlog.product.config import Agent
+from turnlog.product.prompts import Prompts
 from turnlog.providers import ModelForbidden, check_model
 from turnlog.recovery import FoundBy, Recovery
 from turnlog.streams import interrupt_events
@@ -144,6 +145,7 @@ class Chat:
         self.engine = engine
         self.settings = settings
         self.limits = limits or Limits(Settings())  # the default: unlimited
+        self.prompts = Prompts(store.pool, settings.models.product.prompts)
         # Asks the living instance that runs a row to cancel it (turnlog.cluster); False
         # when this one has to end the row itself.
         self.cancel_elsewhere: Callable[[MessageRecord], Awaitable[bool]] | None = None
@@ -375,6 +377,15 @@ class Chat:
             conv = await self.conversation(owner, cid)
             self._send_model(owner, conv, body)
         self._may_start()
+        # `/NAME rest` naming a prompt: expanded now (its date is the send's), stored with it.
+        command = None
+        if body.content.startswith("/"):
+            command = await self.prompts.command(owner, body.content, at=self.now())
+            if command is not None and len(command[1]) > 2 * self.settings.max_message_chars:
+                raise TooLarge(
+                    f"/{command[0].name} expands to {len(command[1])} characters; the limit "
+                    f"is {2 * self.settings.max_message_chars}"
+                )
 
         turn: Turn | None = None
         # The first try decides on the row read above (the append's expected version still
@@ -407,6 +418,8 @@ class Chat:
                         content=body.content,
                         client_message_id=body.client_message_id,
                         options=body.options,
+                        command=None if command is None else command[0],
+                        prompt=None if command is None else command[1],
                     ),
                     turn.started(now),
                 ],

@@ -90,3 +90,19 @@ def test_chat_opened_on_a_generating_answer_follows_it_live(server: Server, tmp_
     assert "you: a slow question" in done.stdout
     assert rows[1]["status"] == "completed"
     assert text_of(rows[1]["blocks"]) in done.stdout
+
+
+def test_chat_lists_prompt_commands_on_slash_and_sends_them(server: Server, tmp_path: Path) -> None:
+    """`/` alone lists the chat's commands and the user's prompts; `/NAME` sends one."""
+    with server.http("alice") as h:
+        r = h.put("/v1/prompts/cli-haiku", json={"description": "a haiku", "template": "Haiku"})
+        assert r.status_code in (200, 201), r.text
+    done = _chat(server, tmp_path, "/\n/cli-haiku\n/quit\n")
+    assert done.returncode == 0, done.stderr
+    assert "/cli-haiku   a haiku  (prompt)" in done.stdout
+    assert "/retry" in done.stdout
+    match = re.search(r"conversation ([0-9a-f-]{36})", done.stdout)
+    assert match, done.stdout
+    with server.client() as c:
+        rows = c.list_messages(match.group(1))
+    assert rows[0]["command"] == {"name": "cli-haiku", "input": ""}

@@ -107,12 +107,14 @@ def build_history(
     # The calls (id -> name) of the last assistant message still without a result; kept
     # as ``out`` grows, so each row costs the same however long the history is.
     open_calls: dict[str, str] = {}
-    for m in ordered:
+    for r, m in zip(rows, ordered, strict=True):
         if m.seq >= before_seq:
             break
         role = m.role
         if role == "user":
-            text = (m.edited_content if m.edited_content is not None else m.content) or ""
+            # An edit as written; else a prompt command's expansion; else what was typed.
+            text = m.edited_content if m.edited_content is not None else r.prompt or m.content
+            text = text or ""
             _answer_dangling(out, open_calls)
             if out and out[-1].role == "user":
                 out[-1] = ChatMessage(role="user", content=f"{out[-1].content}\n\n{text}")
