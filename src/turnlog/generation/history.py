@@ -107,14 +107,18 @@ def build_history(
     # The calls (id -> name) of the last assistant message still without a result; kept
     # as ``out`` grows, so each row costs the same however long the history is.
     open_calls: dict[str, str] = {}
-    for r, m in zip(rows, ordered, strict=True):
+    # A prompt command's expansion is what the model reads (the row keeps what was typed).
+    expanded = {r.message.id: r.prompt for r in rows if r.prompt is not None}
+    for m in ordered:
         if m.seq >= before_seq:
             break
         role = m.role
         if role == "user":
             # An edit as written; else a prompt command's expansion; else what was typed.
-            text = m.edited_content if m.edited_content is not None else r.prompt or m.content
-            text = text or ""
+            if m.edited_content is not None:
+                text = m.edited_content
+            else:
+                text = (expanded.get(m.id) if expanded else None) or m.content or ""
             _answer_dangling(out, open_calls)
             if out and out[-1].role == "user":
                 out[-1] = ChatMessage(role="user", content=f"{out[-1].content}\n\n{text}")
