@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
 import { fakeOpenAI } from "./fakeopenai.mjs";
-import { ARTIFACTS, Turnlog, launchBrowser, waitFor } from "./support.mjs";
+import { ARTIFACTS, Turnlog, launchBrowser, storedText, waitFor } from "./support.mjs";
 
 const AXE = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 
@@ -71,7 +71,10 @@ describe("the web chat as a product", () => {
     fake = await fakeOpenAI(SCRIPTS);
     turnlog = new Turnlog({ FAKE_KEY: "not-a-secret" });
     const config = join(turnlog.dataDir, "turnlog.toml");
-    writeFileSync(config, `[providers.fake]\nkind = "openai"\nbase_url = "${fake.url}"\napi_key_env = "FAKE_KEY"\nmodels = ["scripted"]\n`);
+    writeFileSync(config, [
+      "[providers.fake]", 'kind = "openai"', `base_url = "${fake.url}"`, 'api_key_env = "FAKE_KEY"', 'models = ["scripted"]',
+      "[agents.poet]", 'description = "Answers in verse"', 'system_prompt = "Answer in verse."', "",
+    ].join("\n"));
     turnlog.env.TURNLOG_CONFIG = config;
     await turnlog.start();
     browser = await launchBrowser();
@@ -411,6 +414,100 @@ describe("the web chat as a product", () => {
     assert.equal(conversation.model, "fake:scripted");
     assert.equal(conversation.options.temperature, 0.3);
     assert.equal(conversation.system_prompt, "Answer in haiku.");
+    await page.context().close();
+  });
+
+  test("versions: Regenerate (also with another model), ‹ n/m › between answers, Edit → resend", async () => {
+    // No demo options: they would be unknown to the other model's provider (a 400).
+    const conv = await turnlog.conversation(undefined, "Versions");
+    const page = await signedIn();
+    await openChat(page, conv.id);
+    await send(page, "first question");
+    await turnEnded(page);
+    const first = (await turnlog.messages(conv.id)).at(-1);
+    await page.click("#timeline li.meta .regenerate");
+    await page.waitForSelector("#timeline li.meta .versions .count:text('2/2')", { timeout: 60_000 });
+    await turnEnded(page);
+    // Another model: the third version is the fake model's.
+    await page.selectOption("#timeline li.meta .regen-model", "fake:scripted");
+    await page.waitForSelector("#timeline li.meta .versions .count:text('3/3')", { timeout: 60_000 });
+    await turnEnded(page);
+    await waitFor(async () => (await page.textContent("#timeline li.meta .model")) === "fake:scripted", { what: "the other model's answer" });
+    assert.match(await page.textContent("#timeline li.text"), /You said: first question/);
+    await shoot(page, "29-versions");
+    // ‹ twice: the first answer again, and the server's active path says so.
+    await page.click("#timeline li.meta .prev");
+    await page.waitForSelector("#timeline li.meta .versions .count:text('2/3')");
+    await page.click("#timeline li.meta .prev");
+    await page.waitForSelector("#timeline li.meta .versions .count:text('1/3')");
+    await waitFor(async () => (await turnlog.messages(conv.id)).at(-1).id === first.id, { what: "the first answer active" });
+    assert.equal(await page.textContent("#timeline li.text"), storedText(first));
+    assert.equal(await page.$$eval("#timeline li.text", (l) => l.length), 1, "one answer shown, not the versions stacked");
+    // Edit → resend: a second version of the question, answered.
+    await page.click("#timeline li.user .edit");
+    await page.fill("#timeline li.user textarea", "second question");
+    await page.keyboard.press("Enter");
+    await page.waitForSelector("#timeline li.user .versions .count:text('2/2')");
+    await turnEnded(page);
+    await waitFor(async () => (await page.textContent("#timeline li.text")).includes("second question"), { what: "the new answer" });
+    await page.click("#timeline li.user .prev");
+    await page.waitForSelector("#timeline li.user .versions .count:text('1/2')");
+    await waitFor(async () => (await page.textContent("#timeline li.user .body")) === "first question", { what: "the first question" });
+    await accessible(page, "versions");
+    await page.context().close();
+  });
+
+  test("feedback: thumbs up and down on an answer, stored, and cleared by a second click", async () => {
+    const conv = await turnlog.conversation({ length: 5, tokens_per_second: 200 }, "Feedback");
+    const page = await signedIn();
+    await openChat(page, conv.id);
+    await send(page, "rate me");
+    await turnEnded(page);
+    const mid = (await turnlog.messages(conv.id)).at(-1).id;
+    const rating = async () => (await turnlog.messages(conv.id)).find((m) => m.id === mid).feedback?.rating ?? null;
+    await page.click("#timeline li.meta .thumb.up");
+    await waitFor(async () => (await rating()) === "up", { what: "up stored" });
+    await page.waitForSelector("#timeline li.meta .thumb.up[aria-pressed=true]");
+    await page.click("#timeline li.meta .thumb.down");
+    await waitFor(async () => (await rating()) === "down", { what: "down stored" });
+    await page.waitForSelector("#timeline li.meta .thumb.down[aria-pressed=true]");
+    await shoot(page, "30-feedback");
+    await page.click("#timeline li.meta .thumb.down");
+    await waitFor(async () => (await rating()) === null, { what: "cleared" });
+    await page.context().close();
+  });
+
+  test("the sidebar: titles arrive from the server as answers end; search through ?q= with a snippet", async () => {
+    const conv = await turnlog.conversation({ length: 5, tokens_per_second: 200 }, null);
+    const other = await turnlog.conversation({}, "Nothing to see");
+    const page = await signedIn();
+    await openChat(page, conv.id);
+    await send(page, "Zanzibar travel plans for spring");
+    await turnEnded(page);
+    // The server's title, shown without a reload.
+    await page.waitForSelector(`#conversations li[data-id="${conv.id}"] a:has-text("Zanzibar")`, { timeout: 60_000 });
+    await waitFor(async () => (await page.textContent("#title")).includes("Zanzibar"), { what: "the title in the header" });
+    await page.fill("#search", "zanzibar");
+    await page.waitForSelector("#conversations h2:text('Results')");
+    const found = await page.$$eval("#conversations li[data-id]", (l) => l.map((x) => x.dataset.id));
+    assert.deepEqual(found, [conv.id]);
+    assert.match(await page.textContent(`#conversations li[data-id="${conv.id}"] .match`), /zanzibar/i);
+    await shoot(page, "31-search");
+    await page.fill("#search", "");
+    await page.waitForSelector(`#conversations li[data-id="${other.id}"]`);
+    await page.context().close();
+  });
+
+  test("settings: an agent chosen for the conversation", async () => {
+    const conv = await turnlog.conversation({}, "Agent");
+    const page = await signedIn();
+    await openChat(page, conv.id);
+    await page.click("#settings-button");
+    await page.waitForSelector("#agent-field:not([hidden])");
+    await page.selectOption("#agent", "poet");
+    await page.click("#settings button[type=submit]");
+    await page.waitForSelector("#settings", { state: "hidden" });
+    assert.equal((await turnlog.api(`/v1/conversations/${conv.id}`)).conversation.agent, "poet");
     await page.context().close();
   });
 

@@ -642,17 +642,25 @@ function renderMeta(/** @type {HTMLElement} */ li, /** @type {import("./timeline
   parts.push(arrows);
   parts.push(button("Copy", "Copy answer", () => copy(item.text), "ghost copy"));
   if (row && "feedback" in row) {
-    for (const [rating, symbol, label] of /** @type {const} */ ([["up", "👍", "Good answer"], ["down", "👎", "Bad answer"]])) {
-      const b = button(symbol, label, () => act(() => api(`/v1/messages/${item.row}/feedback`, {
+    for (const [rating, label] of /** @type {const} */ ([["up", "Good answer"], ["down", "Bad answer"]])) {
+      const b = button("", label, () => act(() => api(`/v1/messages/${item.row}/feedback`, {
         method: "PUT", body: { rating: item.feedback === rating ? null : rating },
       }).then((fresh) => { state.rows.set(fresh.id, fresh); schedule(); })), `ghost thumb ${rating}`);
       b.setAttribute("aria-pressed", String(item.feedback === rating));
+      b.append(thumb(rating));
       parts.push(b);
     }
   }
   if (versioned && idle) {
-    parts.push(button("Regenerate", "Regenerate this answer", () =>
-      act(() => api(`/v1/messages/${item.row}/regenerate`, { method: "POST", body: {} })), "ghost regenerate"));
+    parts.push(button("Regenerate", "Regenerate this answer", () => regenerate(item.row, null), "ghost regenerate"));
+    const others = state.models.filter((m) => m !== item.model);
+    if (others.length) {
+      const pick = /** @type {HTMLSelectElement} */ (el("select", "regen-model"));
+      pick.setAttribute("aria-label", "Regenerate with another model");
+      pick.append(new Option("with…", ""), ...others.map((m) => new Option(m, m)));
+      pick.onchange = () => { if (pick.value) regenerate(item.row, pick.value); };
+      parts.push(pick);
+    }
   }
   const info = [];
   if (item.model) info.push(el("span", "model", item.model));
@@ -673,6 +681,31 @@ function renderMeta(/** @type {HTMLElement} */ li, /** @type {import("./timeline
     infoBox.append(part);
   });
   li.replaceChildren(...parts, infoBox);
+}
+
+/** A thumb icon (drawn here: an emoji font is not everywhere). @param {"up" | "down"} way */
+function thumb(way) {
+  const NS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("width", "14");
+  svg.setAttribute("height", "14");
+  svg.setAttribute("aria-hidden", "true");
+  const path = document.createElementNS(NS, "path");
+  path.setAttribute("d", way === "up"
+    ? "M7 10v11H4a1 1 0 0 1-1-1v-9a1 1 0 0 1 1-1zm0 0 4-8a3 3 0 0 1 3 3v4h5.5a2 2 0 0 1 2 2.3l-1.3 8a2 2 0 0 1-2 1.7H7"
+    : "M17 14V3h3a1 1 0 0 1 1 1v9a1 1 0 0 1-1 1zm0 0-4 8a3 3 0 0 1-3-3v-4H4.5a2 2 0 0 1-2-2.3l1.3-8a2 2 0 0 1 2-1.7H17");
+  path.setAttribute("fill", "none");
+  path.setAttribute("stroke", "currentColor");
+  path.setAttribute("stroke-width", "2");
+  path.setAttribute("stroke-linejoin", "round");
+  svg.append(path);
+  return svg;
+}
+
+/** A new version of the turn `row` ends (with `model`, or the conversation's). */
+function regenerate(/** @type {string} */ row, /** @type {string | null} */ model) {
+  act(() => api(`/v1/messages/${row}/regenerate`, { method: "POST", body: model ? { model } : {} }));
 }
 
 /** Whether a tool call waits for the user's yes or no (tool approvals). @param {import("./timeline.js").ToolItem} item */
