@@ -281,14 +281,42 @@ describe("the web chat in Chromium", () => {
     }
   });
 
-  // Last: it kills the server (and restarts it on the same port and data dir).
-  test("SIGKILL mid-answer, restart: the page shows interrupted, and Retry completes", async () => {
+  // Last two: they kill the server (and restart it on the same port and data dir).
+  test("SIGKILL mid-answer, restart: the turn is continued (recovering…) and ends as one whole answer", async () => {
+    const conv = await turnlog.conversation({ tokens_per_second: 10, length: 160 });
+    const page = await open(conv.id);
+    await send(page, "Crash and carry on");
+    await waitFor(async () => ((await lastText(page))?.text.split(" ").length ?? 0) > 8, { what: "some text" });
+    // Whatever the page shows from now on, recorded (the recovering state may be brief).
+    await page.evaluate(() => {
+      window.__seen = new Set();
+      new MutationObserver(() => {
+        window.__seen.add(document.getElementById("conn").dataset.state);
+        if (document.querySelector("#timeline .recovering")) window.__seen.add("recovering note");
+      }).observe(document.body, { subtree: true, childList: true, characterData: true, attributes: true });
+    });
+    await turnlog.kill();
+    await page.waitForSelector("#conn[data-state=reconnecting]");
+    await turnlog.start();
+    await waitFor(() => page.evaluate(() => window.__seen.has("recovering note")), { timeout: 60_000, what: "recovering…" });
+    shots.push(await screenshot(page, "6a-recovering"));
+    await waitFor(async () => (await lastAssistant(conv.id)).status === "completed" && !(await page.isDisabled("#send")),
+      { timeout: 120_000, what: "the continued turn to end" });
+    const row = await lastAssistant(conv.id);
+    await waitFor(async () => (await lastText(page))?.text === storedText(row), { what: "the stored text on the page" });
+    assert.equal(storedText(row).split("Demo answer to").length, 2, "continued, not started again");
+    assert.equal(await page.$("#timeline .recovering"), null);
+    await page.close();
+  });
+
+  test("SIGKILL mid-answer, restart with TURNLOG_RECOVERY=interrupt: interrupted, and Retry completes", async () => {
     const conv = await turnlog.conversation(SLOW);
     const page = await open(conv.id);
     await send(page, "Crash me");
     await waitFor(async () => ((await lastText(page))?.text.split(" ").length ?? 0) > 8, { what: "some text" });
     await turnlog.kill();
     await page.waitForSelector("#conn[data-state=reconnecting]");
+    turnlog.env.TURNLOG_RECOVERY = "interrupt";
     await turnlog.start();
     await page.waitForSelector("li.status[data-status=interrupted] .retry", { timeout: 60_000 });
     const interrupted = await lastAssistant(conv.id);

@@ -330,7 +330,7 @@ async function openStream(mid, overlay, generation) {
     overlay.blocks = decodeBlocks(JSON.parse(e.data).blocks);
     schedule();
   });
-  // A turn continued after its process died: shown until its next words arrive.
+  // A turn continued after its process died: "recovering…" until it ends.
   source.addEventListener("recovering", (e) => {
     overlay.recovering = JSON.parse(e.data).attempt ?? 1;
     schedule();
@@ -345,7 +345,6 @@ async function openStream(mid, overlay, generation) {
         setTimeout(() => reopen(), 0);
         return;
       }
-      overlay.recovering = 0;
       schedule();
     });
   }
