@@ -59,7 +59,8 @@ def test_chat_sends_a_line_and_prints_the_streamed_answer(server: Server, tmp_pa
 
 
 def test_chat_opens_an_existing_conversation_and_retries(server: Server, tmp_path: Path) -> None:
-    """--conversation prints the stored history; /retry of a completed answer shows the 409."""
+    """--conversation prints the stored history; /retry of a completed answer answers it
+    again as a second version (shown), and the next line is sent after that version."""
     with server.client() as c:
         cid = c.create_conversation(model=DEMO, options=FAST)["id"]
         mid = c.send(cid, "an earlier question")["assistant_message"]["id"]
@@ -67,11 +68,17 @@ def test_chat_opens_an_existing_conversation_and_retries(server: Server, tmp_pat
     done = _chat(server, tmp_path, "/retry\nsecond question\n/quit\n", "--conversation", cid)
     assert done.returncode == 0, done.stderr
     assert "you: an earlier question" in done.stdout
-    assert "error 409" in done.stdout  # nothing to retry on a completed answer
+    assert not re.search(r"error \d{3}", done.stdout), done.stdout
+    assert "[version 2/2]" in done.stdout
     with server.client() as c:
         rows = c.list_messages(cid)
+        every = c.list_messages(cid, every_version=True)
     assert [r["role"] for r in rows] == ["user", "assistant", "user", "assistant"]
-    assert rows[3]["status"] == "completed"
+    assert rows[1]["id"] != mid
+    assert (rows[1]["version"], rows[1]["versions"]) == (2, 2)
+    assert mid in {r["id"] for r in every}  # the first answer is kept as version 1
+    assert rows[1]["status"] == rows[3]["status"] == "completed"
+    assert text_of(rows[1]["blocks"]) in done.stdout
     assert text_of(rows[3]["blocks"]) in done.stdout
 
 
