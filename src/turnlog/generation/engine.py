@@ -37,7 +37,8 @@ from turnlog.log.pool import DatabaseUnavailable, urgently
 from turnlog.log.projection import ConversationRecord, DomainError, Fenced, MessageRecord
 from turnlog.log.store import Store
 from turnlog.metrics import Metrics, provider_and_model
-from turnlog.product import agents
+from turnlog.product import agents, cache
+from turnlog.product.cache import ResponseCache
 from turnlog.providers import get_provider
 from turnlog.providers.base import ModelRequest, Provider, ProviderError, StepEnd, UnknownModel
 from turnlog.streams import StreamRegistry, closing_events, done_for
@@ -87,6 +88,7 @@ class Engine:
         self.now = now
         self.provider_for = provider_for
         self.metrics = metrics or Metrics()
+        self.response_cache: ResponseCache | None = None  # set by the app when configured
         self.draining = False
         # Set once a drain stops what still runs: why (a next step started then stops too).
         self._stop_reason: EndReason | None = None
@@ -312,7 +314,11 @@ class Engine:
         provider, name = self.provider_for(turn.model, self.settings)
         # The agent's system prompt and options as configured now, under the conversation's.
         conv = agents.effective(conv, self.settings.models)
-        return build_request(turn, conv, rows, model=name, tools=TOOLS), provider
+        request = build_request(turn, conv, rows, model=name, tools=TOOLS)
+        # The response cache (when configured) answers an identical first step itself.
+        return cache.prepare(
+            self.response_cache, provider, request, owner=conv.owner, model=turn.model
+        )
 
     # -- step endings ----------------------------------------------------------------------
 

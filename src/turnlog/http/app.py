@@ -58,6 +58,7 @@ from turnlog.log.liveness import Liveness
 from turnlog.log.pool import BoundedPool, DatabaseUnavailable
 from turnlog.log.projection import DomainError
 from turnlog.log.store import Appended, OnAppend, Store, open_pool
+from turnlog.product.cache import ResponseCache
 from turnlog.product.titles import Titler
 
 __all__ = ["Runtime", "create_app"]
@@ -193,6 +194,9 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
         rt.engine = Engine(
             rt.store, rt.registry, settings, instance_id=rt.instance_id, metrics=rt.metrics
         )
+        cache_config = settings.models.product.cache
+        if cache_config is not None:
+            rt.engine.response_cache = ResponseCache(rt.store.pool, cache_config, rt.metrics)
         _gauges(rt)
         await rt.limits.open(url)
         rt.chat = Chat(rt.store, rt.engine, settings, rt.limits)

@@ -100,6 +100,10 @@ def check_model(catalog: Catalog, user: str | None, model: str, options: Mapping
     if spec.unavailable is not None:
         raise UnknownModel(f"model {model!r} cannot be used: {spec.unavailable}")
     adapter = adapter_for(spec.kind)
+    # `cache` is turnlog's own option (the response cache), never sent to a provider.
+    if not isinstance(options.get("cache", True), bool):
+        raise ValueError(f"option cache must be true or false, got {options['cache']!r}")
+    options = {k: v for k, v in options.items() if k != "cache"}
     try:
         msgspec.convert(dict(options), adapter.options)
     except (msgspec.ValidationError, TypeError, ValueError) as exc:
