@@ -459,15 +459,17 @@ def wait_port(proc: subprocess.Popen[bytes], port: int) -> None:
 # --------------------------------------------------------------------------- setup helpers
 
 
-async def _setup(server: Server, n: int, options: dict[str, Any]) -> list[str]:
-    """Create ``n`` conversations with these demo options; their ids."""
+async def _setup(
+    server: Server, n: int, options: dict[str, Any], model: str = "demo:default"
+) -> list[str]:
+    """Create ``n`` conversations of ``model`` with these options; their ids."""
     conns = [await Conn.open("127.0.0.1", server.port, server.token) for _ in range(8)]
 
     async def create(conn: Conn, k: int) -> list[str]:
         out = []
         for _ in range(k):
             status, body = await conn.request(
-                "POST", "/v1/conversations", {"model": "demo:default", "options": options}
+                "POST", "/v1/conversations", {"model": model, "options": options}
             )
             if status != 201:
                 raise RuntimeError(f"creating a conversation: {status} {body[:200]!r}")
@@ -501,8 +503,10 @@ async def _stored(server: Server, pairs: list[tuple[str, str]]) -> dict[str, Any
     return out
 
 
-def setup(server: Server, n: int, options: dict[str, Any]) -> list[str]:
-    return asyncio.run(_setup(server, n, options))
+def setup(
+    server: Server, n: int, options: dict[str, Any], model: str = "demo:default"
+) -> list[str]:
+    return asyncio.run(_setup(server, n, options, model))
 
 
 def stored(server: Server, pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -738,9 +742,20 @@ async def _send(server: Server, cid: str) -> tuple[int, bytes]:
         conn.close()
 
 
-def gens(server: Server, g: int, tokens: int, clients: int) -> Row:
-    tps = 30.0
-    cids = setup(server, g, {"tokens_per_second": tps, "length": tokens})
+def gens(
+    server: Server,
+    g: int,
+    tokens: int,
+    clients: int,
+    *,
+    tps: float = 30.0,
+    model: str = "demo:default",
+    options: dict[str, Any] | None = None,
+) -> Row:
+    """G conversations of ``model`` send at once (the demo's: ``tokens`` at ``tps``)."""
+    if options is None:
+        options = {"tokens_per_second": tps, "length": tokens}
+    cids = setup(server, g, options, model)
     workers = Workers("gens", server, split(cids, clients))
     with Measure(server) as m:
         workers.go()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
 import time
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -15,9 +18,12 @@ from turnlog.config import Settings
 __all__ = [
     "TIMEOUT_ERRORS",
     "TRANSPORT_ERRORS",
+    "PerLoop",
     "host_of",
+    "pool_limits",
     "read_backstop_s",
     "redact",
+    "response_type",
     "retry_after",
     "retry_after_value",
 ]
@@ -26,14 +32,55 @@ __all__ = [
 try:
     import httpx2
 
+    _HTTPX2: type | None = httpx2.AsyncClient
+
     TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx2.TransportError, httpx.TransportError)
     TIMEOUT_ERRORS: tuple[type[Exception], ...] = (
         httpx2.TimeoutException,
         httpx.TimeoutException,
     )
 except ImportError:  # pragma: no cover - an older SDK on httpx
+    _HTTPX2 = None
     TRANSPORT_ERRORS = (httpx.TransportError,)
     TIMEOUT_ERRORS = (httpx.TimeoutException,)
+
+
+T = TypeVar("T")
+
+
+def pool_limits(sdk_client: type) -> Any:
+    """A shared SDK client's pool: no cap on concurrent streams (500 generations are 500
+    open responses; the SDKs' defaults cap at 100 or 1000 and queue the rest), a few idle
+    connections kept for the next steps. In the SDK's own HTTP library's type."""
+    if _HTTPX2 is not None and issubclass(sdk_client, _HTTPX2):
+        return httpx2.Limits(max_connections=None, max_keepalive_connections=64)
+    return httpx.Limits(max_connections=None, max_keepalive_connections=64)
+
+
+class PerLoop(Generic[T]):
+    """One long-lived value per key and event loop (an SDK client holds connections of
+    the loop that opened them); a loop's values go with it."""
+
+    def __init__(self) -> None:
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, T]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self, key: Hashable, make: Callable[[], T]) -> T:
+        values = self._by_loop.setdefault(asyncio.get_running_loop(), {})
+        value = values.get(key)
+        if value is None:
+            value = values[key] = make()
+        return value
+
+
+def response_type(sdk_client: type) -> type[Any]:
+    """The response class an SDK's HTTP client makes (``httpx2.Response`` for releases on
+    httpx2, ``httpx.Response`` before): given as ``cast_to``, the SDK's ``post`` returns
+    the response unread, its documented way to a raw response."""
+    if _HTTPX2 is not None and issubclass(sdk_client, _HTTPX2):
+        return httpx2.Response
+    return httpx.Response
 
 
 def read_backstop_s(settings: Settings) -> float:

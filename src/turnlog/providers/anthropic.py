@@ -28,8 +28,8 @@ Quirks handled here:
 
 The SDK's own retries are off (``max_retries=0``): the engine retries, once, for everyone.
 
-The SDK sends the request (``with_streaming_response``: its auth, base URL, headers and
-status errors); the response's bytes are read here (``_sse.py``), each frame one
+The SDK sends the request (``client.post``, its raw request: its auth, base URL, headers
+and status errors); the response's bytes are read here (``_sse.py``), each frame one
 ``msgspec`` decode into ``_Event``, which holds only the fields read below, instead of the
 SDK's pydantic event per frame. A frame of another shape is logged once and skipped.
 """
@@ -65,6 +65,7 @@ from turnlog.providers._common import (
     host_of,
     read_backstop_s,
     redact,
+    response_type,
     retry_after,
 )
 from turnlog.providers._sse import Skipper, SSEDecoder
@@ -90,6 +91,8 @@ __all__ = [
 ]
 
 log = structlog.get_logger("turnlog.providers.anthropic")
+
+_RESPONSE = response_type(anthropic.DefaultAsyncHttpxClient)
 
 # Prefix of a redacted reasoning block that stands for an omitted (empty, signed) thinking block.
 OMITTED_THINKING: Final = "thinking:"
@@ -177,17 +180,28 @@ class AnthropicProvider:
         client = self._client()
         try:
             try:
-                async with client.messages.with_streaming_response.create(
-                    **params, stream=True
-                ) as response:
-                    http = response.http_response
-                    c = request.continuation
-                    trimmed = c is not None and prefills(options) and c.text != c.text.rstrip()
-                    items = _translate(_frames(http.aiter_bytes()))
-                    async for item in _after_prefill(items, trimmed):
+                # The SDK's raw request: its own ``create`` would first walk the whole
+                # history through its TypedDict transform (1-3 ms of CPU per step).
+                http: Any = await client.post(
+                    "/v1/messages",
+                    cast_to=_RESPONSE,
+                    body={**params, "stream": True},
+                    stream=True,
+                    stream_cls=anthropic.AsyncStream[Any],  # not used for a raw response
+                )
+                c = request.continuation
+                trimmed = c is not None and prefills(options) and c.text != c.text.rstrip()
+                items = _translate(http.aiter_bytes())
+                if trimmed:
+                    items = _after_prefill(items, trimmed)
+                try:
+                    async for item in items:
                         if isinstance(item, _ErrorFrame):
                             raise self._status_error(200, item.body, item.text, http.headers)
                         yield item
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await http.aclose()
             except anthropic.APIError as e:
                 raise self._error(e) from None
             except TRANSPORT_ERRORS as e:
@@ -314,33 +328,6 @@ class _ErrorFrame(msgspec.Struct):
     text: str
 
 
-async def _frames(chunks: AsyncIterator[bytes]) -> AsyncIterator[_Event | _ErrorFrame]:
-    """The stream's events; ``ping`` and frames without an event name skipped (as the SDK
-    skips them)."""
-    decoder = SSEDecoder()
-    skipper = Skipper(log, "anthropic")
-    async for raw in chunks:
-        for name, data in decoder.feed(raw):
-            if name == "ping" or not name:
-                continue
-            if name == "error":
-                yield _error_frame(data)
-                return
-            try:
-                yield _decode_event(data)
-            except msgspec.ValidationError as e:
-                skipper.skip(data, e)
-    for name, data in decoder.flush():
-        if name == "error":
-            yield _error_frame(data)
-            return
-        if name and name != "ping":
-            try:
-                yield _decode_event(data)
-            except msgspec.ValidationError as e:
-                skipper.skip(data, e)
-
-
 def _error_frame(data: bytes) -> _ErrorFrame:
     try:
         body: object = msgspec.json.decode(data)
@@ -360,75 +347,93 @@ class _Open(msgspec.Struct):
 
 
 async def _translate(
-    stream: AsyncIterator[_Event | _ErrorFrame],
+    body: AsyncIterator[bytes],
 ) -> AsyncIterator[StreamEvent | StepEnd | _ErrorFrame]:
-    """The stream's events as reducer events and one ``StepEnd`` (an ``error`` event is
-    passed on for the provider to raise)."""
+    """The body's events as reducer events and one ``StepEnd`` (an ``error`` event is
+    passed on for the provider to raise); ``ping`` and frames without an event name
+    skipped, as the SDK skips them."""
     reported: dict[str, int] = {}
     finish = "stop"
     blocks: dict[int, _Open] = {}
-    async for event in stream:
-        if isinstance(event, _ErrorFrame):
-            yield event
-            return
-        match event.type:
-            case "content_block_delta":
-                opened = blocks.get(event.index)
-                delta = event.delta
-                if opened is None or delta is None:
-                    continue
-                match delta.type:
-                    case "text_delta":
-                        yield TextDelta(delta.text)
-                    case "thinking_delta":
-                        opened.has_text = opened.has_text or bool(delta.thinking)
-                        yield ReasoningDelta(delta.thinking)
-                    case "signature_delta":
-                        opened.signature += delta.signature
-                    case "input_json_delta" if delta.partial_json:
-                        opened.text += delta.partial_json
-                        yield ToolCallDelta(opened.tool_id, delta.partial_json)
-                    case _:
-                        pass
-            case "message_start":
-                if event.message is not None:
-                    _add_usage(reported, event.message.usage)
-            case "content_block_start":
-                block = event.content_block
-                if block is None:
-                    continue
-                match block.type:
-                    case "text":
-                        blocks[event.index] = _Open("text")
-                        if block.text:
-                            yield TextDelta(block.text)
-                    case "thinking":
-                        blocks[event.index] = _Open("thinking", signature=block.signature or "")
-                        if block.thinking:
-                            blocks[event.index].has_text = True
-                            yield ReasoningDelta(block.thinking)
-                    case "redacted_thinking":
-                        yield ReasoningRedacted(block.data)
-                    case "tool_use":
-                        blocks[event.index] = _Open("tool_use", tool_id=block.id)
-                        yield ToolCallStarted(block.id, block.name)
-                    case other:
-                        log.info("anthropic block type ignored", block_type=other)
-            case "content_block_stop":
-                opened = blocks.pop(event.index, None)
-                if opened is not None:
-                    for item in _close_block(opened):
-                        yield item
-            case "message_delta":
-                _add_usage(reported, event.usage)
-                if event.delta is not None and event.delta.stop_reason is not None:
-                    reason = event.delta.stop_reason
-                    finish = _FINISH.get(reason, reason)
-            case "message_stop":
-                yield StepEnd(finish, usage=_usage(reported))
+    decoder = SSEDecoder()
+    skipper = Skipper(log, "anthropic")
+    while True:
+        raw: bytes | None
+        try:
+            raw = await anext(body)
+        except StopAsyncIteration:
+            raw = None  # the body ended: the decoder's last frame
+        for name, data in decoder.feed(raw) if raw is not None else decoder.flush():
+            if name == "ping" or not name:
+                continue
+            if name == "error":
+                yield _error_frame(data)
                 return
-            case _:
-                pass
+            try:
+                event = _decode_event(data)
+            except msgspec.ValidationError as e:
+                skipper.skip(data, e)
+                continue
+            match event.type:
+                case "content_block_delta":
+                    opened = blocks.get(event.index)
+                    delta = event.delta
+                    if opened is None or delta is None:
+                        continue
+                    match delta.type:
+                        case "text_delta":
+                            yield TextDelta(delta.text)
+                        case "thinking_delta":
+                            opened.has_text = opened.has_text or bool(delta.thinking)
+                            yield ReasoningDelta(delta.thinking)
+                        case "signature_delta":
+                            opened.signature += delta.signature
+                        case "input_json_delta" if delta.partial_json:
+                            opened.text += delta.partial_json
+                            yield ToolCallDelta(opened.tool_id, delta.partial_json)
+                        case _:
+                            pass
+                case "message_start":
+                    if event.message is not None:
+                        _add_usage(reported, event.message.usage)
+                case "content_block_start":
+                    block = event.content_block
+                    if block is None:
+                        continue
+                    match block.type:
+                        case "text":
+                            blocks[event.index] = _Open("text")
+                            if block.text:
+                                yield TextDelta(block.text)
+                        case "thinking":
+                            blocks[event.index] = _Open("thinking", signature=block.signature or "")
+                            if block.thinking:
+                                blocks[event.index].has_text = True
+                                yield ReasoningDelta(block.thinking)
+                        case "redacted_thinking":
+                            yield ReasoningRedacted(block.data)
+                        case "tool_use":
+                            blocks[event.index] = _Open("tool_use", tool_id=block.id)
+                            yield ToolCallStarted(block.id, block.name)
+                        case other:
+                            log.info("anthropic block type ignored", block_type=other)
+                case "content_block_stop":
+                    opened = blocks.pop(event.index, None)
+                    if opened is not None:
+                        for item in _close_block(opened):
+                            yield item
+                case "message_delta":
+                    _add_usage(reported, event.usage)
+                    if event.delta is not None and event.delta.stop_reason is not None:
+                        reason = event.delta.stop_reason
+                        finish = _FINISH.get(reason, reason)
+                case "message_stop":
+                    yield StepEnd(finish, usage=_usage(reported))
+                    return
+                case _:
+                    pass
+        if raw is None:
+            break
     raise ProviderError("anthropic: the stream ended before message_stop", retryable=True)
 
 

@@ -193,7 +193,7 @@ class GeminiProvider:
             try:
                 response = await _open_stream(client, request.model, contents, config)
                 try:
-                    async for item in _translate(_chunks(response), request):
+                    async for item in _translate(response, request):
                         yield item
                 finally:
                     with anyio.CancelScope(shield=True):
@@ -322,7 +322,9 @@ class _PromptFeedback(msgspec.Struct, rename="camel"):
 
 class _Response(msgspec.Struct, rename="camel"):
     candidates: list[_Candidate] | None = None
-    usage_metadata: _UsageMetadata | None = None
+    # Every chunk carries the running totals and only the last counts: kept as its bytes
+    # (no decode per chunk), decoded once at the end.
+    usage_metadata: msgspec.Raw = msgspec.Raw()
     prompt_feedback: _PromptFeedback | None = None
     response_id: str | None = None
     error: Any = None  # an error object sent inside the stream
@@ -331,14 +333,27 @@ class _Response(msgspec.Struct, rename="camel"):
 _decode_response = msgspec.json.Decoder(_Response).decode
 
 
-async def _chunks(response: httpx.Response) -> AsyncIterator[_Response]:
-    """The response's chunks; an ``{"error": …}`` one raised as the SDK raises it."""
-    decoder = SSEDecoder(keep_other=True)
-    skipper = Skipper(log, "gemini")
-    other = decoder.other
-    assert other is not None
-    async for raw in response.aiter_bytes():
-        frames = [data for _, data in decoder.feed(raw)]
+_decode_usage = msgspec.json.Decoder(_UsageMetadata | None).decode
+
+
+class _Reader:
+    """The response's frames as chunks; an ``{"error": …}`` one raised as the SDK raises
+    it; a chunk of another shape logged once and skipped."""
+
+    __slots__ = ("decoder", "error", "other", "response", "skipper")
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.decoder = SSEDecoder(keep_other=True)
+        self.other = self.decoder.other or []
+        self.skipper = Skipper(log, "gemini")
+        self.error: genai_errors.APIError | None = None  # raised after the chunks before it
+
+    def chunks(self, raw: bytes | None) -> list[_Response]:
+        """The chunks ``raw`` completes (``None``: the body ended)."""
+        frames = self.decoder.feed(raw) if raw is not None else self.decoder.flush()
+        datas = [data for _, data in frames]
+        other = self.other
         if other:
             # An error sent as bare JSON lines (no `data:`): complete once it parses.
             try:
@@ -346,32 +361,26 @@ async def _chunks(response: httpx.Response) -> AsyncIterator[_Response]:
             except msgspec.DecodeError:
                 pass
             else:
-                frames.append(b"".join(other))
+                datas.append(b"".join(other))
                 other.clear()
-        for data in frames:
+        out = []
+        for data in datas:
             try:
                 chunk = _decode_response(data)
             except msgspec.ValidationError as e:
-                skipper.skip(data, e)
+                self.skipper.skip(data, e)
                 continue
             if chunk.error is not None:
-                _raise_error(chunk.error, data, response)
-            yield chunk
-    for _, data in decoder.flush():
-        try:
-            chunk = _decode_response(data)
-        except msgspec.ValidationError as e:
-            skipper.skip(data, e)
-            continue
-        if chunk.error is not None:
-            _raise_error(chunk.error, data, response)
-        yield chunk
+                self.error = _api_error(chunk.error, data, self.response)
+                break
+            out.append(chunk)
+        return out
 
 
-def _raise_error(error: Any, data: bytes, response: httpx.Response) -> None:
+def _api_error(error: Any, data: bytes, response: httpx.Response) -> genai_errors.APIError:
     body = msgspec.json.decode(data)
     code = error.get("code") if isinstance(error, dict) else None
-    raise genai_errors.APIError(code if isinstance(code, int) else 0, body, response)
+    return genai_errors.APIError(code if isinstance(code, int) else 0, body, response)
 
 
 class _State(msgspec.Struct):
@@ -383,39 +392,52 @@ class _State(msgspec.Struct):
 
 
 async def _translate(
-    chunks: AsyncIterator[_Response], request: ModelRequest
+    response: httpx.Response, request: ModelRequest
 ) -> AsyncIterator[StreamEvent | StepEnd]:
     state = _State()
     finish: str | None = None
-    reported: _UsageMetadata | None = None
-    async for chunk in chunks:
-        if chunk.usage_metadata is not None:
-            reported = chunk.usage_metadata  # each chunk's counts are the totals so far
-        if not chunk.candidates:
-            blocked = chunk.prompt_feedback.block_reason if chunk.prompt_feedback else None
-            if blocked:
-                finish = "content_filter"
-            continue
-        candidate = chunk.candidates[0]
-        parts = candidate.content.parts if candidate.content else None
-        for part in parts or ():
-            if part.function_call is None and not part.thought_signature:
-                # The common case (a text or thought part) without a list per part.
-                if part.text:
-                    yield ReasoningDelta(part.text) if part.thought else TextDelta(part.text)
-                    state.has_block = True
-                    state.last_signed = False
+    reported = msgspec.Raw()
+    reader = _Reader(response)
+    body = response.aiter_bytes()
+    while True:
+        # One loop for the body's reads and, at its end (None), the decoder's last frame.
+        raw: bytes | None
+        try:
+            raw = await anext(body)
+        except StopAsyncIteration:
+            raw = None
+        for chunk in reader.chunks(raw):
+            if chunk.usage_metadata:
+                reported = chunk.usage_metadata  # each chunk's counts are the totals so far
+            if not chunk.candidates:
+                blocked = chunk.prompt_feedback.block_reason if chunk.prompt_feedback else None
+                if blocked:
+                    finish = "content_filter"
                 continue
-            for event in _part_events(part, state, chunk.response_id, request):
-                yield event
-        if candidate.finish_reason is not None:
-            name = candidate.finish_reason
-            finish = _FINISH.get(name, name.lower())
+            candidate = chunk.candidates[0]
+            parts = candidate.content.parts if candidate.content else None
+            for part in parts or ():
+                if part.function_call is None and not part.thought_signature:
+                    # The common case (a text or thought part) without a list per part.
+                    if part.text:
+                        yield ReasoningDelta(part.text) if part.thought else TextDelta(part.text)
+                        state.has_block = True
+                        state.last_signed = False
+                    continue
+                for event in _part_events(part, state, chunk.response_id, request):
+                    yield event
+            if candidate.finish_reason is not None:
+                name = candidate.finish_reason
+                finish = _FINISH.get(name, name.lower())
+        if reader.error is not None:
+            raise reader.error
+        if raw is None:
+            break
     if finish is None:
         raise ProviderError("gemini: the stream ended without a finish reason", retryable=True)
     if finish == "stop" and state.calls:
         finish = "tool_calls"
-    yield StepEnd(finish, usage=_usage(reported))
+    yield StepEnd(finish, usage=_usage(_last_usage(reported)))
 
 
 def _part_events(
@@ -466,6 +488,16 @@ def _normalized_signature(wire: str) -> str:
     except (binascii.Error, ValueError):
         return wire
     return base64.b64encode(raw).decode()
+
+
+def _last_usage(raw: msgspec.Raw) -> _UsageMetadata | None:
+    if not raw:
+        return None
+    try:
+        return _decode_usage(raw)
+    except msgspec.ValidationError as e:
+        log.warning("gemini usage of an unexpected shape ignored", error=str(e))
+        return None
 
 
 def _usage(reported: _UsageMetadata | None) -> dict[str, int] | None:

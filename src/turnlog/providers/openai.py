@@ -21,8 +21,8 @@ in ``tests/providers/test_openai.py``:
 - no usage chunk although ``stream_options.include_usage`` was asked (older servers): the
   row's usage stays null.
 
-The SDK sends the request (``with_streaming_response``: its auth, base URL, headers and
-status errors) and the response's bytes are read here, not through the SDK's per-chunk
+The SDK sends the request (``client.post``, its raw request: its auth, base URL, headers
+and status errors) and the response's bytes are read here, not through the SDK's per-chunk
 pydantic objects (``_sse.py``): each ``data:`` frame is one ``msgspec`` decode into
 ``_Chunk``, which holds only the fields read below. A frame of another shape is logged once
 and skipped; one that is not JSON fails the step.
@@ -55,8 +55,11 @@ from turnlog.models import ProviderSpec
 from turnlog.providers._common import (
     TIMEOUT_ERRORS,
     TRANSPORT_ERRORS,
+    PerLoop,
     host_of,
+    pool_limits,
     read_backstop_s,
+    response_type,
     retry_after,
 )
 from turnlog.providers._sse import Skipper, SSEDecoder
@@ -76,6 +79,8 @@ __all__ = ["ADAPTER", "OpenAIOptions", "OpenAIProvider", "to_messages"]
 
 log = structlog.get_logger("turnlog.providers.openai")
 
+_RESPONSE = response_type(openai.DefaultAsyncHttpxClient)
+
 
 class OpenAIOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """The options passed to Chat Completions (``None``: the server's default)."""
@@ -91,8 +96,8 @@ class OpenAIOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, om
 
 
 class OpenAIProvider:
-    """One configured OpenAI-compatible endpoint. A fresh SDK client per step, closed at its
-    end, so a cancelled step closes its HTTP request and nothing outlives it."""
+    """One configured OpenAI-compatible endpoint. Its SDK client is shared by the steps
+    (``_CLIENTS``); each step closes its own response at its end, cancelled or not."""
 
     def __init__(self, spec: ProviderSpec, settings: Settings) -> None:
         self.spec = spec
@@ -104,47 +109,87 @@ class OpenAIProvider:
             options = msgspec.convert(request.options, OpenAIOptions)
         except msgspec.ValidationError as exc:
             raise ProviderError(f"invalid options for openai: {exc}", retryable=False) from None
-        client = openai.AsyncOpenAI(
+        client = _CLIENTS.get(
+            (self.spec.base_url, self.spec.api_key, self.timeout.connect, self.timeout.read),
+            self._client,
+        )
+        try:
+            params: dict[str, Any] = {
+                "model": request.model,
+                "messages": to_messages(
+                    request.system_prompt,
+                    continued_history(request, prefill=self.spec.continuation == "prefill"),
+                ),
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                **msgspec.to_builtins(options),
+            }
+            if request.tools:
+                params["tools"] = [_tool(t) for t in request.tools]
+            assembler = _Assembler()
+            # The SDK's raw request: its own ``create`` would first walk the whole history
+            # through its TypedDict transform (1-3 ms of CPU per step).
+            http: Any = await client.post(
+                "/chat/completions",
+                cast_to=_RESPONSE,
+                body=params,
+                stream=True,
+                stream_cls=openai.AsyncStream[Any],  # not used for a raw response
+            )
+            try:
+                reader = _Reader(http, assembler)
+                body = http.aiter_bytes()
+                while not reader.done:
+                    raw: bytes | None
+                    try:
+                        raw = await anext(body)
+                    except StopAsyncIteration:
+                        raw = None  # the body ended: the decoder's last frame
+                    except TIMEOUT_ERRORS as exc:
+                        raise openai.APITimeoutError(request=http.request) from exc
+                    except TRANSPORT_ERRORS as exc:
+                        raise openai.APIConnectionError(request=http.request) from exc
+                    for event in reader.events(raw):
+                        yield event
+                    if reader.error is not None:
+                        raise reader.error
+                    if raw is None:
+                        break
+            finally:
+                # Shielded: on cancel the request must still be closed now, not at GC. A
+                # response closed before its end closes its connection (never pooled), so
+                # the server sees the disconnect and stops generating.
+                with anyio.CancelScope(shield=True):
+                    await http.aclose()
+            for event in assembler.close():
+                yield event
+            yield assembler.end()
+        except openai.APIError as exc:
+            raise _translate(exc) from None
+        except msgspec.DecodeError as exc:  # a frame that is not JSON
+            raise ProviderError(f"openai: malformed stream: {exc}", retryable=False) from None
+
+    def _client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
             # Local servers need no key, but the SDK wants one (and would read
             # OPENAI_API_KEY, meant for another server, if given none).
             api_key=self.spec.api_key or "no-key",
             base_url=self.spec.base_url,
             max_retries=0,
             timeout=self.timeout,
-            # One shared TLS context: a client of its own would load the CA bundle per step.
-            http_client=openai.DefaultAsyncHttpxClient(verify=tls_context(), timeout=self.timeout),
+            # One shared TLS context: a client of its own would load the CA bundle.
+            http_client=openai.DefaultAsyncHttpxClient(
+                verify=tls_context(),
+                timeout=self.timeout,
+                limits=pool_limits(openai.DefaultAsyncHttpxClient),
+            ),
         )
-        try:
-            try:
-                params: dict[str, Any] = {
-                    "model": request.model,
-                    "messages": to_messages(
-                        request.system_prompt,
-                        continued_history(request, prefill=self.spec.continuation == "prefill"),
-                    ),
-                    "stream": True,
-                    "stream_options": {"include_usage": True},
-                    **msgspec.to_builtins(options),
-                }
-                if request.tools:
-                    params["tools"] = [_tool(t) for t in request.tools]
-                assembler = _Assembler()
-                async with client.chat.completions.with_streaming_response.create(
-                    **params
-                ) as response:
-                    async for item in _read(response.http_response, assembler):
-                        yield item
-                for event in assembler.close():
-                    yield event
-                yield assembler.end()
-            except openai.APIError as exc:
-                raise _translate(exc) from None
-            except msgspec.DecodeError as exc:  # a frame that is not JSON
-                raise ProviderError(f"openai: malformed stream: {exc}", retryable=False) from None
-        finally:
-            # Shielded: on cancel the socket must still be closed now, not at GC.
-            with anyio.CancelScope(shield=True):
-                await client.close()
+
+
+# One SDK client per endpoint (and event loop), its connections kept alive between steps: a
+# client per step cost a new connection (a TLS handshake with a real API), the client's
+# setup and its platform probe in a thread, about 1-2 ms of CPU per step.
+_CLIENTS: PerLoop[openai.AsyncOpenAI] = PerLoop()
 
 
 def _make(spec: ProviderSpec, settings: Settings) -> OpenAIProvider:
@@ -266,42 +311,39 @@ class _Chunk(msgspec.Struct):
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 
 
-async def _read(response: Any, assembler: _Assembler) -> AsyncIterator[StreamEvent]:
-    """The events of the response's ``data:`` frames, up to ``[DONE]``; the SDK's error
-    types for what goes wrong while reading (as its own stream reader raises them)."""
-    decoder = SSEDecoder()
-    skipper = Skipper(log, "openai")
-    feed = assembler.feed
-    try:
-        async for raw in response.aiter_bytes():
-            for _, data in decoder.feed(raw):
-                if data[:6] == b"[DONE]":
-                    return
-                try:
-                    chunk = _decode_chunk(data)
-                except msgspec.ValidationError as exc:
-                    skipper.skip(data, exc)
-                    continue
-                if chunk.error:
-                    raise _stream_error(chunk.error, response)
-                for event in feed(chunk):
-                    yield event
-        for _, data in decoder.flush():
+class _Reader:
+    """The events of the response's ``data:`` frames, up to ``[DONE]`` (then ``done``) or
+    an error object (then ``error``, raised once the events before it are out)."""
+
+    __slots__ = ("assembler", "decoder", "done", "error", "response", "skipper")
+
+    def __init__(self, response: Any, assembler: _Assembler) -> None:
+        self.response = response
+        self.assembler = assembler
+        self.decoder = SSEDecoder()
+        self.skipper = Skipper(log, "openai")
+        self.done = False
+        self.error: openai.APIError | None = None
+
+    def events(self, raw: bytes | None) -> list[StreamEvent]:
+        """What the frames ``raw`` completes make (``None``: the body ended)."""
+        frames = self.decoder.feed(raw) if raw is not None else self.decoder.flush()
+        out: list[StreamEvent] = []
+        for _, data in frames:
             if data[:6] == b"[DONE]":
-                return
+                self.done = True
+                break
             try:
                 chunk = _decode_chunk(data)
             except msgspec.ValidationError as exc:
-                skipper.skip(data, exc)
+                self.skipper.skip(data, exc)
                 continue
             if chunk.error:
-                raise _stream_error(chunk.error, response)
-            for event in feed(chunk):
-                yield event
-    except TIMEOUT_ERRORS as exc:
-        raise openai.APITimeoutError(request=response.request) from exc
-    except TRANSPORT_ERRORS as exc:
-        raise openai.APIConnectionError(request=response.request) from exc
+                self.error = _stream_error(chunk.error, self.response)
+                self.done = True
+                break
+            out += self.assembler.feed(chunk)
+        return out
 
 
 def _stream_error(error: Any, response: Any) -> openai.APIError:
