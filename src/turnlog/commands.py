@@ -23,6 +23,7 @@ from turnlog_reducer import ToolCallBlock
 
 from turnlog.config import Settings
 from turnlog.generation.engine import Engine
+from turnlog.generation.tools.registry import ToolForbidden, UnknownTool
 from turnlog.generation.turn import Turn, utcnow
 from turnlog.limits import Limits
 from turnlog.log import events as ev
@@ -98,6 +99,7 @@ class ConversationIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     system_prompt: str | None = None
     metadata: dict[str, str] | None = None
     agent: str | None = None  # a preset whose fields are defaults under these
+    tools: list[str] | None = None  # names or globs; None: the agent's or the default
 
 
 class ConversationPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -107,6 +109,7 @@ class ConversationPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     system_prompt: str | msgspec.UnsetType | None = msgspec.UNSET
     metadata: dict[str, str] | msgspec.UnsetType = msgspec.UNSET  # replaces the whole map
     agent: str | msgspec.UnsetType | None = msgspec.UNSET
+    tools: list[str] | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class MessageIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -198,6 +201,21 @@ class Chat:
         except agents.UnknownAgent as exc:
             raise BadRequest(str(exc)) from None
 
+    def _tools(self, owner: str, tools: list[str] | None) -> tuple[str, ...] | None:
+        """A conversation's ``tools`` checked: unknown 400, forbidden 403."""
+        if tools is None:
+            return None
+        _no_nul("tools", tools)
+        if len(tools) > 100:
+            raise BadRequest(f"tools names {len(tools)} entries; at most 100")
+        try:
+            self.engine.tools.check(owner, tools)
+        except ToolForbidden as exc:
+            raise Forbidden(str(exc)) from None
+        except UnknownTool as exc:
+            raise BadRequest(str(exc)) from None
+        return tuple(dict.fromkeys(tools))
+
     async def conversation(self, owner: str, cid: uuid.UUID) -> ConversationRecord:
         record = await self.store.get_conversation(cid)
         # Another user's conversation is "not found": its existence is not revealed.
@@ -229,6 +247,7 @@ class Chat:
         if body.system_prompt is not None:
             self._text("system_prompt", body.system_prompt)
         metadata = _metadata(body.metadata or {})
+        tools = self._tools(owner, body.tools)
         cid = cid or uuid.uuid4()
         done = await self.store.append(
             cid,
@@ -243,6 +262,7 @@ class Chat:
                     system_prompt=body.system_prompt,
                     metadata=metadata,
                     agent=body.agent,
+                    tools=tools,
                 )
             ],
             expected_version=0,
@@ -296,6 +316,11 @@ class Chat:
             self._text("system_prompt", patch.system_prompt)
         if isinstance(patch.metadata, dict):
             _metadata(patch.metadata)
+        tools = (
+            patch.tools
+            if isinstance(patch.tools, msgspec.UnsetType)
+            else self._tools(owner, patch.tools)
+        )
 
         async def attempt() -> Appended:
             conv = await self.conversation(owner, cid)
@@ -318,6 +343,7 @@ class Chat:
                         system_prompt=patch.system_prompt,
                         metadata=patch.metadata,
                         agent=patch.agent,
+                        tools=tools,
                     )
                 ],
                 expected_version=c.version,

@@ -14,6 +14,7 @@ row the store rejects it (``Fenced``) and the generation stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 import uuid
@@ -23,18 +24,33 @@ from typing import Any, Literal
 import anyio
 import structlog
 from anyio.abc import TaskGroup
-from turnlog_reducer import Done
+from turnlog_reducer import Done, TextDelta
 
 from turnlog import aio
 from turnlog.config import Settings
 from turnlog.generation.checkpoints import Checkpointer
 from turnlog.generation.history import build_request
 from turnlog.generation.step import scrub, stream_with_retries
-from turnlog.generation.tools import TOOLS, plan_tools, tool_rows
+from turnlog.generation.tools.execution import idempotency_key, run_calls
+from turnlog.generation.tools.orchestration import (
+    NOT_RUN,
+    ToolPlan,
+    limit_note,
+    plan_tools,
+    tool_rows,
+    turn_so_far,
+)
+from turnlog.generation.tools.registry import Tool, ToolContext, ToolRegistry
 from turnlog.generation.turn import Clock, EndReason, Generation, Turn, utcnow
 from turnlog.log import events as ev
 from turnlog.log.pool import DatabaseUnavailable, urgently
-from turnlog.log.projection import ConversationRecord, DomainError, Fenced, MessageRecord
+from turnlog.log.projection import (
+    AlreadyStored,
+    ConversationRecord,
+    DomainError,
+    Fenced,
+    MessageRecord,
+)
 from turnlog.log.store import Store
 from turnlog.metrics import Metrics, provider_and_model
 from turnlog.product import agents, cache
@@ -78,9 +94,11 @@ class Engine:
         provider_for: ProviderFor = get_provider,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tools: ToolRegistry | None = None,
     ) -> None:
         """``now``: the wall clock of the stored events; ``clock``: the checkpointer's
-        monotonic clock (a test moves it on to make unstored events late)."""
+        monotonic clock (a test moves it on to make unstored events late); ``tools``: the
+        tools offered (default: the built-ins and the configured client tools)."""
         self.store = store
         self.registry = registry
         self.settings = settings
@@ -89,6 +107,7 @@ class Engine:
         self.provider_for = provider_for
         self.metrics = metrics or Metrics()
         self.response_cache: ResponseCache | None = None  # set by the app when configured
+        self.tools = tools or ToolRegistry(settings.models.tools, now=now)
         self.draining = False
         # Set once a drain stops what still runs: why (a next step started then stops too).
         self._stop_reason: EndReason | None = None
@@ -262,7 +281,7 @@ class Engine:
         after server tools."""
         try:
             try:
-                request, provider = await self._request(gen.turn, gen.conversation)
+                request, provider = await self._request(gen, gen.conversation)
                 gen.conversation = None
             except UnknownModel as exc:
                 with aio.cancel_scope(shield=True):
@@ -298,8 +317,9 @@ class Engine:
             self._forget(gen)
 
     async def _request(
-        self, turn: Turn, conv: ConversationRecord | None = None
+        self, gen: Generation, conv: ConversationRecord | None = None
     ) -> tuple[ModelRequest, Provider]:
+        turn = gen.turn
         # The system prompt and options cannot change while the turn runs (the conversation
         # is busy), so the row its start was appended with is as good as a fresh read.
         if conv is None:
@@ -314,11 +334,24 @@ class Engine:
         provider, name = self.provider_for(turn.model, self.settings)
         # The agent's system prompt and options as configured now, under the conversation's.
         conv = agents.effective(conv, self.settings.models)
-        request = build_request(turn, conv, rows, model=name, tools=TOOLS)
+        # The tools this step offers: the conversation's (else its agent's, else the
+        # default) that its owner may use now; the turn's limits count what came before.
+        gen.user = conv.owner
+        gen.tools = {t.name: t for t in self.tools.select(conv.owner, self._patterns(conv))}
+        gen.step, gen.calls_before = turn_so_far(rows, turn)
+        specs = tuple(t.spec() for t in gen.tools.values())
+        request = build_request(turn, conv, rows, model=name, tools=specs)
         # The response cache (when configured) answers an identical first step itself.
         return cache.prepare(
             self.response_cache, provider, request, owner=conv.owner, model=turn.model
         )
+
+    def _patterns(self, conv: ConversationRecord) -> tuple[str, ...] | None:
+        c = conv.conversation
+        if c.tools is not None:
+            return c.tools
+        agent = self.settings.models.product.agents.get(c.agent) if c.agent else None
+        return tuple(agent.tools) if agent is not None and agent.tools is not None else None
 
     # -- step endings ----------------------------------------------------------------------
 
@@ -368,7 +401,26 @@ class Engine:
         (one write); return the next step's generation, if one starts."""
         turn = gen.turn
         self._close_open_calls(gen)
-        plan = plan_tools(gen.stream.blocks)
+        answered = [n for n, t in gen.tools.items() if t.descriptor.kind != "server"]
+        plan = plan_tools(gen.stream.blocks, answered)
+        results: list[str] | None = None
+        note: str | None = None
+        if plan.server:
+            ran = await self._run_server_calls(gen, plan)
+            if ran is None:
+                return None  # fenced, or the database gone: handled
+            if gen.end_reason == "handed_over":
+                # Left generating: its started calls are the successor's to judge.
+                await self._hand_over(gen)
+                return None
+            if gen.end_reason is not None:
+                await self._end(gen, gen.end_reason)
+                return None
+            results, note = ran
+            if note is not None:
+                # The turn ends here (a limit): say so in the answer itself.
+                gen.stream.publish(TextDelta(note))
+                gen.pending.append(TextDelta(note))
         now = self.now()
         async with gen.write_lock:
             try:
@@ -404,7 +456,9 @@ class Engine:
                     return None
                 if conv is None:
                     raise Fenced(f"conversation {turn.conversation_id} is gone")
-                rows, next_turn = tool_rows(turn, plan, conv.last_seq + 1, now)
+                rows, next_turn = tool_rows(
+                    turn, plan, conv.last_seq + 1, now, results, stop=note is not None
+                )
                 batch.extend(rows)
             try:
                 await self._write_end(turn, batch, gen.unacked_since)
@@ -473,6 +527,84 @@ class Engine:
                 log.warning("could not store the handed-over row's last events", error=str(exc))
         log.info("generation handed over", stream_seq=gen.stream.seq)
         gen.stream.abandon()
+
+    async def _run_server_calls(
+        self, gen: Generation, plan: ToolPlan
+    ) -> tuple[list[str], str | None] | None:
+        """Run a completed step's server calls; their results in call order and the note
+        that ends the turn when a limit stopped it (None: fenced or the database gone,
+        already handled).
+
+        Before any call runs, ``ToolCallsStarted`` is stored (with the stream events not
+        yet stored, as a checkpoint): each call, its idempotency key and its tool's effect.
+        Recovery relies on it: a call with that record and no result may have run."""
+        turn = gen.turn
+        config = self.tools.config
+        runnable, note = limit_note(
+            gen.step,
+            gen.calls_before,
+            len(plan.server),
+            config.max_steps,
+            config.max_tool_calls,
+        )
+        calls = plan.server[:runnable]
+        batch: list[tuple[Tool | None, str, Any, ToolContext]] = []
+        for call in calls:
+            tool = gen.tools.get(call.name)
+            ctx = ToolContext(
+                user=gen.user,
+                conversation_id=str(turn.conversation_id),
+                message_id=str(turn.message_id),
+                tool_call_id=call.id,
+                idempotency_key=idempotency_key(str(turn.message_id), call.id),
+            )
+            batch.append(
+                (tool if tool is not None and tool.run else None, call.name, call.arguments, ctx)
+            )
+        if batch:
+            async with gen.write_lock:
+                try:
+                    await self._settle_before_end(gen)
+                    events, seq = gen.take_pending()
+                    started = ev.ToolCallsStarted(
+                        at=self.now(),
+                        message_id=turn.message_id,
+                        attempt=turn.attempt,
+                        events=events,
+                        stream_seq=seq,
+                        from_seq=gen.stored_seq,
+                        calls=tuple(
+                            ev.StartedCall(
+                                tool_call_id=ctx.tool_call_id,
+                                tool_name=name,
+                                idempotency_key=ctx.idempotency_key,
+                                effect=tool.descriptor.effect if tool else "read_only",
+                            )
+                            for tool, name, _, ctx in batch
+                        ),
+                    )
+                    with contextlib.suppress(AlreadyStored):
+                        await self._write_end(turn, [started], gen.unacked_since)
+                except DomainError:  # fenced, or the conversation is gone
+                    await self._finish_from_store(gen)
+                    return None
+                except WriteGaveUp as exc:
+                    self._gave_up(gen, exc)
+                    return None
+                gen.stored_seq = seq
+                gen.unacked_since = None
+            log.info("tool calls started", calls=[name for _, name, _, _ in batch])
+        outputs = []
+        with anyio.CancelScope() as scope:
+            gen.tool_scope = scope
+            if gen.end_reason is None:
+                outputs = await run_calls(
+                    batch, parallel=config.parallel_tool_calls, metrics=self.metrics
+                )
+        gen.tool_scope = None
+        results = [o.content for o in outputs]
+        results += [NOT_RUN] * (len(plan.server) - len(results))
+        return results, note
 
     def _count_tokens(self, turn: Turn, usage: dict[str, Any] | None) -> None:
         provider, model = provider_and_model(turn.model)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import anyio
 import msgspec
 from turnlog_reducer import StreamEvent
 
@@ -133,6 +134,15 @@ class Generation:
         self.retry_at = 0.0
         # Set while a checkpoint write of it is queued or under way.
         self.checkpoint_queued = False
+        # Tools (turnlog.generation.tools): those this step offered the model, by name; the
+        # conversation's owner (the user tools run for); this step's number in its turn and
+        # the tool calls earlier steps ran (the turn's limits); while server tools run, the
+        # scope that cancel stops them with.
+        self.tools: dict[str, Any] = {}
+        self.user = "" if conversation is None else conversation.owner
+        self.step = 1
+        self.calls_before = 0
+        self.tool_scope: anyio.CancelScope | None = None
 
     def take_pending(self) -> tuple[tuple[StreamEvent, ...], int]:
         """The unstored events, coalesced, and the seq they reach; no await in between, so
@@ -162,3 +172,5 @@ class Generation:
         if self.end_reason is None:
             self.end_reason = reason
         self.scope.cancel()
+        if self.tool_scope is not None:
+            self.tool_scope.cancel()

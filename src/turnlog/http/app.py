@@ -192,7 +192,12 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
     rt.liveness = Liveness(url, rt.store, rt.instance_id)
     try:
         rt.engine = Engine(
-            rt.store, rt.registry, settings, instance_id=rt.instance_id, metrics=rt.metrics
+            rt.store,
+            rt.registry,
+            settings,
+            instance_id=rt.instance_id,
+            metrics=rt.metrics,
+            tools=rt.tools,
         )
         cache_config = settings.models.product.cache
         if cache_config is not None:

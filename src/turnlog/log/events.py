@@ -34,6 +34,8 @@ class ConversationCreated(_Event, frozen=True, tag="conversation_created"):
     system_prompt: str | None
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
     agent: str | None = None
+    # Tool names or globs the model may call (None: the configured default).
+    tools: tuple[str, ...] | None = None
 
 
 class ConversationUpdated(_Event, frozen=True, tag="conversation_updated"):
@@ -43,6 +45,7 @@ class ConversationUpdated(_Event, frozen=True, tag="conversation_updated"):
     system_prompt: str | UnsetType | None = UNSET
     metadata: dict[str, str] | UnsetType = UNSET  # replaces the whole map
     agent: str | UnsetType | None = UNSET
+    tools: tuple[str, ...] | UnsetType | None = UNSET
 
 
 class ConversationDeleted(_Event, frozen=True, tag="conversation_deleted"):
@@ -182,6 +185,29 @@ class VersionSelected(_Event, frozen=True, tag="version_selected"):
     leaf_id: uuid.UUID
 
 
+class StartedCall(msgspec.Struct, frozen=True, kw_only=True):
+    """One server tool call about to run (see ``ToolCallsStarted``)."""
+
+    tool_call_id: str
+    tool_name: str
+    # The same for every run of this call (a hash of the step's row id and the call id);
+    # the tool receives it (turnlog.ToolContext, MCP ``_meta``).
+    idempotency_key: str
+    effect: Literal["read_only", "idempotent", "side_effect"]
+
+
+class ToolCallsStarted(_TurnEvent, frozen=True, tag="tool_calls_started"):
+    """Server tool calls of a step are about to run: stored BEFORE any of them runs.
+
+    The row stays ``generating`` (it is a checkpoint of the step, carrying the stream
+    events not yet stored) until the step's ``StepCompleted`` stores the results. So a
+    process that dies while tools run leaves a generating row whose log says which calls
+    started and have no result: recovery runs one again only if its ``effect`` is
+    ``read_only`` or ``idempotent`` (docs/tools.md, "At most once")."""
+
+    calls: tuple[StartedCall, ...]
+
+
 DomainEvent = (
     ConversationCreated
     | ConversationUpdated
@@ -199,9 +225,12 @@ DomainEvent = (
     | FeedbackGiven
     | VersionSelected
     | TurnResumed
+    | ToolCallsStarted
 )
 
-TurnEvent = TurnCheckpointed | StepCompleted | TurnFailed | TurnAborted | TurnInterrupted
+TurnEvent = (
+    TurnCheckpointed | StepCompleted | TurnFailed | TurnAborted | TurnInterrupted | ToolCallsStarted
+)
 
 EVENT_TYPES: dict[type[Any], str] = {cls: cls.__struct_config__.tag for cls in DomainEvent.__args__}
 

@@ -27,6 +27,7 @@ from turnlog.log.events import (
     FeedbackGiven,
     StepCompleted,
     TitleGenerated,
+    ToolCallsStarted,
     ToolResultRecorded,
     TurnAborted,
     TurnCheckpointed,
@@ -62,6 +63,8 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True):
     agent: str | None = None
     # Where the active path ends (None: no rows yet). See turnlog.log.tree.
     active_leaf_id: uuid.UUID | None = None
+    # Tool names or globs its model may call (None: the agent's, else the configured default).
+    tools: tuple[str, ...] | None = None
 
 
 class Feedback(msgspec.Struct, frozen=True, kw_only=True):
@@ -174,6 +177,8 @@ def referenced_messages(event: DomainEvent) -> tuple[uuid.UUID, ...]:
     match event:
         case UserMessageEdited(message_id=mid) | TurnCheckpointed(message_id=mid):
             return (mid,)
+        case ToolCallsStarted(message_id=mid):
+            return (mid,)
         case StepCompleted(message_id=mid) | TurnFailed(message_id=mid):
             return (mid,)
         case TurnAborted(message_id=mid) | TurnInterrupted(message_id=mid):
@@ -249,7 +254,12 @@ def check(
                     "only user messages can be edited"
                 )
         case (
-            TurnCheckpointed() | StepCompleted() | TurnFailed() | TurnAborted() | TurnInterrupted()
+            TurnCheckpointed()
+            | StepCompleted()
+            | TurnFailed()
+            | TurnAborted()
+            | TurnInterrupted()
+            | ToolCallsStarted()
         ):
             row = _row(messages, event.message_id)
             if row.message.status != "generating":
@@ -265,7 +275,7 @@ def check(
                 raise InvalidEvent(f"{type(event).__name__} needs the generation's attempt id")
             if event.from_seq is not UNSET and event.from_seq != row.stream_seq:
                 if (
-                    isinstance(event, TurnCheckpointed)
+                    isinstance(event, TurnCheckpointed | ToolCallsStarted)
                     and event.from_seq < row.stream_seq
                     and event.stream_seq == row.stream_seq
                 ):
@@ -358,6 +368,7 @@ def evolve(
             updated_at=event.at,
             metadata=event.metadata,
             agent=event.agent,
+            tools=event.tools,
         )
         return Outcome(ConversationRecord(conversation=c, owner=event.owner, last_seq=0), ())
     assert conv is not None, "event for a missing conversation"
@@ -375,6 +386,7 @@ def evolve(
                 ),
                 metadata=c.metadata if event.metadata is UNSET else event.metadata,
                 agent=c.agent if event.agent is UNSET else event.agent,
+                tools=c.tools if event.tools is UNSET else event.tools,
                 updated_at=at,
             )
             return _with(conv, c, version)
@@ -469,7 +481,12 @@ def evolve(
             row = msgspec.structs.replace(old, message=m, attempt=event.attempt)
             return _with(conv, c, version, (row,))
         case (
-            TurnCheckpointed() | StepCompleted() | TurnFailed() | TurnAborted() | TurnInterrupted()
+            TurnCheckpointed()
+            | StepCompleted()
+            | TurnFailed()
+            | TurnAborted()
+            | TurnInterrupted()
+            | ToolCallsStarted()
         ):
             return _evolve_turn(conv, messages[event.message_id], event, version)
     raise AssertionError(f"unhandled event {type(event).__name__}")
@@ -486,7 +503,7 @@ def _evolve_turn(
     m = msgspec.structs.replace(old.message, blocks=blocks, updated_at=at)
     row = msgspec.structs.replace(old, message=m, stream_seq=event.stream_seq)
     c = conv.conversation
-    if isinstance(event, TurnCheckpointed):
+    if isinstance(event, TurnCheckpointed | ToolCallsStarted):
         return _with(conv, c, version, (row,))
     if isinstance(event, StepCompleted):
         calls = tuple(b.id for b in blocks if isinstance(b, ToolCallBlock))

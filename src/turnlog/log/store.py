@@ -94,6 +94,7 @@ def _public_change(before: ConversationRecord | None, after: ConversationRecord 
         a.metadata,
         a.agent,
         a.active_leaf_id,
+        a.tools,
     ) != (
         b.title,
         b.model,
@@ -103,6 +104,7 @@ def _public_change(before: ConversationRecord | None, after: ConversationRecord 
         b.metadata,
         b.agent,
         b.active_leaf_id,
+        b.tools,
     )
 
 
@@ -123,13 +125,14 @@ def configure_connection(conn: psycopg.Connection[Any] | psycopg.AsyncConnection
 _blocks = msgspec.json.Decoder(tuple[Block, ...])
 _obj = msgspec.json.Decoder(dict[str, Any])
 _strings = msgspec.json.Decoder(dict[str, str])
+_names = msgspec.json.Decoder(tuple[str, ...] | None)
 _feedback = msgspec.json.Decoder(Feedback)
 _command = msgspec.json.Decoder(ev.Command)
 _json = msgspec.json.Encoder()
 
 CONVERSATION_COLUMNS = (
     "id, owner, title, model, options, system_prompt, state, version, last_seq, "
-    "created_at, updated_at, metadata, agent, active_leaf_id, leaf_seq, last_id, tree"
+    "created_at, updated_at, metadata, agent, active_leaf_id, leaf_seq, last_id, tree, tools"
 )
 MESSAGE_COLUMNS = (
     "id, conversation_id, seq, role, content, blocks, status, error, finish_reason, usage, "
@@ -160,6 +163,7 @@ def conversation_from_row(row: Sequence[Any]) -> ConversationRecord:
         leaf_seq,
         last_id,
         tree,
+        tools,
     ) = row
     return ConversationRecord(
         conversation=Conversation(
@@ -175,6 +179,7 @@ def conversation_from_row(row: Sequence[Any]) -> ConversationRecord:
             metadata=_strings.decode(metadata),
             agent=agent,
             active_leaf_id=active_leaf_id,
+            tools=None if tools is None else _names.decode(tools),
         ),
         owner=owner,
         last_seq=last_seq,
@@ -271,6 +276,7 @@ def conversation_params(r: ConversationRecord) -> tuple[Any, ...]:
         r.leaf_seq,
         r.last_id,
         list(r.tree),
+        None if c.tools is None else _json.encode(c.tools).decode(),
     )
 
 
@@ -339,7 +345,7 @@ _LOG_EVENTS = (
 _WRITE = (
     f"WITH guard AS (INSERT INTO conversations ({CONVERSATION_COLUMNS}) VALUES ("
     + ", ".join(
-        f"%({c})s::jsonb" if c in ("options", "metadata") else f"%({c})s"
+        f"%({c})s::jsonb" if c in ("options", "metadata", "tools") else f"%({c})s"
         for c in _CONVERSATION_WRITABLE
     )
     + f") ON CONFLICT (id) DO UPDATE SET {_updates(_CONVERSATION_WRITABLE)}"
