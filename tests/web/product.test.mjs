@@ -73,7 +73,9 @@ describe("the web chat as a product", () => {
     const config = join(turnlog.dataDir, "turnlog.toml");
     writeFileSync(config, [
       "[providers.fake]", 'kind = "openai"', `base_url = "${fake.url}"`, 'api_key_env = "FAKE_KEY"', 'models = ["scripted"]',
-      "[agents.poet]", 'description = "Answers in verse"', 'system_prompt = "Answer in verse."', "",
+      "[agents.poet]", 'description = "Answers in verse"', 'system_prompt = "Answer in verse."',
+      "[prompts.summarize]", 'description = "Summarize a text"', 'template = "Summarize: {{input}}"',
+      "[prompts.translate]", 'description = "Translate to French"', 'template = "In French: {{input}}"', "",
     ].join("\n"));
     turnlog.env.TURNLOG_CONFIG = config;
     await turnlog.start();
@@ -495,6 +497,57 @@ describe("the web chat as a product", () => {
     await shoot(page, "31-search");
     await page.fill("#search", "");
     await page.waitForSelector(`#conversations li[data-id="${other.id}"]`);
+    await page.context().close();
+  });
+
+  test("`/` in the composer lists the prompt commands; the keyboard picks one and the send runs it", async () => {
+    const conv = await turnlog.conversation({ length: 5, tokens_per_second: 200 }, "Commands");
+    const page = await signedIn();
+    await openChat(page, conv.id);
+    await page.focus("#input");
+    await page.keyboard.type("/");
+    await page.waitForSelector("#commands:not([hidden])");
+    assert.deepEqual(await page.$$eval("#commands li", (l) => l.map((x) => x.firstChild.textContent)), ["/summarize", "/translate"]);
+    assert.equal(await page.getAttribute("#input", "aria-activedescendant"), "command-0");
+    await shoot(page, "32-commands");
+    await accessible(page, "the command list");
+    await page.keyboard.press("ArrowDown");
+    await page.waitForSelector("#commands li[aria-selected=true]:has-text('/translate')");
+    await page.keyboard.press("Enter");
+    assert.equal(await page.inputValue("#input"), "/translate ");
+    assert.equal(await page.isHidden("#commands"), true);
+    await page.keyboard.type("good morning");
+    await page.keyboard.press("Enter");
+    await turnEnded(page);
+    const [sent] = await turnlog.messages(conv.id);
+    assert.equal(sent.content, "/translate good morning");
+    assert.deepEqual(sent.command, { name: "translate", input: "good morning" });
+    // Esc closes the list; typing on narrows it.
+    await page.keyboard.type("/su");
+    await page.waitForSelector("#commands:not([hidden])");
+    assert.equal(await page.$$eval("#commands li", (l) => l.length), 1);
+    await page.keyboard.press("Escape");
+    assert.equal(await page.isHidden("#commands"), true);
+    await page.context().close();
+  });
+
+  test("a tool call shows its arguments and result, folded once it has its result", async () => {
+    const conv = await turnlog.conversation({ tool: "clock", length: 10, tokens_per_second: 200 }, "Tools");
+    const page = await signedIn();
+    await openChat(page, conv.id);
+    await send(page, "What time is it?");
+    await turnEnded(page);
+    const call = "#timeline li.tool_call";
+    await page.waitForSelector(`${call} .state:text("done")`);
+    assert.equal(await page.textContent(`${call} .name`), "clock");
+    assert.equal(await page.$eval(`${call} details`, (d) => d.open), false, "folded once answered");
+    await page.click(`${call} summary`);
+    assert.equal(await page.$eval(`${call} details`, (d) => d.open), true);
+    const tool = (await turnlog.messages(conv.id)).find((m) => m.role === "tool");
+    assert.equal(await page.textContent(`${call} .result`), tool.content);
+    await page.waitForSelector(`${call} .args`);
+    await shoot(page, "33-tool-call");
+    await accessible(page, "a tool call");
     await page.context().close();
   });
 

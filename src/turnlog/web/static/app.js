@@ -200,6 +200,7 @@ function showEmpty() {
   clearTimeline();
   $("title").textContent = "New chat";
   $("empty").hidden = false;
+  $("timeline").hidden = true;
   $("settings").hidden = true;
   $("settings-button").hidden = true;
   $("export").hidden = true;
@@ -215,6 +216,7 @@ async function openConversation(cid) {
   state.cid = cid;
   clearTimeline();
   $("empty").hidden = true;
+  $("timeline").hidden = false;
   $("settings-button").hidden = false;
   $("export").hidden = false;
   $("title").textContent = "";
@@ -417,6 +419,9 @@ function render() {
     }
   }
   if (atBottom) list.scrollTop = list.scrollHeight;
+  // A conversation with no message yet says what to do, like a new chat.
+  $("empty").hidden = items.length > 0;
+  list.hidden = items.length === 0;
 
   $("title").textContent = conv.title || "Untitled";
   document.title = `${conv.title || "Untitled"} · turnlog`;
