@@ -82,7 +82,8 @@ export function encodeBlocks(blocks: Blocks | ReadonlyArray<Block>): string;
  * @typedef {{type: "reasoning_redacted", data: string}} ReasoningRedacted
  * @typedef {"completed" | "interrupted" | "error" | "aborted"} DoneStatus
  * @typedef {{type: "done", status: DoneStatus, finish_reason?: string | null,
- *   usage?: Record<string, unknown> | null, error?: string | null}} Done
+ *   usage?: Record<string, unknown> | null, error?: string | null,
+ *   recovered?: number | null}} Done
  * @typedef {TextDelta | ReasoningDelta | ToolCallStarted | ToolCallDelta | ToolCallReady
  *   | Signature | ReasoningRedacted | Done} StreamEvent
  */
