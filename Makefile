@@ -57,6 +57,7 @@ bench: $(STAMP)
 	-$(BIN)/python bench/reducer.py
 	-node bench/reducer.mjs
 	-$(BIN)/python bench/store.py
+	-$(BIN)/python bench/search.py
 	$(BIN)/python bench/load.py
 
 # Optional, not part of `test`: the openai adapter against llama-cpp-python's server running

@@ -232,16 +232,21 @@ def main() -> int:
                 queries = [make() for _ in range(args.queries + 20)]
 
                 def find(i: int, queries: list[str] = queries) -> int:
-                    statement, params = search.statement(
+                    # Exactly what turnlog.product.search runs: the estimate, then the
+                    # statement of its shape, never prepared (a plan per query).
+                    params = search.parameters(
                         owners[i], queries[i], metadata={}, limit=PAGE + 1, offset=0
                     )
-                    # Never prepared, as turnlog.product.search runs it (a plan per query).
+                    plan = conn.execute(search.ESTIMATE, {"q": params["q"]}, prepare=False)
+                    statement = search.shape(plan.fetchone())
                     return len(conn.execute(statement, params, prepare=False).fetchall())
 
                 if args.explain:
-                    statement, params = search.statement(
+                    params = search.parameters(
                         owners[0], queries[0], metadata={}, limit=PAGE + 1, offset=0
                     )
+                    row = conn.execute(search.ESTIMATE, {"q": params["q"]}).fetchone()
+                    statement = search.shape(row)
                     plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + statement, params)
                     say(f"-- {kind}: {queries[0]}\n" + "\n".join(r[0] for r in plan))
 

@@ -50,9 +50,16 @@ _LIST = (
 )
 
 # Ranked search. Only this user's conversations (`mine`) are ever joined, so another
-# user's text cannot be found. PostgreSQL picks how to meet `mine` and the matching
-# messages: through the GIN index (rare words) or through messages_conversation_seq
-# (a user with few messages); both give the same rows.
+# user's text cannot be found.
+# - The query is written out where it is used (not computed once in a CTE), so the planner
+#   sees its words; each title is matched once, in `mine`.
+# - `hits` reads the user's own messages through messages_conversation_seq and tests each
+#   (`(... @@ ...) IS TRUE` keeps the GIN index out of this join): the cost is the user's
+#   message count, whatever the words. Through the GIN index, inside the join the planner
+#   re-read a common word's whole posting list once per conversation (a phrase of two
+#   common words: 1.5 s at a million messages); outside it, a common word's hits in every
+#   user's messages (seconds). The index still serves rare words to other readers and
+#   costs nothing on the write path (generating rows hold NULL).
 # - `hits`: each conversation's best message, DISTINCT ON with rank then seq, so the
 #   snippet comes from the best match and ties go to the earliest message (a stable order).
 # - A title match weighs double a message's: the title says what the whole chat is about.
@@ -60,23 +67,19 @@ _LIST = (
 #   nothing changes.
 # - Snippets are made for the returned page only (the outer query, after LIMIT):
 #   ts_headline re-parses the text and is the costly part.
-# The query, written out where it is used (not computed once in a CTE): the planner then
-# sees the words and estimates from the column's statistics how many messages match, so
-# it goes through the GIN index for rare words and through the user's own messages
-# (messages_conversation_seq) for common ones; behind a CTE it assumed 0.5% of the table
-# for every query and read a common word's hits in every user's messages (seconds).
 _Q = "websearch_to_tsquery('simple', %(q)s)"
-_SEARCH = (
-    "WITH mine AS (SELECT * FROM conversations"
-    " WHERE owner = %(owner)s AND metadata @> %(metadata)s::jsonb), "
+_SEARCH_TEMPLATE = (
+    "WITH mine AS (SELECT *, CASE WHEN title IS NOT NULL"
+    f" AND to_tsvector('simple', title) @@ {_Q}"
+    f" THEN ts_rank(to_tsvector('simple', title), {_Q}, 1) END AS title_rank"
+    " FROM conversations WHERE owner = %(owner)s AND metadata @> %(metadata)s::jsonb), "
     "hits AS (SELECT DISTINCT ON (m.conversation_id) m.conversation_id, m.id,"
-    f" ts_rank(m.search, {_Q}, 1) AS rank FROM messages m JOIN mine ON mine.id = m.conversation_id"
-    f" WHERE m.search @@ {_Q} ORDER BY m.conversation_id, rank DESC, m.seq), "
-    f"titled AS (SELECT mine.id, ts_rank(to_tsvector('simple', mine.title), {_Q}, 1) AS rank"
-    f" FROM mine WHERE mine.title IS NOT NULL AND to_tsvector('simple', mine.title) @@ {_Q}), "
-    "page AS (SELECT c.*, h.id AS hit, 2 * coalesce(t.rank, 0) + coalesce(h.rank, 0) AS score"
-    " FROM mine c LEFT JOIN hits h ON h.conversation_id = c.id"
-    " LEFT JOIN titled t ON t.id = c.id WHERE h.id IS NOT NULL OR t.id IS NOT NULL"
+    f" ts_rank(m.search, {_Q}, 1) AS rank"
+    " FROM {messages} m JOIN mine ON mine.id = m.conversation_id"
+    " ORDER BY m.conversation_id, rank DESC, m.seq), "
+    "page AS (SELECT c.*, h.id AS hit, 2 * coalesce(c.title_rank, 0) + coalesce(h.rank, 0)"
+    " AS score FROM mine c LEFT JOIN hits h ON h.conversation_id = c.id"
+    " WHERE h.id IS NOT NULL OR c.title_rank IS NOT NULL"
     " ORDER BY score DESC, c.created_at DESC, c.id DESC LIMIT %(limit)s OFFSET %(offset)s) "
     f"SELECT {_COLUMNS}, ts_headline('simple', coalesce(("
     "  SELECT CASE WHEN m.role = 'user' THEN coalesce(m.edited_content, m.content)"
@@ -86,6 +89,33 @@ _SEARCH = (
     ' \'MaxWords=16, MinWords=6, MaxFragments=1, StartSel="", StopSel=""\')'
     " FROM page c ORDER BY c.score DESC, c.created_at DESC, c.id DESC"
 )
+# Rare words: the matching messages of everyone through the GIN index (OFFSET 0 keeps that
+# subquery planned on its own), then this user's among them.
+_SEARCH_RARE = _SEARCH_TEMPLATE.replace(
+    "{messages}",
+    f"(SELECT id, conversation_id, seq, search FROM messages WHERE search @@ {_Q} OFFSET 0)",
+)
+# Common words: this user's messages, each tested (not an index condition).
+_SEARCH_OWN = _SEARCH_TEMPLATE.replace(
+    "{messages}", f"(SELECT * FROM messages WHERE (search @@ {_Q}) IS TRUE)"
+)
+# How many messages of everyone the planner expects to match: a plan, not a scan (the GIN
+# column's statistics know how common each word is).
+ESTIMATE = f"EXPLAIN (FORMAT JSON) SELECT 1 FROM messages WHERE search @@ {_Q}"
+# At most this many expected matches in the whole table: the rare-word shape.
+RARE_MATCHES = 1_500
+
+
+def shape(plan: Any) -> str:
+    """The search statement for a query whose EXPLAIN (FORMAT JSON) row is ``plan``."""
+    try:
+        found = plan[0]
+        if isinstance(found, bytes | str):
+            found = msgspec.json.decode(found)
+        rows = float(found[0]["Plan"]["Plan Rows"])
+    except (TypeError, ValueError, KeyError, IndexError, msgspec.DecodeError):
+        rows = float("inf")
+    return _SEARCH_RARE if rows <= RARE_MATCHES else _SEARCH_OWN
 
 
 def check_query(q: str) -> str:
@@ -97,19 +127,18 @@ def check_query(q: str) -> str:
     return q
 
 
-def statement(
+def parameters(
     owner: str, q: str, *, metadata: dict[str, str], limit: int, offset: int
-) -> tuple[str, dict[str, Any]]:
-    """The search's SQL and parameters: rows of the conversation columns, then the snippet
-    (bench/search.py times exactly this)."""
-    params = {
+) -> dict[str, Any]:
+    """The search's parameters; its statement is ``shape`` of the ``ESTIMATE`` plan
+    (bench/search.py times exactly these two steps)."""
+    return {
         "q": check_query(q),
         "owner": owner,
         "metadata": _json.encode(metadata).decode(),
         "limit": limit,
         "offset": offset,
     }
-    return _SEARCH, params
 
 
 async def list_filtered(
@@ -151,7 +180,9 @@ async def search(
         # prepared statement soon runs a generic plan, one for every query, and the right
         # plan depends on how common the words are (the GIN index for rare ones, the
         # user's own messages for common ones); a plan made for each query costs ~1 ms.
-        sql, params = statement(owner, q, metadata=metadata, limit=limit, offset=offset)
+        params = parameters(owner, q, metadata=metadata, limit=limit, offset=offset)
+        plan = await conn.execute(ESTIMATE, {"q": params["q"]}, prepare=False)
+        sql = shape(await plan.fetchone())
         cur = await conn.execute(sql, params, prepare=False)
         rows = await cur.fetchall()
     found = []
