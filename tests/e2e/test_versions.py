@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from turnlog import replay
 from turnlog.client import ApiError, Client, text_of
 
 from .support import DEMO, FAST, Server, make_token, wait_until
@@ -356,3 +357,20 @@ def test_a_turn_after_the_users_answer_regenerates_from_that_answer(server: Serv
         assert _ids(rows) == [*_ids(rows[:3]), new["id"]]
         assert rows[2]["id"] == reply["id"]
         assert rows[3]["status"] == "completed"
+
+
+def test_replay_rebuilds_every_version_from_the_log(server: Server) -> None:
+    """After this module's regenerates, resends and selects (same database): the projection
+    is the fold of the log, and a rebuild from the log reads the same."""
+    with server.client() as c:
+        cid = c.create_conversation(model=DEMO, options=FAST)["id"]
+        first = c.send(cid, "one")["assistant_message"]
+        _settle(c, cid)
+        c.regenerate(first["id"])
+        _settle(c, cid)
+        c.select(first["id"])
+        before = c.list_messages(cid, every_version=True), c.list_messages(cid)
+        report = replay.verify(server.database_url)
+        assert report.ok, "\n".join(report.drift)
+        replay.rebuild(server.database_url)
+        assert (c.list_messages(cid, every_version=True), c.list_messages(cid)) == before

@@ -19,7 +19,13 @@ import hypothesis.strategies as st
 import msgspec
 import pytest
 from hypothesis import HealthCheck, event, settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 from turnlog_reducer import TextDelta, ToolCallReady, ToolCallStarted
 
 from turnlog import replay
@@ -153,6 +159,13 @@ class VersionsMachine(RuleBasedStateMachine):
         )
 
     # -- rules ---------------------------------------------------------------------------
+
+    @initialize(turns=st.integers(1, 3))
+    def some_turns(self, turns: int) -> None:
+        """Start from a few finished turns, so that versions come early in every example."""
+        for _ in range(turns):
+            self.send()
+            self.finish("complete")
 
     @precondition(lambda self: self.c.conversation.state == "idle")
     @rule()
@@ -316,7 +329,7 @@ class VersionsMachine(RuleBasedStateMachine):
 TestVersions = VersionsMachine.TestCase
 TestVersions.settings = settings(
     max_examples=200,
-    stateful_step_count=40,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
