@@ -23,7 +23,8 @@ from turnlog_reducer import ToolCallBlock
 
 from turnlog.config import Settings
 from turnlog.generation.engine import Engine
-from turnlog.generation.tools.registry import ToolForbidden, UnknownTool
+from turnlog.generation.tools.execution import idempotency_key, run_tool
+from turnlog.generation.tools.registry import ToolContext, ToolForbidden, UnknownTool
 from turnlog.generation.turn import Turn, utcnow
 from turnlog.limits import Limits
 from turnlog.log import events as ev
@@ -128,6 +129,12 @@ class ToolResultIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     content: str
 
 
+class ToolApprovalIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    tool_call_id: str
+    approved: bool
+    reason: str | None = None
+
+
 class RetryIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     options: dict[str, Any] | None = None
 
@@ -149,6 +156,8 @@ class Chat:
         self.settings = settings
         self.limits = limits or Limits(Settings())  # the default: unlimited
         self.prompts = Prompts(store.pool, settings.models.product.prompts)
+        # Approvals being answered here (a second answer of the same call is refused).
+        self._approving: set[tuple[uuid.UUID, str]] = set()
         # Asks the living instance that runs a row to cancel it (turnlog.cluster); False
         # when this one has to end the row itself.
         self.cancel_elsewhere: Callable[[MessageRecord], Awaitable[bool]] | None = None
@@ -596,8 +605,68 @@ class Chat:
         options = None if body is None else body.options
         return await regenerate(self, owner, mid, RegenerateIn(options=options))
 
+    def _needs_approval(self, row: MessageRecord, call_id: str) -> ToolCallBlock | None:
+        """The call ``call_id`` of ``row`` if its tool waits for the user's approval."""
+        call = next(
+            (b for b in row.message.blocks if isinstance(b, ToolCallBlock) and b.id == call_id),
+            None,
+        )
+        tool = None if call is None else self.engine.tools.get(call.name)
+        if tool is None or tool.descriptor.kind != "server" or not tool.descriptor.approval:
+            return None
+        return call
+
+    async def tool_approval(
+        self, owner: str, mid: uuid.UUID, body: ToolApprovalIn
+    ) -> Message | None:
+        """Answer a call waiting for approval: approved, its tool runs with exactly the
+        stored arguments (never ones generated again); denied, the model reads
+        ``denied: <reason>``. Either result resumes the turn like a tool result."""
+        if body.reason is not None:
+            self._text("reason", body.reason, limit=2000)
+        row, conv = await self.message(owner, mid)
+        self._waiting(row, mid, body.tool_call_id)
+        call = self._needs_approval(row, body.tool_call_id)
+        if call is None:
+            raise BadRequest(
+                f"tool call {body.tool_call_id!r} of message {mid} does not wait for approval;"
+                " answer it with tool-results"
+            )
+        key = (mid, body.tool_call_id)
+        if key in self._approving:
+            raise Conflict(f"tool call {body.tool_call_id!r} is being answered already")
+        self._approving.add(key)
+        try:
+            if body.approved:
+                tool = self.engine.tools.get(call.name)
+                assert tool is not None
+                ctx = ToolContext(
+                    user=owner,
+                    conversation_id=str(conv.conversation.id),
+                    message_id=str(mid),
+                    tool_call_id=call.id,
+                    idempotency_key=idempotency_key(str(mid), call.id),
+                )
+                out = await run_tool(tool, call.arguments, ctx, metrics=self.engine.metrics)
+                content = out.content
+            else:
+                content = f"denied: {body.reason or 'the user did not approve this call'}"
+            _, assistant = await self.tool_result(
+                owner, mid, ToolResultIn(tool_call_id=call.id, content=content), approval=True
+            )
+        finally:
+            self._approving.discard(key)
+        return assistant
+
+    def _waiting(self, row: MessageRecord, mid: uuid.UUID, call_id: str) -> None:
+        if call_id not in row.awaiting_user or call_id not in row.open_tool_calls:
+            raise BadRequest(
+                f"message {mid} has no question {call_id!r} waiting for an answer"
+                + (f"; waiting: {', '.join(row.open_tool_calls)}" if row.open_tool_calls else "")
+            )
+
     async def tool_result(
-        self, owner: str, mid: uuid.UUID, body: ToolResultIn
+        self, owner: str, mid: uuid.UUID, body: ToolResultIn, *, approval: bool = False
     ) -> tuple[Message, Message | None]:
         self._text("content", body.content)
         self._may_start()
@@ -607,6 +676,11 @@ class Chat:
             nonlocal turn
             turn = None
             row, conv = await self.message(owner, mid)
+            if not approval and self._needs_approval(row, body.tool_call_id) is not None:
+                raise Conflict(
+                    f"tool call {body.tool_call_id!r} waits for the user's approval: answer it"
+                    f" with POST /v1/messages/{mid}/tool-approvals"
+                )
             if body.tool_call_id not in row.awaiting_user or (
                 body.tool_call_id not in row.open_tool_calls
             ):

@@ -7,10 +7,11 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .support import Server
+from .support import Server, wait_until
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,3 +153,109 @@ def test_a_client_tool_schema_that_is_not_json_schema_does_not_start(
     )
     assert out.returncode == 2
     assert "client_tools.pick.input_schema is not a JSON schema" in out.stderr
+
+
+def _ticket_conversation(h: Any, **options: Any) -> tuple[str, str, str]:
+    """A conversation whose demo model calls create_ticket (approval: always); the
+    conversation id, the assistant row waiting for approval and the call id."""
+    cid = h.post("/v1/conversations", json={"tools": ["create_ticket", "clock"]}).json()["id"]
+    opts = {
+        "tool": "create_ticket",
+        "tool_arguments": {"title": "fix the build", "priority": 2},
+        "tokens_per_second": 400,
+        "length": 8,
+        **options,
+    }
+    r = h.post(f"/v1/conversations/{cid}/messages", json={"content": "file it", "options": opts})
+    assert r.status_code == 201, r.text
+    mid = r.json()["assistant_message"]["id"]
+
+    def waiting() -> Any:
+        conv = h.get(f"/v1/conversations/{cid}").json()
+        return conv if conv["conversation"]["state"] == "awaiting_input" else None
+
+    conv = wait_until(waiting, timeout=60, what="the call to wait for approval")
+    row = next(m for m in conv["messages"] if m["id"] == mid)
+    call = row["blocks"][-1]
+    assert call["type"] == "tool_call"
+    assert call["name"] == "create_ticket"
+    assert call["arguments"] == {"title": "fix the build", "priority": 2}
+    return cid, mid, call["id"]
+
+
+def _settled(h: Any, cid: str) -> Any:
+    def idle() -> Any:
+        conv = h.get(f"/v1/conversations/{cid}").json()
+        last = conv["messages"][-1]
+        done = conv["conversation"]["state"] == "idle" and last["status"] != "generating"
+        return conv if done else None
+
+    return wait_until(idle, timeout=60, what="the turn to end")
+
+
+def test_an_approved_call_runs_with_the_stored_arguments(tool_server: Server) -> None:
+    """A call of a tool that needs approval waits; tool-results cannot answer it; approved,
+    it runs with exactly the stored arguments and the turn goes on."""
+    with tool_server.http("root") as h:
+        cid, mid, call = _ticket_conversation(h)
+        r = h.post(
+            f"/v1/messages/{mid}/tool-results", json={"tool_call_id": call, "content": "fake"}
+        )
+        assert r.status_code == 409
+        assert "tool-approvals" in r.json()["detail"]
+        r = h.post(
+            f"/v1/messages/{mid}/tool-approvals", json={"tool_call_id": call, "approved": True}
+        )
+        assert r.status_code == 201, r.text
+        assert r.json()["assistant_message"]["status"] == "generating"
+        conv = _settled(h, cid)
+        tool_row = next(m for m in conv["messages"] if m["role"] == "tool")
+        assert tool_row["tool_name"] == "create_ticket"
+        assert '"title":"fix the build","priority":2,"user":"root"' in tool_row["content"]
+        assert conv["messages"][-1]["status"] == "completed"
+        # Answered once: a second approval is refused.
+        r = h.post(
+            f"/v1/messages/{mid}/tool-approvals", json={"tool_call_id": call, "approved": True}
+        )
+        assert r.status_code == 400
+
+
+def test_a_denied_call_gives_the_model_the_reason(tool_server: Server) -> None:
+    """Denied: the tool never runs; the model reads ``denied: <reason>``."""
+    with tool_server.http("root") as h:
+        cid, mid, call = _ticket_conversation(h)
+        r = h.post(
+            f"/v1/messages/{mid}/tool-approvals",
+            json={"tool_call_id": call, "approved": False, "reason": "not today"},
+        )
+        assert r.status_code == 201, r.text
+        conv = _settled(h, cid)
+        tool_row = next(m for m in conv["messages"] if m["role"] == "tool")
+        assert tool_row["content"] == "denied: not today"
+        final = conv["messages"][-1]
+        assert final["blocks"][0]["text"].startswith("create_ticket said denied: not today.")
+
+
+def test_cancel_withdraws_a_call_waiting_for_approval(tool_server: Server) -> None:
+    """Cancel on the waiting row withdraws the call: a cancelled result, idle again."""
+    with tool_server.http("root") as h:
+        cid, mid, call = _ticket_conversation(h)
+        r = h.post(f"/v1/messages/{mid}/cancel")
+        assert r.status_code == 200, r.text
+        conv = h.get(f"/v1/conversations/{cid}").json()
+        assert conv["conversation"]["state"] == "idle"
+        tool_row = next(m for m in conv["messages"] if m["role"] == "tool")
+        assert tool_row["content"].startswith("cancelled")
+        r = h.post(
+            f"/v1/messages/{mid}/tool-approvals", json={"tool_call_id": call, "approved": True}
+        )
+        assert r.status_code == 400
+
+
+def test_a_user_may_not_name_a_tool_outside_their_access(tool_server: Server) -> None:
+    """bob may not use create_ticket: naming it is 403, an unknown one 400."""
+    with tool_server.http("bob") as h:
+        r = h.post("/v1/conversations", json={"tools": ["create_ticket"]})
+        assert r.status_code == 403
+        r = h.post("/v1/conversations", json={"tools": ["no_such_tool"]})
+        assert r.status_code == 400

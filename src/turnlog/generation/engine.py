@@ -401,7 +401,14 @@ class Engine:
         (one write); return the next step's generation, if one starts."""
         turn = gen.turn
         self._close_open_calls(gen)
-        answered = [n for n, t in gen.tools.items() if t.descriptor.kind != "server"]
+        # Answered later: by the user (ask_user), the client (client tools), or by the
+        # user's yes or no (tools that need approval: their calls are stored with their
+        # arguments and run only once approved, with exactly those arguments).
+        answered = [
+            n
+            for n, t in gen.tools.items()
+            if t.descriptor.kind != "server" or t.descriptor.approval
+        ]
         plan = plan_tools(gen.stream.blocks, answered)
         results: list[str] | None = None
         note: str | None = None

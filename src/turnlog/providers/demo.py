@@ -9,11 +9,14 @@ only its pacing reads the clock. Options:
 ``length`` (int >= 0, default 60)
     Text tokens in an answer. A token is one word plus the space after it (the last word has
     none); each is one ``text_delta``.
-``tool`` ("clock" | "ask_user" | null)
+``tool`` (a tool name: "clock", "ask_user", or any tool the conversation offers; or null)
     While the history after the last user message holds no result for that tool, the step
     is one tool call whose JSON arguments stream in small chunks (``tool_call_started``,
     ``tool_call_delta`` × n, ``tool_call_ready``) and ends with ``StepEnd("tool_calls")``.
     Once the result is there, the step answers with text that starts by quoting it.
+``tool_arguments`` (object or null)
+    The arguments of that call (default: ``{"timezone": "UTC"}`` for clock, a question for
+    ask_user, ``{}`` for any other tool).
 ``fail_after`` (int >= 0 or null)
     The step raises ``ProviderError`` instead of emitting its token number fail_after + 1
     (a step with at most fail_after tokens completes). Every event of the step counts as a
@@ -37,7 +40,7 @@ import hashlib
 import random
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from itertools import islice
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final
 
 import msgspec
 from turnlog_reducer import (
@@ -70,7 +73,8 @@ class DemoOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     tokens_per_second: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] = 40.0
     length: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 60
-    tool: Literal["clock", "ask_user"] | None = None
+    tool: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z_][a-zA-Z0-9_-]{0,63}$")] | None = None
+    tool_arguments: dict[str, Any] | None = None
     fail_after: Annotated[int, msgspec.Meta(ge=0)] | None = None
     reasoning: bool = False
     title: bool = False
@@ -124,7 +128,7 @@ class DemoProvider:
             events += (TextDelta(t) for t in _tokens(prompt.split()[:_TITLE_WORDS]))
             finish_reason = "stop"
         elif options.tool is not None and pending:
-            events += _tool_call(_seed(request), options.tool, request)
+            events += _tool_call(_seed(request), options.tool, request, options.tool_arguments)
             finish_reason = "tool_calls"
         else:
             answer = _answer_words(request, options.tool)
@@ -196,16 +200,22 @@ def _tool_call_pending(request: ModelRequest, tool: str | None) -> bool:
     return all(name != tool for name, _ in results)
 
 
-def _tool_call(seed: int, tool: str, request: ModelRequest) -> Iterator[StreamEvent]:
+def _tool_call(
+    seed: int, tool: str, request: ModelRequest, given: dict[str, Any] | None = None
+) -> Iterator[StreamEvent]:
     """One tool call with its JSON arguments streamed in small chunks."""
     call_id = "call_" + hashlib.sha256(b"%d:%b" % (seed, tool.encode())).hexdigest()[:16]
     arguments: dict[str, Any]
-    if tool == "clock":
+    if given is not None:
+        arguments = given
+    elif tool == "clock":
         arguments = {"timezone": "UTC"}
-    else:
+    elif tool == "ask_user":
         prompt, _ = _since_last_user(request)
         topic = " ".join(prompt.split()[:6]) or "this"
         arguments = {"question": f"What should I focus on about “{topic}”?"}
+    else:
+        arguments = {}
     text = msgspec.json.encode(arguments).decode()
     yield ToolCallStarted(call_id, tool)
     for at in range(0, len(text), _ARGUMENT_CHUNK):
@@ -221,9 +231,10 @@ def _answer_words(request: ModelRequest, tool: str | None) -> Iterator[str]:
     answered = [content for name, content in results if name == tool] if tool else []
     if answered:
         quoted = _quote(answered[-1])
-        yield from (
-            f"The clock says {quoted}." if tool == "clock" else f"You answered: {quoted}."
-        ).split()
+        intro = {"clock": "The clock says", "ask_user": "You answered:"}.get(
+            tool or "", f"{tool} said"
+        )
+        yield from f"{intro} {quoted}.".split()
     else:
         topic = _quote(" ".join(prompt.split()[:6])) or "nothing"
         yield from f"Demo answer to “{topic}”.".split()
