@@ -89,6 +89,13 @@ def test_identical_requests_hit_and_others_miss(
     assert _hit(second)
     assert second["blocks"] == first["blocks"]
     assert second["status"] == "completed"
+    # Stored as any answer is: the turn's events in the log carry its stream events.
+    with psycopg.connect(srv.database_url) as conn:
+        logged = conn.execute(
+            "SELECT data FROM events WHERE data->>'message_id' = %s AND type = 'step_completed'",
+            (mid,),
+        ).fetchall()
+    assert any(e["type"] == "text_delta" for (data,) in logged for e in data["events"])
     assert _metric(srv, "turnlog_cache_hits_total") == 1
     assert _metric(srv, "turnlog_cache_tokens_saved_total") == 40
 
