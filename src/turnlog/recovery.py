@@ -135,6 +135,8 @@ class Recovery:
             log.info("orphaned row taken elsewhere", message_id=str(m.id), detail=str(exc))
             return await self.store.get_message(m.id) or row
         resumed = next(r for r in appended.messages if r.message.id == m.id)
+        # Its server calls had started (the model's part was done): judged call by call.
+        started = await self.store.started_calls(m.conversation_id, m.id, row.stream_seq)
         log.info(
             "continuing an orphaned row",
             message_id=str(m.id),
@@ -142,9 +144,10 @@ class Recovery:
             recovery=recovery,
             stream_seq=row.stream_seq,
             found_by=found_by,
+            started_calls=None if started is None else [c.tool_call_id for c in started],
         )
         self.engine.metrics.child(self.engine.metrics.recoveries, "started", found_by).inc()
-        self.engine.resume(turn, resumed, appended.conversation)
+        self.engine.resume(turn, resumed, appended.conversation, started_calls=started)
         return resumed
 
     def _why_not(self, row: MessageRecord, done: int) -> tuple[str, str] | None:

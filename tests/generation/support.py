@@ -15,6 +15,7 @@ from tests.generation.fake_provider import FunctionProvider, StepFunction
 from turnlog.commands import Chat, ConversationIn, MessageIn, Sent
 from turnlog.config import Settings
 from turnlog.generation.engine import Engine
+from turnlog.generation.tools.registry import ToolRegistry
 from turnlog.generation.turn import Generation
 from turnlog.log.store import Store
 from turnlog.streams import StreamRegistry
@@ -47,7 +48,13 @@ class MonotonicClock:
 class InProcess:
     """An engine and its commands, running in a task group of the test."""
 
-    def __init__(self, store: Store, step: StepFunction, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        step: StepFunction,
+        settings: Settings,
+        tools: ToolRegistry | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.provider = FunctionProvider(step)
@@ -62,6 +69,7 @@ class InProcess:
             now=self.now,
             provider_for=self.provider.provider_for,
             clock=self.clock,
+            tools=tools,
         )
         self.chat = Chat(store, self.engine, settings)
 
@@ -85,11 +93,15 @@ class InProcess:
 
 @contextlib.asynccontextmanager
 async def in_process(
-    store: Store, step: StepFunction, settings: Settings | None = None
+    store: Store,
+    step: StepFunction,
+    settings: Settings | None = None,
+    *,
+    tools: ToolRegistry | None = None,
 ) -> AsyncIterator[InProcess]:
-    """Run an engine with ``step`` as every model; at the end, drain it (interrupting what
-    still runs) and stop its tasks."""
-    running = InProcess(store, step, settings or Settings(provider_backoff_s=0.01))
+    """Run an engine with ``step`` as every model (and ``tools``, default: the built-ins);
+    at the end, drain it (handing over or interrupting what still runs) and stop its tasks."""
+    running = InProcess(store, step, settings or Settings(provider_backoff_s=0.01), tools)
     async with anyio.create_task_group() as tg:
         running.engine.bind(tg)
         try:

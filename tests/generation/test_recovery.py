@@ -15,11 +15,23 @@ from datetime import timedelta
 import anyio
 import msgspec
 import pytest
-from turnlog_reducer import Block, StreamEvent, TextBlock, TextDelta
+from turnlog_reducer import (
+    Block,
+    StreamEvent,
+    TextBlock,
+    TextDelta,
+    ToolCallReady,
+    ToolCallStarted,
+)
 
+import turnlog
 from tests.generation.support import in_process, wait_until
 from turnlog.config import Settings
+from turnlog.generation.engine import INTERRUPTED_CALL
+from turnlog.generation.tools.python import make_tool
+from turnlog.generation.tools.registry import ToolRegistry
 from turnlog.log.store import Store
+from turnlog.models import ToolsConfig
 from turnlog.providers.base import ModelRequest, StepEnd
 
 pytestmark = pytest.mark.anyio
@@ -159,3 +171,90 @@ async def test_with_recovery_off_an_orphan_is_interrupted(store: Store) -> None:
     assert row is not None
     assert row.message.status == "interrupted"
     assert text_of(row.message.blocks) == "Hello "
+
+
+# -- tool calls at most once ---------------------------------------------------------------
+
+RAN: list[tuple[str, str]] = []  # (tool, idempotency key) of every run, in order
+HOLD = {"lookup": True}  # while set, lookup never returns (its process goes first)
+
+
+@turnlog.tool(effect="side_effect")
+async def charge(amount: int, ctx: turnlog.ToolContext) -> str:
+    """Charge the user's card (a side effect: never run twice)."""
+    RAN.append(("charge", ctx.idempotency_key))
+    await anyio.sleep_forever()
+    return "charged"  # pragma: no cover - its process goes first
+
+
+@turnlog.tool(effect="read_only")
+async def lookup(query: str, ctx: turnlog.ToolContext) -> str:
+    """Look something up (read-only: safe to run again)."""
+    RAN.append(("lookup", ctx.idempotency_key))
+    if HOLD["lookup"]:
+        await anyio.sleep_forever()
+    return f"found {query}"
+
+
+def money_tools() -> ToolRegistry:
+    config = ToolsConfig(default=("charge", "lookup"))
+    return ToolRegistry(config, python=[make_tool(charge, config), make_tool(lookup, config)])
+
+
+async def pay_then_answer(request: ModelRequest) -> Step:
+    """The model calls both tools, then answers with what they returned."""
+    if request.messages[-1].role == "user":
+        yield ToolCallStarted(id="c1", name="charge")
+        yield ToolCallReady(id="c1", arguments={"amount": 5})
+        yield ToolCallStarted(id="c2", name="lookup")
+        yield ToolCallReady(id="c2", arguments={"query": "receipt"})
+        yield StepEnd(finish_reason="tool_calls")
+    else:
+        results = [m.content for m in request.messages if m.role == "tool"]
+        yield TextDelta(text=" | ".join(results))
+        yield StepEnd(finish_reason="stop")
+
+
+async def test_a_started_side_effect_is_never_run_again_and_a_read_only_call_is(
+    store: Store,
+) -> None:
+    """The process goes while both calls run (their start is stored): the successor does
+    not ask the model again, does not run the side effect again (its result says it may or
+    may not have happened), runs the read-only call again with the same idempotency key,
+    and the turn completes."""
+    RAN.clear()
+    HOLD["lookup"] = True
+    async with in_process(store, pay_then_answer, SETTINGS, tools=money_tools()) as first:
+        cid = await first.conversation()
+        sent, _ = await first.send(cid)
+        await wait_until(lambda: len(RAN) == 2)
+        with anyio.fail_after(20):
+            await first.engine.drain(0.0)
+    mid = sent.assistant_message.id
+    row = await store.get_message(mid)
+    assert row is not None
+    assert row.message.status == "generating"  # handed over with its calls started
+    HOLD["lookup"] = False
+    async with in_process(store, pay_then_answer, SETTINGS, tools=money_tools()) as second:
+        assert await second.chat.sweep() == 1
+        await wait_until(lambda: not second.engine.running_ids())
+        rows = [r.message for r in await store.list_messages(cid)]
+    keys = dict(RAN[:2])
+    assert [
+        ("charge", keys["charge"]),
+        ("lookup", keys["lookup"]),
+        ("lookup", keys["lookup"]),  # run again, under the same key
+    ] == RAN
+    assert [(m.role, m.status) for m in rows] == [
+        ("user", "completed"),
+        ("assistant", "completed"),
+        ("tool", "completed"),
+        ("tool", "completed"),
+        ("assistant", "completed"),
+    ]
+    tools = {m.tool_name: m.content for m in rows if m.role == "tool"}
+    assert tools["charge"] == INTERRUPTED_CALL
+    assert tools["lookup"] == "found receipt"
+    # The successor asked the model only for the step after the tools.
+    assert len(second.provider.requests) == 1
+    assert text_of(rows[-1].blocks) == f"{INTERRUPTED_CALL} | found receipt"

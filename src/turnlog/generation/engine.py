@@ -75,6 +75,12 @@ FORCED_WRITE_S = 1.0
 
 ProviderFor = Callable[[str, Settings], tuple[Provider, str]]
 
+# The result of a side-effect tool call that had started when its process died (recovery
+# does not run it again; the model decides what to do).
+INTERRUPTED_CALL = (
+    "error: interrupted while running; it may or may not have taken effect; it was not run again"
+)
+
 
 class WriteGaveUp(Exception):
     """A step's final write kept failing (the database is gone) until its deadline."""
@@ -163,11 +169,18 @@ class Engine:
         return self._launch(Generation(turn, self.registry.open(turn.message_id), conversation))
 
     def resume(
-        self, turn: Turn, row: MessageRecord, conversation: ConversationRecord | None = None
+        self,
+        turn: Turn,
+        row: MessageRecord,
+        conversation: ConversationRecord | None = None,
+        *,
+        started_calls: tuple[ev.StartedCall, ...] | None = None,
     ) -> Generation:
         """Continue ``row``, taken over (``turn.attempt``) after the process that ran it
         died: its live stream starts at the stored blocks, every init followed by a
-        ``recovering`` frame, and the step asks the model to go on from there."""
+        ``recovering`` frame, and the step asks the model to go on from there; or, when its
+        server calls had ``started_calls`` (the model's part was done), it runs the calls
+        again that may run again and stores the step's end."""
         stream = self.registry.open(
             turn.message_id,
             blocks=row.message.blocks,
@@ -177,6 +190,8 @@ class Engine:
         gen = Generation(turn, stream, conversation)
         gen.stored_seq = row.stream_seq
         gen.recovered_from = row.message.updated_at
+        if started_calls is not None:
+            gen.started_calls = {c.tool_call_id: c for c in started_calls}
         return self._launch(gen)
 
     def _launch(self, gen: Generation) -> Generation:
@@ -293,9 +308,13 @@ class Engine:
                 # Its checkpoints are written by the engine's one checkpointer, batched.
                 self.checkpoints.ensure_running()
                 try:
-                    step_end = await stream_with_retries(
-                        gen, provider, request, self.settings, self.metrics
-                    )
+                    if gen.started_calls is not None:
+                        # Recovered after its server calls started: nothing to ask the model.
+                        step_end = StepEnd("tool_calls")
+                    else:
+                        step_end = await stream_with_retries(
+                            gen, provider, request, self.settings, self.metrics
+                        )
                 except ProviderError as exc:
                     error = scrub(str(exc) or type(exc).__name__, self.settings.models.secrets())
             with aio.cancel_scope(shield=True):
@@ -568,6 +587,16 @@ class Engine:
             batch.append(
                 (tool if tool is not None and tool.run else None, call.name, call.arguments, ctx)
             )
+        # On recovery, a side-effect call that had started is never run again: the model
+        # reads that it may or may not have taken effect (read-only and idempotent calls
+        # run again, with the same idempotency key).
+        kept = {
+            i: INTERRUPTED_CALL
+            for i, (_, name, _, ctx) in enumerate(batch)
+            if self._not_again(gen, name, ctx.tool_call_id)
+        }
+        whole = batch
+        batch = [b for i, b in enumerate(batch) if i not in kept]
         if batch:
             async with gen.write_lock:
                 try:
@@ -609,9 +638,24 @@ class Engine:
                     batch, parallel=config.parallel_tool_calls, metrics=self.metrics
                 )
         gen.tool_scope = None
-        results = [o.content for o in outputs]
+        ran = iter(o.content for o in outputs)
+        results = [kept[i] if i in kept else next(ran, NOT_RUN) for i in range(len(whole))]
         results += [NOT_RUN] * (len(plan.server) - len(results))
         return results, note
+
+    def _not_again(self, gen: Generation, name: str, call_id: str) -> bool:
+        """Whether a call of a recovered step started before its process died with an
+        effect that must not run twice (it then gets INTERRUPTED_CALL as its result)."""
+        started = (gen.started_calls or {}).get(call_id)
+        if started is None or started.effect != "side_effect":
+            return False
+        log.warning(
+            "not running a side-effect tool call again after a crash",
+            tool=name,
+            tool_call_id=call_id,
+            idempotency_key=started.idempotency_key,
+        )
+        return True
 
     def _count_tokens(self, turn: Turn, usage: dict[str, Any] | None) -> None:
         provider, model = provider_and_model(turn.model)

@@ -143,6 +143,9 @@ class Generation:
         self.step = 1
         self.calls_before = 0
         self.tool_scope: anyio.CancelScope | None = None
+        # A recovered row whose step's server calls had started when its process died: the
+        # model's part is stored whole, and these calls (by id) ran or may have run.
+        self.started_calls: dict[str, ev.StartedCall] | None = None
 
     def take_pending(self) -> tuple[tuple[StreamEvent, ...], int]:
         """The unstored events, coalesced, and the seq they reach; no await in between, so

@@ -1232,6 +1232,29 @@ class Store:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
+    async def started_calls(
+        self, cid: uuid.UUID, mid: uuid.UUID, stream_seq: int
+    ) -> tuple[ev.StartedCall, ...] | None:
+        """The server tool calls of message ``mid`` recorded as started at ``stream_seq`` (its
+        stored seq) and not finished since: its process died while they ran, or before
+        (None: no such record; its step was still streaming)."""
+        async with self.pool.connection() as conn:
+            # The newest record of the row; only one at its current seq can be unfinished
+            # (the step's end, which stores the results, moves the row on).
+            cur = await conn.execute(
+                "SELECT data FROM events WHERE conversation_id = %s "
+                "AND type = 'tool_calls_started' AND data->>'message_id' = %s "
+                "ORDER BY version DESC LIMIT 1",
+                (cid, str(mid)),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        event = ev.decode(row[0])  # jsonb comes as bytes (_RawJson)
+        if not isinstance(event, ev.ToolCallsStarted) or event.stream_seq != stream_seq:
+            return None
+        return event.calls
+
     async def get_message_in_conversation(
         self, mid: uuid.UUID
     ) -> tuple[MessageRecord, ConversationRecord | None] | None:
