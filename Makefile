@@ -58,6 +58,8 @@ bench: $(STAMP)
 	-node bench/reducer.mjs
 	-$(BIN)/python bench/store.py
 	-$(BIN)/python bench/search.py
+	-$(BIN)/python bench/providers.py
+	-$(BIN)/python bench/idle.py
 	$(BIN)/python bench/load.py
 
 # Optional, not part of `test`: the openai adapter against llama-cpp-python's server running

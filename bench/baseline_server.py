@@ -13,6 +13,7 @@ uses: one process, the default event loop and HTTP implementation, no access log
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -25,6 +26,10 @@ from litestar.response import Stream
 
 _json = msgspec.json.Encoder()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# Heartbeats like turnlog's (`: ping` after this many idle seconds), only when asked for
+# (bench/idle.py): load.py's baseline waits without a timeout, as it always did.
+HEARTBEAT_S = float(os.environ.get("BASELINE_HEARTBEAT_S", "0")) or None
+PING = b": ping\n\n"
 
 
 class _Stream:
@@ -135,10 +140,34 @@ async def _frames(s: _Stream) -> AsyncIterator[bytes]:
             yield s.frames[sent - 1]
         if s.done and sent == len(s.frames):
             return
-        await s.wakeup.wait()
+        if HEARTBEAT_S is None:
+            await s.wakeup.wait()
+            continue
+        try:
+            await asyncio.wait_for(s.wakeup.wait(), HEARTBEAT_S)
+        except TimeoutError:
+            yield PING
 
 
-app = Litestar(route_handlers=[create, send, messages, stream], logging_config=None, debug=False)
+@get("/v1/conversations/{cid:str}/live")
+async def live(cid: str) -> Stream:
+    """A conversation's feed as a browser tab holds it: a snapshot, then (idle) heartbeats."""
+    return Stream(_live_frames(cid), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _live_frames(cid: str) -> AsyncIterator[bytes]:
+    conv = CONVERSATIONS[cid]
+    busy: _Stream | None = conv["busy"]
+    snapshot = {"conversation": {"id": cid}, "messages": [] if busy is None else [_message(busy)]}
+    yield b"event: snapshot\nid: 0\ndata: %b\n\n" % _json.encode(snapshot)
+    while True:
+        await asyncio.sleep(HEARTBEAT_S or 15.0)
+        yield PING
+
+
+app = Litestar(
+    route_handlers=[create, send, messages, stream, live], logging_config=None, debug=False
+)
 
 
 if __name__ == "__main__":
