@@ -257,6 +257,8 @@ class Chat:
             self._text("system_prompt", body.system_prompt)
         metadata = _metadata(body.metadata or {})
         tools = self._tools(owner, body.tools)
+        if tools is None and preset is not None:
+            self._tools(owner, preset.tools)  # the agent's tools, checked as a conversation's
         cid = cid or uuid.uuid4()
         done = await self.store.append(
             cid,
@@ -338,7 +340,11 @@ class Chat:
             options = c.options if isinstance(patch.options, msgspec.UnsetType) else patch.options
             name = c.agent if isinstance(patch.agent, msgspec.UnsetType) else patch.agent
             if isinstance(patch.agent, str):
-                self._agent(owner, patch.agent)  # a name kept from before is not re-judged
+                # A name kept from before is not judged again; a new one with its tools.
+                chosen = self._agent(owner, patch.agent)
+                own = c.tools if isinstance(patch.tools, msgspec.UnsetType) else patch.tools
+                if own is None:
+                    self._tools(owner, chosen.tools)
             preset = self.settings.models.product.agents.get(name) if name else None
             self._model(owner, model, {**(preset.options if preset else {}), **options})
             return await self.store.append(

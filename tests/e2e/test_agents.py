@@ -26,8 +26,12 @@ options = {{ length = {length}, tokens_per_second = 400 }}
 description = "Only for bob"
 options = {{ length = 2 }}
 
+[agents.broken]
+description = "Names a tool nobody has"
+tools = ["no_such_tool"]
+
 [access.agents]
-default = ["terse"]
+default = ["terse", "broken"]
 users = {{ bob = ["*"] }}
 """
 
@@ -57,8 +61,8 @@ def test_agents_listed_applied_and_followed_after_a_change(
     srv = spawn(env={"TURNLOG_CONFIG": str(config), "TURNLOG_AUTO_TITLES": "0"}).start()
     with srv.http("alice") as alice, srv.http("bob") as bob:
         listed = alice.get("/v1/agents").json()["items"]
-        assert [a["name"] for a in listed] == ["terse"]
-        assert listed[0] == {
+        assert [a["name"] for a in listed] == ["broken", "terse"]
+        assert listed[1] == {
             "name": "terse",
             "description": "Answers in 5 words",
             "model": "demo:default",
@@ -66,7 +70,14 @@ def test_agents_listed_applied_and_followed_after_a_change(
             "options": {"length": 5, "tokens_per_second": 400},
             "system_prompt": "Be terse.",
         }
-        assert [a["name"] for a in bob.get("/v1/agents").json()["items"]] == ["secret", "terse"]
+        names = [a["name"] for a in bob.get("/v1/agents").json()["items"]]
+        assert names == ["broken", "secret", "terse"]
+        # The agent's tools are checked as a conversation's own would be.
+        r = alice.post("/v1/conversations", json={"agent": "broken"})
+        assert_problem(r, 400)
+        assert "no_such_tool" in r.json()["detail"]
+        ok = alice.post("/v1/conversations", json={"agent": "broken", "tools": ["clock"]})
+        assert ok.status_code == 201, ok.text
 
         conv = alice.post("/v1/conversations", json={"agent": "terse"}).json()
         assert conv["agent"] == "terse"
