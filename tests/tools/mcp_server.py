@@ -7,7 +7,8 @@
 Tools: ``add`` (read-only), ``note`` (a side effect: appends to $NOTES_FILE), ``fail``
 (an ``isError`` result), ``slow`` (sleeps), ``progress`` (reports progress), ``big`` (a long
 text), ``env`` (an environment variable's value), ``die`` (the process exits mid-call),
-``header`` (a request header, over HTTP).
+``header`` (a request header, over HTTP); ``send_mail`` (a side effect) and ``read_inbox``
+(read-only) count their runs in $RUNS_FILE and take long, for the crash tests.
 """
 
 from __future__ import annotations
@@ -38,6 +39,31 @@ def note(text: str) -> str:
         with open(path, "a", encoding="utf-8") as f:
             f.write(text + "\n")
     return f"noted: {text}"
+
+
+def _count_run(name: str, key: str) -> int:
+    """Note one run of ``name`` for ``key`` in $RUNS_FILE; how many runs it has now."""
+    path = os.environ["RUNS_FILE"]
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{name} {key}\n")
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.split() == [name, key])
+
+
+@server.tool()
+async def send_mail(to: str) -> str:
+    """Send an email (a side effect): noted in $RUNS_FILE, then it takes very long."""
+    _count_run("send_mail", to)
+    await anyio.sleep(120)
+    return f"sent to {to}"
+
+
+@server.tool(annotations=ToolAnnotations(read_only_hint=True))
+async def read_inbox(box: str) -> str:
+    """Read a mailbox (read-only): noted in $RUNS_FILE; the first run takes very long."""
+    if _count_run("read_inbox", box) == 1:
+        await anyio.sleep(120)
+    return f"{box}: 3 unread"
 
 
 @server.tool(annotations=ToolAnnotations(idempotent_hint=True))
