@@ -60,6 +60,7 @@ from turnlog.log.projection import DomainError
 from turnlog.log.store import Appended, OnAppend, Store, open_pool
 from turnlog.product.cache import ResponseCache
 from turnlog.product.titles import Titler
+from turnlog.uichat import mapping as uichat_mapping
 
 __all__ = ["Runtime", "create_app"]
 
@@ -222,6 +223,9 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
             if rt.titler is not None:
                 tg.start_soon(rt.titler.run)
             await tg.start(rt.tools.run)  # MCP servers connected, their tools listed
+            # The UI message stream's tool parts follow the registry (client tools,
+            # approvals).
+            uichat_mapping.configure(rt.tools.answered_by_client, rt.tools.needs_approval)
             orphans = await rt.chat.sweep()
             log.info("started", instance_id=str(rt.instance_id), orphans_taken_over=orphans)
             tg.start_soon(rt.chat.recovery.watch)

@@ -35,6 +35,7 @@ from turnlog.commands import (
     MessageIn,
     NotGenerating,
     RetryIn,
+    ToolApprovalIn,
     ToolResultIn,
     unanswered,
 )
@@ -57,6 +58,14 @@ DONE_FRAME = b"data: [DONE]\n\n"
 # -- request bodies: what DefaultChatTransport sends ----------------------------------------
 
 
+class UIApprovalIn(msgspec.Struct, kw_only=True):
+    """A tool part's ``approval`` as ``addToolApprovalResponse`` leaves it (AI SDK 6+)."""
+
+    id: str
+    approved: bool | None = None
+    reason: str | None = None
+
+
 class UIPartIn(msgspec.Struct, kw_only=True, rename="camel"):
     """A part of a client's UIMessage; only what a turn needs is read, the rest ignored."""
 
@@ -66,6 +75,7 @@ class UIPartIn(msgspec.Struct, kw_only=True, rename="camel"):
     state: str | None = None
     output: Any = None
     error_text: str | None = None
+    approval: UIApprovalIn | None = None
 
 
 class UIMessageIn(msgspec.Struct, kw_only=True):
@@ -252,17 +262,24 @@ class UIChat:
         row = waiting[-1]
         open_calls = set(unanswered(row))
         answers: dict[str, str] = {}
+        approvals: dict[str, UIApprovalIn] = {}
         for part in last.parts:
             if part.tool_call_id not in open_calls:
                 continue
-            if part.state == "output-available":
+            if (
+                part.state == "approval-responded"
+                and part.approval is not None
+                and part.approval.approved is not None
+            ):
+                approvals[part.tool_call_id] = part.approval
+            elif part.state == "output-available":
                 output = part.output
                 answers[part.tool_call_id] = (
                     output if isinstance(output, str) else msgspec.json.encode(output).decode()
                 )
             elif part.state == "output-error":
                 answers[part.tool_call_id] = part.error_text or "error"
-        if not answers:
+        if not answers and not approvals:
             raise BadRequest(
                 "the last message answers none of the tool calls waiting: "
                 + ", ".join(sorted(open_calls))
@@ -271,6 +288,19 @@ class UIChat:
             await self.chat.tool_result(
                 owner, row.message.id, ToolResultIn(tool_call_id=call_id, content=content)
             )
+        for call_id, approval in approvals.items():
+            # addToolApprovalResponse: approved runs the stored arguments, denied tells
+            # the model why (turnlog.commands.Chat.tool_approval).
+            await self.chat.tool_approval(
+                owner,
+                row.message.id,
+                ToolApprovalIn(
+                    tool_call_id=call_id,
+                    approved=bool(approval.approved),
+                    reason=approval.reason,
+                ),
+            )
+        answers.update(dict.fromkeys(approvals, ""))
         turn = next((t for t in _turns(records) if row.message in t.steps), None)
         user_id = None if turn is None else _user_id(turn)
         return self._turn_frames(cid, user_id, after_seq=row.message.seq, answered=set(answers))

@@ -24,7 +24,7 @@ releases); the finish reason travels in the message metadata instead
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -142,6 +142,19 @@ class ToolOutputAvailable(_Chunk, frozen=True, tag="tool-output-available"):
     provider_executed: bool | None = None
 
 
+class ToolApprovalRequest(_Chunk, frozen=True, tag="tool-approval-request"):
+    """AI SDK 6+: the call waits for the user's yes (``addToolApprovalResponse``)."""
+
+    approval_id: str
+    tool_call_id: str
+
+
+class ToolOutputDenied(_Chunk, frozen=True, tag="tool-output-denied"):
+    """AI SDK 6+: the user said no; the call never ran."""
+
+    tool_call_id: str
+
+
 class MessageMetadata(_Chunk, frozen=True, tag="message-metadata"):
     message_metadata: dict[str, Any]
 
@@ -172,6 +185,8 @@ Chunk = (
     | ToolInputDelta
     | ToolInputAvailable
     | ToolOutputAvailable
+    | ToolApprovalRequest
+    | ToolOutputDenied
     | MessageMetadata
     | Finish
     | Abort
@@ -212,10 +227,30 @@ def finish_reason(reason: str | None) -> str | None:
     return _FINISH_REASONS.get(reason, "other")
 
 
+class ToolKinds:
+    """What the server's tool registry says of a tool name, for the chunks: whether the
+    client answers its calls (interactive and client tools) and whether they wait for
+    approval. Set once by the app (``configure``); by default only the built-ins."""
+
+    answered: Callable[[str], bool] = staticmethod(lambda name: name in INTERACTIVE)
+    approval: Callable[[str], bool] = staticmethod(lambda name: False)
+
+
+def configure(answered: Callable[[str], bool], approval: Callable[[str], bool]) -> None:
+    """Tell the mapping which tools the client answers and which wait for approval."""
+    ToolKinds.answered = staticmethod(answered)
+    ToolKinds.approval = staticmethod(approval)
+
+
 def _provider_executed(tool_name: str) -> bool | None:
     """Server tools ran here: to the client they are "provider executed" (so its
-    ``onToolCall`` is not asked to run them). Interactive ones wait for the client."""
-    return None if tool_name in INTERACTIVE else True
+    ``onToolCall`` is not asked to run them). Interactive and client ones wait for the
+    client."""
+    return None if ToolKinds.answered(tool_name) else True
+
+
+# A denied call's result (turnlog.commands.Chat.tool_approval).
+_DENIED = "denied:"
 
 
 class StepEncoder:
@@ -342,20 +377,48 @@ class StepEncoder:
 
 
 def tool_outputs(tool_rows: Iterable[Message]) -> list[Chunk]:
-    """``tool-output-available`` for each tool row (a result the server stored)."""
-    return [
-        ToolOutputAvailable(
-            tool_call_id=t.tool_call_id or "",
-            output=t.content or "",
-            provider_executed=_provider_executed(t.tool_name or ""),
+    """``tool-output-available`` for each tool row (a result the server stored);
+    ``tool-output-denied`` for a call the user did not approve."""
+    out: list[Chunk] = []
+    for t in tool_rows:
+        name, content = t.tool_name or "", t.content or ""
+        if content.startswith(_DENIED) and ToolKinds.approval(name):
+            out.append(ToolOutputDenied(tool_call_id=t.tool_call_id or ""))
+            continue
+        out.append(
+            ToolOutputAvailable(
+                tool_call_id=t.tool_call_id or "",
+                output=content,
+                provider_executed=_provider_executed(name),
+            )
         )
-        for t in tool_rows
+    return out
+
+
+def approval_requests(blocks: Sequence[Block], tool_rows: Iterable[Message]) -> list[Chunk]:
+    """``tool-approval-request`` for each ready call of a step that waits for approval
+    (its tool needs it and no result is stored). The approval id is the call id."""
+    answered = {t.tool_call_id for t in tool_rows}
+    return [
+        ToolApprovalRequest(approval_id=b.id, tool_call_id=b.id)
+        for b in blocks
+        if isinstance(b, ToolCallBlock)
+        and b.ready
+        and b.id not in answered
+        and ToolKinds.approval(b.name)
     ]
 
 
 def step_end(encoder: StepEncoder, tool_rows: Iterable[Message]) -> list[Chunk]:
-    """The chunks that end a step: its open part, its tools' results, ``finish-step``."""
-    return [*encoder.close(), *tool_outputs(tool_rows), FinishStep()]
+    """The chunks that end a step: its open part, its tools' results, its calls waiting
+    for approval, ``finish-step``."""
+    rows = list(tool_rows)
+    return [
+        *encoder.close(),
+        *approval_requests(encoder.blocks, rows),
+        *tool_outputs(rows),
+        FinishStep(),
+    ]
 
 
 def metadata(row: Message) -> dict[str, Any]:
@@ -536,6 +599,10 @@ def assemble(chunks: Iterable[Chunk], message: dict[str, Any] | None = None) -> 
                 part = tools[cid]
                 part.pop("errorText", None)
                 part.update(state="output-available", output=value)
+            case ToolApprovalRequest(approval_id=aid, tool_call_id=cid):
+                tools[cid].update(state="approval-requested", approval={"id": aid})
+            case ToolOutputDenied(tool_call_id=cid):
+                tools[cid]["state"] = "output-denied"
             case MessageMetadata(message_metadata=meta) | Finish(message_metadata=meta):
                 if meta is not None:
                     msg["metadata"] = {**msg.get("metadata", {}), **meta}

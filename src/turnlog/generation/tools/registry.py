@@ -288,6 +288,16 @@ class ToolRegistry:
             if any(fnmatch.fnmatchcase(t.name, p) for p in chosen) and self.allows(user, t.name)
         ]
 
+    def answered_by_client(self, name: str) -> bool:
+        """Whether calls of ``name`` are answered by the user or the client."""
+        tool = self.get(name)
+        return tool is not None and tool.descriptor.kind != "server"
+
+    def needs_approval(self, name: str) -> bool:
+        """Whether calls of server tool ``name`` wait for the user's approval."""
+        tool = self.get(name)
+        return tool is not None and tool.descriptor.kind == "server" and tool.descriptor.approval
+
     def interactive(self) -> Mapping[str, Tool]:
         """The tools whose calls a person or a client answers (the turn then waits)."""
         return {n: t for n, t in self.tools().items() if t.descriptor.kind != "server"}
