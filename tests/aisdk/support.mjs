@@ -62,7 +62,7 @@ export async function waitFor(check, what, timeout = LONG) {
 export class Server {
   /** `sharing`: another Server whose database and secret this one shares: a second
    * server process of the same deployment. */
-  constructor(sharing = null) {
+  constructor(sharing = null, extraEnv = {}) {
     this.sharing = sharing;
     if (sharing !== null) {
       // One server per data dir on the embedded database: this one gets its own data dir
@@ -88,6 +88,7 @@ export class Server {
       TURNLOG_CHECKPOINT_S: '0.3',
       TURNLOG_HEARTBEAT_S: '1',
       TURNLOG_SHUTDOWN_GRACE_S: '1',
+      ...extraEnv,
     };
     this.proc = null;
     this.log = '';
