@@ -53,6 +53,7 @@ HELP: Final = (
 )
 YOU: Final = "you › "
 ANSWER: Final = "answer › "
+APPROVE: Final = "run it? [y/n] › "
 
 
 class ChatApp:
@@ -223,6 +224,39 @@ class ChatApp:
                 return False
             result = self.client.tool_result(asking["id"], call_id, reply)
             self.shown.add(result["tool_message"]["id"])
+        return self.approve(rows, asking, answered | set(questions))
+
+    def approve(self, rows: list[JSON], asking: JSON, answered: set[str]) -> bool:
+        """Ask y/n for each call of ``asking`` that waits for approval; False if the user
+        withdrew them, or a call waits for something a terminal cannot give (a client
+        tool's output)."""
+        waiting = [
+            b
+            for b in asking.get("blocks") or []
+            if isinstance(b, dict) and b.get("type") == "tool_call" and b["id"] not in answered
+        ]
+        if not waiting:
+            return True
+        needs = {t["name"] for t in self.client.tools()["items"] if t["approval"]}
+        for call in waiting:
+            if call["name"] not in needs:
+                self.console.print(
+                    Text(f"[{call['name']} waits for its client; answer it there]", style="red")
+                )
+                return False
+            arguments = json.dumps(call.get("arguments"), ensure_ascii=False)
+            self.console.print(Text(f"[{call['name']} {arguments}]", style="yellow"))
+            try:
+                reply = input(APPROVE).strip().lower()
+            except (KeyboardInterrupt, EOFError):
+                self.console.print()
+                self.client.cancel(asking["id"])
+                self.console.print(Text("[call withdrawn]", style="red"))
+                return False
+            yes = reply in ("y", "yes")
+            self.client.tool_approval(
+                asking["id"], call["id"], yes, None if yes else "the user said no"
+            )
         return True
 
     def _row(self, mid: str) -> JSON | None:

@@ -460,6 +460,19 @@ class Client:
         body = {"tool_call_id": tool_call_id, "content": content}
         return _decoded(self.http.post(_Routes.message(mid, "tool-results"), json=body))
 
+    def tool_approval(
+        self, mid: str, tool_call_id: str, approved: bool, reason: str | None = None
+    ) -> Any:
+        """POST /v1/messages/{mid}/tool-approvals: approve or deny a call waiting for it."""
+        body: dict[str, Any] = {"tool_call_id": tool_call_id, "approved": approved}
+        if reason is not None:
+            body["reason"] = reason
+        return _decoded(self.http.post(_Routes.message(mid, "tool-approvals"), json=body))
+
+    def tools(self) -> Any:
+        """GET /v1/tools: the tools this user may use."""
+        return _decoded(self.http.get("/v1/tools"))
+
     def export(self, cid: str, *, format: str = "markdown", lang: str | None = None) -> Any:
         """GET .../export: the markdown text, or the decoded JSON document."""
         params = _export_params(format, lang)

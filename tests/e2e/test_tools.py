@@ -259,3 +259,50 @@ def test_a_user_may_not_name_a_tool_outside_their_access(tool_server: Server) ->
         assert r.status_code == 403
         r = h.post("/v1/conversations", json={"tools": ["no_such_tool"]})
         assert r.status_code == 400
+
+
+def _chat(server: Server, tmp_path: Path, stdin: str, *extra: str) -> Any:
+    import os
+
+    from .support import JWT_SECRET
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TURNLOG_")}
+    env.update(TURNLOG_JWT_SECRET=JWT_SECRET, TURNLOG_DATA_DIR=str(tmp_path))
+    return subprocess.run(
+        [
+            sys.executable,
+            *("-m", "turnlog.cli", "chat", "--url", server.url, "--user", "root"),
+            *extra,
+        ],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(("answer", "result"), [("y", '"title":"fix the build"'), ("n", "denied")])
+def test_turnlog_chat_asks_y_or_n(
+    tool_server: Server, tmp_path: Path, answer: str, result: str
+) -> None:
+    """`turnlog chat` shows a call waiting for approval with its arguments and asks y/n:
+    y runs it, n denies it."""
+    options = {
+        "tool": "create_ticket",
+        "tool_arguments": {"title": "fix the build", "priority": 2},
+        "tokens_per_second": 400,
+        "length": 8,
+    }
+    with tool_server.http("root") as h:
+        cid = h.post(
+            "/v1/conversations", json={"tools": ["create_ticket"], "options": options}
+        ).json()["id"]
+    done = _chat(tool_server, tmp_path, f"file it\n{answer}\n/quit\n", "--conversation", cid)
+    assert done.returncode == 0, done.stderr
+    assert 'create_ticket {"title": "fix the build", "priority": 2}' in done.stdout
+    with tool_server.http("root") as h:
+        conv = _settled(h, cid)
+    tool_row = next(m for m in conv["messages"] if m["role"] == "tool")
+    assert result in tool_row["content"]
+    assert conv["messages"][-1]["status"] == "completed"
