@@ -46,7 +46,9 @@ from turnlog import replay
 from turnlog.db.embedded import EmbeddedPostgres
 from turnlog.db.schema import apply_schema
 from turnlog.log import events as ev
-from turnlog.log.store import Store, configure_connection, open_pool
+from turnlog.log.pool import open_pool
+from turnlog.log.rows import configure_connection
+from turnlog.log.store import Store
 
 TURN = 50  # events per turn: user message, turn start, 47 checkpoints, completion
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)

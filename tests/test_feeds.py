@@ -12,8 +12,9 @@ import msgspec
 
 from turnlog.http.feeds import Feed, FeedHub
 from turnlog.log import events as ev
+from turnlog.log.fold import Change
 from turnlog.log.projection import Conversation, ConversationRecord, Message
-from turnlog.log.store import Appended, Change
+from turnlog.log.store import Appended
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 CID = uuid.uuid4()

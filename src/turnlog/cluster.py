@@ -37,26 +37,15 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import anyio
-import msgspec
 import psycopg
 import structlog
 
 from turnlog.generation.engine import Engine
 from turnlog.http.feeds import FeedHub
-from turnlog.log.projection import Conversation, Message, MessageRecord
-from turnlog.log.store import (
-    _LIVENESS_JOIN,
-    _SETTLED,
-    CONVERSATION_COLUMNS,
-    LIVENESS_GRACE_S,
-    MESSAGE_COLUMNS,
-    Appended,
-    Store,
-    conversation_from_row,
-    message_from_row,
-)
+from turnlog.log.instances import Owner
+from turnlog.log.projection import MessageRecord
+from turnlog.log.store import Appended, Store
 from turnlog.log.tree import active as tree_active
-from turnlog.log.tree import numbered
 
 log = structlog.get_logger("turnlog.cluster")
 
@@ -74,15 +63,6 @@ def internal_token(secret: str) -> str:
     """The credential instances present to each other's internal routes: derived from the
     JWT secret, which every instance of one deployment shares anyway."""
     return hmac.new(secret.encode(), b"turnlog internal routes v1", hashlib.sha256).hexdigest()
-
-
-class Owner(msgspec.Struct, frozen=True):
-    """Who runs a message's generation, as the store and PostgreSQL's locks say."""
-
-    status: str
-    instance_id: uuid.UUID | None
-    internal_url: str | None
-    alive: bool
 
 
 class Cluster:
@@ -122,11 +102,7 @@ class Cluster:
 
     async def register(self, internal_url: str | None) -> None:
         """Publish where this instance serves its live streams to the others."""
-        async with self.store.pool.connection() as conn:
-            await conn.execute(
-                "UPDATE instances SET internal_url = %s WHERE id = %s",
-                (internal_url, self.instance_id),
-            )
+        await self.store.instances.set_internal_url(self.instance_id, internal_url)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -225,46 +201,21 @@ class Cluster:
                     log.warning("feed catch-up failed; the poll retries", error=str(exc))
 
     async def _catch_up(self, cid: uuid.UUID) -> None:
-        read = await self._read(cid)
+        read = await self.store.snapshot(cid)
         if read is None:
             return
-        version, conv, messages = read
-        if conv is None:
+        version, record, rows = read
+        if record is None:
             self._stop_generations_of(cid)
-        self.hub.caught_up(cid, version, conv, messages)
+            self.hub.caught_up(cid, version, None, [])
+            return
+        # The feeds show the active path only (turnlog.log.tree).
+        active = [r.message for r in tree_active(record, rows)]
+        self.hub.caught_up(cid, version, record.conversation, active)
 
     def _stop_generations_of(self, cid: uuid.UUID) -> None:
         for mid in self.engine.cancel_conversation(cid):
             log.info("conversation deleted elsewhere; stopping", message_id=str(mid))
-
-    async def _read(self, cid: uuid.UUID) -> tuple[int, Conversation | None, list[Message]] | None:
-        """The conversation and its rows as of one version, or (version, None, []) once
-        deleted; None if it never existed."""
-        async with self.store.pool.connection() as conn, conn.transaction():
-            # REPEATABLE READ: the conversation row (its version) and the message rows
-            # come from one snapshot, so the rows are exactly as that version left them.
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            cur = await conn.execute(
-                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = %s", (cid,)
-            )
-            row = await cur.fetchone()
-            if row is None:
-                cur = await conn.execute(
-                    "SELECT max(version) FROM events WHERE conversation_id = %s", (cid,)
-                )
-                found = await cur.fetchone()
-                if found is None or found[0] is None:
-                    return None
-                return int(found[0]), None, []
-            record = conversation_from_row(row)
-            conv = record.conversation
-            cur = await conn.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = %s ORDER BY seq",
-                (cid,),
-            )
-            rows = numbered([message_from_row(r) for r in await cur.fetchall()])
-        # The feeds show the active path only (turnlog.log.tree).
-        return conv.version, conv, [r.message for r in tree_active(record, rows)]
 
     async def _poller(self) -> None:
         while True:
@@ -279,49 +230,27 @@ class Cluster:
         followed = self.hub.followed()
         if not running and not followed:
             return
-        async with self.store.pool.connection() as conn:
-            if running:
-                # A generation runs here only while its lease names this instance (the
-                # write that starts a turn takes it; the one that ends the row drops it).
-                # A lease asking for a cancel, or gone (the row was ended elsewhere, or its
-                # conversation deleted, and the wake-up was lost): stop it now.
-                cur = await conn.execute(
-                    "SELECT message_id, cancel_requested FROM leases "
-                    "WHERE instance_id = %s AND message_id = ANY(%s)",
-                    (self.instance_id, running),
-                )
-                leased: dict[uuid.UUID, bool] = dict(await cur.fetchall())
-                for mid in running:
-                    if leased.get(mid, True) and self.engine.running(mid) is not None:
-                        self._cancel_here(str(mid))
-            if followed:
-                cur = await conn.execute(
-                    "SELECT id, version FROM conversations WHERE id = ANY(%s)", (list(followed),)
-                )
-                versions: dict[uuid.UUID, int] = {r[0]: r[1] for r in await cur.fetchall()}
-                for cid, seen in followed.items():
-                    if versions.get(cid, seen + 1) > seen:  # moved on, or deleted
-                        self._moved(cid)
+        if running:
+            # A generation runs here only while its lease names this instance (the write
+            # that starts a turn takes it; the one that ends the row drops it). A lease
+            # asking for a cancel, or gone (the row was ended elsewhere, or its
+            # conversation deleted, and the wake-up was lost): stop it now.
+            leased = await self.store.instances.leases_of(self.instance_id, running)
+            for mid in running:
+                if leased.get(mid, True) and self.engine.running(mid) is not None:
+                    self._cancel_here(str(mid))
+        if followed:
+            versions = await self.store.versions(followed)
+            for cid, seen in followed.items():
+                if versions.get(cid, seen + 1) > seen:  # moved on, or deleted
+                    self._moved(cid)
 
     # -- who runs what --------------------------------------------------------------------
 
     async def owner(self, mid: uuid.UUID) -> Owner | None:
         """The row's status and the instance leasing it (alive: its liveness lock is
         held); None if there is no such row."""
-        async with self.store.pool.connection() as conn:
-            # Alive: its lock is held, or it may be (a database restarted less than
-            # LIVENESS_GRACE_S ago freed every lock; the living take theirs again).
-            cur = await conn.execute(
-                "SELECT m.status, i.id, i.internal_url, "
-                f"pl.pid IS NOT NULL OR (i.id IS NOT NULL AND NOT {_SETTLED}) FROM messages m "
-                "LEFT JOIN leases l ON l.message_id = m.id AND l.attempt = m.attempt "
-                f"{_LIVENESS_JOIN} WHERE m.id = %s",
-                (LIVENESS_GRACE_S, mid),
-            )
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        return Owner(status=row[0], instance_id=row[1], internal_url=row[2], alive=bool(row[3]))
+        return await self.store.instances.owner(mid)
 
     async def request_cancel(self, row: MessageRecord) -> bool:
         """Ask the living instance that runs ``row`` to abort it and wait until it has.
@@ -333,13 +262,7 @@ class Cluster:
             return True  # it ended meanwhile: the caller reads the outcome
         if not owner.alive or owner.instance_id in (None, self.instance_id):
             return False
-        async with self.store.pool.connection() as conn:
-            await conn.execute(
-                "UPDATE leases SET cancel_requested = true WHERE message_id = %s", (mid,)
-            )
-            # The wake-up, after the request committed (autocommit): the owner that hears it
-            # finds the request stored; one that does not finds it at its next poll.
-            await conn.execute("SELECT pg_notify(%s, %s)", (CANCEL_CHANNEL, str(mid)))
+        await self.store.instances.request_cancel(mid, channel=CANCEL_CHANNEL)
         log.info("cancel requested from the owner", owner=str(owner.instance_id))
         return await _until(lambda: self._ended_or_dead(mid), within_s=CANCEL_WAIT_S, interval=0.05)
 

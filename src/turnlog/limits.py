@@ -34,7 +34,7 @@ from turnlog.config import Settings
 from turnlog.log.projection import DomainError
 
 # Any constant works as long as it differs from the other advisory lock spaces in use
-# (store.INSTANCE_LOCK_SPACE is 0x746C).
+# (instances.INSTANCE_LOCK_SPACE is 0x746C).
 LIMITS_LOCK_SPACE = 0x6C6D  # "lm"
 WINDOW = timedelta(seconds=60)
 # Nobody can tell when a running generation ends; this is a polite first guess.

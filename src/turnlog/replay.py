@@ -31,7 +31,7 @@ from turnlog_reducer import StreamProtocolError
 from turnlog.config import Settings
 from turnlog.log.events import ConversationCreated, decode
 from turnlog.log.projection import ConversationRecord, MessageRecord, evolve
-from turnlog.log.store import (
+from turnlog.log.rows import (
     CONVERSATION_COLUMNS,
     MESSAGE_COLUMNS,
     configure_connection,
@@ -93,7 +93,7 @@ def fold_log(
 
     Reads through a server-side cursor in one snapshot, so memory holds one conversation
     and one fetch at a time. ``conn`` must be configured with
-    :func:`~turnlog.log.store.configure_connection` (jsonb arrives as bytes).
+    :func:`~turnlog.log.rows.configure_connection` (jsonb arrives as bytes).
     """
     where: list[sql.Composable] = []
     params: list[Any] = []

@@ -19,8 +19,9 @@ from tests.log.test_store_ways import Clock, checkpoint, started_turn, versions
 from turnlog import replay
 from turnlog.db.schema import apply_schema
 from turnlog.log import events as ev
+from turnlog.log.pool import open_pool
 from turnlog.log.projection import Fenced, InvalidEvent
-from turnlog.log.store import Store, open_pool
+from turnlog.log.store import Store
 
 pytestmark = pytest.mark.anyio
 

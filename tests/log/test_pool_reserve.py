@@ -13,8 +13,7 @@ import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from turnlog.log.pool import RESERVE_FROM, RESERVED, BoundedPool, urgently
-from turnlog.log.store import open_pool
+from turnlog.log.pool import RESERVE_FROM, RESERVED, BoundedPool, open_pool, urgently
 
 
 @pytest.fixture

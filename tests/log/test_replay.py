@@ -20,8 +20,9 @@ from turnlog_reducer import TextDelta, ToolCallReady, ToolCallStarted
 from turnlog import replay
 from turnlog.db.schema import apply_schema
 from turnlog.log import events as ev
+from turnlog.log.pool import open_pool
 from turnlog.log.projection import ConversationRecord
-from turnlog.log.store import Store, open_pool
+from turnlog.log.store import Store
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -42,6 +42,7 @@ from turnlog import replay
 from turnlog.db.schema import apply_schema
 from turnlog.log import events as ev
 from turnlog.log import tree
+from turnlog.log.pool import open_pool
 from turnlog.log.projection import (
     AlreadyStored,
     ConversationBusy,
@@ -52,7 +53,7 @@ from turnlog.log.projection import (
     MessageRecord,
     NotFound,
 )
-from turnlog.log.store import Appended, Store, VersionConflict, open_pool
+from turnlog.log.store import Appended, Store, VersionConflict
 
 T = TypeVar("T")
 

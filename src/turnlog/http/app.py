@@ -55,9 +55,9 @@ from turnlog.http.common import (
     unauthorized,
 )
 from turnlog.log.liveness import Liveness
-from turnlog.log.pool import BoundedPool, DatabaseUnavailable
+from turnlog.log.pool import BoundedPool, DatabaseUnavailable, open_pool
 from turnlog.log.projection import DomainError
-from turnlog.log.store import Appended, OnAppend, Store, open_pool
+from turnlog.log.store import Appended, OnAppend, Store
 from turnlog.product.cache import ResponseCache
 from turnlog.product.titles import Titler
 from turnlog.uichat import mapping as uichat_mapping

@@ -10,7 +10,7 @@ drops the session. :class:`Liveness` keeps it:
   again as soon as the database lets it and takes the same lock key again (another one if
   someone took that key meanwhile, with this instance's row updated), well within
   ``LIVENESS_GRACE_S`` after a restart, the time during which nobody treats a free lock as
-  a death (turnlog.log.store);
+  a death (turnlog.log.instances);
 * whenever the pool saw a connection fail, it has the pool check its idle connections at
   once, so broken ones are replaced before they fail a request each.
 

@@ -31,6 +31,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from turnlog import aio
+from turnlog.log.rows import configure_connection
 
 # Seconds a client should wait before trying again (the Retry-After of a 503).
 RETRY_AFTER_S = 2
@@ -154,3 +155,24 @@ class BoundedPool:
 
     async def close(self) -> None:
         await self.raw.close(timeout=self.timeout_s)
+
+
+def open_pool(conninfo: str, *, min_size: int = 2, max_size: int = 20) -> AsyncConnectionPool[Any]:
+    """An (unopened) pool of autocommit connections configured for the store."""
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        configure_connection(conn)
+
+    return AsyncConnectionPool(
+        conninfo,
+        min_size=min_size,
+        max_size=max_size,
+        # connect_timeout: a paused server accepts the socket and never answers.
+        kwargs={"autocommit": True, "connect_timeout": 2},
+        configure=configure,
+        # A connection that cannot be made again is given up after 2 s rather than retried
+        # with a backoff growing to minutes: the next request that needs one makes a new
+        # attempt at once, so the pool is back as soon as the database is.
+        reconnect_timeout=2.0,
+        open=False,
+    )
