@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, settings
 
 from tests import pg
 from turnlog.db.schema import apply_schema
-from turnlog.log.store import Store, open_pool
+from turnlog.log.pool import open_pool
+from turnlog.log.store import Store
 
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile(

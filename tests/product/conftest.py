@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from turnlog.db.schema import apply_schema
-from turnlog.log.store import Store, open_pool
+from turnlog.log.pool import open_pool
+from turnlog.log.store import Store
 
 
 @pytest.fixture
