@@ -42,7 +42,7 @@ from psycopg import sql
 
 from turnlog.db.embedded import EmbeddedPostgres
 from turnlog.db.schema import apply_schema
-from turnlog.log.store import CONVERSATION_COLUMNS, configure_connection
+from turnlog.log.rows import CONVERSATION_COLUMNS, configure_connection
 from turnlog.product import search
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)

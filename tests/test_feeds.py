@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import anyio
 import msgspec
 
-from turnlog.http.feeds import Feed, FeedHub
+from turnlog.feeds import Feed, FeedHub
 from turnlog.log import events as ev
 from turnlog.log.fold import Change
 from turnlog.log.projection import Conversation, ConversationRecord, Message
@@ -99,26 +99,22 @@ def test_own_commits_after_the_snapshot_are_pushed_as_they_come() -> None:
     """Seeded at the subscriber's snapshot, a contiguous commit of this process goes out
     at once with its own version."""
     hub = FeedHub()
-    gaps: list[uuid.UUID] = []
-    hub.on_gap = gaps.append
     feed = hub.subscribe(CID)
     hub.seed(CID, 3)
     hub.publish(appended(4, message(1, "a")))
     assert [(e, v) for e, v, _ in drain(feed)] == [("message", 4)]
-    assert gaps == []
+    assert hub.stale.pending() == {}
 
 
 def test_a_commit_after_versions_written_elsewhere_waits_for_the_catch_up() -> None:
     """A commit that finds versions missing before it is not shown alone; the catch-up
     shows the rows that differ under its version, and the commit is not shown again."""
     hub = FeedHub()
-    gaps: list[uuid.UUID] = []
-    hub.on_gap = gaps.append
     feed = hub.subscribe(CID)
     hub.seed(CID, 3)
     hub.publish(appended(4, message(1, "a")))
     hub.publish(appended(6, message(2, "b")))  # 5 was written by another instance
-    assert gaps == [CID]
+    assert list(hub.stale.pending()) == [CID]
     hub.caught_up(CID, 6, conversation(6, "renamed elsewhere"), [message(1, "a"), message(2, "b")])
     hub.publish(appended(6, message(2, "b")))  # arrives late: already shown
     frames = drain(feed)
@@ -135,11 +131,9 @@ def test_before_the_snapshot_is_known_commits_go_through_the_catch_up() -> None:
     """Until the first subscriber's snapshot version is known, a commit cannot be placed
     in order: it asks for a catch-up instead of being pushed."""
     hub = FeedHub()
-    gaps: list[uuid.UUID] = []
-    hub.on_gap = gaps.append
     feed = hub.subscribe(CID)
     hub.publish(appended(2, message(1, "a")))
-    assert gaps == [CID]
+    assert list(hub.stale.pending()) == [CID]
     assert drain(feed) == []
 
 
@@ -160,8 +154,6 @@ def test_rows_off_the_active_path_are_not_shown_and_a_switch_is_caught_up() -> N
     """A row of another version (off the active path) sends no frame; a select asks for a
     catch-up, which shows the new path's rows (even ones shown before) and the conversation."""
     hub = FeedHub()
-    gaps: list[uuid.UUID] = []
-    hub.on_gap = gaps.append
     feed = hub.subscribe(CID)
     hub.seed(CID, 3)
     # Rows 1 (first) and 2, 3: versions under row 1; row 3 is active, row 2 is not.
@@ -180,7 +172,26 @@ def test_rows_off_the_active_path_are_not_shown_and_a_switch_is_caught_up() -> N
         ),
     )
     hub.publish(Appended(CID, switched, (), ((5, select),), (Change(5, (), True),)))
-    assert gaps == [CID]
+    assert list(hub.stale.pending()) == [CID]
     assert drain(feed) == []
     hub.caught_up(CID, 5, switched.conversation, [message(1, "first"), message(2, "off")])
     assert [e for e, _, _ in drain(feed)] == ["message", "message", "conversation"]
+
+
+def test_every_commit_here_is_kept_for_the_other_instances() -> None:
+    """Subscribed here or not, each commit of this process waits in ``committed`` for the
+    backend to announce, coalesced to the newest version of each conversation, a deletion
+    marked."""
+    hub = FeedHub()
+    other = uuid.uuid4()
+    hub.publish(appended(2, message(1, "a")))
+    hub.publish(appended(3, message(2, "b")))
+    gone = Appended(other, None, (), ((7, ev.ConversationDeleted(at=AT)),), ())
+    hub.publish(gone)
+
+    async def take() -> tuple[dict[uuid.UUID, int], set[uuid.UUID]]:
+        return await hub.committed.take()
+
+    assert anyio.run(take) == ({CID: 3, other: 7}, {other})
+    assert hub.committed.pending() == {}
+    assert hub.stale.pending() == {}  # nobody follows them here: nothing to catch up

@@ -2,15 +2,17 @@
 
 General layout::
 
-    Cluster                  one per instance, running in the app's task group
-      on_append              after each commit here: the local feeds, then a NOTIFY wake-up
-      _notifier              sends the pending wake-ups, coalesced, on a pool connection
+    Cluster                  one per instance, running in the app's task group; the
+                             PostgreSQL backend of the feeds (turnlog.feeds)
+      _notifier              sends this process's commits (FeedHub.committed) as NOTIFY
+                             wake-ups, coalesced, on a pool connection
       _listener              ONE dedicated LISTEN connection: feed wake-ups, cancel requests
-      _catcher               reads a conversation that moved elsewhere, hands it to FeedHub
+      _catcher               reads a conversation that moved elsewhere (FeedHub.stale),
+                             hands it to FeedHub.caught_up
       _poller                the fallback that keeps feeds and cancels correct without NOTIFY
       owner / request_cancel who runs a generating row (and is it alive); cancel it anywhere
 
-Why it is shaped this way (issue 13):
+Why it is shaped this way (docs/deployment.md, "The design"):
 
 * NOTIFY carries no data, only "conversation C reached version V" (or "cancel message M").
   The changes themselves are read from the store, so a lost or coalesced notification costs
@@ -40,11 +42,11 @@ import anyio
 import psycopg
 import structlog
 
+from turnlog.feeds import FeedHub
 from turnlog.generation.engine import Engine
-from turnlog.http.feeds import FeedHub
 from turnlog.log.instances import Owner
 from turnlog.log.projection import MessageRecord
-from turnlog.log.store import Appended, Store
+from turnlog.log.store import Store
 from turnlog.log.tree import active as tree_active
 
 log = structlog.get_logger("turnlog.cluster")
@@ -82,23 +84,6 @@ class Cluster:
         self.engine = engine
         self.instance_id = instance_id
         self.listening = False
-        self._dirty: dict[uuid.UUID, int] = {}
-        self._deleted: set[uuid.UUID] = set()
-        self._notify_wakeup = anyio.Event()
-        self._stale: set[uuid.UUID] = set()
-        self._catch_wakeup = anyio.Event()
-        hub.on_gap = self._moved
-
-    # -- this instance's commits -----------------------------------------------------------
-
-    def on_append(self, appended: Appended) -> None:
-        """The store's after-commit hook: this process's feeds, then the others' wake-up."""
-        self.hub.publish(appended)
-        cid = appended.conversation_id
-        self._dirty[cid] = max(self._dirty.get(cid, 0), appended.version)
-        if appended.conversation is None:
-            self._deleted.add(cid)
-        self._notify_wakeup.set()
 
     async def register(self, internal_url: str | None) -> None:
         """Publish where this instance serves its live streams to the others."""
@@ -118,10 +103,8 @@ class Cluster:
 
     async def _notifier(self) -> None:
         while True:
-            await self._notify_wakeup.wait()
-            self._notify_wakeup = anyio.Event()
-            batch, self._dirty = self._dirty, {}
-            deleted, self._deleted = self._deleted, set()
+            # This process's commits since the last round (FeedHub.publish puts them).
+            batch, deleted = await self.hub.committed.take()
             payloads = [
                 f"{self.instance_id} {cid} {v}" + (" deleted" if cid in deleted else "")
                 for cid, v in batch.items()
@@ -186,15 +169,13 @@ class Cluster:
             gen.cancel("aborted")
 
     def _moved(self, cid: uuid.UUID) -> None:
-        self._stale.add(cid)
-        self._catch_wakeup.set()
+        self.hub.stale.put(cid)
 
     async def _catcher(self) -> None:
         while True:
-            await self._catch_wakeup.wait()
-            self._catch_wakeup = anyio.Event()
-            while self._stale:
-                cid = self._stale.pop()
+            # Gaps the hub found, and wake-ups and polls that found a conversation moved.
+            stale, _ = await self.hub.stale.take()
+            for cid in stale:
                 try:
                     await self._catch_up(cid)
                 except Exception as exc:

@@ -149,7 +149,13 @@ class Chat:
     """The commands, bound to one store and engine."""
 
     def __init__(
-        self, store: Store, engine: Engine, settings: Settings, limits: Limits | None = None
+        self,
+        store: Store,
+        engine: Engine,
+        settings: Settings,
+        limits: Limits | None = None,
+        *,
+        cancel_elsewhere: Callable[[MessageRecord], Awaitable[bool]] | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -160,7 +166,7 @@ class Chat:
         self._approving: set[tuple[uuid.UUID, str]] = set()
         # Asks the living instance that runs a row to cancel it (turnlog.cluster); False
         # when this one has to end the row itself.
-        self.cancel_elsewhere: Callable[[MessageRecord], Awaitable[bool]] | None = None
+        self.cancel_elsewhere = cancel_elsewhere
         self.recovery = Recovery(store, engine, settings, interrupt=self.interrupt, now=self.now)
 
     def now(self) -> datetime:

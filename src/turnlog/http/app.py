@@ -189,7 +189,7 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
     await anyio.to_thread.run_sync(apply_schema, url)
     pool = BoundedPool(open_pool(url), timeout_s=settings.db_timeout_s)
     await pool.open(wait=True)
-    rt.store = Store(pool, on_append=rt.hub.publish)
+    rt.store = Store(pool, on_append=_after_commit(rt))
     rt.liveness = Liveness(url, rt.store, rt.instance_id)
     try:
         rt.engine = Engine(
@@ -203,13 +203,19 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
         cache_config = settings.models.product.cache
         if cache_config is not None:
             rt.engine.response_cache = ResponseCache(rt.store.pool, cache_config, rt.metrics)
+        if settings.auto_titles:
+            rt.titler = Titler(rt.store, settings, rt.metrics, now=rt.engine.now)
         _gauges(rt)
         await rt.limits.open(url)
-        rt.chat = Chat(rt.store, rt.engine, settings, rt.limits)
-        await rt.liveness.start(utcnow())
         rt.cluster = Cluster(url, rt.store, rt.hub, rt.engine, rt.instance_id)
-        rt.store.set_on_append(_after_commit(rt))
-        rt.chat.cancel_elsewhere = rt.cluster.request_cancel
+        rt.chat = Chat(
+            rt.store,
+            rt.engine,
+            settings,
+            rt.limits,
+            cancel_elsewhere=rt.cluster.request_cancel,
+        )
+        await rt.liveness.start(utcnow())
         await rt.cluster.register(rt.internal_url)
         rt.follower = Follower(
             rt.cluster, rt.chat, token=rt.internal_token, heartbeat_s=settings.heartbeat_s
@@ -253,16 +259,15 @@ async def _lifespan(rt: Runtime) -> AsyncGenerator[None, None]:
 
 
 def _after_commit(rt: Runtime) -> OnAppend:
-    """The store's after-commit hook: the cluster's (feeds, wake-ups), then automatic
-    titles' (unless TURNLOG_AUTO_TITLES=0)."""
-    if not rt.settings.auto_titles:
-        return rt.cluster.on_append
-    titler = rt.titler = Titler(rt.store, rt.settings, rt.metrics, now=rt.engine.now)
-    cluster = rt.cluster
+    """The store's after-commit hook: the feeds (here, and the other instances' through
+    the cluster), then automatic titles (``rt.titler``, made once the engine exists; None
+    when TURNLOG_AUTO_TITLES=0)."""
+    hub = rt.hub
 
     def after_commit(appended: Appended) -> None:
-        cluster.on_append(appended)
-        titler.on_append(appended)
+        hub.publish(appended)
+        if rt.titler is not None:
+            rt.titler.on_append(appended)
 
     return after_commit
 

@@ -27,11 +27,11 @@ from turnlog.commands import (
     Unavailable,
 )
 from turnlog.config import Settings
+from turnlog.feeds import FeedHub
 from turnlog.follow import Follower
 from turnlog.generation.engine import Engine
 from turnlog.generation.tools.registry import build_registry
 from turnlog.http.auth import load_secret, user_from_header
-from turnlog.http.feeds import FeedHub
 from turnlog.http.session import COOKIE, session_user
 from turnlog.limits import Limits, TooMany
 from turnlog.log.liveness import Liveness

@@ -13,6 +13,7 @@ import structlog
 from litestar import Request, get
 from litestar.response import Stream
 
+from turnlog.feeds import Feed
 from turnlog.follow import mirror_frames
 from turnlog.http.auth import stream_reader
 from turnlog.http.common import (
@@ -25,7 +26,6 @@ from turnlog.http.common import (
     sse,
     user,
 )
-from turnlog.http.feeds import Feed
 from turnlog.http.openapi import Text, api
 from turnlog.log.projection import Conversation, Message, MessageRecord, NotFound
 from turnlog.streams import PING, LiveStream, done_for, event_frame, init_frame, sse_frame

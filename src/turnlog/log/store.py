@@ -113,6 +113,8 @@ class Store:
         pool: AsyncConnectionPool[Any] | BoundedPool,
         on_append: OnAppend | None = None,
     ) -> None:
+        # ``on_append`` is called after every committed append (the server passes
+        # FeedHub.publish: the live feeds here, then the other instances').
         # Every unit of work is bounded in time (see log/pool.py); the server passes its
         # TURNLOG_DB_TIMEOUT_S, a bare pool (tools, tests) gets a generous bound.
         self.pool = pool if isinstance(pool, BoundedPool) else BoundedPool(pool, timeout_s=30.0)
@@ -122,10 +124,6 @@ class Store:
         self._memory = Memory()
         self._group = GroupCommit(self.pool)
         self.instances = Instances(self.pool)
-
-    def set_on_append(self, on_append: OnAppend | None) -> None:
-        """Called after every committed append (the live conversation feeds use it)."""
-        self._on_append = on_append
 
     @property
     def group_writes(self) -> int:

@@ -21,7 +21,7 @@ import msgspec
 
 from turnlog.log.pool import BoundedPool
 from turnlog.log.projection import Conversation, ConversationRecord
-from turnlog.log.store import CONVERSATION_COLUMNS, conversation_from_row
+from turnlog.log.rows import CONVERSATION_COLUMNS, conversation_from_row
 
 MAX_QUERY_CHARS = 1_000
 

@@ -1,10 +1,27 @@
 """Live conversation feeds: every committed change of a conversation, to its subscribers.
 
-The store calls :meth:`FeedHub.publish` after each commit of this process; changes other
-instances commit arrive through :meth:`FeedHub.caught_up` (turnlog.cluster reads them from
-the store when a NOTIFY or its poll says the conversation moved). Frames are encoded once
-per change, not per subscriber. A subscriber that falls ``QUEUE_FRAMES`` behind is closed (its
-client reconnects and gets a fresh snapshot), so nobody ever waits for a slow reader.
+The twin of :mod:`turnlog.streams` (one message's stream events): here, one conversation's
+committed changes. Nothing in it is HTTP; ``http/live.py`` serves a :class:`Feed` as SSE.
+
+Publish/subscribe, with the cross-instance part beside it (litestar's channels plugin and
+its backends are the model)::
+
+    FeedHub                     this process's feeds, by conversation
+      subscribe / unsubscribe     a subscriber's Feed (a bounded queue of SSE frames)
+      publish(appended)           after each commit of this process (the store's on_append)
+      caught_up(...)              a conversation as the store holds it, after another
+                                  instance committed
+      committed                   Pending: this process's commits, for the other instances
+      stale                       Pending: conversations to read again (a gap, a wake-up)
+
+:class:`turnlog.cluster.Cluster` is the PostgreSQL backend: it sends ``committed`` as NOTIFY
+wake-ups, and for each ``stale`` conversation reads the store and calls ``caught_up``.
+The hub holds no callback: the backend takes from its two ``Pending`` queues, so each
+part is built once, in order (hub, store, engine, cluster), with all it needs.
+
+Frames are encoded once per change, not per subscriber. A subscriber that falls
+``QUEUE_FRAMES`` behind is closed (its client reconnects and gets a fresh snapshot), so
+nobody ever waits for a slow reader.
 """
 
 from __future__ import annotations
@@ -12,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
-from collections.abc import Callable
 from typing import Literal
 
 import anyio
@@ -114,17 +130,50 @@ def _public(c: Conversation) -> tuple[object, ...]:
     return (c.title, c.model, c.options, c.system_prompt, c.state, c.active_leaf_id)
 
 
+class Pending:
+    """Conversations waiting for the backend, coalesced: each with the newest version put
+    (and whether it was deleted there). :meth:`take` waits for some and takes them all."""
+
+    def __init__(self) -> None:
+        self._versions: dict[uuid.UUID, int] = {}
+        self._deleted: set[uuid.UUID] = set()
+        self._wakeup = anyio.Event()
+
+    def put(self, cid: uuid.UUID, version: int = 0, *, deleted: bool = False) -> None:
+        self._versions[cid] = max(self._versions.get(cid, 0), version)
+        if deleted:
+            self._deleted.add(cid)
+        self._wakeup.set()
+
+    def pending(self) -> dict[uuid.UUID, int]:
+        """What waits now, without taking it."""
+        return dict(self._versions)
+
+    async def take(self) -> tuple[dict[uuid.UUID, int], set[uuid.UUID]]:
+        """Wait until something is put, then take everything: (version by conversation,
+        the conversations deleted)."""
+        await self._wakeup.wait()
+        self._wakeup = anyio.Event()
+        versions, self._versions = self._versions, {}
+        deleted, self._deleted = self._deleted, set()
+        return versions, deleted
+
+
 class FeedHub:
     """Feeds by conversation. Two sources push into it, in version order: this process's
     commits (``publish``, exact per-version frames) and catch-ups from the store after
     another instance committed (``caught_up``, the rows as of the version read; see
     turnlog.cluster). A commit of this process that arrives after a catch-up already
     covered it is skipped; one that finds versions missing before it (another instance
-    wrote them) is left to the catch-up ``on_gap`` asks for, so ids never decrease."""
+    wrote them) is left to a catch-up (it puts the conversation in ``stale``), so ids never
+    decrease."""
 
     def __init__(self) -> None:
         self._topics: dict[uuid.UUID, _Topic] = {}
-        self.on_gap: Callable[[uuid.UUID], None] | None = None
+        # Every commit of this process, for the other instances' feeds (the backend's).
+        self.committed = Pending()
+        # Conversations whose feeds here miss versions: the backend reads them again.
+        self.stale = Pending()
 
     def subscribe(self, cid: uuid.UUID) -> Feed:
         feed = Feed()
@@ -155,27 +204,27 @@ class FeedHub:
         return {cid: t.version for cid, t in self._topics.items()}
 
     def publish(self, appended: Appended) -> None:
-        topic = self._topics.get(appended.conversation_id)
+        """A commit of this process (the store's after-commit hook): to the feeds here, and
+        to ``committed`` for the other instances."""
+        cid = appended.conversation_id
+        self.committed.put(cid, appended.version, deleted=appended.conversation is None)
+        topic = self._topics.get(cid)
         if topic is None:
             return
         first, last = appended.events[0][0], appended.version
         if last <= topic.version:
             return  # a catch-up from the store already showed it
-        if self.on_gap is not None and (topic.version == 0 or first > topic.version + 1):
+        if topic.version == 0 or first > topic.version + 1:
             # Another instance may have written versions before this one (or wrote them:
             # a gap): the catch-up shows them and this change together, in order.
-            self.on_gap(appended.conversation_id)
+            self.stale.put(cid)
             return
         conv = appended.conversation
-        if (
-            self.on_gap is not None
-            and conv is not None
-            and any(isinstance(e, VersionSelected) for _, e in appended.events)
-        ):
+        if conv is not None and any(isinstance(e, VersionSelected) for _, e in appended.events):
             # Another path became active: its rows are shown again (a subscriber may never
             # have seen them), read from the store by the catch-up, under this version.
             topic.rows.clear()
-            self.on_gap(appended.conversation_id)
+            self.stale.put(cid)
             return
         frames: list[tuple[int, bytes]] = []
         for change in appended.changes:
