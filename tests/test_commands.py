@@ -11,15 +11,13 @@ import pytest
 from turnlog_reducer import StreamEvent, TextDelta, ToolCallReady, ToolCallStarted
 
 from tests.generation.support import OWNER, InProcess, in_process, wait_until
-from turnlog.commands import (
-    MessageIn,
+from turnlog.commands import MessageIn, RetryIn, ToolResultIn
+from turnlog.config import Settings
+from turnlog.errors import (
     NotGenerating,
     Overloaded,
-    RetryIn,
-    ToolResultIn,
     Unavailable,
 )
-from turnlog.config import Settings
 from turnlog.log.store import Store
 from turnlog.providers.base import ModelRequest, ProviderError, StepEnd
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -22,6 +21,20 @@ import psycopg
 from turnlog_reducer import ToolCallBlock
 
 from turnlog.config import Settings
+from turnlog.errors import (
+    BadRequest,
+    Conflict,
+    ConversationBusy,
+    Fenced,
+    Forbidden,
+    InvalidEvent,
+    NotFound,
+    NotGenerating,
+    Overloaded,
+    TooLarge,
+    Unavailable,
+    VersionConflict,
+)
 from turnlog.generation.engine import Engine
 from turnlog.generation.tools.execution import idempotency_key, run_tool
 from turnlog.generation.tools.registry import ToolContext, ToolForbidden, UnknownTool
@@ -29,18 +42,8 @@ from turnlog.generation.turn import Turn, utcnow
 from turnlog.limits import Limits
 from turnlog.log import events as ev
 from turnlog.log import tree
-from turnlog.log.projection import (
-    Conversation,
-    ConversationBusy,
-    ConversationRecord,
-    DomainError,
-    Fenced,
-    InvalidEvent,
-    Message,
-    MessageRecord,
-    NotFound,
-)
-from turnlog.log.store import Appended, Store, VersionConflict
+from turnlog.log.projection import Conversation, ConversationRecord, Message, MessageRecord
+from turnlog.log.store import Appended, Store
 from turnlog.product import agents, metadata, search
 from turnlog.product.config import Agent
 from turnlog.product.prompts import Prompts
@@ -51,39 +54,6 @@ from turnlog.streams import interrupt_events
 MAX_TITLE_CHARS = 500
 MAX_CLIENT_ID_CHARS = 200
 MAX_PAGE = 100
-
-
-class BadRequest(DomainError):
-    pass
-
-
-class TooLarge(DomainError):
-    pass
-
-
-class NotGenerating(DomainError):
-    pass
-
-
-class Forbidden(DomainError):
-    pass
-
-
-class Unavailable(DomainError):
-    pass
-
-
-class Overloaded(Unavailable):
-    """Checkpoints are late: new generations are refused (503 with Retry-After)."""
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, math.ceil(retry_after))
-
-
-class Conflict(DomainError):
-    """The request contradicts what is stored (a ``client_message_id`` reused for other
-    content)."""
 
 
 # The result a withdrawn question gets: the model reads it in the history like any answer.

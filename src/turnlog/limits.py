@@ -31,7 +31,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from turnlog.config import Settings
-from turnlog.log.projection import DomainError
+from turnlog.errors import TooMany
 
 # Any constant works as long as it differs from the other advisory lock spaces in use
 # (instances.INSTANCE_LOCK_SPACE is 0x746C).
@@ -39,14 +39,6 @@ LIMITS_LOCK_SPACE = 0x6C6D  # "lm"
 WINDOW = timedelta(seconds=60)
 # Nobody can tell when a running generation ends; this is a polite first guess.
 GENERATION_RETRY_AFTER_S = 2
-
-
-class TooMany(DomainError):
-    """A per-user limit is reached (HTTP 429); ``retry_after`` is in whole seconds."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, retry_after)
 
 
 class Limits:

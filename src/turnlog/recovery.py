@@ -28,11 +28,16 @@ import anyio
 import structlog
 
 from turnlog.config import Settings
+from turnlog.errors import (
+    Fenced,
+    InvalidEvent,
+    NotFound,
+)
 from turnlog.generation.engine import Engine
 from turnlog.generation.turn import Clock, Turn
 from turnlog.log import events as ev
 from turnlog.log.pool import DatabaseUnavailable
-from turnlog.log.projection import Fenced, InvalidEvent, MessageRecord, NotFound
+from turnlog.log.projection import MessageRecord
 from turnlog.log.store import Store
 
 __all__ = ["FoundBy", "Recovery"]

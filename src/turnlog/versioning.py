@@ -27,18 +27,17 @@ from typing import Any
 
 import msgspec
 
-from turnlog.commands import (
+from turnlog.commands import Chat, EditIn, MessageIn, Sent
+from turnlog.errors import (
     BadRequest,
-    Chat,
-    EditIn,
-    MessageIn,
+    ConversationBusy,
+    NotFound,
     NotGenerating,
-    Sent,
 )
 from turnlog.generation.turn import Turn
 from turnlog.log import events as ev
 from turnlog.log import tree
-from turnlog.log.projection import Conversation, ConversationBusy, Message, NotFound
+from turnlog.log.projection import Conversation, Message
 from turnlog.log.store import Appended
 
 

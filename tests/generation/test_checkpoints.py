@@ -15,8 +15,9 @@ from turnlog_reducer import StreamEvent, TextBlock, TextDelta
 
 from tests.generation.fake_provider import stalls_after
 from tests.generation.support import OWNER, WallClock, in_process, wait_until
-from turnlog.commands import MessageIn, Overloaded
+from turnlog.commands import MessageIn
 from turnlog.config import Settings
+from turnlog.errors import Overloaded
 from turnlog.generation.checkpoints import (
     CHECKPOINT_SLACK_S,
     OVERLOAD_HOLD_S,

@@ -15,8 +15,11 @@ from turnlog_reducer import Block, StreamEvent, TextBlock, TextDelta, ToolCallRe
 
 from tests.generation.fake_provider import stalls_after
 from tests.generation.support import OWNER, in_process, wait_until
-from turnlog.commands import ToolResultIn, Unavailable
+from turnlog.commands import ToolResultIn
 from turnlog.config import Settings
+from turnlog.errors import (
+    Unavailable,
+)
 from turnlog.log.store import Store
 from turnlog.providers.base import ModelRequest, ProviderError, StepEnd
 

@@ -17,14 +17,10 @@ from hypothesis import strategies as st
 from turnlog_reducer import Done, StreamEvent, TextDelta
 
 from tests.strategies import event_sequences
+from turnlog.errors import InvalidEvent, NotFound
 from turnlog.log import events as ev
 from turnlog.log.fold import Change, Folded, fold_batch
-from turnlog.log.projection import (
-    ConversationRecord,
-    InvalidEvent,
-    MessageRecord,
-    NotFound,
-)
+from turnlog.log.projection import ConversationRecord, MessageRecord
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 CID = uuid.UUID(int=1)

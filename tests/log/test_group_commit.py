@@ -18,9 +18,9 @@ from turnlog_reducer import TextDelta
 from tests.log.test_store_ways import Clock, checkpoint, started_turn, versions
 from turnlog import replay
 from turnlog.db.schema import apply_schema
+from turnlog.errors import Fenced, InvalidEvent
 from turnlog.log import events as ev
 from turnlog.log.pool import open_pool
-from turnlog.log.projection import Fenced, InvalidEvent
 from turnlog.log.store import Store
 
 pytestmark = pytest.mark.anyio

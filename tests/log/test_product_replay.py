@@ -13,8 +13,8 @@ from hypothesis.stateful import precondition, rule, run_state_machine_as_test
 
 from tests.strategies import metadata_maps, product_texts, prompt_commands
 from turnlog.db.schema import apply_schema
+from turnlog.errors import InvalidEvent
 from turnlog.log import events as ev
-from turnlog.log.projection import InvalidEvent
 
 from .test_store_machine import StoreMachine
 

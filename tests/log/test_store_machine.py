@@ -40,20 +40,20 @@ from turnlog_reducer import (
 
 from turnlog import replay
 from turnlog.db.schema import apply_schema
-from turnlog.log import events as ev
-from turnlog.log import tree
-from turnlog.log.pool import open_pool
-from turnlog.log.projection import (
+from turnlog.errors import (
     AlreadyStored,
     ConversationBusy,
-    ConversationRecord,
     DomainError,
     Fenced,
     InvalidEvent,
-    MessageRecord,
     NotFound,
+    VersionConflict,
 )
-from turnlog.log.store import Appended, Store, VersionConflict
+from turnlog.log import events as ev
+from turnlog.log import tree
+from turnlog.log.pool import open_pool
+from turnlog.log.projection import ConversationRecord, MessageRecord
+from turnlog.log.store import Appended, Store
 
 T = TypeVar("T")
 

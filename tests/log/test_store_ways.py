@@ -18,10 +18,10 @@ from turnlog_reducer import TextDelta, ToolCallDelta, ToolCallStarted
 
 from turnlog import replay
 from turnlog.db.schema import apply_schema
+from turnlog.errors import AlreadyStored, ConversationBusy, Fenced, InvalidEvent, VersionConflict
 from turnlog.log import events as ev
 from turnlog.log.pool import open_pool
-from turnlog.log.projection import AlreadyStored, ConversationBusy, Fenced, InvalidEvent
-from turnlog.log.store import Store, VersionConflict
+from turnlog.log.store import Store
 
 pytestmark = pytest.mark.anyio
 

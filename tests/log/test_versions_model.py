@@ -29,16 +29,12 @@ from hypothesis.stateful import (
 from turnlog_reducer import TextDelta, ToolCallReady, ToolCallStarted
 
 from turnlog import replay
+from turnlog.errors import (
+    DomainError,
+)
 from turnlog.log import events as ev
 from turnlog.log import tree
-from turnlog.log.projection import (
-    ConversationRecord,
-    DomainError,
-    MessageRecord,
-    check,
-    evolve,
-    numbered_row,
-)
+from turnlog.log.projection import ConversationRecord, MessageRecord, check, evolve, numbered_row
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 CID = uuid.UUID(int=1)

@@ -22,10 +22,10 @@ import structlog
 from anyio.abc import TaskGroup
 
 from turnlog.config import Settings
+from turnlog.errors import AlreadyStored, DomainError
 from turnlog.generation.turn import Clock, Generation
 from turnlog.log import events as ev
 from turnlog.log.pool import urgently
-from turnlog.log.projection import AlreadyStored, DomainError
 from turnlog.log.store import Store
 from turnlog.metrics import Metrics
 

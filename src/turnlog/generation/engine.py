@@ -28,6 +28,11 @@ from turnlog_reducer import Done, TextDelta
 
 from turnlog import aio
 from turnlog.config import Settings
+from turnlog.errors import (
+    AlreadyStored,
+    DomainError,
+    Fenced,
+)
 from turnlog.generation.checkpoints import Checkpointer
 from turnlog.generation.history import build_request
 from turnlog.generation.step import scrub, stream_with_retries
@@ -44,13 +49,7 @@ from turnlog.generation.tools.registry import Tool, ToolContext, ToolRegistry
 from turnlog.generation.turn import Clock, EndReason, Generation, Turn, utcnow
 from turnlog.log import events as ev
 from turnlog.log.pool import DatabaseUnavailable, urgently
-from turnlog.log.projection import (
-    AlreadyStored,
-    ConversationRecord,
-    DomainError,
-    Fenced,
-    MessageRecord,
-)
+from turnlog.log.projection import ConversationRecord, MessageRecord
 from turnlog.log.store import Store
 from turnlog.metrics import Metrics, provider_and_model
 from turnlog.product import agents, cache

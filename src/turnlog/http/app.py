@@ -31,6 +31,7 @@ from turnlog.cluster import Cluster
 from turnlog.commands import Chat
 from turnlog.config import Settings
 from turnlog.db.schema import apply_schema
+from turnlog.errors import DomainError
 from turnlog.follow import Follower
 from turnlog.generation.engine import Engine, utcnow
 from turnlog.http import (
@@ -56,7 +57,6 @@ from turnlog.http.common import (
 )
 from turnlog.log.liveness import Liveness
 from turnlog.log.pool import BoundedPool, DatabaseUnavailable, open_pool
-from turnlog.log.projection import DomainError
 from turnlog.log.store import Appended, OnAppend, Store
 from turnlog.product.cache import ResponseCache
 from turnlog.product.titles import Titler

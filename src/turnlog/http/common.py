@@ -16,33 +16,33 @@ from litestar.exceptions import HTTPException
 from litestar.response import Stream
 
 from turnlog.cluster import Cluster, internal_token
-from turnlog.commands import (
+from turnlog.commands import Chat
+from turnlog.config import Settings
+from turnlog.errors import (
     BadRequest,
-    Chat,
     Conflict,
+    ConversationBusy,
+    Fenced,
     Forbidden,
+    InvalidEvent,
+    NotFound,
     NotGenerating,
     Overloaded,
     TooLarge,
+    TooMany,
     Unavailable,
+    VersionConflict,
 )
-from turnlog.config import Settings
 from turnlog.feeds import FeedHub
 from turnlog.follow import Follower
 from turnlog.generation.engine import Engine
 from turnlog.generation.tools.registry import build_registry
 from turnlog.http.auth import load_secret, user_from_header
 from turnlog.http.session import COOKIE, session_user
-from turnlog.limits import Limits, TooMany
+from turnlog.limits import Limits
 from turnlog.log.liveness import Liveness
 from turnlog.log.pool import RETRY_AFTER_S
-from turnlog.log.projection import (
-    ConversationBusy,
-    Fenced,
-    InvalidEvent,
-    NotFound,
-)
-from turnlog.log.store import Store, VersionConflict
+from turnlog.log.store import Store
 from turnlog.metrics import Metrics
 from turnlog.product.titles import Titler
 from turnlog.streams import PING, LiveStream, StreamRegistry
@@ -106,6 +106,8 @@ def runtime(request: Request[Any, Any, Any]) -> Runtime:
 
 # -- errors ------------------------------------------------------------------------------
 
+# The answer to each domain error: the tree and its statuses are drawn in turnlog.errors
+# (tests/test_errors.py keeps the two equal). The first class that matches wins.
 _STATUS: list[tuple[type[Exception], int]] = [
     (NotFound, 404),
     (Forbidden, 403),

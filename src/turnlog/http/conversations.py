@@ -11,7 +11,6 @@ from litestar import Request, Response, delete, get, patch, post, put
 from turnlog import versioning
 from turnlog.commands import (
     MAX_PAGE,
-    BadRequest,
     ConversationIn,
     ConversationPatch,
     EditIn,
@@ -19,6 +18,7 @@ from turnlog.commands import (
     RetryIn,
     ToolResultIn,
 )
+from turnlog.errors import BadRequest
 from turnlog.http import export
 from turnlog.http.common import body, json_response, parse_id, query, runtime, user
 from turnlog.http.openapi import (

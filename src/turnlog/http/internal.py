@@ -17,8 +17,8 @@ from litestar import Request, get
 from litestar.response import Stream
 
 from turnlog.cluster import INTERNAL_HEADER
+from turnlog.errors import NotFound
 from turnlog.http.common import live_frames, parse_id, runtime, sse
-from turnlog.log.projection import NotFound
 
 
 @get("/internal/v1/messages/{mid:str}/stream", include_in_schema=False)

@@ -13,6 +13,7 @@ import structlog
 from litestar import Request, get
 from litestar.response import Stream
 
+from turnlog.errors import NotFound
 from turnlog.feeds import Feed
 from turnlog.follow import mirror_frames
 from turnlog.http.auth import stream_reader
@@ -27,7 +28,7 @@ from turnlog.http.common import (
     user,
 )
 from turnlog.http.openapi import Text, api
-from turnlog.log.projection import Conversation, Message, MessageRecord, NotFound
+from turnlog.log.projection import Conversation, Message, MessageRecord
 from turnlog.streams import PING, LiveStream, done_for, event_frame, init_frame, sse_frame
 
 _SSE = Text("text/event-stream", "server-sent events (docs/protocol.md)")

@@ -10,10 +10,16 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, delete, get, post, put
 
-from turnlog.commands import BadRequest, Conflict, Forbidden, TooLarge
+from turnlog.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooLarge,
+)
 from turnlog.http.common import body, json_response, parse_id, runtime, user
 from turnlog.http.openapi import api
-from turnlog.log.projection import Message, NotFound
+from turnlog.log.projection import Message
 from turnlog.log.store import Appended
 from turnlog.metrics import provider_and_model
 from turnlog.product import agents, feedback, prompts

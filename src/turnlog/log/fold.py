@@ -16,16 +16,10 @@ from collections.abc import Sequence
 
 import msgspec
 
+from turnlog.errors import InvalidEvent
 from turnlog.log import events as ev
 from turnlog.log.events import DomainEvent, TurnCheckpointed
-from turnlog.log.projection import (
-    ConversationRecord,
-    InvalidEvent,
-    Message,
-    MessageRecord,
-    check,
-    evolve,
-)
+from turnlog.log.projection import ConversationRecord, Message, MessageRecord, check, evolve
 
 
 class Change(msgspec.Struct, frozen=True):

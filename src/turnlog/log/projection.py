@@ -16,6 +16,7 @@ from typing import Any, Literal
 import msgspec
 from turnlog_reducer import Block, ToolCallBlock, fold
 
+from turnlog.errors import AlreadyStored, ConversationBusy, Fenced, InvalidEvent, NotFound
 from turnlog.log.events import (
     UNSET,
     AssistantTurnStarted,
@@ -146,30 +147,6 @@ class Outcome(msgspec.Struct, frozen=True):
 
     conversation: ConversationRecord | None
     messages: tuple[MessageRecord, ...]
-
-
-class DomainError(Exception):
-    """An event that does not fit the current rows. Subclasses say which rule failed."""
-
-
-class NotFound(DomainError):
-    pass
-
-
-class ConversationBusy(DomainError):
-    pass
-
-
-class Fenced(DomainError):
-    """A write from a generation that no longer owns its row (it ended or was replaced)."""
-
-
-class InvalidEvent(DomainError):
-    pass
-
-
-class AlreadyStored(DomainError):
-    """A repeat of a checkpoint the log already holds (sent again after a lost answer)."""
 
 
 def referenced_messages(event: DomainEvent) -> tuple[uuid.UUID, ...]:

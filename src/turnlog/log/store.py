@@ -11,15 +11,8 @@ General layout of ``turnlog.log``::
       instances.py     instances, leases, orphans and liveness
       pool.py          the pool, bounded in time
 
-Error tree (all from :mod:`turnlog.log.projection` plus one here)::
-
-    DomainError
-    ├── NotFound            the conversation or message does not exist
-    ├── ConversationBusy    generating or awaiting input
-    ├── Fenced              a late write from a generation that no longer owns its row
-    ├── InvalidEvent        any other rule of projection.check
-    ├── AlreadyStored       a checkpoint sent again after its answer was lost
-    └── VersionConflict     expected_version was not the conversation's version
+Its refusals are the domain errors of :mod:`turnlog.errors` (the locked way's own:
+``VersionConflict``).
 """
 
 from __future__ import annotations
@@ -36,6 +29,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 from turnlog_reducer import StreamProtocolError
 
+from turnlog.errors import DomainError, VersionConflict
 from turnlog.log import events as ev
 from turnlog.log.events import DomainEvent, TurnCheckpointed
 from turnlog.log.fold import Change, Folded, fold_batch
@@ -45,7 +39,6 @@ from turnlog.log.memory import Memory
 from turnlog.log.pool import BoundedPool
 from turnlog.log.projection import (
     ConversationRecord,
-    DomainError,
     MessageRecord,
     created_messages,
     numbered_row,
@@ -64,10 +57,6 @@ from turnlog.log.rows import (
 )
 from turnlog.log.statements import load_messages, lock_conversation, write, write_many
 from turnlog.log.tree import numbered
-
-
-class VersionConflict(DomainError):
-    """Another writer appended to the conversation since the caller read it."""
 
 
 class Appended(msgspec.Struct, frozen=True):

@@ -30,8 +30,9 @@ import structlog
 from turnlog_reducer import TextDelta
 
 from turnlog.config import Settings
+from turnlog.errors import DomainError
 from turnlog.log import events as ev
-from turnlog.log.projection import DomainError, MessageRecord
+from turnlog.log.projection import MessageRecord
 from turnlog.log.store import Appended, Store
 from turnlog.metrics import Metrics
 from turnlog.providers import get_provider

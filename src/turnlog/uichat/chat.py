@@ -29,20 +29,24 @@ import structlog
 from turnlog_reducer import Done, decode_event
 
 from turnlog.commands import (
-    BadRequest,
     Chat,
     ConversationIn,
     MessageIn,
-    NotGenerating,
     RetryIn,
     ToolApprovalIn,
     ToolResultIn,
     unanswered,
 )
 from turnlog.config import Settings
+from turnlog.errors import (
+    BadRequest,
+    DomainError,
+    NotFound,
+    NotGenerating,
+)
 from turnlog.follow import Follower, Mirror
 from turnlog.log import tree
-from turnlog.log.projection import ConversationRecord, DomainError, Message, MessageRecord, NotFound
+from turnlog.log.projection import ConversationRecord, Message, MessageRecord
 from turnlog.log.store import Store
 from turnlog.streams import PING, StreamRegistry, Subscription
 from turnlog.uichat import mapping
