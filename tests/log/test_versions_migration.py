@@ -13,7 +13,8 @@ from turnlog import replay
 from turnlog.db.schema import apply_schema
 from turnlog.log import events as ev
 from turnlog.log import tree
-from turnlog.log.store import Store, open_pool
+from turnlog.log.pool import open_pool
+from turnlog.log.store import Store
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
