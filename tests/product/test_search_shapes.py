@@ -11,7 +11,8 @@ import pytest
 from turnlog_reducer import TextDelta
 
 from turnlog.log import events as ev
-from turnlog.log.store import Store, configure_connection
+from turnlog.log.rows import configure_connection
+from turnlog.log.store import Store
 from turnlog.product import search
 
 pytestmark = pytest.mark.anyio
