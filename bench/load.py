@@ -693,12 +693,19 @@ def misses(server: Server) -> float:
     return float("nan")
 
 
-def check_folds(server: Server, pairs: list[tuple[str, str]], subs: list[Any]) -> str:
-    """Compare each subscriber's fold with the stored row; raise on any mismatch."""
+def check_folds(
+    server: Server, pairs: list[tuple[str, str]], subs: list[Any], *, strict: bool = True
+) -> str:
+    """Compare each subscriber's fold with the stored row; raise on any mismatch (not
+    strict: rows that did not complete are counted, not raised on)."""
     rows = stored(server, pairs)
+    failed = 0
     for (_, mid), frames in zip(pairs, subs, strict=True):
         blocks, _ = fold(frames)
         status, want = rows[mid]
+        if not strict and status != "completed":
+            failed += 1
+            continue
         if status != "completed" or blocks != want:
             raise AssertionError(
                 f"{server.name}: subscriber of {mid} folded {str(blocks)[:200]} "
@@ -706,6 +713,8 @@ def check_folds(server: Server, pairs: list[tuple[str, str]], subs: list[Any]) -
             )
         if not frames or frames[-1][1] != b"done":
             raise AssertionError(f"{server.name}: subscriber of {mid} got no done")
+    if failed:
+        return f"{len(subs) - failed}/{len(subs)} ({failed} not completed)"
     return f"{len(subs)}/{len(subs)}"
 
 
@@ -751,6 +760,7 @@ def gens(
     tps: float = 30.0,
     model: str = "demo:default",
     options: dict[str, Any] | None = None,
+    strict: bool = True,
 ) -> Row:
     """G conversations of ``model`` send at once (the demo's: ``tokens`` at ``tps``)."""
     if options is None:
@@ -785,7 +795,7 @@ def gens(
     row.ttfd_ack_p99_ms = pct(ttfd_ack, 99) * 1000
     row.gap_p99_ms = pct(stats["gaps"], 99) * 1000
     m.fill(row, len(results), len(results))
-    row.folds_ok = check_folds(server, [(r[0], r[1]) for r in results], streams)
+    row.folds_ok = check_folds(server, [(r[0], r[1]) for r in results], streams, strict=strict)
     if failed:
         row.folds_ok += f" ({len(failed)} refused: 503)"
     return row
