@@ -551,7 +551,7 @@ describe("the web chat as a product", () => {
     await page.context().close();
   });
 
-  test("settings: an agent chosen for the conversation", async () => {
+  test("settings: an agent and tools chosen for the conversation", async () => {
     const conv = await turnlog.conversation({}, "Agent");
     const page = await signedIn();
     await openChat(page, conv.id);
@@ -560,7 +560,15 @@ describe("the web chat as a product", () => {
     await page.selectOption("#agent", "poet");
     await page.click("#settings button[type=submit]");
     await page.waitForSelector("#settings", { state: "hidden" });
-    assert.equal((await turnlog.api(`/v1/conversations/${conv.id}`)).conversation.agent, "poet");
+    const saved = (await turnlog.api(`/v1/conversations/${conv.id}`)).conversation;
+    assert.equal(saved.agent, "poet");
+    assert.equal(saved.tools, null, "tools left alone unless changed");
+    // Tools: the ones ticked become the conversation's.
+    await page.click("#settings-button");
+    await page.check("#tools input[value=clock]");
+    await page.click("#settings button[type=submit]");
+    await page.waitForSelector("#settings", { state: "hidden" });
+    assert.deepEqual((await turnlog.api(`/v1/conversations/${conv.id}`)).conversation.tools, ["clock"]);
     await page.context().close();
   });
 

@@ -978,6 +978,7 @@ function fillSettings() {
   /** @type {HTMLTextAreaElement} */ ($("system-prompt")).value = conv.system_prompt ?? "";
   $("agent-field").hidden = !("agent" in conv) || state.agents.length === 0;
   $("tools-field").hidden = !("tools" in conv) || state.tools.length === 0;
+  delete $("tools").dataset.dirty;
   const chosen = new Set(conv.tools ?? []);
   $("tools").replaceChildren(...state.tools.map((t) => {
     const label = el("label");
@@ -1000,6 +1001,7 @@ function toggleSettings(/** @type {boolean} */ open) {
   $("settings-button").setAttribute("aria-expanded", String(open));
   if (open) $("model").focus();
 }
+$("tools").onchange = () => { $("tools").dataset.dirty = "1"; };
 $("settings-button").onclick = () => toggleSettings($("settings").hidden);
 $("settings-close").onclick = () => {
   toggleSettings(false);
@@ -1022,7 +1024,8 @@ $("settings").onsubmit = (e) => {
     };
     // Agent and tools only where this server has them (a field it does not know is a 400).
     if (!$("agent-field").hidden) patch.agent = /** @type {HTMLSelectElement} */ ($("agent")).value || null;
-    if (!$("tools-field").hidden) {
+    // Tools only when the user changed them: null (the agent's or the default tools) stays.
+    if (!$("tools-field").hidden && $("tools").dataset.dirty) {
       patch.tools = [...$("tools").querySelectorAll("input:checked")].map((b) => /** @type {HTMLInputElement} */ (b).value);
     }
     const fresh = await api(`/v1/conversations/${conv.id}`, { method: "PATCH", body: patch });
