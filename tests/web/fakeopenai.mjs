@@ -6,8 +6,9 @@
 import { createServer } from "node:http";
 
 /**
- * @param {Record<string, string | {text: string, chunk?: number, delay?: number}>} scripts
- *   first word of the user's message -> the answer
+ * @param {Record<string, string | {text?: string, chunk?: number, delay?: number,
+ *   toolCall?: {name: string, arguments: unknown}}>} scripts
+ *   first word of the user's message -> the answer (text, then a tool call if given)
  * @param {{chunk?: number, delay?: number}} [defaults]
  */
 export async function fakeOpenAI(scripts, defaults = {}) {
@@ -22,10 +23,14 @@ export async function fakeOpenAI(scripts, defaults = {}) {
     }
     const request = JSON.parse(body);
     requests.push(request);
+    const text = (m) => (typeof m?.content === "string" ? m.content : (m?.content ?? []).map((p) => p.text ?? "").join(""));
+    const lastMessage = request.messages.at(-1);
     const last = [...request.messages].reverse().find((m) => m.role === "user");
-    const said = typeof last?.content === "string" ? last.content : (last?.content ?? []).map((p) => p.text ?? "").join("");
-    const script = scripts[said.trim().split(/\s/)[0]] ?? `You said: ${said}`;
-    const { text: answer, chunk = defaults.chunk ?? 64, delay = defaults.delay ?? 0 } =
+    const said = text(last);
+    // After a tool's result: say what came back (no second call).
+    const script = lastMessage?.role === "tool" ? `Got: ${text(lastMessage)}`
+      : scripts[said.trim().split(/\s/)[0]] ?? `You said: ${said}`;
+    const { text: answer = "", chunk = defaults.chunk ?? 64, delay = defaults.delay ?? 0, toolCall } =
       typeof script === "string" ? { text: script } : script;
     res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
     const frame = (choices, extra = {}) =>
@@ -36,7 +41,14 @@ export async function fakeOpenAI(scripts, defaults = {}) {
       if (!ok) await new Promise((r) => res.once("drain", r));
       if (delay) await new Promise((r) => setTimeout(r, delay));
     }
-    res.write(frame([{ index: 0, delta: {}, finish_reason: "stop" }]));
+    if (toolCall) {
+      // A call of the tool `toolCall.name` with `toolCall.arguments`, in two argument pieces.
+      const args = JSON.stringify(toolCall.arguments);
+      res.write(frame([{ index: 0, delta: { tool_calls: [{ index: 0, id: "call_1", type: "function",
+        function: { name: toolCall.name, arguments: args.slice(0, 5) } }] }, finish_reason: null }]));
+      res.write(frame([{ index: 0, delta: { tool_calls: [{ index: 0, function: { arguments: args.slice(5) } }] }, finish_reason: null }]));
+    }
+    res.write(frame([{ index: 0, delta: {}, finish_reason: toolCall ? "tool_calls" : "stop" }]));
     res.write(frame([], { usage: { prompt_tokens: 12, completion_tokens: Math.ceil(answer.length / 4), total_tokens: 0 } }));
     res.end("data: [DONE]\n\n");
   });

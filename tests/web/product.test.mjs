@@ -57,6 +57,7 @@ const BIG_LIST = Array.from({ length: 10_000 }, (_, i) => `${"  ".repeat(i % 100
 const SCRIPTS = {
   markdown: { text: MARKDOWN, chunk: 6, delay: 40 },
   hostile: HOSTILE,
+  color: { text: "Let me ask.", toolCall: { name: "pick_color", arguments: { prompt: "Your favourite colour?" } } },
   bigcode: { text: BIG_CODE, chunk: 32_768 },
   biglist: { text: BIG_LIST, chunk: 32_768 },
 };
@@ -72,7 +73,10 @@ describe("the web chat as a product", () => {
     turnlog = new Turnlog({ FAKE_KEY: "not-a-secret" });
     const config = join(turnlog.dataDir, "turnlog.toml");
     writeFileSync(config, [
-      "[providers.fake]", 'kind = "openai"', `base_url = "${fake.url}"`, 'api_key_env = "FAKE_KEY"', 'models = ["scripted"]',
+      "[providers.fake]", 'kind = "openai"', `base_url = "${fake.url}"`, 'api_key_env = "FAKE_KEY"', 'models = ["scripted", "cached"]',
+      "[cache]", 'models = ["fake:cached"]',
+      "[client_tools.pick_color]", 'description = "Ask the user to pick a colour"',
+      'input_schema = { type = "object", properties = { prompt = { type = "string" } } }',
       "[agents.poet]", 'description = "Answers in verse"', 'system_prompt = "Answer in verse."',
       "[prompts.summarize]", 'description = "Summarize a text"', 'template = "Summarize: {{input}}"',
       "[prompts.translate]", 'description = "Translate to French"', 'template = "In French: {{input}}"', "",
@@ -548,6 +552,44 @@ describe("the web chat as a product", () => {
     await page.waitForSelector(`${call} .args`);
     await shoot(page, "33-tool-call");
     await accessible(page, "a tool call");
+    await page.context().close();
+  });
+
+  test("a client tool's call is answered with the form in the page, and the turn goes on", async () => {
+    const conv = await turnlog.api("/v1/conversations", {
+      method: "POST", body: { title: "Client tool", model: "fake:scripted", tools: ["pick_color"] },
+    });
+    const page = await signedIn();
+    await openChat(page, conv.id);
+    await send(page, "color please");
+    const form = "#timeline li.tool_call form.ask";
+    await page.waitForSelector(`${form} input`, { timeout: 60_000 });
+    assert.equal(await page.textContent("#timeline li.tool_call .state"), "waits for your answer");
+    await shoot(page, "34-client-tool");
+    await accessible(page, "a client tool's form");
+    await page.fill(`${form} input`, "teal");
+    await page.press(`${form} input`, "Enter");
+    await turnEnded(page);
+    await waitFor(() => page.evaluate(() => [...document.querySelectorAll("#timeline li.text")].at(-1)?.textContent === "Got: teal"),
+      { what: "the answer after the tool's result" });
+    assert.equal(await page.textContent("#timeline li.tool_call .result"), "teal");
+    await page.context().close();
+  });
+
+  test("token usage shows a response-cache hit", async () => {
+    const body = (title) => ({ method: "POST", body: { title, model: "fake:cached" } });
+    const first = await turnlog.api("/v1/conversations", body("Cache one"));
+    const second = await turnlog.api("/v1/conversations", body("Cache two"));
+    const page = await signedIn();
+    await openChat(page, first.id);
+    await send(page, "the same question twice");
+    await turnEnded(page);
+    assert.doesNotMatch(await page.textContent("#timeline li.meta .usage"), /cached/);
+    await openChat(page, second.id);
+    await send(page, "the same question twice");
+    await turnEnded(page);
+    assert.equal((await turnlog.messages(second.id)).at(-1).usage.cache_hit, true);
+    assert.match(await page.textContent("#timeline li.meta .usage"), /cached/);
     await page.context().close();
   });
 
