@@ -75,6 +75,7 @@ describe("the web chat as a product", () => {
     writeFileSync(config, [
       "[providers.fake]", 'kind = "openai"', `base_url = "${fake.url}"`, 'api_key_env = "FAKE_KEY"', 'models = ["scripted", "cached"]',
       "[cache]", 'models = ["fake:cached"]',
+      "[python_tools]", 'modules = ["tests.tools.pytools"]',
       "[client_tools.pick_color]", 'description = "Ask the user to pick a colour"',
       'input_schema = { type = "object", properties = { prompt = { type = "string" } } }',
       "[agents.poet]", 'description = "Answers in verse"', 'system_prompt = "Answer in verse."',
@@ -573,6 +574,33 @@ describe("the web chat as a product", () => {
     await waitFor(() => page.evaluate(() => [...document.querySelectorAll("#timeline li.text")].at(-1)?.textContent === "Got: teal"),
       { what: "the answer after the tool's result" });
     assert.equal(await page.textContent("#timeline li.tool_call .result"), "teal");
+    await page.context().close();
+  });
+
+  test("a call waiting on approval: Approve runs it, Deny tells the model no", async () => {
+    const options = (title) => ({ tool: "create_ticket", tool_arguments: { title }, length: 6, tokens_per_second: 200 });
+    const page = await signedIn();
+    for (const [approve, title] of [[true, "Fix the door"], [false, "Paint it red"]]) {
+      const conv = await turnlog.api("/v1/conversations", {
+        method: "POST", body: { title: `Approval ${approve}`, tools: ["create_ticket"], options: options(title) },
+      });
+      await openChat(page, conv.id);
+      await send(page, "Open a ticket");
+      const call = "#timeline li.tool_call";
+      await page.waitForSelector(`${call} .approval .approve`, { timeout: 60_000 });
+      assert.equal(await page.textContent(`${call} .state`), "waits for your approval");
+      assert.match(await page.textContent(`${call} .args`), new RegExp(title));
+      if (approve) {
+        await shoot(page, "35-approval");
+        await accessible(page, "a call waiting on approval");
+      }
+      await page.click(`${call} .approval ${approve ? ".approve" : ".deny"}`);
+      await turnEnded(page);
+      const tool = (await turnlog.messages(conv.id)).find((m) => m.role === "tool");
+      assert.ok(approve ? tool.content.includes(title) : tool.content.startsWith("denied"), tool.content);
+      assert.equal(await page.$(`${call} .approval`), null);
+      assert.equal(await page.textContent(`${call} .state`), "done");
+    }
     await page.context().close();
   });
 
