@@ -306,3 +306,14 @@ def test_turnlog_chat_asks_y_or_n(
     tool_row = next(m for m in conv["messages"] if m["role"] == "tool")
     assert result in tool_row["content"]
     assert conv["messages"][-1]["status"] == "completed"
+
+
+def test_tool_calls_are_counted_per_tool(tool_server: Server) -> None:
+    """Calls, errors and durations per tool in /metrics (after the calls above)."""
+    with tool_server.http("root") as h:
+        _, mid, call = _ticket_conversation(h)
+        h.post(f"/v1/messages/{mid}/tool-approvals", json={"tool_call_id": call, "approved": True})
+        text = h.get("/metrics").text
+    assert 'turnlog_tool_calls_total{tool="create_ticket"}' in text
+    assert 'turnlog_tool_duration_seconds_count{tool="create_ticket"}' in text
+    assert "turnlog_tool_errors_total" in text
