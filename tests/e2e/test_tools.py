@@ -317,3 +317,40 @@ def test_tool_calls_are_counted_per_tool(tool_server: Server) -> None:
     assert 'turnlog_tool_calls_total{tool="create_ticket"}' in text
     assert 'turnlog_tool_duration_seconds_count{tool="create_ticket"}' in text
     assert "turnlog_tool_errors_total" in text
+
+
+def _running_with(marker: str) -> bool:
+    """Whether a process whose command line holds ``marker`` is alive."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        if marker.encode() in cmdline and "State:\tZ" not in status:
+            return True
+    return False
+
+
+def test_a_stdio_server_stops_with_turnlog(spawn: Callable[..., Server], tmp_path: Path) -> None:
+    """The stdio MCP server turnlog started ends when turnlog is killed (its stdin closes)."""
+    import uuid
+
+    marker = f"marker-{uuid.uuid4().hex}"
+    path = tmp_path / "one.toml"
+    path.write_text(
+        f"""
+[mcp.t]
+transport = "stdio"
+command = "{sys.executable}"
+args = ["-m", "tests.tools.mcp_server", "stdio", "{marker}"]
+cwd = "{ROOT}"
+""",
+        encoding="utf-8",
+    )
+    srv = spawn(env={"TURNLOG_CONFIG": str(path), "PYTHONPATH": str(ROOT)}).start(timeout=60)
+    assert _running_with(marker)
+    srv.kill()
+    wait_until(lambda: not _running_with(marker), timeout=30, what="the MCP server to stop")

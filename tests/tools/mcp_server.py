@@ -113,6 +113,35 @@ def header(name: str, ctx: Context) -> str:
     return str(request.headers.get(name, "<none>")) if request is not None else "<no request>"
 
 
+def odd_schemas() -> None:
+    """A low-level server listing a tool whose input schema is not a JSON schema of an
+    object (its properties are not schemas), beside a good tool, and a name no provider
+    accepts. (A root that is not ``"type": "object"`` the SDK itself refuses to send.)"""
+    from mcp.server.lowlevel import Server
+    from mcp.server.stdio import stdio_server
+    from mcp.types import CallToolResult, ListToolsResult, TextContent, Tool
+
+    tools = [
+        Tool(name="props", input_schema={"type": "object", "properties": {"a": 5}}),
+        Tool(name="good", input_schema={"type": "object", "properties": {}}),
+        Tool(name="dotted.name/with spaces", input_schema={"type": "object"}),
+    ]
+
+    async def list_tools(ctx: object, params: object) -> ListToolsResult:
+        return ListToolsResult(tools=tools)
+
+    async def call_tool(ctx: object, params: object) -> CallToolResult:
+        return CallToolResult(content=[TextContent(type="text", text="good answer")])
+
+    low = Server("odd", on_list_tools=list_tools, on_call_tool=call_tool)
+
+    async def main() -> None:
+        async with stdio_server() as (read, write):
+            await low.run(read, write, low.create_initialization_options())
+
+    anyio.run(main)
+
+
 def garbage() -> None:
     """Answer every line on stdin with a line that is not JSON-RPC."""
     print("starting up", file=sys.stderr, flush=True)
@@ -131,5 +160,7 @@ if __name__ == "__main__":
         server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
     elif mode == "garbage":
         garbage()
+    elif mode == "odd":
+        odd_schemas()
     else:
         raise SystemExit(f"unknown mode {mode!r}")

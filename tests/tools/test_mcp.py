@@ -311,3 +311,30 @@ async def test_a_ten_megabyte_result_is_cut_with_a_note() -> None:
     assert len(out.content) < 100_500
     assert "cut" in out.content
     assert "10000000" in out.content
+
+
+@pytest.mark.anyio
+async def test_schemas_that_are_not_json_schema_and_odd_names() -> None:
+    """A tool whose input schema is not an object schema is listed unavailable with the
+    reason (a call is an error result); the server's other tools work; a name no provider
+    accepts is made valid."""
+    config = ToolsConfig(
+        mcp={
+            "odd": McpServerConfig(
+                transport="stdio",
+                command=sys.executable,
+                args=("-m", "tests.tools.mcp_server", "odd"),
+                cwd=str(ROOT),
+            )
+        }
+    )
+    async with manager(config) as m:
+        tools = registry(m, config).tools()
+        props = tools["odd__props"].descriptor
+        assert props.available is False
+        assert isinstance(props.detail, str)
+        assert "properties" in props.detail
+        out = await run_tool(tools["odd__props"], {}, CTX)
+        assert out.is_error
+        assert (await run_tool(tools["odd__good"], {}, CTX)).content == "good answer"
+        assert "odd__dotted_name_with_spaces" in tools
