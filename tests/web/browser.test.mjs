@@ -6,7 +6,7 @@ import { createServer } from "node:http";
 import { after, before, describe, test } from "node:test";
 
 import {
-  ARTIFACTS, Turnlog, dropProxy, freePort, launchBrowser, newPage, screenshot, storedText, waitFor,
+  ARTIFACTS, Turnlog, dropProxy, freePort, launchBrowser, newPage, screenshot, screenshots, storedText, waitFor,
 } from "./support.mjs";
 
 // Slow enough to act mid-answer on a loaded 2-core machine, short enough to finish soon.
@@ -299,7 +299,7 @@ describe("the web chat in Chromium", () => {
     await page.waitForSelector("#conn[data-state=reconnecting]");
     await turnlog.start();
     await waitFor(() => page.evaluate(() => window.__seen.has("recovering note")), { timeout: 60_000, what: "recovering…" });
-    shots.push(await screenshot(page, "6a-recovering"));
+    shots.push(...(await screenshots(page, "6a-recovering")));
     await waitFor(async () => (await lastAssistant(conv.id)).status === "completed" && !(await page.isDisabled("#send")),
       { timeout: 120_000, what: "the continued turn to end" });
     const row = await lastAssistant(conv.id);

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
 import { fakeOpenAI } from "./fakeopenai.mjs";
-import { ARTIFACTS, Turnlog, launchBrowser, storedText, waitFor } from "./support.mjs";
+import { ARTIFACTS, Turnlog, launchBrowser, screenshots, storedText, waitFor } from "./support.mjs";
 
 const AXE = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 
@@ -135,18 +135,7 @@ describe("the web chat as a product", () => {
 
   /** Screenshots at 390 and 1280 px wide, light and dark. */
   async function shoot(page, name) {
-    const viewport = page.viewportSize();
-    for (const width of [390, 1280]) {
-      for (const scheme of ["light", "dark"]) {
-        await page.setViewportSize({ width, height: width === 390 ? 844 : 800 });
-        await page.emulateMedia({ colorScheme: scheme });
-        const path = join(ARTIFACTS, `${name}-${width}-${scheme}.png`);
-        await page.screenshot({ path });
-        shots.push(path);
-      }
-    }
-    await page.emulateMedia({ colorScheme: "light" });
-    await page.setViewportSize(viewport);
+    shots.push(...(await screenshots(page, name)));
   }
 
   /** axe-core on the page as it is: no serious or critical violation. */
@@ -186,6 +175,8 @@ describe("the web chat as a product", () => {
     const third = await context.newPage();
     await third.goto(`${turnlog.base}/`);
     await third.waitForSelector("#signin:not([hidden])");
+    await shoot(third, "19-signed-out");
+    await accessible(third, "the sign-in page");
     assert.deepEqual(await context.cookies(), []);
     await context.close();
   });

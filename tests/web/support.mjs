@@ -158,6 +158,24 @@ export function storedText(row) {
   return row.blocks.filter((b) => b.type === "text").map((b) => b.text).join("");
 }
 
+/** Screenshots at 390 and 1280 px wide, light and dark; the page is left as it was. */
+export async function screenshots(page, name) {
+  const viewport = page.viewportSize();
+  const paths = [];
+  for (const width of [390, 1280]) {
+    for (const scheme of ["light", "dark"]) {
+      await page.setViewportSize({ width, height: width === 390 ? 844 : 800 });
+      await page.emulateMedia({ colorScheme: scheme });
+      const path = join(ARTIFACTS, `${name}-${width}-${scheme}.png`);
+      await page.screenshot({ path });
+      paths.push(path);
+    }
+  }
+  await page.emulateMedia({ colorScheme: "light" });
+  await page.setViewportSize(viewport);
+  return paths;
+}
+
 export async function screenshot(page, name) {
   const path = join(ARTIFACTS, `${name}.png`);
   await page.screenshot({ path });
