@@ -125,6 +125,7 @@ def odd_schemas() -> None:
         Tool(name="props", input_schema={"type": "object", "properties": {"a": 5}}),
         Tool(name="good", input_schema={"type": "object", "properties": {}}),
         Tool(name="dotted.name/with spaces", input_schema={"type": "object"}),
+        Tool(name="dotted_name_with_spaces", input_schema={"type": "object"}),
     ]
 
     async def list_tools(ctx: object, params: object) -> ListToolsResult:

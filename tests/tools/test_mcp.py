@@ -317,7 +317,7 @@ async def test_a_ten_megabyte_result_is_cut_with_a_note() -> None:
 async def test_schemas_that_are_not_json_schema_and_odd_names() -> None:
     """A tool whose input schema is not an object schema is listed unavailable with the
     reason (a call is an error result); the server's other tools work; a name no provider
-    accepts is made valid."""
+    accepts is made valid, and of two that collide then only the first is kept."""
     config = ToolsConfig(
         mcp={
             "odd": McpServerConfig(
@@ -338,3 +338,5 @@ async def test_schemas_that_are_not_json_schema_and_odd_names() -> None:
         assert out.is_error
         assert (await run_tool(tools["odd__good"], {}, CTX)).content == "good answer"
         assert "odd__dotted_name_with_spaces" in tools
+        # Two tools whose valid names collide: the first listed is kept, the other left out.
+        assert [t.name for t in m.tools()].count("odd__dotted_name_with_spaces") == 1
