@@ -84,6 +84,9 @@ class Server:
             TURNLOG_JWT_SECRET=JWT_SECRET,
             TURNLOG_CHECKPOINT_S="0.5",
             TURNLOG_HEARTBEAT_S="0.5",
+            # Automatic titles off: they would ask a test's (fake) model once more and add
+            # a conversation event after the first answer; test_titles turns them on.
+            TURNLOG_AUTO_TITLES="0",
             PYTHONUNBUFFERED="1",
         )
         env.update(self.env_overrides)

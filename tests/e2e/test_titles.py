@@ -26,8 +26,14 @@ def _title(h: httpx.Client, cid: str) -> str | None:
     return title
 
 
-def test_first_answer_titles_the_conversation_and_the_feed_shows_it(server: Server) -> None:
+ON = {"TURNLOG_AUTO_TITLES": "1"}  # tests/e2e/support.py turns them off for other tests
+
+
+def test_first_answer_titles_the_conversation_and_the_feed_shows_it(
+    spawn: Callable[..., Server],
+) -> None:
     """The demo model titles from the first words; the feed sends the change."""
+    server = spawn(env=ON).start()
     with server.http("title-a") as h:
         cid = h.post("/v1/conversations", json={"options": FAST}).json()["id"]
         headers = {"Authorization": f"Bearer {make_token('title-a')}"}
@@ -53,8 +59,9 @@ def test_first_answer_titles_the_conversation_and_the_feed_shows_it(server: Serv
         assert _title(h, cid) is None
 
 
-def test_a_users_title_is_never_replaced(server: Server) -> None:
+def test_a_users_title_is_never_replaced(spawn: Callable[..., Server]) -> None:
     """A title given at creation stays after the first answer."""
+    server = spawn(env=ON).start()
     with server.http("title-b") as h:
         cid = h.post("/v1/conversations", json={"title": "Mine", "options": FAST}).json()["id"]
         _send(h, cid, "please do not rename this")
@@ -94,6 +101,7 @@ def test_a_failing_titling_model_leaves_it_untitled_and_logs(
     )
     srv = spawn(
         env={
+            **ON,
             "TURNLOG_CONFIG": str(config),
             "TURNLOG_TITLE_MODEL": "broken:any",
             "TURNLOG_PROVIDER_RETRIES": "0",
