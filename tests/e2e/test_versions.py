@@ -374,3 +374,22 @@ def test_replay_rebuilds_every_version_from_the_log(server: Server) -> None:
         assert report.ok, "\n".join(report.drift)
         replay.rebuild(server.database_url)
         assert (c.list_messages(cid, every_version=True), c.list_messages(cid)) == before
+
+
+def test_a_repeated_send_shows_its_rows_with_their_versions(server: Server) -> None:
+    """The same client_message_id again after its message was edited and resent: 200 with
+    the original rows, numbered among their versions now (1 of 2)."""
+    with server.client() as c:
+        cid = c.create_conversation(model=DEMO, options=FAST)["id"]
+        user = c.send(cid, "once", client_message_id="m-1")["user_message"]
+        _settle(c, cid)
+        c.resend(cid, user["id"], "twice")
+        _settle(c, cid)
+        r = c.http.post(
+            f"/v1/conversations/{cid}/messages",
+            json={"content": "once", "client_message_id": "m-1"},
+        )
+        assert r.status_code == 200, r.text
+        again = r.json()["user_message"]
+        assert again["id"] == user["id"]
+        assert (again["version"], again["versions"]) == (1, 2)

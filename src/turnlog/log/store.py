@@ -451,7 +451,13 @@ class Store:
                 (cid, user.message.id),
             )
             row = await cur.fetchone()
-        return user, None if row is None else message_from_row(row)
+            answer = None if row is None else message_from_row(row)
+            # Their versions are counted from the conversation's tree (a repeat may come
+            # after the row got a sibling: an edit and resend); a rare path, one read more.
+            cur = await conn.execute("SELECT tree FROM conversations WHERE id = %s", (cid,))
+            found = await cur.fetchone()
+        tree = () if found is None else tuple(found[0])
+        return numbered_row(tree, user), None if answer is None else numbered_row(tree, answer)
 
     async def snapshot(
         self, cid: uuid.UUID
