@@ -63,6 +63,10 @@ def rss(pids: list[int]) -> int:
     return total
 
 
+class Overloaded(Exception):
+    """The server answered 503 (with a Retry-After)."""
+
+
 class Idle(asyncio.Protocol):
     """One idle SSE reader: opened at its first body byte, then counts heartbeats."""
 
@@ -82,7 +86,9 @@ class Idle(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self.opened.done():
-            if data.startswith(b"HTTP/1.1") and b" 200 " not in data[:16]:
+            if data.startswith(b"HTTP/1.1 503"):
+                self.opened.set_exception(Overloaded())
+            elif data.startswith(b"HTTP/1.1") and b" 200 " not in data[:16]:
                 self.opened.set_exception(RuntimeError(data[:200].decode("latin-1")))
             elif not data.startswith(b"HTTP/1.1") or not data.endswith(b"\r\n\r\n"):
                 self.opened.set_result(None)  # body bytes came (after the headers or alone)
@@ -99,19 +105,35 @@ async def open_all(port: int, token: str, paths: list[str], deadline_s: float) -
     readers: list[Idle] = []
     deadline = loop.time() + deadline_s
 
+    refused = 0
+
     async def one(path: str) -> Idle:
-        opened: asyncio.Future[None] = loop.create_future()
-        _, proto = await loop.create_connection(lambda: Idle(opened), "127.0.0.1", port)
-        assert proto.transport is not None
-        proto.transport.write(
-            b"GET %b HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %b\r\n"
-            b"Accept: text/event-stream\r\n\r\n" % (path.encode(), token.encode())
-        )
-        await asyncio.wait_for(opened, max(1.0, deadline - loop.time()))
-        return proto
+        nonlocal refused
+        while True:
+            opened: asyncio.Future[None] = loop.create_future()
+            _, proto = await loop.create_connection(
+                lambda opened=opened: Idle(opened), "127.0.0.1", port
+            )
+            assert proto.transport is not None
+            proto.transport.write(
+                b"GET %b HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %b\r\n"
+                b"Accept: text/event-stream\r\n\r\n" % (path.encode(), token.encode())
+            )
+            try:
+                await asyncio.wait_for(opened, max(1.0, deadline - loop.time()))
+            except Overloaded:
+                # 503 + Retry-After (the server sheds load while it catches up): a browser
+                # would come back after the wait; so does this reader.
+                proto.transport.close()
+                refused += 1
+                await asyncio.sleep(2.0)
+                continue
+            return proto
 
     for i in range(0, len(paths), 200):
         readers += await asyncio.gather(*(one(p) for p in paths[i : i + 200]))
+    if refused:
+        print(f"    ({refused} opens refused with 503 and retried)", flush=True)
     return readers
 
 
