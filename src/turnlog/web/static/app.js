@@ -221,6 +221,7 @@ async function openConversation(cid) {
   $("export").hidden = false;
   $("title").textContent = "";
   markCurrent();
+  act(renderList); // titles the server wrote meanwhile for the other conversations
   await openFeed(state.generation);
 }
 
@@ -378,7 +379,11 @@ function schedule() {
     render();
   });
 }
-document.addEventListener("visibilitychange", () => { if (!document.hidden) render(); });
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden) return;
+  render();
+  if (!$("app").hidden) act(renderList);
+});
 
 /** @type {Map<string, {el: HTMLElement, kind: string, sig: string, editing?: boolean}>} */
 const nodes = new Map();
