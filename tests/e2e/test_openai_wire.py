@@ -15,9 +15,10 @@ import pytest
 from tests.providers.fakeserver import FakeServer, Hold, Pause, json_reply
 from tests.providers.openai_wire import call, chunk, stream, usage_chunk
 from turnlog.client import Client
+from turnlog.providers.base import CONTINUE_PROMPT
 
 from .conftest import Databases
-from .support import Follower, Server, blocks_json, find, is_prefix, wait_until
+from .support import Follower, Server, blocks_json, find, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -238,11 +239,13 @@ def test_stored_errors_never_contain_the_api_key(oai: Server, fake: FakeServer) 
     assert fake.requests[-1].headers["authorization"] == f"Bearer {KEY}"
 
 
-def test_sigkill_mid_answer_then_retry_completes(
+def test_sigkill_mid_answer_is_continued_through_the_adapter(
     fake: FakeServer, spawn: Callable[..., Server]
 ) -> None:
-    """SIGKILL while the model streams: after restart the row is `interrupted` with a prefix
-    of what streamed, and retry completes a new row."""
+    """SIGKILL while the model streams: the restarted server continues the row by itself,
+    asking the model to go on after the stored partial (the partial as the last assistant
+    message, then the continue instruction: docs/providers.md); the row completes with the
+    partial and the continuation, and readers see ``recovering``."""
     words = [chunk({"content": f"w{i} "}) for i in range(40)]
     paced = [part for w in words for part in (w, Pause(0.1))]
     fake.queue(stream(*paced, chunk({}, "stop")))
@@ -250,25 +253,26 @@ def test_sigkill_mid_answer_then_retry_completes(
     with srv.client() as c:
         cid = c.create_conversation(model=MODEL)["id"]
         mid = c.send(cid, "a long answer")["assistant_message"]["id"]
-        follower = Follower(srv.client(), mid, reconnects=0)
-        follower.start()
         wait_until(
             lambda: find(c.list_messages(cid), mid)["blocks"], timeout=30, what="a checkpoint"
         )
     srv.kill()
-    follower.join(10)
-    streamed = blocks_json(follower.fold.blocks)
+    # The restart continues the row at once: the continuation's answer is queued first.
+    fake.queue(stream(*_answer("and the rest.")))
     srv.start()
-    fake.queue(stream(*_answer("Second try, whole.")))
     with srv.client() as c:
+        fold = c.follow(mid)
         row = find(c.list_messages(cid), mid)
-        assert row["status"] == "interrupted"
-        assert is_prefix(row["blocks"], streamed)
-        new = c.retry(mid)["assistant_message"]
-        fold = c.follow(new["id"])
-        assert fold.done is not None
-        assert fold.done.status == "completed"
-        assert fold.text == "Second try, whole."
-    # The interrupted row was retried, so the model never sees it again.
-    assert fake.requests[-1].json()["messages"] == [{"role": "user", "content": "a long answer"}]
+    assert fold.done is not None
+    assert fold.done.status == "completed"
+    assert row["status"] == "completed"
+    sent = fake.requests[-1].json()["messages"]
+    assert sent[0] == {"role": "user", "content": "a long answer"}
+    assert sent[1]["role"] == "assistant"
+    partial = sent[1]["content"]
+    assert partial.startswith("w0 w1 ")
+    assert sent[2] == {"role": "user", "content": CONTINUE_PROMPT}
+    assert len(sent) == 3
+    assert blocks_json(fold.blocks) == row["blocks"]
+    assert row["blocks"] == [{"type": "text", "text": partial + "and the rest."}]
     srv.terminate(timeout=15)
