@@ -8,8 +8,6 @@ errors: ``NotFound`` 404, ``ConversationBusy``/``Fenced``/``VersionConflict``/``
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -272,27 +270,12 @@ class Chat:
         if not 1 <= limit <= MAX_PAGE:
             raise BadRequest(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
         wanted = _metadata(metadata or {})
-        if q is not None and q.strip():
-            offset = _decode_offset(cursor) if cursor else 0
-            try:
-                found = await search.search(
-                    self.store.pool, owner, q, metadata=wanted, limit=limit + 1, offset=offset
-                )
-            except search.BadQuery as exc:
-                raise BadRequest(str(exc)) from None
-            nxt = _encode_offset(offset + limit) if len(found) > limit else None
-            return list(found[:limit]), nxt
-        before = _decode_cursor(cursor) if cursor else None
-        if wanted:
-            rows = await search.list_filtered(
-                self.store.pool, owner, metadata=wanted, limit=limit + 1, before=before
+        try:
+            return await search.page(
+                self.store, owner, limit=limit, cursor=cursor, q=q, metadata=wanted
             )
-        else:
-            rows = await self.store.list_conversations(owner, limit=limit + 1, before=before)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        nxt = _encode_cursor(rows[-1].conversation) if more and rows else None
-        return [r.conversation for r in rows], nxt
+        except search.BadQuery as exc:
+            raise BadRequest(str(exc)) from None
 
     async def update_conversation(
         self, owner: str, cid: uuid.UUID, patch: ConversationPatch
@@ -805,35 +788,6 @@ def _no_nul(name: str, value: Any) -> None:
     elif isinstance(value, list):
         for item in value:
             _no_nul(name, item)
-
-
-def _encode_cursor(c: Conversation) -> str:
-    raw = f"{c.created_at.isoformat()}|{c.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _encode_offset(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"search|{offset}".encode()).decode().rstrip("=")
-
-
-def _decode_offset(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, offset = raw.partition("|")
-        if kind == "search" and offset.isdigit() and len(offset) <= 9:
-            return int(offset)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    raise BadRequest(f"cursor {cursor!r} is not one this server gave out for this search")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at, _, cid = raw.partition("|")
-        return datetime.fromisoformat(at), uuid.UUID(cid)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise BadRequest(f"cursor {cursor!r} is not one this server gave out") from None
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The response cache through a real server (issue 22, CONTRACT.md section 4)."""
+"""The response cache through a real server (docs/operations.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prompt commands through a real server (issue 22): configured and per-user prompts,
+"""Prompt commands through a real server: configured and per-user prompts,
 `/v1/prompts` CRUD, and `/NAME rest` expanded for the model while the row keeps what was
 typed and `command`."""
 

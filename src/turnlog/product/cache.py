@@ -1,4 +1,4 @@
-"""The response cache (CONTRACT.md section 4): an identical request is answered from a
+"""The response cache (docs/operations.md): an identical request is answered from a
 stored answer instead of the model.
 
 - Off unless ``[cache]`` in ``TURNLOG_CONFIG`` names models (globs); ``ttl_s`` (default

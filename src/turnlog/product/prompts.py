@@ -1,4 +1,4 @@
-"""Prompt commands (CONTRACT.md section 4): ``/NAME rest`` sends the prompt's template with
+"""Prompt commands (docs/operations.md): ``/NAME rest`` sends the prompt's template with
 ``{{input}}`` (the rest), ``{{date}}`` (the day of the send, UTC, YYYY-MM-DD) and ``{{user}}``
 filled in; the row keeps what was typed in ``content`` and ``command: {name, input}``, and
 the expansion (``MessageRecord.prompt``) is what the model is sent, stored with the send so

@@ -13,6 +13,8 @@ finds nothing. What PostgreSQL cannot hold (NUL) and what is too long are refuse
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from datetime import datetime
 from typing import Any
@@ -22,12 +24,14 @@ import msgspec
 from turnlog.log.pool import BoundedPool
 from turnlog.log.projection import Conversation, ConversationRecord
 from turnlog.log.rows import CONVERSATION_COLUMNS, conversation_from_row
+from turnlog.log.store import Store
 
 MAX_QUERY_CHARS = 1_000
 
 
 class BadQuery(ValueError):
-    """A search text PostgreSQL cannot take (the commands answer it with a 400)."""
+    """A search text PostgreSQL cannot take, or a cursor this server never gave out (the
+    commands answer it with a 400)."""
 
 
 class Found(Conversation, frozen=True, kw_only=True):
@@ -191,3 +195,63 @@ async def search(
         snippet = " ".join(str(row[n]).split()) or None
         found.append(Found(**msgspec.structs.asdict(c), match=snippet))
     return found
+
+
+async def page(
+    store: Store,
+    owner: str,
+    *,
+    limit: int,
+    cursor: str | None,
+    q: str | None,
+    metadata: dict[str, str],
+) -> tuple[list[Conversation], str | None]:
+    """One page of ``GET /v1/conversations``: newest first (keyset cursor), or with ``q``
+    the matches best first (offset cursor); ``metadata``: pairs every one must hold."""
+    if q is not None and q.strip():
+        offset = _decode_offset(cursor) if cursor else 0
+        found = await search(
+            store.pool, owner, q, metadata=metadata, limit=limit + 1, offset=offset
+        )
+        nxt = _encode_offset(offset + limit) if len(found) > limit else None
+        return list(found[:limit]), nxt
+    before = _decode_cursor(cursor) if cursor else None
+    if metadata:
+        rows = await list_filtered(
+            store.pool, owner, metadata=metadata, limit=limit + 1, before=before
+        )
+    else:
+        rows = await store.list_conversations(owner, limit=limit + 1, before=before)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    nxt = _encode_cursor(rows[-1].conversation) if more and rows else None
+    return [r.conversation for r in rows], nxt
+
+
+def _encode_offset(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"search|{offset}".encode()).decode().rstrip("=")
+
+
+def _decode_offset(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, offset = raw.partition("|")
+        if kind == "search" and offset.isdigit() and len(offset) <= 9:
+            return int(offset)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise BadQuery(f"cursor {cursor!r} is not one this server gave out for this search")
+
+
+def _encode_cursor(c: Conversation) -> str:
+    raw = f"{c.created_at.isoformat()}|{c.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, _, cid = raw.partition("|")
+        return datetime.fromisoformat(at), uuid.UUID(cid)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadQuery(f"cursor {cursor!r} is not one this server gave out") from None
