@@ -1,5 +1,7 @@
 """Commands: what a user can ask of turnlog, owner-gated, as domain events.
 
+Their request bodies are in ``turnlog.bodies`` (importable from here too).
+
 Each command reads the rows it decides on, makes its ids and timestamps, and appends events
 with the version it read (retrying a lost version race a few times). The HTTP layer maps the
 errors: ``NotFound`` 404, ``ConversationBusy``/``Fenced``/``VersionConflict``/``NotGenerating``
@@ -18,6 +20,15 @@ import msgspec
 import psycopg
 from turnlog_reducer import ToolCallBlock
 
+from turnlog.bodies import (
+    ConversationIn,
+    ConversationPatch,
+    EditIn,
+    MessageIn,
+    RetryIn,
+    ToolApprovalIn,
+    ToolResultIn,
+)
 from turnlog.config import Settings
 from turnlog.errors import (
     BadRequest,
@@ -56,55 +67,6 @@ MAX_PAGE = 100
 
 # The result a withdrawn question gets: the model reads it in the history like any answer.
 WITHDRAWN = "cancelled: the user withdrew this question without answering"
-
-
-# -- request bodies (strict: unknown fields and wrong types are 400) -----------------------
-
-
-class ConversationIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    title: str | None = None
-    model: str | None = None
-    options: dict[str, Any] | None = None
-    system_prompt: str | None = None
-    metadata: dict[str, str] | None = None
-    agent: str | None = None  # a preset whose fields are defaults under these
-    tools: list[str] | None = None  # names or globs; None: the agent's or the default
-
-
-class ConversationPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    title: str | msgspec.UnsetType | None = msgspec.UNSET
-    model: str | msgspec.UnsetType = msgspec.UNSET
-    options: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
-    system_prompt: str | msgspec.UnsetType | None = msgspec.UNSET
-    metadata: dict[str, str] | msgspec.UnsetType = msgspec.UNSET  # replaces the whole map
-    agent: str | msgspec.UnsetType | None = msgspec.UNSET
-    tools: list[str] | msgspec.UnsetType | None = msgspec.UNSET
-
-
-class MessageIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    content: str
-    client_message_id: str | None = None
-    options: dict[str, Any] | None = None
-
-
-class EditIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    content: str
-    resend: bool = False  # true: a new version of the message, answered (turnlog.versioning)
-
-
-class ToolResultIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    tool_call_id: str
-    content: str
-
-
-class ToolApprovalIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    tool_call_id: str
-    approved: bool
-    reason: str | None = None
-
-
-class RetryIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    options: dict[str, Any] | None = None
 
 
 class Sent(msgspec.Struct, frozen=True):
@@ -803,6 +765,7 @@ __all__ = [
     "RetryIn",
     "Sent",
     "TooLarge",
+    "ToolApprovalIn",
     "ToolResultIn",
     "Unavailable",
     "utcnow",
