@@ -85,7 +85,7 @@ def test_identical_requests_hit_and_others_miss(
         assert kinds[0] == "init"
         assert kinds[-1] == "done"
         rows = h.get(f"/v1/conversations/{cid}/messages").json()["items"]
-    second = rows[-1]
+    second, hit_cid = rows[-1], cid
     assert _hit(second)
     assert second["blocks"] == first["blocks"]
     assert second["status"] == "completed"
@@ -123,6 +123,19 @@ def test_identical_requests_hit_and_others_miss(
         assert [r["role"] for r in rows] == ["user", "assistant", "tool", "assistant"]
         assert not any(_hit(r) for r in rows if r["role"] == "assistant")
     assert _entries(srv) == entries
+
+    # A regeneration asks for another answer: never served from the cache.
+    with srv.http("cat") as h:
+        r = h.post(f"/v1/messages/{second['id']}/regenerate")
+        assert r.status_code == 201, r.text
+        again = r.json()["assistant_message"]["id"]
+
+        def regenerated() -> dict[str, Any] | None:
+            rows = h.get(f"/v1/conversations/{hit_cid}/messages?all=true").json()["items"]
+            row: dict[str, Any] = next(x for x in rows if x["id"] == again)
+            return row if row["status"] == "completed" else None
+
+        assert not _hit(wait_until(regenerated, what="the regenerated answer"))
 
     with srv.http("cat") as h:
         r = h.post("/v1/conversations", json={"options": {"cache": "no"}})

@@ -359,9 +359,16 @@ class Engine:
         gen.step, gen.calls_before = turn_so_far(rows, turn)
         specs = tuple(t.spec() for t in gen.tools.values())
         request = build_request(turn, conv, rows, model=name, tools=specs)
-        # The response cache (when configured) answers an identical first step itself.
+        # The response cache (when configured) answers an identical first step itself; not
+        # a regeneration (a new version asks for another answer) nor a continued turn.
+        mine = next((r for r in reversed(rows) if r.message.id == turn.message_id), None)
+        fresh = turn.recovery == 0 and (mine is None or mine.message.version == 1)
         return cache.prepare(
-            self.response_cache, provider, request, owner=conv.owner, model=turn.model
+            self.response_cache if fresh else None,
+            provider,
+            request,
+            owner=conv.owner,
+            model=turn.model,
         )
 
     def _patterns(self, conv: ConversationRecord) -> tuple[str, ...] | None:

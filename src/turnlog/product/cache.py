@@ -7,8 +7,10 @@ stored answer instead of the model.
   the system prompt, the whole history sent, the tools and the options, and the user (or
   nothing, with ``scope = "shared"``).
 - Only a turn's first step is looked up or stored (the request ends with the user's
-  message: not a step after tool results, not a recovered turn's continuation), and only an
-  answer that called no tool and ended normally is stored: a tool turn never is.
+  message: not a step after tool results), never a regeneration (a new version of an answer
+  asks for another one) nor a recovered turn's continuation (the engine passes no cache
+  then), and only an answer that called no tool and ended normally is stored: a tool turn
+  never is.
 - A hit is served *as the provider's stream*: the stored events, then the step's end with
   ``usage.cache_hit: true``. The engine stores and streams them like any answer, so a hit's
   rows are ordinary rows, its events ordinary log events, and replay is exact.
