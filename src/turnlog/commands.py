@@ -18,7 +18,6 @@ from typing import Any
 import anyio
 import msgspec
 import psycopg
-from turnlog_reducer import ToolCallBlock
 
 from turnlog.bodies import (
     ConversationIn,
@@ -45,8 +44,7 @@ from turnlog.errors import (
     VersionConflict,
 )
 from turnlog.generation.engine import Engine
-from turnlog.generation.tools.execution import idempotency_key, run_tool
-from turnlog.generation.tools.registry import ToolContext, ToolForbidden, UnknownTool
+from turnlog.generation.tools.registry import ToolForbidden, UnknownTool
 from turnlog.generation.turn import Turn, utcnow
 from turnlog.limits import Limits
 from turnlog.log import events as ev
@@ -59,14 +57,11 @@ from turnlog.product.prompts import Prompts
 from turnlog.providers import ModelForbidden, check_model
 from turnlog.recovery import FoundBy, Recovery
 from turnlog.streams import interrupt_events
+from turnlog.tool_answers import ToolAnswers, unanswered
 
 MAX_TITLE_CHARS = 500
 MAX_CLIENT_ID_CHARS = 200
 MAX_PAGE = 100
-
-
-# The result a withdrawn question gets: the model reads it in the history like any answer.
-WITHDRAWN = "cancelled: the user withdrew this question without answering"
 
 
 class Sent(msgspec.Struct, frozen=True):
@@ -92,11 +87,10 @@ class Chat:
         self.settings = settings
         self.limits = limits or Limits(Settings())  # the default: unlimited
         self.prompts = Prompts(store.pool, settings.models.product.prompts)
-        # Approvals being answered here (a second answer of the same call is refused).
-        self._approving: set[tuple[uuid.UUID, str]] = set()
         # Asks the living instance that runs a row to cancel it (turnlog.cluster); False
         # when this one has to end the row itself.
         self.cancel_elsewhere = cancel_elsewhere
+        self.answers = ToolAnswers(self)
         self.recovery = Recovery(store, engine, settings, interrupt=self.interrupt, now=self.now)
 
     def now(self) -> datetime:
@@ -473,7 +467,7 @@ class Chat:
     async def cancel(self, owner: str, mid: uuid.UUID) -> Message:
         row, _ = await self.message(owner, mid)
         if row.message.status == "completed" and unanswered(row):
-            return await self._withdraw(owner, mid)
+            return await self.answers.withdraw(owner, mid)
         if row.message.status != "generating":
             raise NotGenerating(f"message {mid} is {row.message.status}, not generating")
         if not await self.engine.cancel(mid) and (
@@ -489,41 +483,6 @@ class Chat:
             raise NotGenerating(f"message {mid} is {after.message.status}, not generating")
         return after.message
 
-    async def _withdraw(self, owner: str, mid: uuid.UUID) -> Message:
-        """Withdraw the unanswered questions of ``mid``: each gets a tool row with a
-        cancelled result, and the conversation is idle again (no next step starts)."""
-
-        async def attempt() -> Appended:
-            row, conv = await self.message(owner, mid)
-            waiting = unanswered(row)
-            if not waiting:
-                raise NotGenerating(f"message {mid} has no question waiting for an answer")
-            names = {b.id: b.name for b in row.message.blocks if isinstance(b, ToolCallBlock)}
-            now = self.now()
-            return await self.store.append(
-                conv.conversation.id,
-                [
-                    ev.ToolResultRecorded(
-                        at=now,
-                        message_id=uuid.uuid4(),
-                        seq=conv.last_seq + 1 + i,
-                        reply_to=mid,
-                        tool_call_id=call_id,
-                        tool_name=names.get(call_id, "ask_user"),
-                        content=WITHDRAWN,
-                    )
-                    for i, call_id in enumerate(waiting)
-                ],
-                expected_version=conv.conversation.version,
-                actor=owner,
-            )
-
-        await self.store.retrying(attempt)
-        after = await self.store.get_message(mid)
-        if after is None:
-            raise NotFound(f"message {mid} not found")
-        return after.message
-
     async def retry(self, owner: str, mid: uuid.UUID, body: RetryIn | None = None) -> Message:
         """Since versions, the same as regenerate: a new version of the turn ``mid`` ends."""
         # Imported here: turnlog.versioning builds on this module.
@@ -532,129 +491,17 @@ class Chat:
         options = None if body is None else body.options
         return await regenerate(self, owner, mid, RegenerateIn(options=options))
 
-    def _needs_approval(self, row: MessageRecord, call_id: str) -> ToolCallBlock | None:
-        """The call ``call_id`` of ``row`` if its tool waits for the user's approval."""
-        call = next(
-            (b for b in row.message.blocks if isinstance(b, ToolCallBlock) and b.id == call_id),
-            None,
-        )
-        tool = None if call is None else self.engine.tools.get(call.name)
-        if tool is None or tool.descriptor.kind != "server" or not tool.descriptor.approval:
-            return None
-        return call
-
     async def tool_approval(
         self, owner: str, mid: uuid.UUID, body: ToolApprovalIn
     ) -> Message | None:
-        """Answer a call waiting for approval: approved, its tool runs with exactly the
-        stored arguments (never ones generated again); denied, the model reads
-        ``denied: <reason>``. Either result resumes the turn like a tool result."""
-        if body.reason is not None:
-            self._text("reason", body.reason, limit=2000)
-        row, conv = await self.message(owner, mid)
-        self._waiting(row, mid, body.tool_call_id)
-        call = self._needs_approval(row, body.tool_call_id)
-        if call is None:
-            raise BadRequest(
-                f"tool call {body.tool_call_id!r} of message {mid} does not wait for approval;"
-                " answer it with tool-results"
-            )
-        key = (mid, body.tool_call_id)
-        if key in self._approving:
-            raise Conflict(f"tool call {body.tool_call_id!r} is being answered already")
-        self._approving.add(key)
-        try:
-            if body.approved:
-                tool = self.engine.tools.get(call.name)
-                assert tool is not None
-                ctx = ToolContext(
-                    user=owner,
-                    conversation_id=str(conv.conversation.id),
-                    message_id=str(mid),
-                    tool_call_id=call.id,
-                    idempotency_key=idempotency_key(str(mid), call.id),
-                )
-                out = await run_tool(tool, call.arguments, ctx, metrics=self.engine.metrics)
-                content = out.content
-            else:
-                content = f"denied: {body.reason or 'the user did not approve this call'}"
-            _, assistant = await self.tool_result(
-                owner, mid, ToolResultIn(tool_call_id=call.id, content=content), approval=True
-            )
-        finally:
-            self._approving.discard(key)
-        return assistant
-
-    def _waiting(self, row: MessageRecord, mid: uuid.UUID, call_id: str) -> None:
-        if call_id not in row.awaiting_user or call_id not in row.open_tool_calls:
-            raise BadRequest(
-                f"message {mid} has no question {call_id!r} waiting for an answer"
-                + (f"; waiting: {', '.join(row.open_tool_calls)}" if row.open_tool_calls else "")
-            )
+        """Answer a call waiting for approval (``ToolAnswers.tool_approval``)."""
+        return await self.answers.tool_approval(owner, mid, body)
 
     async def tool_result(
         self, owner: str, mid: uuid.UUID, body: ToolResultIn, *, approval: bool = False
     ) -> tuple[Message, Message | None]:
-        self._text("content", body.content)
-        self._may_start()
-        turn: Turn | None = None
-
-        async def attempt() -> Appended:
-            nonlocal turn
-            turn = None
-            row, conv = await self.message(owner, mid)
-            if not approval and self._needs_approval(row, body.tool_call_id) is not None:
-                raise Conflict(
-                    f"tool call {body.tool_call_id!r} waits for the user's approval: answer it"
-                    f" with POST /v1/messages/{mid}/tool-approvals"
-                )
-            if body.tool_call_id not in row.awaiting_user or (
-                body.tool_call_id not in row.open_tool_calls
-            ):
-                raise BadRequest(
-                    f"message {mid} has no question {body.tool_call_id!r} waiting for an "
-                    "answer"
-                    + (
-                        f"; waiting: {', '.join(row.open_tool_calls)}"
-                        if row.open_tool_calls
-                        else ""
-                    )
-                )
-            c = conv.conversation
-            call = next(
-                (b for b in row.message.blocks if getattr(b, "id", None) == body.tool_call_id),
-                None,
-            )
-            now = self.now()
-            batch: list[ev.DomainEvent] = [
-                ev.ToolResultRecorded(
-                    at=now,
-                    message_id=uuid.uuid4(),
-                    seq=conv.last_seq + 1,
-                    reply_to=mid,
-                    tool_call_id=body.tool_call_id,
-                    tool_name=getattr(call, "name", "ask_user"),
-                    content=body.content,
-                )
-            ]
-            still_open = [t for t in row.open_tool_calls if t != body.tool_call_id]
-            if not still_open:
-                turn = Turn.new(c.id, conv.last_seq + 2, c.model, reply_to=row.message.reply_to)
-                batch.append(turn.started(now))
-            return await self.store.append(
-                c.id,
-                batch,
-                expected_version=c.version,
-                actor=owner,
-                instance_id=self.engine.instance_id,
-            )
-
-        async with self.limits.admit(owner, send=False):
-            done = await self.store.retrying(attempt)
-        if turn is not None:
-            self.engine.start(turn, done.conversation)
-        by_role = {r.message.role: r.message for r in done.messages}
-        return by_role["tool"], by_role.get("assistant") if turn is not None else None
+        """Answer a question waiting for the user or the client (``ToolAnswers.tool_result``)."""
+        return await self.answers.tool_result(owner, mid, body, approval=approval)
 
     # -- recovery --------------------------------------------------------------------------
 
@@ -725,11 +572,6 @@ class Chat:
         return await self.recovery.sweep("startup")
 
 
-def unanswered(row: MessageRecord) -> list[str]:
-    """The interactive tool calls of ``row`` still waiting for the user."""
-    return [t for t in row.awaiting_user if t in row.open_tool_calls]
-
-
 def _metadata(value: dict[str, str]) -> dict[str, str]:
     try:
         return metadata.check(value)
@@ -768,5 +610,6 @@ __all__ = [
     "ToolApprovalIn",
     "ToolResultIn",
     "Unavailable",
+    "unanswered",
     "utcnow",
 ]
