@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-import anyio
 import msgspec
 import psycopg
 
@@ -353,7 +352,7 @@ class Chat:
             conv = fresh or await self.conversation(owner, cid)
             fresh = None
             c = conv.conversation
-            if c.state == "generating" and await self._repair_orphans(cid):
+            if c.state == "generating" and await self.recovery.repair_orphans(cid):
                 conv = await self.conversation(owner, cid)
                 c = conv.conversation
             if c.state != "idle":
@@ -545,31 +544,12 @@ class Chat:
     async def repair_if_orphan(
         self, row: MessageRecord, found_by: FoundBy = "subscriber"
     ) -> MessageRecord:
-        """If ``row`` is generating with no living generation, take it over: continued here
-        (it stays generating, now under this instance) or interrupted (turnlog.recovery)."""
-        mid = row.message.id
-        if row.message.status != "generating":
-            return row
-        mine = self.engine.running(mid) is not None
-        if not await self.store.is_orphan(mid, me=self.engine.instance_id, mine=mine):
-            return row
-        return await self.recovery.take_over(row, found_by)
-
-    async def _repair_orphans(self, cid: uuid.UUID) -> bool:
-        repaired = False
-        for row in await self.store.list_messages(cid):
-            if row.message.status == "generating":
-                after = await self.repair_if_orphan(row, "send")
-                repaired = repaired or after.message.status != "generating"
-        return repaired
+        """``row``, taken over first if it is an orphan (``Recovery.repair_if_orphan``)."""
+        return await self.recovery.repair_if_orphan(row, found_by)
 
     async def sweep(self) -> int:
-        """At startup: take over every generating row whose process is gone. Right after a
-        database restart that cannot be told yet (LIVENESS_GRACE_S): wait it out first."""
-        unsettled = await self.store.liveness_unsettled_s()
-        if unsettled > 0:
-            await anyio.sleep(unsettled)
-        return await self.recovery.sweep("startup")
+        """At startup: take over every orphan (``Recovery.sweep_at_startup``)."""
+        return await self.recovery.sweep_at_startup()
 
 
 def _metadata(value: dict[str, str]) -> dict[str, str]:

@@ -3,7 +3,7 @@
 Who finds such a row (an *orphan*: its lease's instance is gone or its liveness lock is
 free, see ``turnlog.log.liveness``): this instance at start-up (:meth:`Recovery.sweep`), its
 watch for other instances' deaths (:meth:`Recovery.watch`), a subscriber or a send that
-meets it (``Chat.repair_if_orphan``), or a mirror whose owner died (``turnlog.follow``).
+meets it (:meth:`Recovery.repair_if_orphan`), or a mirror whose owner died (``turnlog.follow``).
 Each calls :meth:`Recovery.take_over`, which decides:
 
 * continue: append ``TurnResumed`` (a new attempt, written only on top of the dead one's
@@ -76,6 +76,37 @@ class Recovery:
         for row in rows:
             await self.take_over(row, found_by)
         return len(rows)
+
+    async def repair_if_orphan(
+        self, row: MessageRecord, found_by: FoundBy = "subscriber"
+    ) -> MessageRecord:
+        """If ``row`` is generating with no living generation, take it over: continued here
+        (it stays generating, now under this instance) or interrupted (:meth:`take_over`)."""
+        mid = row.message.id
+        if row.message.status != "generating":
+            return row
+        mine = self.engine.running(mid) is not None
+        if not await self.store.is_orphan(mid, me=self.engine.instance_id, mine=mine):
+            return row
+        return await self.take_over(row, found_by)
+
+    async def repair_orphans(self, cid: uuid.UUID) -> bool:
+        """Take over the orphans of conversation ``cid`` (a send found it generating);
+        whether one of them ended (the conversation may be idle now)."""
+        repaired = False
+        for row in await self.store.list_messages(cid):
+            if row.message.status == "generating":
+                after = await self.repair_if_orphan(row, "send")
+                repaired = repaired or after.message.status != "generating"
+        return repaired
+
+    async def sweep_at_startup(self) -> int:
+        """At startup: take over every generating row whose process is gone. Right after a
+        database restart that cannot be told yet (LIVENESS_GRACE_S): wait it out first."""
+        unsettled = await self.store.liveness_unsettled_s()
+        if unsettled > 0:
+            await anyio.sleep(unsettled)
+        return await self.sweep("startup")
 
     async def watch(self) -> None:
         """Forever: find the rows of instances that died meanwhile and take them over (run in
