@@ -5,21 +5,22 @@ One :class:`Generation` per generating row (``turn.py``). The engine runs a turn
 ``step._stream_once``): each step streams into the row's live stream (every subscriber sees
 each event as it is published), the :class:`Checkpointer` (``checkpoints.py``) stores the
 coalesced new events every ``TURNLOG_CHECKPOINT_S`` (only when something changed), and the
-step's end is stored in one event: completed (with server tool results and the next step's
-row, in the same transaction: ``tools/``), failed, aborted (cancel) or interrupted
-(shutdown). Every write names the generation's attempt id, so once anyone else has ended the
-row the store rejects it (``Fenced``) and the generation stops.
+step's end is stored in one event: completed (:meth:`Engine._complete`, with the server tool
+results and the next step's row, in the same transaction), or
+failed, aborted (cancel), interrupted or handed over (shutdown): those writes, their retries
+and fencing are :class:`StepEnds` (``endings.py``). Every write names the generation's attempt
+id, so once anyone else has ended the row the store rejects it (``Fenced``) and the
+generation stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import structlog
@@ -34,6 +35,7 @@ from turnlog.errors import (
     Fenced,
 )
 from turnlog.generation.checkpoints import Checkpointer
+from turnlog.generation.endings import StepEnds, WriteGaveUp
 from turnlog.generation.history import build_request
 from turnlog.generation.step import scrub, stream_with_retries
 from turnlog.generation.tools.execution import idempotency_key, run_calls
@@ -48,7 +50,7 @@ from turnlog.generation.tools.orchestration import (
 from turnlog.generation.tools.registry import Tool, ToolContext, ToolRegistry
 from turnlog.generation.turn import Clock, EndReason, Generation, Turn, utcnow
 from turnlog.log import events as ev
-from turnlog.log.pool import DatabaseUnavailable, urgently
+from turnlog.log.pool import DatabaseUnavailable
 from turnlog.log.projection import ConversationRecord, MessageRecord
 from turnlog.log.store import Store
 from turnlog.metrics import Metrics, provider_and_model
@@ -56,17 +58,20 @@ from turnlog.product import agents, cache
 from turnlog.product.cache import ResponseCache
 from turnlog.providers import get_provider
 from turnlog.providers.base import ModelRequest, Provider, ProviderError, StepEnd, UnknownModel
-from turnlog.streams import StreamRegistry, closing_events, done_for
+from turnlog.streams import StreamRegistry
 
-__all__ = ["EndReason", "Engine", "Generation", "Turn", "WriteGaveUp", "utcnow"]
+__all__ = [
+    "INTERRUPTED_CALL",
+    "EndReason",
+    "Engine",
+    "Generation",
+    "Turn",
+    "WriteGaveUp",
+    "utcnow",
+]
 
 log = structlog.get_logger("turnlog.generation")
 
-# The write that ends a step is retried for this long (the database may restart meanwhile);
-# at shutdown only until the drain's deadline. If it never lands the row stays generating,
-# its subscribers get `done` (interrupted), and recovery marks it interrupted later, as
-# after a crash.
-FINAL_WRITE_S = 30.0
 # At shutdown: how long the interrupted generations' last writes may take after the grace
 # period, and after a second signal (a forced stop).
 SHUTDOWN_WRITE_S = 2.0
@@ -79,10 +84,6 @@ ProviderFor = Callable[[str, Settings], tuple[Provider, str]]
 INTERRUPTED_CALL = (
     "error: interrupted while running; it may or may not have taken effect; it was not run again"
 )
-
-
-class WriteGaveUp(Exception):
-    """A step's final write kept failing (the database is gone) until its deadline."""
 
 
 class Engine:
@@ -117,13 +118,13 @@ class Engine:
         # Set once a drain stops what still runs: why (a next step started then stops too).
         self._stop_reason: EndReason | None = None
         self._hurried = False
-        # When final writes give up at the latest (anyio time), once a drain has begun.
-        self._stop_by = float("inf")
         self._tg: TaskGroup | None = None
         self._running: dict[uuid.UUID, Generation] = {}
         self.checkpoints = Checkpointer(
             store, settings, self._running, now=now, metrics=self.metrics, clock=clock
         )
+        # Every write that ends a step (and the drain's deadline for them).
+        self.ends = StepEnds(store, self.checkpoints, instance_id=instance_id, now=now)
         # Set (and replaced) whenever a generation ends; drain waits on it. (asyncio's, as
         # Generation.finished: one is made per generation.)
         self._ended = asyncio.Event()
@@ -228,7 +229,9 @@ class Engine:
         shutdown up). :meth:`hurry` cuts the grace short."""
         self.draining = True
         grace_s = 0.0 if self._hurried else grace_s
-        self._stop_by = min(self._stop_by, anyio.current_time() + grace_s + SHUTDOWN_WRITE_S)
+        self.ends.stop_by = min(
+            self.ends.stop_by, anyio.current_time() + grace_s + SHUTDOWN_WRITE_S
+        )
         with anyio.move_on_after(grace_s):
             while self._running and not self._hurried:
                 await self._ended.wait()
@@ -244,7 +247,7 @@ class Engine:
         """A forced stop (a second signal): end the grace now, and give the interrupted
         generations' last writes only FORCED_WRITE_S; their subscribers still get done."""
         self._hurried = True
-        self._stop_by = min(self._stop_by, anyio.current_time() + FORCED_WRITE_S)
+        self.ends.stop_by = min(self.ends.stop_by, anyio.current_time() + FORCED_WRITE_S)
         self._wake_drain()
 
     # -- running a turn's steps ------------------------------------------------------------
@@ -267,18 +270,18 @@ class Engine:
                 # The conversation was deleted or the row ended elsewhere meanwhile.
                 log.info("generation stopped", reason=str(exc))
                 with anyio.CancelScope(shield=True):
-                    await self._finish_from_store(current)
+                    await self.ends.finish_from_store(current)
                 gen = None
             except DatabaseUnavailable as exc:
                 # Reading what the step needs failed: the database is gone. The row is
                 # repaired as an orphan later; the subscribers hear it ended now.
-                self._gave_up(current, WriteGaveUp(str(exc)))
+                self.ends.gave_up(current, WriteGaveUp(str(exc)))
                 gen = None
             except Exception:
                 # A bug in one generation must not take the others (or the app) down: log
                 # it, and end the row as failed if we still can.
                 log.exception("generation crashed")
-                await self._end_after_crash(current)
+                await self.ends.end_after_crash(current)
                 gen = None
             finally:
                 status = current.stream.status or (
@@ -299,7 +302,7 @@ class Engine:
                 gen.conversation = None
             except UnknownModel as exc:
                 with aio.cancel_scope(shield=True):
-                    await self._end(gen, "error", error=str(exc))
+                    await self.ends.end(gen, "error", error=str(exc))
                 return None
             step_end: StepEnd | None = None
             error: str | None = None
@@ -318,16 +321,16 @@ class Engine:
                     error = scrub(str(exc) or type(exc).__name__, self.settings.models.secrets())
             with aio.cancel_scope(shield=True):
                 if gen.fenced:
-                    await self._finish_from_store(gen)
+                    await self.ends.finish_from_store(gen)
                     return None
                 if gen.end_reason == "handed_over":
-                    await self._hand_over(gen)
+                    await self.ends.hand_over(gen)
                     return None
                 if gen.end_reason is not None:
-                    await self._end(gen, gen.end_reason)
+                    await self.ends.end(gen, gen.end_reason)
                     return None
                 if error is not None or step_end is None:
-                    await self._end(gen, "error", error=error or "provider gave no result")
+                    await self.ends.end(gen, "error", error=error or "provider gave no result")
                     return None
                 return await self._complete(gen, step_end)
             return None  # not reached: the shielded scope above is never cancelled
@@ -378,54 +381,13 @@ class Engine:
         agent = self.settings.models.product.agents.get(c.agent) if c.agent else None
         return tuple(agent.tools) if agent is not None and agent.tools is not None else None
 
-    # -- step endings ----------------------------------------------------------------------
-
-    async def _settle_before_end(self, gen: Generation) -> None:
-        """Before a step's last write: store a checkpoint left unacked, retrying a while."""
-        await self._retry_final_write(
-            lambda: self.checkpoints.settle(gen), "storing a checkpoint failed; retrying"
-        )
-
-    async def _retry_final_write(self, write: Callable[[], Awaitable[object]], failed: str) -> None:
-        """Run a step's final ``write``, retrying a failure that is not a DomainError (a
-        lost connection, say) with backoff for FINAL_WRITE_S, or until the drain's deadline;
-        then raise ``WriteGaveUp``."""
-        give_up = aio.current_time() + FINAL_WRITE_S
-        for i in itertools.count():
-            try:
-                await write()
-                return
-            except DomainError:
-                raise
-            except Exception as exc:
-                pause = min(0.2 * 2**i, 2.0)
-                if anyio.current_time() + pause >= min(give_up, self._stop_by):
-                    raise WriteGaveUp(f"{failed.split(';')[0]}: {exc}") from exc
-                log.warning(failed, error=str(exc) or type(exc).__name__, attempt=i + 1)
-                await anyio.sleep(pause)
-
-    def _gave_up(self, gen: Generation, exc: WriteGaveUp) -> None:
-        """The end of the step could not be stored: tell the subscribers it ended anyway
-        (interrupted, as the row will read once repaired)."""
-        log.error(
-            "could not store the end of the step; the row stays generating until it is "
-            "repaired as an orphan",
-            error=str(exc),
-        )
-        if not gen.stream.finished:
-            gen.stream.finish(Done(status="interrupted"))
-
-    def _close_open_calls(self, gen: Generation) -> None:
-        """Mark tool calls the step left unfinished as ready with null arguments."""
-        for event in closing_events(gen.stream.blocks):
-            gen.stream.publish(event)
-            gen.pending.append(event)
+    # -- a completed step (the other step ends: endings.py) --------------------------------
 
     async def _complete(self, gen: Generation, step_end: StepEnd) -> Generation | None:
         """Store a completed step with its server tools' results and the next step's row
         (one write); return the next step's generation, if one starts."""
         turn = gen.turn
-        self._close_open_calls(gen)
+        self.ends.close_open_calls(gen)
         # Answered later: by the user (ask_user), the client (client tools), or by the
         # user's yes or no (tools that need approval: their calls are stored with their
         # arguments and run only once approved, with exactly those arguments).
@@ -443,10 +405,10 @@ class Engine:
                 return None  # fenced, or the database gone: handled
             if gen.end_reason == "handed_over":
                 # Left generating: its started calls are the successor's to judge.
-                await self._hand_over(gen)
+                await self.ends.hand_over(gen)
                 return None
             if gen.end_reason is not None:
-                await self._end(gen, gen.end_reason)
+                await self.ends.end(gen, gen.end_reason)
                 return None
             results, note = ran
             if note is not None:
@@ -456,12 +418,12 @@ class Engine:
         now = self.now()
         async with gen.write_lock:
             try:
-                await self._settle_before_end(gen)
+                await self.ends.settle_before_end(gen)
             except DomainError:  # fenced, or the conversation is gone
-                await self._finish_from_store(gen)
+                await self.ends.finish_from_store(gen)
                 return None
             except WriteGaveUp as exc:
-                self._gave_up(gen, exc)
+                self.ends.gave_up(gen, exc)
                 return None
             events, seq = gen.take_pending()
             batch: list[ev.DomainEvent] = [
@@ -484,7 +446,7 @@ class Engine:
                 try:
                     conv = await self.store.get_conversation(turn.conversation_id)
                 except DatabaseUnavailable as exc:
-                    self._gave_up(gen, WriteGaveUp(str(exc)))
+                    self.ends.gave_up(gen, WriteGaveUp(str(exc)))
                     return None
                 if conv is None:
                     raise Fenced(f"conversation {turn.conversation_id} is gone")
@@ -493,9 +455,9 @@ class Engine:
                 )
                 batch.extend(rows)
             try:
-                await self._write_end(turn, batch, gen.unacked_since)
+                await self.ends.write_end(turn, batch, gen.unacked_since)
             except WriteGaveUp as exc:
-                self._gave_up(gen, exc)
+                self.ends.gave_up(gen, exc)
                 return None
             except Fenced:
                 # Refused because the row has ended; but a retry after a lost answer is
@@ -505,7 +467,7 @@ class Engine:
                     await self.store.get_message(next_turn.message_id) is not None
                 )
                 if not landed:
-                    await self._finish_from_store(gen)
+                    await self.ends.finish_from_store(gen)
                     return None
         nxt = None
         if next_turn is not None:
@@ -531,34 +493,6 @@ class Engine:
         if gen.recovered_from is not None and gen.first_at is not None:
             first = self.now().timestamp() - (time.monotonic() - gen.first_at)
             m.recovery_first_delta.observe(max(0.0, first - gen.recovered_from.timestamp()))
-
-    async def _hand_over(self, gen: Generation) -> None:
-        """The process is going away (a drain past its grace): store what the step has so
-        far as a checkpoint and leave the row generating, for another instance or the next
-        start to continue (recovery). Its readers end without ``done`` and reconnect."""
-        turn = gen.turn
-        async with gen.write_lock:
-            try:
-                await self._settle_before_end(gen)
-                events, seq = gen.take_pending()
-                if seq != gen.stored_seq:
-                    checkpoint = ev.TurnCheckpointed(
-                        at=self.now(),
-                        message_id=turn.message_id,
-                        attempt=turn.attempt,
-                        events=events,
-                        stream_seq=seq,
-                        from_seq=gen.stored_seq,
-                    )
-                    await self._write_end(turn, [checkpoint], gen.unacked_since)
-            except DomainError:  # fenced, or the conversation is gone
-                await self._finish_from_store(gen)
-                return
-            except WriteGaveUp as exc:
-                # The last checkpoint is what a successor continues from.
-                log.warning("could not store the handed-over row's last events", error=str(exc))
-        log.info("generation handed over", stream_seq=gen.stream.seq)
-        gen.stream.abandon()
 
     async def _run_server_calls(
         self, gen: Generation, plan: ToolPlan
@@ -606,10 +540,10 @@ class Engine:
         if batch:
             async with gen.write_lock:
                 try:
-                    await self._settle_before_end(gen)
+                    await self.ends.settle_before_end(gen)
                     events, seq = gen.take_pending()
                     started = ev.ToolCallsStarted(
-                        at=self.now(),
+                        at=self.ends.now(),
                         message_id=turn.message_id,
                         attempt=turn.attempt,
                         events=events,
@@ -626,12 +560,12 @@ class Engine:
                         ),
                     )
                     with contextlib.suppress(AlreadyStored):
-                        await self._write_end(turn, [started], gen.unacked_since)
+                        await self.ends.write_end(turn, [started], gen.unacked_since)
                 except DomainError:  # fenced, or the conversation is gone
-                    await self._finish_from_store(gen)
+                    await self.ends.finish_from_store(gen)
                     return None
                 except WriteGaveUp as exc:
-                    self._gave_up(gen, exc)
+                    self.ends.gave_up(gen, exc)
                     return None
                 gen.stored_seq = seq
                 gen.unacked_since = None
@@ -669,80 +603,6 @@ class Engine:
             n = (usage or {}).get(key)
             if isinstance(n, int) and n > 0:
                 self.metrics.child(self.metrics.tokens, provider, model, direction).inc(n)
-
-    async def _end(
-        self, gen: Generation, how: Literal["aborted", "interrupted", "error"], error: str = ""
-    ) -> None:
-        """Store the end of a step that did not complete: aborted, interrupted or failed."""
-        turn = gen.turn
-        self._close_open_calls(gen)
-        async with gen.write_lock:
-            try:
-                await self._settle_before_end(gen)
-            except DomainError:  # fenced, or the conversation is gone
-                await self._finish_from_store(gen)
-                return
-            except WriteGaveUp as exc:
-                self._gave_up(gen, exc)
-                return
-            events, seq = gen.take_pending()
-            common: dict[str, Any] = {
-                "at": self.now(),
-                "message_id": turn.message_id,
-                "attempt": turn.attempt,
-                "events": events,
-                "stream_seq": seq,
-                "from_seq": gen.stored_seq,
-            }
-            event: ev.DomainEvent
-            if how == "aborted":
-                event = ev.TurnAborted(**common)
-            elif how == "interrupted":
-                event = ev.TurnInterrupted(**common, reason="the server shut down")
-            else:
-                event = ev.TurnFailed(**common, error=error)
-            try:
-                await self._write_end(turn, [event], gen.unacked_since)
-            except Fenced:
-                await self._finish_from_store(gen)
-                return
-            except WriteGaveUp as exc:
-                self._gave_up(gen, exc)
-                return
-        gen.stream.finish(Done(status=how, error=error or None))
-
-    async def _write_end(
-        self, turn: Turn, batch: list[ev.DomainEvent], since: float | None
-    ) -> None:
-        """Store a step's end; ``since``: when its oldest event was published (a write
-        stored later than the promise allows counts as a checkpoint miss too)."""
-
-        async def append() -> None:
-            with urgently():
-                await self.store.append(turn.conversation_id, batch, instance_id=self.instance_id)
-
-        await self._retry_final_write(append, "storing the end of a step failed; retrying")
-        self.checkpoints.count_miss(since, time.monotonic())
-
-    async def _finish_from_store(self, gen: Generation) -> None:
-        """Someone else ended the row (fencing): close the live stream with what the store
-        says."""
-        row: MessageRecord | None
-        try:
-            row = await self.store.get_message(gen.turn.message_id)
-        except DatabaseUnavailable:
-            row = None  # done says interrupted: what the row reads once repaired
-        if not gen.stream.finished:
-            gen.stream.finish(done_for(row))
-
-    async def _end_after_crash(self, gen: Generation) -> None:
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._end(gen, "error", error="internal error while generating")
-            except Exception:
-                log.exception("could not store the end of a crashed generation")
-                if not gen.stream.finished:
-                    gen.stream.finish(Done(status="interrupted"))
 
     def _forget(self, gen: Generation) -> None:
         if not gen.finished.is_set():
