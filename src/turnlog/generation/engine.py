@@ -6,7 +6,7 @@ One :class:`Generation` per generating row (``turn.py``). The engine runs a turn
 each event as it is published), the :class:`Checkpointer` (``checkpoints.py``) stores the
 coalesced new events every ``TURNLOG_CHECKPOINT_S`` (only when something changed), and the
 step's end is stored in one event: completed (:meth:`Engine._complete`, with the server tool
-results and the next step's row, in the same transaction), or
+results, run by ``tools/running.py``, and the next step's row, in the same transaction), or
 failed, aborted (cancel), interrupted or handed over (shutdown): those writes, their retries
 and fencing are :class:`StepEnds` (``endings.py``). Every write names the generation's attempt
 id, so once anyone else has ended the row the store rejects it (``Fenced``) and the
@@ -16,7 +16,6 @@ generation stops.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -30,7 +29,6 @@ from turnlog_reducer import Done, TextDelta
 from turnlog import aio
 from turnlog.config import Settings
 from turnlog.errors import (
-    AlreadyStored,
     DomainError,
     Fenced,
 )
@@ -38,16 +36,13 @@ from turnlog.generation.checkpoints import Checkpointer
 from turnlog.generation.endings import StepEnds, WriteGaveUp
 from turnlog.generation.history import build_request
 from turnlog.generation.step import scrub, stream_with_retries
-from turnlog.generation.tools.execution import idempotency_key, run_calls
 from turnlog.generation.tools.orchestration import (
-    NOT_RUN,
-    ToolPlan,
-    limit_note,
     plan_tools,
     tool_rows,
     turn_so_far,
 )
-from turnlog.generation.tools.registry import Tool, ToolContext, ToolRegistry
+from turnlog.generation.tools.registry import ToolRegistry
+from turnlog.generation.tools.running import INTERRUPTED_CALL, run_server_calls
 from turnlog.generation.turn import Clock, EndReason, Generation, Turn, utcnow
 from turnlog.log import events as ev
 from turnlog.log.pool import DatabaseUnavailable
@@ -78,12 +73,6 @@ SHUTDOWN_WRITE_S = 2.0
 FORCED_WRITE_S = 1.0
 
 ProviderFor = Callable[[str, Settings], tuple[Provider, str]]
-
-# The result of a side-effect tool call that had started when its process died (recovery
-# does not run it again; the model decides what to do).
-INTERRUPTED_CALL = (
-    "error: interrupted while running; it may or may not have taken effect; it was not run again"
-)
 
 
 class Engine:
@@ -400,7 +389,7 @@ class Engine:
         results: list[str] | None = None
         note: str | None = None
         if plan.server:
-            ran = await self._run_server_calls(gen, plan)
+            ran = await run_server_calls(gen, plan, self.ends, self.tools.config, self.metrics)
             if ran is None:
                 return None  # fenced, or the database gone: handled
             if gen.end_reason == "handed_over":
@@ -493,109 +482,6 @@ class Engine:
         if gen.recovered_from is not None and gen.first_at is not None:
             first = self.now().timestamp() - (time.monotonic() - gen.first_at)
             m.recovery_first_delta.observe(max(0.0, first - gen.recovered_from.timestamp()))
-
-    async def _run_server_calls(
-        self, gen: Generation, plan: ToolPlan
-    ) -> tuple[list[str], str | None] | None:
-        """Run a completed step's server calls; their results in call order and the note
-        that ends the turn when a limit stopped it (None: fenced or the database gone,
-        already handled).
-
-        Before any call runs, ``ToolCallsStarted`` is stored (with the stream events not
-        yet stored, as a checkpoint): each call, its idempotency key and its tool's effect.
-        Recovery relies on it: a call with that record and no result may have run."""
-        turn = gen.turn
-        config = self.tools.config
-        runnable, note = limit_note(
-            gen.step,
-            gen.calls_before,
-            len(plan.server),
-            config.max_steps,
-            config.max_tool_calls,
-        )
-        calls = plan.server[:runnable]
-        batch: list[tuple[Tool | None, str, Any, ToolContext]] = []
-        for call in calls:
-            tool = gen.tools.get(call.name)
-            ctx = ToolContext(
-                user=gen.user,
-                conversation_id=str(turn.conversation_id),
-                message_id=str(turn.message_id),
-                tool_call_id=call.id,
-                idempotency_key=idempotency_key(str(turn.message_id), call.id),
-            )
-            batch.append(
-                (tool if tool is not None and tool.run else None, call.name, call.arguments, ctx)
-            )
-        # On recovery, a side-effect call that had started is never run again: the model
-        # reads that it may or may not have taken effect (read-only and idempotent calls
-        # run again, with the same idempotency key).
-        kept = {
-            i: INTERRUPTED_CALL
-            for i, (_, name, _, ctx) in enumerate(batch)
-            if self._not_again(gen, name, ctx.tool_call_id)
-        }
-        whole = batch
-        batch = [b for i, b in enumerate(batch) if i not in kept]
-        if batch:
-            async with gen.write_lock:
-                try:
-                    await self.ends.settle_before_end(gen)
-                    events, seq = gen.take_pending()
-                    started = ev.ToolCallsStarted(
-                        at=self.ends.now(),
-                        message_id=turn.message_id,
-                        attempt=turn.attempt,
-                        events=events,
-                        stream_seq=seq,
-                        from_seq=gen.stored_seq,
-                        calls=tuple(
-                            ev.StartedCall(
-                                tool_call_id=ctx.tool_call_id,
-                                tool_name=name,
-                                idempotency_key=ctx.idempotency_key,
-                                effect=tool.descriptor.effect if tool else "read_only",
-                            )
-                            for tool, name, _, ctx in batch
-                        ),
-                    )
-                    with contextlib.suppress(AlreadyStored):
-                        await self.ends.write_end(turn, [started], gen.unacked_since)
-                except DomainError:  # fenced, or the conversation is gone
-                    await self.ends.finish_from_store(gen)
-                    return None
-                except WriteGaveUp as exc:
-                    self.ends.gave_up(gen, exc)
-                    return None
-                gen.stored_seq = seq
-                gen.unacked_since = None
-            log.info("tool calls started", calls=[name for _, name, _, _ in batch])
-        outputs = []
-        with anyio.CancelScope() as scope:
-            gen.tool_scope = scope
-            if gen.end_reason is None:
-                outputs = await run_calls(
-                    batch, parallel=config.parallel_tool_calls, metrics=self.metrics
-                )
-        gen.tool_scope = None
-        ran = iter(o.content for o in outputs)
-        results = [kept[i] if i in kept else next(ran, NOT_RUN) for i in range(len(whole))]
-        results += [NOT_RUN] * (len(plan.server) - len(results))
-        return results, note
-
-    def _not_again(self, gen: Generation, name: str, call_id: str) -> bool:
-        """Whether a call of a recovered step started before its process died with an
-        effect that must not run twice (it then gets INTERRUPTED_CALL as its result)."""
-        started = (gen.started_calls or {}).get(call_id)
-        if started is None or started.effect != "side_effect":
-            return False
-        log.warning(
-            "not running a side-effect tool call again after a crash",
-            tool=name,
-            tool_call_id=call_id,
-            idempotency_key=started.idempotency_key,
-        )
-        return True
 
     def _count_tokens(self, turn: Turn, usage: dict[str, Any] | None) -> None:
         provider, model = provider_and_model(turn.model)

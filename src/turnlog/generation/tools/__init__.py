@@ -10,6 +10,8 @@ General layout::
     python.py           ``turnlog.tool``: Python functions as tools (schema, validation)
     mcp.py              MCP servers' tools through the official SDK (one session each)
     execution.py        running calls: timeouts, the result cut, call order, metrics
+    running.py          running a completed step's server calls: the turn's limits,
+                        ToolCallsStarted stored first, a started side-effect call not again
 """
 
 from turnlog.generation.tools.orchestration import (
