@@ -1,6 +1,8 @@
 """Commands: what a user can ask of turnlog, owner-gated, as domain events.
 
-Their request bodies are in ``turnlog.bodies`` (importable from here too).
+Their request bodies are in ``turnlog.bodies`` (importable from here too); the answers to a
+turn's questions (tool results, approvals, withdrawing) in ``turnlog.tool_answers``; finding
+and taking over orphaned rows in ``turnlog.recovery``.
 
 Each command reads the rows it decides on, makes its ids and timestamps, and appends events
 with the version it read (retrying a lost version race a few times). The HTTP layer maps the
