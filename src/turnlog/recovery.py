@@ -129,6 +129,13 @@ class Recovery:
         m = row.message
         on = self.settings.recovery == "continue"
         done = await self.store.resumptions(m.conversation_id, m.id) if on else 0
+        if self.engine.running(m.id) is not None:
+            # This process runs it: no orphan. A sweep reads the running ids before its
+            # query, so a turn whose rows committed in between (a send here, started just
+            # after its append) looks orphaned to it; taking it over fenced the live
+            # generation off and then failed to open its stream again (StreamAlreadyOpen),
+            # leaving the row generating with nobody writing it.
+            return row
         why_not = self._why_not(row, done)
         if why_not is not None:
             kind, reason = why_not

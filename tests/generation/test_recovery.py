@@ -258,3 +258,37 @@ async def test_a_started_side_effect_is_never_run_again_and_a_read_only_call_is(
     # The successor asked the model only for the step after the tools.
     assert len(second.provider.requests) == 1
     assert text_of(rows[-1].blocks) == f"{INTERRUPTED_CALL} | found receipt"
+
+
+async def test_a_row_this_process_runs_is_never_taken_over(store: Store) -> None:
+    """A sweep that found a row while this process was starting it (its ids read before the
+    send's append committed, its query after) hands it to ``take_over``: the row is left to
+    its generation, which completes it; nothing is resumed or fenced."""
+    release = anyio.Event()
+
+    async def held(request: ModelRequest) -> Step:
+        yield TextDelta(text="Hel")
+        await release.wait()
+        yield TextDelta(text="lo")
+        yield StepEnd(finish_reason="stop")
+
+    async with in_process(store, held, SETTINGS) as here:
+        cid, sent, gen = await here.answering()
+        mid = sent.assistant_message.id
+        # What the racing sweep saw: the row as an orphan of this instance.
+        assert mid in {r.message.id for r in await store.orphans(me=here.engine.instance_id)}
+        row = await store.get_message(mid)
+        assert row is not None
+        after = await here.chat.recovery.take_over(row, "watch")
+        assert after.attempt == row.attempt
+        assert here.engine.running(mid) is gen
+        release.set()
+        with anyio.fail_after(20):
+            await gen.finished.wait()
+        stored = await store.get_message(mid)
+        resumptions = await store.resumptions(cid, mid)
+    assert gen.stream.status == "completed"
+    assert stored is not None
+    assert stored.message.status == "completed"
+    assert text_of(stored.message.blocks) == "Hello"
+    assert resumptions == 0
