@@ -405,9 +405,7 @@ def start_turnlog(
     env = {k: v for k, v in os.environ.items() if k != "TURNLOG_DATABASE_URL"}
     # Automatic titles off: each new conversation's first answer would start a second model
     # step that the baseline does not run, and the table compares one generation each.
-    env.update(
-        {"TURNLOG_DATA_DIR": str(data_dir), "TURNLOG_AUTO_TITLES": "0", **(extra_env or {})}
-    )
+    env.update({"TURNLOG_DATA_DIR": str(data_dir), "TURNLOG_AUTO_TITLES": "0", **(extra_env or {})})
     command = [str(Path(sys.executable).parent / "turnlog"), "serve", "--port", str(port)]
     # Its log (stderr) goes to serve-<port>.log beside the data dir, kept with --keep: the
     # server's own account of a run, e.g. "overloaded: checkpoints are late".
