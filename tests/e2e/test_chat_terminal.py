@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +50,7 @@ class Terminal:
             dimensions=(HEIGHT, WIDTH),
             encoding="utf-8",
             timeout=5,
+            preexec_fn=_as_from_a_shell,
         )
         self.screen = pyte.Screen(WIDTH, HEIGHT)
         self.stream = pyte.Stream(self.screen)
@@ -89,6 +91,13 @@ class Terminal:
 
     def type(self, text: str) -> None:
         self.child.send(text)
+
+
+def _as_from_a_shell() -> None:
+    """In the chat's process before exec: Ctrl-C's SIGINT handled by default, as in a job
+    a terminal's shell starts. A suite started in the background (``cmd &`` in a script,
+    nohup) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _last_line(text: str) -> str:
