@@ -9,16 +9,20 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
+import structlog
 from turnlog_reducer import ToolCallBlock
 
 from turnlog.bodies import ToolApprovalIn, ToolResultIn
 from turnlog.errors import BadRequest, Conflict, NotFound, NotGenerating
 from turnlog.generation.tools.execution import idempotency_key, run_tool
 from turnlog.generation.tools.registry import ToolContext
+from turnlog.generation.tools.running import INTERRUPTED_CALL
 from turnlog.generation.turn import Turn
 from turnlog.log import events as ev
 from turnlog.log.projection import Message, MessageRecord
 from turnlog.log.store import Appended
+
+log = structlog.get_logger("turnlog.tools")
 
 if TYPE_CHECKING:
     from turnlog.commands import Chat
@@ -105,17 +109,7 @@ class ToolAnswers:
         self._approving.add(key)
         try:
             if body.approved:
-                tool = self.chat.engine.tools.get(call.name)
-                assert tool is not None
-                ctx = ToolContext(
-                    user=owner,
-                    conversation_id=str(conv.conversation.id),
-                    message_id=str(mid),
-                    tool_call_id=call.id,
-                    idempotency_key=idempotency_key(str(mid), call.id),
-                )
-                out = await run_tool(tool, call.arguments, ctx, metrics=self.chat.engine.metrics)
-                content = out.content
+                content = await self._run_approved(owner, conv.conversation.id, mid, call)
             else:
                 content = f"denied: {body.reason or 'the user did not approve this call'}"
             _, assistant = await self.tool_result(
@@ -124,6 +118,45 @@ class ToolAnswers:
         finally:
             self._approving.discard(key)
         return assistant
+
+    async def _run_approved(
+        self, owner: str, cid: uuid.UUID, mid: uuid.UUID, call: ToolCallBlock
+    ) -> str:
+        """Run an approved call with its stored arguments; its result text. Its start is
+        stored first (``ApprovedCallStarted``): if this process dies before the result is
+        stored, the call waits again, and approving it again never runs a side effect twice
+        (read-only and idempotent calls run again, under the same idempotency key)."""
+        tool = self.chat.engine.tools.get(call.name)
+        assert tool is not None
+        store = self.chat.store
+        ctx = ToolContext(
+            user=owner,
+            conversation_id=str(cid),
+            message_id=str(mid),
+            tool_call_id=call.id,
+            idempotency_key=idempotency_key(str(mid), call.id),
+        )
+        effect = tool.descriptor.effect
+        before = await store.approved_started(cid, mid, call.id)
+        if before is not None and before.effect == "side_effect":
+            log.warning(
+                "not running an approved side-effect call again after a crash",
+                tool=call.name,
+                tool_call_id=call.id,
+                idempotency_key=before.idempotency_key,
+            )
+            return INTERRUPTED_CALL
+        if before is None:
+            started = ev.StartedCall(
+                tool_call_id=call.id,
+                tool_name=call.name,
+                idempotency_key=ctx.idempotency_key,
+                effect=effect,
+            )
+            event = ev.ApprovedCallStarted(at=self.chat.now(), message_id=mid, call=started)
+            await store.append(cid, [event], actor=owner)
+        out = await run_tool(tool, call.arguments, ctx, metrics=self.chat.engine.metrics)
+        return out.content
 
     def _waiting(self, row: MessageRecord, mid: uuid.UUID, call_id: str) -> None:
         if call_id not in row.awaiting_user or call_id not in row.open_tool_calls:

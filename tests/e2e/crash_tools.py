@@ -33,3 +33,11 @@ async def order_status(order: str) -> str:
     if count_run("order_status", order) == 1:
         await anyio.sleep(120)
     return f"{order}: shipped"
+
+
+@turnlog.tool(effect="side_effect", approval="always")
+async def wire_money(to: str) -> str:
+    """Send money (a side effect that waits for the user's yes); it takes very long."""
+    count_run("wire_money", to)
+    await anyio.sleep(120)
+    return f"wired to {to}"

@@ -9,8 +9,10 @@ happened), the read-only calls run again, and the turn completes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -138,3 +140,69 @@ def test_a_kill_while_tools_run_never_repeats_a_side_effect(
     assert len(fake.requests) == 2
     assert rows[-1]["blocks"][0]["text"] == "Done what could be done."
     assert "not running a side-effect tool call again after a crash" in srv.log()
+
+
+def test_an_approved_side_effect_cut_by_a_kill_is_not_run_again_when_approved_again(
+    databases: Databases, tmp_path: Path
+) -> None:
+    """SIGKILL while an approved call runs: after the restart the call waits again (its
+    result was never stored); approving it again does not run it a second time, the model
+    reads that it may or may not have happened, and the turn completes."""
+    runs_file = tmp_path / "runs.txt"
+    config = tmp_path / "tools.toml"
+    config.write_text(
+        '[python_tools]\nmodules = ["tests.e2e.crash_tools"]\n\n'
+        '[tools]\ndefault = ["wire_money"]\ntimeout_s = 300\n',
+        encoding="utf-8",
+    )
+    env = {"TURNLOG_CONFIG": str(config), "PYTHONPATH": str(ROOT), "RUNS_FILE": str(runs_file)}
+    srv = _make_server(databases, tmp_path, env, None)
+    try:
+        srv.start(timeout=90)
+        with srv.http("alice") as h:
+            cid = h.post("/v1/conversations", json={}).json()["id"]
+            options = {"tool": "wire_money", "tool_arguments": {"to": "bob"}, "length": 8}
+            r = h.post(
+                f"/v1/conversations/{cid}/messages",
+                json={"content": "pay bob", "options": options},
+            )
+            assert r.status_code == 201, r.text
+            mid = r.json()["assistant_message"]["id"]
+
+            def waiting() -> str | None:
+                conv = h.get(f"/v1/conversations/{cid}").json()
+                if conv["conversation"]["state"] != "awaiting_input":
+                    return None
+                blocks = find(conv["messages"], mid)["blocks"]
+                return str(blocks[-1]["id"])
+
+            call = wait_until(waiting, timeout=60, what="the call to wait for approval")
+        approve = {"tool_call_id": call, "approved": True}
+
+        def approve_in_background() -> None:
+            with contextlib.suppress(Exception), srv.http("alice", timeout=300) as h:
+                h.post(f"/v1/messages/{mid}/tool-approvals", json=approve)
+
+        thread = threading.Thread(target=approve_in_background, daemon=True)
+        thread.start()
+        wait_until(lambda: len(runs(runs_file)) == 1, timeout=60, what="the approved call running")
+        srv.kill()
+        srv.start(same_port=True, timeout=90)
+        with srv.http("alice") as h:
+            assert waiting() == call, "the call waits again: its result was never stored"
+            r = h.post(f"/v1/messages/{mid}/tool-approvals", json=approve)
+            assert r.status_code == 201, r.text
+
+            def ended() -> list[dict[str, Any]] | None:
+                rows: list[dict[str, Any]] = h.get(f"/v1/conversations/{cid}/messages").json()[
+                    "items"
+                ]
+                return rows if rows[-1]["status"] == "completed" and len(rows) == 4 else None
+
+            rows = wait_until(ended, timeout=60, what="the turn to complete")
+        assert runs(runs_file) == ["wire_money bob"], "the side effect ran once"
+        assert rows[2]["role"] == "tool"
+        assert rows[2]["content"] == INTERRUPTED
+        assert "not running an approved side-effect call again after a crash" in srv.log()
+    finally:
+        srv.kill()

@@ -208,6 +208,17 @@ class ToolCallsStarted(_TurnEvent, frozen=True, tag="tool_calls_started"):
     calls: tuple[StartedCall, ...]
 
 
+class ApprovedCallStarted(_Event, frozen=True, tag="approved_call_started"):
+    """A call the user approved is about to run: stored BEFORE it runs. Its row has ended
+    (the call waits for its answer), so if the process dies before the result is stored,
+    the call waits again; approving it again then does not run a ``side_effect`` call twice
+    (its result says it may or may not have happened), and runs a read-only or idempotent
+    one again under the same idempotency key."""
+
+    message_id: uuid.UUID
+    call: StartedCall
+
+
 DomainEvent = (
     ConversationCreated
     | ConversationUpdated
@@ -226,6 +237,7 @@ DomainEvent = (
     | VersionSelected
     | TurnResumed
     | ToolCallsStarted
+    | ApprovedCallStarted
 )
 
 TurnEvent = (

@@ -19,6 +19,7 @@ from turnlog_reducer import Block, ToolCallBlock, fold
 from turnlog.errors import AlreadyStored, ConversationBusy, Fenced, InvalidEvent, NotFound
 from turnlog.log.events import (
     UNSET,
+    ApprovedCallStarted,
     AssistantTurnStarted,
     Command,
     ConversationCreated,
@@ -164,6 +165,7 @@ def referenced_messages(event: DomainEvent) -> tuple[uuid.UUID, ...]:
             ToolResultRecorded(reply_to=mid)
             | FeedbackGiven(message_id=mid)
             | TurnResumed(message_id=mid)
+            | ApprovedCallStarted(message_id=mid)
         ):
             return (mid,)
         case UserMessageSent(parent_id=uuid.UUID() as mid):
@@ -287,6 +289,12 @@ def check(
             row = _row(messages, mid)
             if call not in row.open_tool_calls:
                 raise InvalidEvent(f"message {mid} has no tool call {call!r} waiting for a result")
+        case ApprovedCallStarted(message_id=mid, call=started):
+            row = _row(messages, mid)
+            if started.tool_call_id not in row.open_tool_calls:
+                raise InvalidEvent(
+                    f"message {mid} has no tool call {started.tool_call_id!r} waiting for a result"
+                )
         case TitleGenerated():
             if conv.conversation.title is not None:
                 # A title set by a user (even while the titling ran) always wins.
@@ -450,6 +458,9 @@ def evolve(
             leaf = messages[event.leaf_id].message
             conv = msgspec.structs.replace(conv, leaf_seq=leaf.seq)
             c = msgspec.structs.replace(c, active_leaf_id=leaf.id, updated_at=at)
+            return _with(conv, c, version)
+        case ApprovedCallStarted():
+            # A record for recovery (turnlog.tool_answers): no row changes.
             return _with(conv, c, version)
         case TurnResumed():
             # The row goes on generating under its new owner; its blocks stay as stored.

@@ -394,6 +394,24 @@ class Store:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
+    async def approved_started(
+        self, cid: uuid.UUID, mid: uuid.UUID, call_id: str
+    ) -> ev.StartedCall | None:
+        """The record of approved call ``call_id`` of message ``mid`` having started (its
+        result not stored since: the call still waits), or None if it never started."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT data FROM events WHERE conversation_id = %s "
+                "AND type = 'approved_call_started' AND data->>'message_id' = %s "
+                "AND data->'call'->>'tool_call_id' = %s LIMIT 1",
+                (cid, str(mid), call_id),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        event = ev.decode(row[0])  # jsonb comes as bytes (rows.configure_connection)
+        return event.call if isinstance(event, ev.ApprovedCallStarted) else None
+
     async def started_calls(
         self, cid: uuid.UUID, mid: uuid.UUID, stream_seq: int
     ) -> tuple[ev.StartedCall, ...] | None:
