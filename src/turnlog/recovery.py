@@ -48,6 +48,9 @@ log = structlog.get_logger("turnlog.recovery")
 # random, so that instances started together do not all look at the same moment).
 WATCH_S = 2.0
 
+# An instance id no process has: a sweep takes only other processes' rows.
+NOBODY = uuid.UUID(int=0)
+
 FoundBy = Literal["startup", "watch", "subscriber", "send", "mirror"]
 Interrupt = Callable[[MessageRecord, str], Awaitable[None]]
 
@@ -71,8 +74,12 @@ class Recovery:
         self._now = now
 
     async def sweep(self, found_by: FoundBy = "startup") -> int:
-        """Take over every orphan now; how many there were."""
-        rows = await self.store.orphans(me=self.engine.instance_id, mine=self.engine.running_ids())
+        """Take over every orphan of another (dead) process now; how many there were."""
+        # Rows leased to this process are left to their own checks (take_over's running
+        # test, a reader's or a send's is_orphan): a sweep's query races this process's
+        # sends, whose rows can commit between reading the running ids and the query.
+        # A process at start-up holds no lease yet, so it misses nothing of its own.
+        rows = await self.store.orphans(me=NOBODY, mine=self.engine.running_ids())
         for row in rows:
             await self.take_over(row, found_by)
         return len(rows)
