@@ -70,7 +70,9 @@ const streams = fc
       else if (kind === "redacted") out.push({ type: "reasoning_redacted", data: text });
       else if (kind === "signature" && blocks > 0) out.push({ type: "signature", signature: text });
       else if (kind === "start" || (started.length === 0 && kind !== "signature")) {
-        const fresh = started.includes(id) ? `${id}_${started.length}` : id;
+        // Unique even when a suffixed id was drawn itself ("__3" and then "_" made "__3").
+        let fresh = id;
+        for (let n = started.length; started.includes(fresh); n += 1) fresh = `${id}_${n}`;
         started.push(fresh);
         out.push({ type: "tool_call_started", id: fresh, name });
       } else if (kind === "delta") {
