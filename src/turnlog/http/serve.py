@@ -12,11 +12,12 @@ worker of ``serve --workers N`` shares the public socket with its siblings but n
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -114,22 +115,27 @@ def preflight(settings: Settings) -> bool:
     return True
 
 
-def claim_data_dir(settings: Settings) -> tuple[ServePid | None, str]:
-    """This process's hold on the data dir's serve.pid and the line that says so; a hold
-    of None with a refusal if another server runs there on the embedded database."""
+@contextlib.contextmanager
+def holding_data_dir(settings: Settings) -> Iterator[str]:
+    """Hold the data dir's serve.pid while the block runs; yields the line that says so.
+    Raises ``DataDirServed`` if another server runs there on the embedded database."""
     hold = ServePid.take(settings.data_dir)
-    if hold is not None:
-        return hold, f"pid {os.getpid()} (in {hold.path})"
-    other = serving_pid(settings.data_dir)
-    path = Path(settings.data_dir) / "serve.pid"
-    if settings.database_url is None:
-        raise DataDirServed(
-            f"turnlog serve: data dir {settings.data_dir} is already served by pid {other} "
-            f"(see {path}): one server per data dir on the embedded database. Stop it first "
-            f"(kill {other}), or give this one another TURNLOG_DATA_DIR"
-        )
-    # An external database: servers may share a data dir; serve.pid names the first.
-    return None, f"pid {os.getpid()} ({path} names pid {other}, the first server here)"
+    if hold is None:
+        other = serving_pid(settings.data_dir)
+        path = Path(settings.data_dir) / "serve.pid"
+        if settings.database_url is None:
+            raise DataDirServed(
+                f"turnlog serve: data dir {settings.data_dir} is already served by pid {other} "
+                f"(see {path}): one server per data dir on the embedded database. Stop it "
+                f"first (kill {other}), or give this one another TURNLOG_DATA_DIR"
+            )
+        # An external database: servers may share a data dir; serve.pid names the first.
+        yield f"pid {os.getpid()} ({path} names pid {other}, the first server here)"
+        return
+    try:
+        yield f"pid {os.getpid()} (in {hold.path})"
+    finally:
+        hold.release()
 
 
 class DataDirServed(Exception):
@@ -150,19 +156,14 @@ def run_server(settings: Settings, *, host: str, port: int, worker_fd: int | Non
     logs.configure()
     if worker_fd is None and not preflight(settings):  # a worker's supervisor checked
         return 2
-    hold: ServePid | None = None
-    pid_line = ""
-    if worker_fd is None:  # a worker's supervisor holds the data dir
-        try:
-            hold, pid_line = claim_data_dir(settings)
-        except DataDirServed as exc:
-            print(exc, file=sys.stderr)
-            return 1
+    if worker_fd is not None:  # a worker's supervisor holds the data dir
+        return _serve(settings, host=host, port=port, worker_fd=worker_fd, pid_line="")
     try:
-        return _serve(settings, host=host, port=port, worker_fd=worker_fd, pid_line=pid_line)
-    finally:
-        if hold is not None:
-            hold.release()
+        with holding_data_dir(settings) as pid_line:
+            return _serve(settings, host=host, port=port, worker_fd=None, pid_line=pid_line)
+    except DataDirServed as exc:
+        print(exc, file=sys.stderr)
+        return 1
 
 
 def _serve(

@@ -32,7 +32,7 @@ from turnlog.config import Settings
 from turnlog.db.embedded import resolve_database_url
 from turnlog.db.schema import apply_schema
 from turnlog.http.auth import load_secret
-from turnlog.http.serve import DataDirServed, banner, bind, claim_data_dir, preflight
+from turnlog.http.serve import DataDirServed, banner, bind, holding_data_dir, preflight
 
 # A worker that dies sooner than this after its start is restarted only after a pause, so a
 # worker that cannot start does not spin.
@@ -45,15 +45,11 @@ def supervise(settings: Settings, *, host: str, port: int, workers: int) -> int:
     if not preflight(settings):
         return 2
     try:
-        hold, pid_line = claim_data_dir(settings)
+        with holding_data_dir(settings) as pid_line:
+            return _supervise(settings, host=host, port=port, workers=workers, pid_line=pid_line)
     except DataDirServed as exc:
         print(exc, file=sys.stderr)
         return 1
-    try:
-        return _supervise(settings, host=host, port=port, workers=workers, pid_line=pid_line)
-    finally:
-        if hold is not None:
-            hold.release()
 
 
 def _supervise(settings: Settings, *, host: str, port: int, workers: int, pid_line: str) -> int:

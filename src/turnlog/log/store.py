@@ -382,35 +382,34 @@ class Store:
             return None
         return numbered_row(tuple(row[-1] or ()), message_from_row(row[:-1]))
 
-    async def resumptions(self, cid: uuid.UUID, mid: uuid.UUID) -> int:
-        """How many times message ``mid`` was taken over after its process died (its
-        ``turn_resumed`` events): recovery's attempt budget. Rare, so read from the log."""
+    async def _message_events(
+        self, cid: uuid.UUID, mid: uuid.UUID, event_type: str
+    ) -> list[ev.DomainEvent]:
+        """The ``event_type`` events of message ``mid``, newest first: recovery's records,
+        rare and few per message, so read from the log rather than kept on the row."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT count(*) FROM events WHERE conversation_id = %s "
-                "AND type = 'turn_resumed' AND data->>'message_id' = %s",
-                (cid, str(mid)),
+                "SELECT data FROM events WHERE conversation_id = %s "
+                "AND type = %s AND data->>'message_id' = %s ORDER BY version DESC",
+                (cid, event_type, str(mid)),
             )
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+            rows = await cur.fetchall()
+        return [ev.decode(r[0]) for r in rows]  # jsonb comes as bytes (_RawJson)
+
+    async def resumptions(self, cid: uuid.UUID, mid: uuid.UUID) -> int:
+        """How many times message ``mid`` was taken over after its process died (its
+        ``turn_resumed`` events): recovery's attempt budget."""
+        return len(await self._message_events(cid, mid, "turn_resumed"))
 
     async def approved_started(
         self, cid: uuid.UUID, mid: uuid.UUID, call_id: str
     ) -> ev.StartedCall | None:
         """The record of approved call ``call_id`` of message ``mid`` having started (its
         result not stored since: the call still waits), or None if it never started."""
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT data FROM events WHERE conversation_id = %s "
-                "AND type = 'approved_call_started' AND data->>'message_id' = %s "
-                "AND data->'call'->>'tool_call_id' = %s LIMIT 1",
-                (cid, str(mid), call_id),
-            )
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        event = ev.decode(row[0])  # jsonb comes as bytes (rows.configure_connection)
-        return event.call if isinstance(event, ev.ApprovedCallStarted) else None
+        for event in await self._message_events(cid, mid, "approved_call_started"):
+            if isinstance(event, ev.ApprovedCallStarted) and event.call.tool_call_id == call_id:
+                return event.call
+        return None
 
     async def started_calls(
         self, cid: uuid.UUID, mid: uuid.UUID, stream_seq: int
@@ -418,22 +417,12 @@ class Store:
         """The server tool calls of message ``mid`` recorded as started at ``stream_seq`` (its
         stored seq) and not finished since: its process died while they ran, or before
         (None: no such record; its step was still streaming)."""
-        async with self.pool.connection() as conn:
-            # The newest record of the row; only one at its current seq can be unfinished
-            # (the step's end, which stores the results, moves the row on).
-            cur = await conn.execute(
-                "SELECT data FROM events WHERE conversation_id = %s "
-                "AND type = 'tool_calls_started' AND data->>'message_id' = %s "
-                "ORDER BY version DESC LIMIT 1",
-                (cid, str(mid)),
-            )
-            row = await cur.fetchone()
-        if row is None:
+        # Only the newest record can be unfinished: the step's end, which stores the
+        # results, moves the row on.
+        newest = next(iter(await self._message_events(cid, mid, "tool_calls_started")), None)
+        if not isinstance(newest, ev.ToolCallsStarted) or newest.stream_seq != stream_seq:
             return None
-        event = ev.decode(row[0])  # jsonb comes as bytes (_RawJson)
-        if not isinstance(event, ev.ToolCallsStarted) or event.stream_seq != stream_seq:
-            return None
-        return event.calls
+        return newest.calls
 
     async def get_message_in_conversation(
         self, mid: uuid.UUID
