@@ -26,6 +26,7 @@ __all__ = [
     "response_type",
     "retry_after",
     "retry_after_value",
+    "sdk_http_client",
 ]
 
 # The SDKs' HTTP library: httpx2 in recent releases, httpx before.
@@ -46,6 +47,24 @@ except ImportError:  # pragma: no cover - an older SDK on httpx
 
 
 T = TypeVar("T")
+
+
+def sdk_http_client(sdk_client: Any, timeout: Any) -> Any:
+    """The HTTP client to hand an SDK (``sdk_client``: its ``DefaultAsyncHttpxClient``):
+    on httpx2, aiohttp underneath (``_http.py``); an older SDK on httpx gets httpx's own
+    transport. Either way with the one shared TLS context (``_tls.py``)."""
+    from turnlog.providers._tls import tls_context
+
+    make: Any = sdk_client  # (not narrowed to a bare ``type`` by the check below)
+    if _HTTPX2 is not None and issubclass(sdk_client, _HTTPX2):
+        from turnlog.providers._http import AiohttpTransport
+
+        return make(transport=AiohttpTransport(ssl_context=tls_context()), timeout=timeout)
+    return sdk_client(  # pragma: no cover - an older SDK on httpx
+        verify=tls_context(),
+        timeout=timeout,
+        limits=pool_limits(sdk_client),
+    )
 
 
 def pool_limits(sdk_client: type) -> Any:

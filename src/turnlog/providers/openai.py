@@ -57,13 +57,13 @@ from turnlog.providers._common import (
     TRANSPORT_ERRORS,
     PerLoop,
     host_of,
-    pool_limits,
     read_backstop_s,
     response_type,
     retry_after,
+    sdk_http_client,
 )
+from turnlog.providers._http import body_chunks
 from turnlog.providers._sse import Skipper, SSEDecoder
-from turnlog.providers._tls import tls_context
 from turnlog.providers.base import (
     Adapter,
     ChatMessage,
@@ -138,7 +138,7 @@ class OpenAIProvider:
             )
             try:
                 reader = _Reader(http, assembler)
-                body = http.aiter_bytes()
+                body = body_chunks(http)
                 while not reader.done:
                     raw: bytes | None
                     try:
@@ -177,12 +177,9 @@ class OpenAIProvider:
             base_url=self.spec.base_url,
             max_retries=0,
             timeout=self.timeout,
-            # One shared TLS context: a client of its own would load the CA bundle.
-            http_client=openai.DefaultAsyncHttpxClient(
-                verify=tls_context(),
-                timeout=self.timeout,
-                limits=pool_limits(openai.DefaultAsyncHttpxClient),
-            ),
+            # aiohttp under the SDK's client (``_http.py``), with the one shared TLS context
+            # (a context of its own would load the CA bundle).
+            http_client=sdk_http_client(openai.DefaultAsyncHttpxClient, self.timeout),
         )
 
 
