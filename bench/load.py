@@ -16,11 +16,17 @@ on asyncio with httptools, so the clients stay cheap). Scenarios:
   ``TURNLOG_CHECKPOINT_S=3600`` (what checkpoints cost);
 - ``sends``: 10 clients send for N seconds, each round-robin over its own conversations
   (1-token answers), counting 201s.
+- with ``--remote G`` (default 500; 0 skips): ``gens G, subscribers on B``: every send to
+  the first server (A), every subscriber on a second ``turnlog serve`` (B) on the same
+  database, which mirrors A's streams through its one relay connection to A
+  (turnlog.relay), beside the same with the subscribers on A; both servers' CPU counts in
+  both rows, so the ratio is what a subscriber on another instance costs per frame
+  against a local one (each generation has 300 frames either way);
 - with ``--workers N`` (default 2; 0 skips): ``fan-out`` and ``gens`` again on
   ``turnlog serve --workers N`` (same database), rows labelled ``--workers N`` beside a
   ``--workers 1`` run measured right after, ratio between them. Subscribers land on any
-  worker and follow the generation's owner through one internal stream per worker
-  (docs/deployment.md). CPU and RSS count every worker and the supervisor.
+  worker and follow the generation's owner through the relay (docs/deployment.md). CPU and
+  RSS count every worker and the supervisor.
 
 Columns (turnlog, baseline, ratio): deliveries/s (frames of deltas received by all
 subscribers), p50/p99 lag (arrival behind the demo schedule token i at start + i/tps, start
@@ -45,6 +51,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
+import functools
 import multiprocessing as mp
 import os
 import platform
@@ -165,9 +173,11 @@ class Sub:
 # --------------------------------------------------------------------------- client processes
 
 
-def _worker(pipe: Connection, kind: str, host: str, port: int, token: str, arg: Any) -> None:
+def _worker(
+    pipe: Connection, kind: str, host: str, ports: tuple[int, int], token: str, arg: Any
+) -> None:
     try:
-        result = asyncio.run(_work(pipe, kind, host, port, token, arg))
+        result = asyncio.run(_work(pipe, kind, host, ports, token, arg))
     except BaseException as exc:  # report it: the parent waits on this pipe
         pipe.send(("error", repr(exc)))
         raise
@@ -178,8 +188,14 @@ async def _recv(pipe: Connection) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
 
 
-async def _work(pipe: Connection, kind: str, host: str, port: int, token: str, arg: Any) -> Any:
-    async def conns(n: int) -> list[Conn]:
+async def _work(
+    pipe: Connection, kind: str, host: str, ports: tuple[int, int], token: str, arg: Any
+) -> Any:
+    # Requests go to the first port, message streams to the second (another instance in
+    # the "streams on another instance" scenario; the same server everywhere else).
+    port, stream_port = ports
+
+    async def conns(n: int, port: int = port) -> list[Conn]:
         out: list[Conn] = []
         for i in range(0, n, 50):  # a few at a time: the listen backlog is finite
             out += await asyncio.gather(
@@ -188,7 +204,7 @@ async def _work(pipe: Connection, kind: str, host: str, port: int, token: str, a
         return out
 
     if kind == "fanout":
-        readers = await conns(len(arg))
+        readers = await conns(len(arg), stream_port)
         pipe.send(("ready", None))
         mid = await _recv(pipe)
         subs = [Sub() for _ in readers]
@@ -204,7 +220,7 @@ async def _work(pipe: Connection, kind: str, host: str, port: int, token: str, a
 
     if kind == "gens":
         cids: list[str] = arg
-        senders, readers = await conns(len(cids)), await conns(len(cids))
+        senders, readers = await conns(len(cids)), await conns(len(cids), stream_port)
         pipe.send(("ready", None))
         await _recv(pipe)
 
@@ -268,9 +284,10 @@ class Workers:
         self.procs: list[Any] = []
         for arg in args:
             mine, theirs = ctx.Pipe()
+            ports = (server.port, server.stream_port)
             p = ctx.Process(
                 target=_worker,
-                args=(theirs, kind, "127.0.0.1", server.port, server.token, arg),
+                args=(theirs, kind, "127.0.0.1", ports, server.token, arg),
                 daemon=True,
             )
             p.start()
@@ -318,12 +335,16 @@ class Server:
         self.postmaster: int | None = None
         self.db_url: str | None = None
         self.workers = 1
+        self.stream_port = port  # where clients read message streams
+        self.others: list[Server] = []  # more servers measured with this one
 
     def server_pids(self) -> list[int]:
         """The server's own processes: with `serve --workers N`, the supervisor and its workers."""
         pids = [self.proc.pid]
         if self.workers > 1:
             pids += _children(self.proc.pid)
+        for other in self.others:
+            pids += other.server_pids()
         return pids
 
     def pids(self) -> list[int]:
@@ -934,6 +955,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["turnlog", "both"], default="both")
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
     ap.add_argument(
+        "--remote",
+        type=int,
+        default=500,
+        help="G for subscribers on another instance than their generations (0: skip)",
+    )
+    ap.add_argument(
         "--workers",
         type=int,
         default=2,
@@ -983,6 +1010,22 @@ def main(argv: list[str] | None = None) -> int:
                 )
             finally:
                 off.stop()
+        if args.remote:
+            # Every generation on A (the first server), its subscriber on B, another
+            # instance on the same database that follows A's streams (turnlog.follow):
+            # beside the same with the subscribers on A; both servers measured in both.
+            other = start_turnlog(tmp / "data", {"TURNLOG_DATABASE_URL": turnlog.db_url})
+            remote, local = copy.copy(turnlog), copy.copy(turnlog)
+            remote.others = local.others = [other]
+            remote.stream_port = other.port
+            try:
+                g = args.remote
+                name = f"gens G={g}, subscribers"
+                run = functools.partial(gens, g=g, tokens=args.tokens, clients=args.clients)
+                results.append((name, run(remote), run(local), ("on B", "on A")))
+                print(f"  {name} on B and on A: done", flush=True)
+            finally:
+                other.stop()
         if args.workers > 1:
             # The same scenarios on N worker processes behind one port (same database),
             # beside the single process, measured now: subscribers land on any worker and

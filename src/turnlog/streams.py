@@ -64,6 +64,7 @@ __all__ = [
     "StreamFinished",
     "StreamRegistry",
     "Subscription",
+    "Tap",
     "closing_events",
     "done_for",
     "event_frame",
@@ -73,6 +74,8 @@ __all__ = [
 ]
 
 GENERATING: Final = "generating"
+# A stream's tap: called with (seq, frame) for every frame appended, then (-1, b"") at the end.
+Tap = Callable[[int, bytes], None]
 # An SSE comment: keeps an idle connection (and every proxy on its way) open.
 PING: Final = b": ping\n\n"
 
@@ -182,6 +185,7 @@ class LiveStream:
         "_ring_size",
         "_seq",
         "_subscribers",
+        "_taps",
         "_waiters",
         "message_id",
         "recovering",
@@ -224,6 +228,9 @@ class LiveStream:
         # Set when the generation was handed over to another process (a drain): readers end
         # without `done` and reconnect to wherever it goes on.
         self._abandoned = False
+        # Callbacks given every frame as it is appended (turnlog.relay: another instance
+        # follows this stream), then (-1, b"") when no frame can follow.
+        self._taps: list[Tap] = []
 
     def __repr__(self) -> str:
         return f"<LiveStream {self.message_id} seq={self._seq} status={self.status}>"
@@ -250,6 +257,11 @@ class LiveStream:
         return None if self._done is None else self._done.status
 
     @property
+    def abandoned(self) -> bool:
+        """Whether the stream ended without ``done`` (``abandon``)."""
+        return self._abandoned
+
+    @property
     def subscriber_count(self) -> int:
         """Subscriptions neither closed nor ended (for metrics)."""
         return self._subscribers
@@ -261,32 +273,82 @@ class LiveStream:
         context raises ``StreamProtocolError`` and leaves the stream unchanged. A ``Done``
         is handed to ``finish``. Returns the event's seq.
         """
+        return self._publish(event, None)
+
+    def publish_encoded(self, event: StreamEvent, frame: bytes) -> int:
+        """``publish``, with the frame already made by the stream this one mirrors (the
+        bytes ``publish`` would make for the same event at the same seq: a mirror passes
+        its owner's frames on unchanged rather than encode each again)."""
+        return self._publish(event, frame)
+
+    def _publish(self, event: StreamEvent, frame: bytes | None) -> int:
         if isinstance(event, Done):
-            self.finish(event)
+            self._finish(event, frame)
             return self._seq
         if self._done is not None or self._abandoned:
             raise StreamFinished(f"stream of message {self.message_id} already finished")
         blocks = apply_stream_event(self._blocks, event)  # may raise: nothing changed yet
         seq = self._seq + 1
-        self._append(seq, event_frame(seq, event))
+        if frame is None:
+            frame = event_frame(seq, event)
+        self._append(seq, frame)
         self._blocks = blocks
         self._seq = seq
+        if self._taps:
+            for tap in self._taps:
+                tap(seq, frame)
         self._wake()
         return seq
 
     def finish(self, done: Done) -> None:
         """Publish the ``done`` event and mark the stream finished; later publishes raise."""
+        self._finish(done, None)
+
+    def _finish(self, done: Done, frame: bytes | None) -> None:
         if self._done is not None or self._abandoned:
             raise StreamFinished(f"stream of message {self.message_id} already finished")
-        if self.recovering is not None:
+        if frame is None and self.recovering is not None:
             done = msgspec.structs.replace(done, recovered=self.recovering)
         seq = self._seq + 1
-        self._append(seq, event_frame(seq, done))
+        if frame is None:
+            frame = event_frame(seq, done)
+        self._append(seq, frame)
         self._seq = seq
         self._done = done
+        for tap in self._taps:
+            tap(seq, frame)
+        self._end_taps()
         self._wake()
         if self._on_finish is not None:
             self._on_finish(self)
+
+    def tap(self, tap: Tap) -> tuple[int, Blocks]:
+        """Hand ``tap`` every frame from now on, synchronously as it is appended, then
+        ``(-1, b"")`` once no frame can follow; the seq and blocks it starts after.
+
+        A tap never falls behind (unlike a subscription, it holds no cursor): the caller
+        owns the buffering. A finished stream gives the blocks before its ``done`` and
+        hands the ``done`` frame over at once; an abandoned one raises ``StreamFinished``.
+        """
+        if self._abandoned:
+            raise StreamFinished(f"stream of message {self.message_id} was handed over")
+        if self._done is not None:
+            seq = self._seq
+            tap(seq, self._ring[(seq - self._base) % self._ring_size])
+            tap(-1, b"")
+            return seq - 1, self._blocks
+        self._taps.append(tap)
+        return self._seq, self._blocks
+
+    def untap(self, tap: Tap) -> None:
+        """Stop handing frames to ``tap`` (no end call); no-op if it is not tapped."""
+        if tap in self._taps:
+            self._taps.remove(tap)
+
+    def _end_taps(self) -> None:
+        taps, self._taps = self._taps, []
+        for tap in taps:
+            tap(-1, b"")
 
     def mark_recovering(self, attempt: int) -> None:
         """This stream continues a row whose process died (a mirror learns it from its
@@ -301,6 +363,7 @@ class LiveStream:
         if self._done is not None or self._abandoned:
             return
         self._abandoned = True
+        self._end_taps()
         self._wake()
         if self._on_finish is not None:
             self._on_finish(self)

@@ -308,7 +308,7 @@ def _gauges(rt: Runtime) -> None:
     m.gauge("turnlog_feeds_open", "Open conversation feeds.", lambda: len(rt.hub))
     m.gauge(
         "turnlog_mirrors_open",
-        "Streams of generations on other instances mirrored here (one upstream each).",
+        "Streams of generations on other instances mirrored here (one relay per instance).",
         lambda: len(rt.follower),
     )
     m.gauge(
@@ -338,6 +338,7 @@ async def _drain(rt: Runtime, grace_s: float) -> None:
     await rt.engine.drain(grace_s)
     rt.hub.close_all()
     rt.follower.drop_all()
+    rt.relays.close_all()
     rt.closing.set()
 
 

@@ -45,6 +45,7 @@ from turnlog.log.pool import RETRY_AFTER_S
 from turnlog.log.store import Store
 from turnlog.metrics import Metrics
 from turnlog.product.titles import Titler
+from turnlog.relay import Relays
 from turnlog.streams import PING, LiveStream, StreamRegistry
 
 log = structlog.get_logger("turnlog.http")
@@ -82,6 +83,7 @@ class Runtime:
         self.internal_token = internal_token(self.secret)
         self.cluster: Cluster
         self.follower: Follower
+        self.relays = Relays()  # the other instances' relay sessions of streams run here
         self.metrics = Metrics()
         self.limits = Limits(settings)
         self.titler: Titler | None = None  # automatic titles, unless turned off

@@ -15,7 +15,6 @@ from litestar.response import Stream
 
 from turnlog.errors import NotFound
 from turnlog.feeds import Feed
-from turnlog.follow import mirror_frames
 from turnlog.http.auth import stream_reader
 from turnlog.http.common import (
     Runtime,
@@ -83,35 +82,30 @@ async def message_stream(request: Request[Any, Any, Any], mid: str) -> Stream:
     structlog.contextvars.bind_contextvars(
         conversation_id=str(conversation_id), message_id=str(message_id)
     )
+    if live is None and row is not None and row.message.status == "generating":
+        # Another living instance runs it: mirror its live stream (one relay per instance,
+        # turnlog.follow). Else its process died (take it over), or it cannot be followed
+        # that way: the checkpoints in the store, below.
+        mirror = await rt.follower.mirror(message_id)
+        if mirror is not None:
+            live = mirror.stream
+        else:
+            row = await rt.chat.repair_if_orphan(row)
+            live = rt.registry.get(message_id)
     if live is not None:
         # Streamed without a generator around the live frames.
         return sse(live_frames(live, rt.settings.heartbeat_s, after))
     assert row is not None  # only a row read here has no live stream
-    return sse(_message_frames(rt, row, after))
+    return sse(_message_frames(rt, row))
 
 
-async def _message_frames(
-    rt: Runtime, row: MessageRecord, after: int | None
-) -> AsyncIterator[bytes]:
-    mid = row.message.id
-    heartbeat = rt.settings.heartbeat_s
-    live = rt.registry.get(mid)
-    if live is None and row.message.status == "generating":
-        row = await rt.chat.repair_if_orphan(row)
-        live = rt.registry.get(mid)
-    if live is None:
-        if row.message.status != "generating":
-            for frame in _final_frames(row):
-                yield frame
-            return
-        # Another living instance runs it: mirror its live stream (one upstream per
-        # message here, turnlog.follow); failing that, follow its checkpoints in the store.
-        mirror = await rt.follower.mirror(mid)
-        frames = _follow_store(rt, row) if mirror is None else mirror_frames(mirror, heartbeat)
-        async for frame in frames:
+async def _message_frames(rt: Runtime, row: MessageRecord) -> AsyncIterator[bytes]:
+    """A row no stream here or mirror serves: its final frames, or its checkpoints."""
+    if row.message.status != "generating":
+        for frame in _final_frames(row):
             yield frame
         return
-    async for frame in live_frames(live, heartbeat, after):
+    async for frame in _follow_store(rt, row):
         yield frame
 
 
