@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx2
 import pytest
 from cryptography import x509
@@ -135,6 +136,31 @@ async def test_a_stalled_body_is_a_read_timeout(srv: FakeServer) -> None:
     async with client(read=0.3) as http:
         with pytest.raises(httpx2.ReadTimeout):
             await body_of(http, srv.url + "/x")
+
+
+@pytest.mark.anyio
+async def test_a_slow_reader_is_no_read_timeout(srv: FakeServer) -> None:
+    """The read timeout times the server, not the reader: a reader that waits longer than
+    it between chunks already sent still gets every chunk."""
+    srv.queue(Reply(200, SSE, [b"data: 1\n\n", Pause(0.05), b"data: 2\n\n"]))
+    got = b""
+    async with client(read=0.2) as http, http.stream("POST", srv.url + "/x") as response:
+        async for chunk in body_chunks(response):
+            got += chunk
+            await anyio.sleep(0.5)
+    assert got == b"data: 1\n\ndata: 2\n\n"
+
+
+@pytest.mark.anyio
+async def test_a_server_that_never_answers_is_a_read_timeout() -> None:
+    """Connected, the request sent, no response head within the read timeout: ReadTimeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        async with client(read=0.3) as http:
+            with pytest.raises(httpx2.ReadTimeout):
+                await http.post(f"http://127.0.0.1:{port}/x", content=b"{}")
 
 
 @pytest.mark.anyio

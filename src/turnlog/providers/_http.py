@@ -32,10 +32,11 @@ those two.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
@@ -57,7 +58,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         self._keepalive_s = keepalive_s
         self._session: aiohttp.ClientSession | None = None
         self._closer: AsyncIterator[None] | None = None
-        self._timeouts: dict[tuple[Any, Any], aiohttp.ClientTimeout] = {}
+        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
         self._env_proxies = urllib.request.getproxies()
         self._proxies: dict[tuple[str, str], tuple[str | None, aiohttp.BasicAuth | None]] = {}
 
@@ -94,15 +95,14 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             found = self._proxies[key] = (proxy or None, auth)
         return found
 
-    def _timeout(self, request: httpx2.Request) -> aiohttp.ClientTimeout:
-        # httpx's connect and read timeouts; its pool timeout has nothing to wait for here
-        # (no cap on connections), and a total one is never set by the SDKs.
-        t = request.extensions.get("timeout") or {}
-        key = (t.get("connect"), t.get("read"))
-        timeout = self._timeouts.get(key)
+    def _timeout(self, connect: float | None) -> aiohttp.ClientTimeout:
+        # httpx's connect timeout. Its read timeout is timed here, not by aiohttp, whose
+        # sock_read re-arms a timer on every chunk received (see _Body); its pool timeout
+        # has nothing to wait for (no cap on connections).
+        timeout = self._timeouts.get(connect)
         if timeout is None:
-            timeout = self._timeouts[key] = aiohttp.ClientTimeout(
-                total=None, sock_connect=key[0], sock_read=key[1]
+            timeout = self._timeouts[connect] = aiohttp.ClientTimeout(
+                total=None, sock_connect=connect, sock_read=None
             )
         return timeout
 
@@ -117,22 +117,26 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         await request.aread()  # the SDKs' bodies are bytes already: this costs nothing
         headers = [(k, v) for k, v in request.headers.multi_items() if k != "transfer-encoding"]
         proxy, proxy_auth = self._proxy_for(request.url)
+        timeouts = request.extensions.get("timeout") or {}
+        read: float | None = timeouts.get("read")
         try:
-            response = await session.request(
-                request.method,
-                str(request.url),
-                headers=headers,
-                data=request.content or None,
-                allow_redirects=False,  # httpx follows them, if told to
-                compress=None,
-                timeout=self._timeout(request),
-                server_hostname=request.extensions.get("sni_hostname"),
-                proxy=proxy,
-                proxy_auth=proxy_auth,
-            )
+            # The read timeout, until the response's head: one timer per request.
+            async with asyncio.timeout(read):
+                response = await session.request(
+                    request.method,
+                    str(request.url),
+                    headers=headers,
+                    data=request.content or None,
+                    allow_redirects=False,  # httpx follows them, if told to
+                    compress=None,
+                    timeout=self._timeout(timeouts.get("connect")),
+                    server_hostname=request.extensions.get("sni_hostname"),
+                    proxy=proxy,
+                    proxy_auth=proxy_auth,
+                )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _mapped(exc, request, sending=True) from exc
-        body = _Body(response, request)
+        body = _Body(response, request, read)
         return httpx2.Response(
             status_code=response.status,
             headers=response.raw_headers,
@@ -159,27 +163,63 @@ async def _closing(session: aiohttp.ClientSession) -> AsyncIterator[None]:
 
 
 class _Body(httpx2.AsyncByteStream):
-    """A response's body as ``aiohttp`` reads it: each chunk as it arrives, errors mapped."""
+    """A response's body as ``aiohttp`` reads it: each chunk as it arrives, errors mapped,
+    and the read timeout: nothing for ``read`` seconds while the reader waits fails the
+    read with ``ReadTimeout``. One timer per body that re-arms itself when it fires early
+    (each chunk only moves the deadline), not one timer per chunk as aiohttp's sock_read."""
 
-    __slots__ = ("_request", "_response")
+    __slots__ = ("_deadline", "_loop", "_read", "_request", "_response", "_timer", "_waiting")
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx2.Request) -> None:
+    def __init__(
+        self, response: aiohttp.ClientResponse, request: httpx2.Request, read: float | None
+    ) -> None:
         self._response = response
         self._request = request
+        self._read = read
+        self._waiting = False
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = math.inf
+        if read is not None:
+            self._deadline = self._loop.time() + read
+            self._timer = self._loop.call_at(self._deadline, self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if not self._waiting:  # the reader is busy, not the server slow: wait again
+            self._deadline = now + (self._read or 0.0)
+        if now < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._check)
+            return
+        self._timer = None
+        self._response.content.set_exception(TimeoutError(f"nothing read for {self._read:g} s"))
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
 
     async def __anext__(self) -> bytes:
+        self._waiting = True
         try:
             data = await self._response.content.readany()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._stop()
             raise _mapped(exc, self._request, sending=False) from exc
+        finally:
+            self._waiting = False
         if not data:
+            self._stop()
             raise StopAsyncIteration
+        if self._read is not None:
+            self._deadline = self._loop.time() + self._read
         return data
 
+    def _stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     async def aclose(self) -> None:
+        self._stop()
         # Read to its end, the connection goes back to the pool; else it is closed (the
         # server must see the disconnect: a cancelled step stops the model).
         if self._response.content.at_eof():
