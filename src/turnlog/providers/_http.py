@@ -226,6 +226,9 @@ class _Body(httpx2.AsyncByteStream):
             self._response.release()
         else:
             self._response.close()
+            # asyncio closes the socket in the loop's next round: let it, so the
+            # connection is gone when this returns (as it was with httpx's transport).
+            await asyncio.sleep(0)
 
 
 def body_chunks(response: httpx2.Response) -> AsyncIterator[bytes]:

@@ -62,14 +62,16 @@ from turnlog.config import Settings
 from turnlog.models import ProviderSpec
 from turnlog.providers._common import (
     TRANSPORT_ERRORS,
+    PerLoop,
     host_of,
     read_backstop_s,
     redact,
     response_type,
     retry_after,
+    sdk_http_client,
 )
+from turnlog.providers._http import body_chunks
 from turnlog.providers._sse import Skipper, SSEDecoder
-from turnlog.providers._tls import tls_context
 from turnlog.providers.base import (
     Adapter,
     ChatMessage,
@@ -142,8 +144,8 @@ def parse_anthropic_options(options: Mapping[str, Any]) -> AnthropicOptions:
 
 
 class AnthropicProvider:
-    """Claude through ``anthropic.AsyncAnthropic``; one HTTP client per step, closed at once
-    when the step ends or is cancelled (so the API sees the disconnect)."""
+    """Claude through ``anthropic.AsyncAnthropic``. Its SDK client is shared by the steps
+    (``_CLIENTS``); each step closes its own response at its end, cancelled or not."""
 
     def __init__(
         self,
@@ -165,9 +167,8 @@ class AnthropicProvider:
             base_url=self.base_url,
             max_retries=0,
             timeout=self.timeout,
-            http_client=anthropic.DefaultAsyncHttpxClient(
-                verify=tls_context(), timeout=self.timeout
-            ),
+            # aiohttp under the SDK's client (``_http.py``), with the one shared TLS context.
+            http_client=sdk_http_client(anthropic.DefaultAsyncHttpxClient, self.timeout),
         )
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent | StepEnd]:
@@ -177,42 +178,42 @@ class AnthropicProvider:
         except ValueError as e:
             raise ProviderError(str(e), retryable=False) from None
         params = request_params(request, options)
-        client = self._client()
+        client = _CLIENTS.get(
+            (self.base_url, self.api_key, self.timeout.connect, self.timeout.read), self._client
+        )
         try:
+            # The SDK's raw request: its own ``create`` would first walk the whole
+            # history through its TypedDict transform (1-3 ms of CPU per step).
+            http: Any = await client.post(
+                "/v1/messages",
+                cast_to=_RESPONSE,
+                body={**params, "stream": True},
+                stream=True,
+                stream_cls=anthropic.AsyncStream[Any],  # not used for a raw response
+            )
+            c = request.continuation
+            trimmed = c is not None and prefills(options) and c.text != c.text.rstrip()
+            items = _translate(body_chunks(http))
+            if trimmed:
+                items = _after_prefill(items, trimmed)
             try:
-                # The SDK's raw request: its own ``create`` would first walk the whole
-                # history through its TypedDict transform (1-3 ms of CPU per step).
-                http: Any = await client.post(
-                    "/v1/messages",
-                    cast_to=_RESPONSE,
-                    body={**params, "stream": True},
-                    stream=True,
-                    stream_cls=anthropic.AsyncStream[Any],  # not used for a raw response
-                )
-                c = request.continuation
-                trimmed = c is not None and prefills(options) and c.text != c.text.rstrip()
-                items = _translate(http.aiter_bytes())
-                if trimmed:
-                    items = _after_prefill(items, trimmed)
-                try:
-                    async for item in items:
-                        if isinstance(item, _ErrorFrame):
-                            raise self._status_error(200, item.body, item.text, http.headers)
-                        yield item
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await http.aclose()
-            except anthropic.APIError as e:
-                raise self._error(e) from None
-            except TRANSPORT_ERRORS as e:
-                # Raised while reading the stream (a read timeout is a stall).
-                host = host_of(e, self.base_url, "https://api.anthropic.com")
-                text = redact(f"anthropic: {type(e).__name__} ({host}): {e}", self.api_key)
-                raise ProviderError(text, retryable=True) from None
-        finally:
-            # Shielded: a cancelled step must still close its connection, right now.
-            with anyio.CancelScope(shield=True):
-                await client.close()
+                async for item in items:
+                    if isinstance(item, _ErrorFrame):
+                        raise self._status_error(200, item.body, item.text, http.headers)
+                    yield item
+            finally:
+                # Shielded: on cancel the request must still be closed now, not at GC. A
+                # response closed before its end closes its connection (never pooled), so
+                # the API sees the disconnect and stops generating.
+                with anyio.CancelScope(shield=True):
+                    await http.aclose()
+        except anthropic.APIError as e:
+            raise self._error(e) from None
+        except TRANSPORT_ERRORS as e:
+            # Raised while reading the stream (a read timeout is a stall).
+            host = host_of(e, self.base_url, "https://api.anthropic.com")
+            text = redact(f"anthropic: {type(e).__name__} ({host}): {e}", self.api_key)
+            raise ProviderError(text, retryable=True) from None
 
     def _error(self, e: anthropic.APIError) -> ProviderError:
         if isinstance(e, anthropic.APIStatusError):
@@ -245,6 +246,12 @@ class AnthropicProvider:
             retryable=retryable or kind in _RETRYABLE_TYPES,
             retry_after=retry_after(headers),
         )
+
+
+# One SDK client per endpoint (and event loop), its connections kept alive between steps
+# (a client per step cost a new connection, a TLS handshake with the real API, and the
+# client's setup).
+_CLIENTS: PerLoop[anthropic.AsyncAnthropic] = PerLoop()
 
 
 def _make(spec: ProviderSpec, settings: Settings) -> AnthropicProvider:
