@@ -22,6 +22,11 @@ on asyncio with httptools, so the clients stay cheap). Scenarios:
   (turnlog.relay), beside the same with the subscribers on A; both servers' CPU counts in
   both rows, so the ratio is what a subscriber on another instance costs per frame
   against a local one (each generation has 300 frames either way);
+- with ``--shards G`` (default 500; 0 skips): ``gens G split``: the G generations split
+  over two independent servers, each conversation's send and stream on its own server
+  (nothing crosses), beside one server with all G, for turnlog (a second instance on the
+  same database) and for the baseline (a second baseline process): what splitting the same
+  load over two processes costs on this machine, the floor under ``--workers``;
 - with ``--workers N`` (default 2; 0 skips): ``fan-out`` and ``gens`` again on
   ``turnlog serve --workers N`` (same database), rows labelled ``--workers N`` beside a
   ``--workers 1`` run measured right after, ratio between them. Subscribers land on any
@@ -278,16 +283,23 @@ async def _work(
 class Workers:
     """Client processes for one scenario: start them, wait until they are connected, go."""
 
-    def __init__(self, kind: str, server: Server, args: list[Any]) -> None:
+    def __init__(
+        self,
+        kind: str,
+        server: Server,
+        args: list[Any],
+        ports: list[tuple[int, int]] | None = None,
+    ) -> None:
         ctx = mp.get_context("spawn")
         self.pipes: list[Connection] = []
         self.procs: list[Any] = []
-        for arg in args:
+        for i, arg in enumerate(args):
             mine, theirs = ctx.Pipe()
-            ports = (server.port, server.stream_port)
+            # (requests, streams) per client process; the server's own by default.
+            ports_i = ports[i] if ports else (server.port, server.stream_port)
             p = ctx.Process(
                 target=_worker,
-                args=(theirs, kind, "127.0.0.1", ports, server.token, arg),
+                args=(theirs, kind, "127.0.0.1", ports_i, server.token, arg),
                 daemon=True,
             )
             p.start()
@@ -337,6 +349,9 @@ class Server:
         self.workers = 1
         self.stream_port = port  # where clients read message streams
         self.others: list[Server] = []  # more servers measured with this one
+        # Independent servers that split a `gens` scenario: a conversation's send and
+        # stream both go to its own shard (this one first; `others` are the rest).
+        self.shards: list[Server] = []
 
     def server_pids(self) -> list[int]:
         """The server's own processes: with `serve --workers N`, the supervisor and its workers."""
@@ -788,11 +803,17 @@ def gens(
     """G conversations of ``model`` send at once (the demo's: ``tokens`` at ``tps``)."""
     if options is None:
         options = {"tokens_per_second": tps, "length": tokens}
-    cids = setup(server, g, options, model)
-    workers = Workers("gens", server, split(cids, clients))
+    shards = server.shards or [server]
+    groups = [setup(s, g // len(shards), options, model) for s in shards]
+    per = max(1, clients // len(shards))
+    args = [chunk for cids in groups for chunk in split(cids, per)]
+    ports = [(s.port, s.stream_port) for s in shards for _ in range(per)]
+    where = [s for s in shards for _ in range(per)]
+    workers = Workers("gens", server, args, ports)
     with Measure(server) as m:
         workers.go()
-        results = [r for chunk in workers.results() for r in chunk]
+        chunks = workers.results()
+        results = [r for chunk in chunks for r in chunk]
         m.stop()
     failed = [r for r in results if r[1] is None]
     if any(r[4] != 503 for r in failed):
@@ -818,7 +839,13 @@ def gens(
     row.ttfd_ack_p99_ms = pct(ttfd_ack, 99) * 1000
     row.gap_p99_ms = pct(stats["gaps"], 99) * 1000
     m.fill(row, len(results), len(results))
-    row.folds_ok = check_folds(server, [(r[0], r[1]) for r in results], streams, strict=strict)
+    folds = []
+    for shard in shards:
+        mine = [r for s, chunk in zip(where, chunks, strict=True) if s is shard for r in chunk]
+        mine = [r for r in mine if r[1] is not None]
+        pairs = [(r[0], r[1]) for r in mine]
+        folds.append(check_folds(shard, pairs, [r[6] for r in mine], strict=strict))
+    row.folds_ok = folds[0] if len(folds) == 1 else " + ".join(folds)
     if failed:
         row.folds_ok += f" ({len(failed)} refused: 503)"
     return row
@@ -955,6 +982,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["turnlog", "both"], default="both")
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
     ap.add_argument(
+        "--shards",
+        type=int,
+        default=500,
+        help="G split over two independent servers, for turnlog and the baseline (0: skip)",
+    )
+    ap.add_argument(
         "--remote",
         type=int,
         default=500,
@@ -1026,6 +1059,30 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name} on B and on A: done", flush=True)
             finally:
                 other.stop()
+        if args.shards:
+            # The floor of splitting a load over two processes on this machine: G
+            # generations split over two independent servers, each conversation's send and
+            # stream on its own server (nothing crosses), beside one server with all G;
+            # for turnlog (two instances, one database) and for the bare baseline alike.
+            g = args.shards
+            run = functools.partial(gens, g=g, tokens=args.tokens, clients=args.clients)
+            pair = ("2 processes", "1 process")
+            for one, start in ((turnlog, None), (baseline, start_baseline)):
+                if one is baseline and args.only != "both":
+                    continue
+                two = (
+                    start()
+                    if start
+                    else start_turnlog(tmp / "data", {"TURNLOG_DATABASE_URL": turnlog.db_url})
+                )
+                split_load = copy.copy(one)
+                split_load.shards, split_load.others = [one, two], [two]
+                try:
+                    name = f"gens G={g} split ({one.name})"
+                    results.append((name, run(split_load), run(one), pair))
+                    print(f"  {name}: done", flush=True)
+                finally:
+                    two.stop()
         if args.workers > 1:
             # The same scenarios on N worker processes behind one port (same database),
             # beside the single process, measured now: subscribers land on any worker and

@@ -214,6 +214,10 @@ class Relays:
             if self._sessions.get(session.session_id) is session:
                 del self._sessions[session.session_id]
 
+    def streams(self) -> int:
+        """Streams relayed to other instances, over every session (for metrics)."""
+        return sum(len(session) for session in self._sessions.values())
+
     def close_all(self) -> None:
         for session in list(self._sessions.values()):
             session.close()

@@ -137,6 +137,41 @@ def test_subscribers_on_every_instance_fold_to_the_stored_blocks(trio: Trio) -> 
         assert _deltas(f) > 0
 
 
+def _gauge(server: Server, name: str) -> float:
+    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_a_mirror_nobody_reads_is_dropped_and_a_later_reader_follows_again(trio: Trio) -> None:
+    """A reader on B leaves: B drops its mirror and A stops relaying the stream; a new
+    reader on B follows it again from a fresh snapshot and ends with the stored blocks."""
+    a_srv, b_srv = trio.servers[0], trio.servers[1]
+    with trio.client(0) as a:
+        cid = a.create_conversation(model=DEMO)["id"]
+        sent = a.send(cid, "go on", options={"tokens_per_second": 20, "length": 1000})
+        mid = sent["assistant_message"]["id"]
+        headers = {"Authorization": f"Bearer {make_token('alice')}"}
+        with httpx.stream(
+            "GET", f"{b_srv.url}/v1/messages/{mid}/stream", headers=headers, timeout=30
+        ) as response:
+            lines = response.iter_lines()
+            assert next(lines) == "event: init"
+            wait_until(lambda: _gauge(a_srv, "turnlog_relayed_streams") == 1, what="a tap")
+        # Nobody reads it on B now: dropped after 5 s unread, and A is told.
+        wait_until(lambda: _gauge(b_srv, "turnlog_mirrors_open") == 0, timeout=30, what="the drop")
+        wait_until(lambda: _gauge(a_srv, "turnlog_relayed_streams") == 0, timeout=10, what="untap")
+        again = _follow(trio, 1, mid)
+        wait_until(lambda: _deltas(again) > 0, what="deltas through a new mirror")
+        a.cancel(mid)
+        _finished([again])
+        stored = _stored(a, cid, mid)
+    assert stored["status"] == "aborted"
+    assert blocks_json(again.fold.blocks) == stored["blocks"]
+    assert again.fold.inits == 1
+
+
 def test_feed_on_c_shows_changes_through_a_and_b_in_version_order(trio: Trio) -> None:
     """The conversation feed on C shows what A and B commit, ids never decreasing, each row
     ending as stored."""

@@ -312,6 +312,11 @@ def _gauges(rt: Runtime) -> None:
         lambda: len(rt.follower),
     )
     m.gauge(
+        "turnlog_relayed_streams",
+        "Streams running here that other instances follow (a tap in one of their relays).",
+        rt.relays.streams,
+    )
+    m.gauge(
         "turnlog_cluster_listening",
         "1 while the LISTEN connection for other instances' wake-ups is up.",
         lambda: float(rt.cluster.listening),
