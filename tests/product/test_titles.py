@@ -12,11 +12,13 @@ import structlog
 from turnlog_reducer import StreamEvent, TextDelta
 
 from tests.generation.fake_provider import FunctionProvider
+from tests.providers import gemini_wire as gw
+from tests.providers.fakeserver import FakeServer
 from turnlog.config import Settings
 from turnlog.log import events as ev
 from turnlog.log.store import Store
 from turnlog.metrics import Metrics
-from turnlog.product.titles import Titler, clean
+from turnlog.product.titles import INSTRUCTION, Titler, clean
 from turnlog.providers.base import ModelRequest, ProviderError, StepEnd
 
 pytestmark = pytest.mark.anyio
@@ -24,11 +26,13 @@ pytestmark = pytest.mark.anyio
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-async def _answered(store: Store, title: str | None = None) -> tuple[uuid.UUID, uuid.UUID]:
+async def _answered(
+    store: Store, title: str | None = None, model: str = "demo:default"
+) -> tuple[uuid.UUID, uuid.UUID]:
     """A conversation with one user message and its completed answer: (cid, answer id)."""
     cid, user, mid, attempt = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     created = ev.ConversationCreated(
-        at=AT, conversation_id=cid, owner="u", title=title, model="demo:default",
+        at=AT, conversation_id=cid, owner="u", title=title, model=model,
         options={}, system_prompt=None,
     )  # fmt: skip
     await store.append(cid, [created])
@@ -37,7 +41,7 @@ async def _answered(store: Store, title: str | None = None) -> tuple[uuid.UUID, 
         [
             ev.UserMessageSent(at=AT, message_id=user, seq=1, content="Plan a trip to Kraków"),
             ev.AssistantTurnStarted(
-                at=AT, message_id=mid, seq=2, attempt=attempt, model="demo:default", reply_to=user
+                at=AT, message_id=mid, seq=2, attempt=attempt, model=model, reply_to=user
             ),
             ev.StepCompleted(
                 at=AT, message_id=mid, attempt=attempt, events=(TextDelta("Sure."),),
@@ -120,6 +124,34 @@ async def test_failures_leave_it_untitled_and_are_logged(store: Store) -> None:
         conv = await store.get_conversation(cid)
         assert conv is not None
         assert conv.conversation.title is None
+
+
+async def test_a_gemini_conversation_is_titled_through_the_gemini_adapter(store: Store) -> None:
+    """The real gemini adapter against the fake Gemini API: the instruction goes as the
+    system instruction with the first message and no tools, the answer is the title; a
+    request the fake has no reply for (its 500) leaves the next one untitled, the adapter's
+    error logged."""
+    with FakeServer() as fake:
+        settings = Settings.from_env({"GEMINI_API_KEY": "AIza-k", "GEMINI_BASE_URL": fake.url})
+        titler = Titler(store, settings, Metrics(), now=lambda: AT)
+        fake.queue(
+            gw.reply(gw.chunk(gw.text("Trip to ")), gw.chunk(gw.text("Kraków"), finish="STOP"))
+        )
+        cid, mid = await _answered(store, model=f"gemini:{gw.MODEL}")
+        assert await titler.title(cid, mid) == "written"
+        conv = await store.get_conversation(cid)
+        assert conv is not None
+        assert conv.conversation.title == "Trip to Kraków"
+        body = fake.requests[0].json()
+        assert body["systemInstruction"]["parts"] == [{"text": INSTRUCTION}]
+        assert body["contents"] == [{"role": "user", "parts": [{"text": "Plan a trip to Kraków"}]}]
+        assert "tools" not in body
+
+        cid, mid = await _answered(store, model=f"gemini:{gw.MODEL}")
+        with structlog.testing.capture_logs() as logs:
+            assert await titler.title(cid, mid) == "failed"
+        [failed] = [e for e in logs if e["event"] == "title failed; left untitled"]
+        assert failed["error"].startswith("gemini: 500"), failed["error"]
 
 
 async def test_only_the_first_answer_of_an_untitled_conversation(store: Store) -> None:

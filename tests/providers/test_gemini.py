@@ -27,7 +27,7 @@ from turnlog.providers.base import CLOCK_TOOL, ChatMessage, ModelRequest, Provid
 from turnlog.providers.gemini import SYNTHETIC_ID, GeminiProvider
 
 from . import gemini_wire as w
-from .fakeserver import FakeServer, Hold, Pause, Reply
+from .fakeserver import FakeServer, Hold, Pause, Reply, json_reply
 
 pytestmark = pytest.mark.anyio
 
@@ -227,6 +227,28 @@ async def test_bad_request_is_final(fake: FakeServer) -> None:
     _, error = await run_to_error(provider(fake), request())
     assert not error.retryable
     assert "Invalid JSON payload" in str(error)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": "upstream unavailable"},  # a gateway's, and this fake's unscripted answer
+        {"error": {"code": 503, "message": "upstream unavailable", "details": 7}},
+        [{"error": {"code": 503, "message": "upstream unavailable", "details": "none"}}],
+        "upstream unavailable",
+    ],
+    ids=["error-string", "details-not-a-list", "array", "json-string"],
+)
+async def test_an_error_body_not_shaped_like_googles_is_still_a_provider_error(
+    fake: FakeServer, body: Any
+) -> None:
+    """The API's errors are google.rpc.Status objects; a gateway in front of it may send
+    another shape, which is a ProviderError by its status all the same (no wait read)."""
+    fake.queue(json_reply(503, body))
+    _, error = await run_to_error(provider(fake), request())
+    assert error.retryable
+    assert error.retry_after is None
+    assert "503" in str(error)
 
 
 async def test_stall_times_out_and_hangs_up(fake: FakeServer) -> None:

@@ -246,12 +246,15 @@ ADAPTER = Adapter(
 
 def _retry_after(headers: Mapping[str, str], details: Any) -> float | None:
     """Seconds from ``Retry-After`` (seconds or an HTTP date), else from the error body's
-    ``google.rpc.RetryInfo`` ``retryDelay`` ("7s", "0.5s")."""
+    ``google.rpc.RetryInfo`` ``retryDelay`` ("7s", "0.5s"). The API's body is always a
+    ``google.rpc.Status`` object; a gateway in front of it may send any JSON (``{"error":
+    "text"}``), which then just has no wait to read."""
     seconds = retry_after_value(headers.get("retry-after"))
     if seconds is not None:
         return seconds
     error = details.get("error") if isinstance(details, dict) else None
-    for detail in (error or {}).get("details") or ():
+    found = error.get("details") if isinstance(error, dict) else None
+    for detail in found if isinstance(found, list) else ():
         if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("RetryInfo"):
             match = re.fullmatch(r"(\d+(?:\.\d+)?)s", str(detail.get("retryDelay", "")))
             if match:
