@@ -95,6 +95,7 @@ __all__ = [
 log = structlog.get_logger("turnlog.providers.anthropic")
 
 _RESPONSE = response_type(anthropic.DefaultAsyncHttpxClient)
+_encode = msgspec.json.Encoder().encode
 
 # Prefix of a redacted reasoning block that stands for an omitted (empty, signed) thinking block.
 OMITTED_THINKING: Final = "thinking:"
@@ -187,7 +188,9 @@ class AnthropicProvider:
             http: Any = await client.post(
                 "/v1/messages",
                 cast_to=_RESPONSE,
-                body={**params, "stream": True},
+                # Encoded here (the SDK sends its `content` as it is): msgspec, not the SDK's
+                # json.dumps (about 10x the CPU on a long history).
+                content=_encode({**params, "stream": True}),
                 stream=True,
                 stream_cls=anthropic.AsyncStream[Any],  # not used for a raw response
             )
