@@ -15,7 +15,8 @@ General layout
 - ``turnlog.providers``: the model seam (``demo`` and the real providers).
 - ``turnlog.generation``: the engine that runs turns: history, steps, checkpoints, tools.
 - ``turnlog.http``: the litestar app: routes, auth, SSE.
-- ``turnlog.client``: the Python reference client and the terminal chat.
+- ``turnlog.client``: the Python reference client (``AsyncClient`` in ``client_async``, what
+  both share in ``client_common``) and the terminal chat (``chat_cli``).
 - ``turnlog.cli``: the ``turnlog`` command.
 
 For applications: ``turnlog.tool`` marks a function as a tool the models may call and
