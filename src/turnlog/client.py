@@ -3,7 +3,7 @@
 General layout::
 
     Client             sync, over ``httpx.Client``; one method per route of section 2 (here)
-    AsyncClient        the same over ``httpx.AsyncClient``, awaited (``turnlog.client_async``)
+    AsyncClient        its methods (all but a few) over ``httpx.AsyncClient`` (``client_async``)
     ApiError           a 4xx/5xx answer: its status and the server's readable ``detail``
     StreamItem         one SSE event of a message stream: (event, id, decoded data)
     MessageFold        folds ``init`` + stream events into blocks with the shared reducer

@@ -1,8 +1,9 @@
 """``AsyncClient``: the reference client (``turnlog.client``) over ``httpx.AsyncClient``.
 
-The same methods as the sync ``Client``, awaited, with the same answers and errors: both
-send the requests ``turnlog.client_common.Routes`` builds and read their answers the same
-way; only the sending differs. Import it from ``turnlog.client`` like the rest.
+The sync ``Client``'s methods (all but the few the class docstring names), awaited, with the
+same answers and errors: both send the requests ``turnlog.client_common.Routes`` builds and
+read their answers the same way; only the sending differs. Import it from ``turnlog.client``
+like the rest.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ T = TypeVar("T")
 
 
 class AsyncClient:
-    """``Client`` over ``httpx.AsyncClient``: the same methods, awaited (each one's
-    docstring is on ``Client``)."""
+    """``Client`` over ``httpx.AsyncClient``: the same methods, awaited, with the same
+    answers and errors; not here yet: ``live``, ``list_prompts``, ``tools`` and
+    ``tool_approval``."""
 
     def __init__(
         self,
@@ -107,9 +109,27 @@ class AsyncClient:
         """POST a user message -> ``{"user_message": row, "assistant_message": row}``."""
         return await self._call(Routes.send(cid, content, client_message_id, options))
 
-    async def list_messages(self, cid: str) -> list[JSON]:
-        """GET /v1/conversations/{cid}/messages -> the rows in canonical order."""
-        return await self._call(Routes.list_messages(cid, False))
+    async def list_messages(self, cid: str, *, every_version: bool = False) -> list[JSON]:
+        """GET /v1/conversations/{cid}/messages -> the active path's rows in canonical
+        order (``every_version``: every row, ``?all=true``)."""
+        return await self._call(Routes.list_messages(cid, every_version))
+
+    async def resend(self, cid: str, mid: str, content: str) -> JSON:
+        """PUT a user message with ``resend: true`` -> ``{"user_message", "assistant_message"}``
+        (201): a new version of it, answered."""
+        return await self._call(Routes.edit(cid, mid, content, resend=True))
+
+    async def regenerate(
+        self, mid: str, *, options: Mapping[str, Any] | None = None, model: str | None = None
+    ) -> JSON:
+        """POST /v1/messages/{mid}/regenerate -> ``{"assistant_message": row}`` (201): a new
+        version of the turn that assistant message ends."""
+        return await self._call(Routes.regenerate(mid, options, model))
+
+    async def select(self, mid: str) -> JSON:
+        """POST /v1/messages/{mid}/select -> the conversation, its active path now through
+        ``mid``."""
+        return await self._call(Routes.select(mid))
 
     async def edit(self, cid: str, mid: str, content: str) -> JSON:
         """PUT a user message's edited content -> the row."""

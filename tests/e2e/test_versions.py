@@ -6,12 +6,14 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import pytest
 
 from turnlog import replay
-from turnlog.client import ApiError, Client, text_of
+from turnlog.client import ApiError, AsyncClient, Client, text_of
 
 from .support import DEMO, FAST, Server, make_token, wait_until
 
@@ -393,3 +395,66 @@ def test_a_repeated_send_shows_its_rows_with_their_versions(server: Server) -> N
         again = r.json()["user_message"]
         assert again["id"] == user["id"]
         assert (again["version"], again["versions"]) == (1, 2)
+
+
+async def _settle_async(c: AsyncClient, cid: str) -> list[JSON]:
+    """``_settle`` for the AsyncClient: the active path once nothing generates."""
+    with anyio.fail_after(30):
+        while True:
+            state = await c.get_conversation(cid)
+            every = await c.list_messages(cid, every_version=True)
+            if state["conversation"]["state"] == "idle" and not any(
+                r["is_generating"] for r in every
+            ):
+                return await c.list_messages(cid)
+            await anyio.sleep(0.05)
+
+
+def test_async_client_versions_like_the_sync_one(server: Server) -> None:
+    """AsyncClient against the real server: regenerate (options, model), select, resend and
+    list_messages(every_version=True) answer as Client's do; their refusals are the same
+    ApiError (409 regenerating a user row, 400 resending an answer, 404 an unknown id)."""
+
+    async def main() -> None:
+        async with AsyncClient(server.url, make_token("alice")) as c:
+            cid = (await c.create_conversation(model=DEMO, options=FAST))["id"]
+            sent = await c.send(cid, "tell me a story")
+            user, first = sent["user_message"], sent["assistant_message"]
+            await _settle_async(c, cid)
+            regenerated = await c.regenerate(first["id"], options={"length": 80}, model=DEMO)
+            new = regenerated["assistant_message"]
+            assert new["parent_id"] == user["id"]
+            assert (new["version"], new["versions"]) == (2, 2)
+            assert _ids(await _settle_async(c, cid)) == [user["id"], new["id"]]
+            every = await c.list_messages(cid, every_version=True)
+            assert _ids(every) == [user["id"], first["id"], new["id"]]
+
+            conv = await c.select(first["id"])
+            assert conv["active_leaf_id"] == first["id"]
+            assert _ids(await c.list_messages(cid)) == [user["id"], first["id"]]
+
+            resent = await c.resend(cid, user["id"], "tell me another story")
+            user2, answer2 = resent["user_message"], resent["assistant_message"]
+            assert user2["parent_id"] is None
+            assert user2["content"] == "tell me another story"
+            assert (user2["version"], user2["versions"]) == (2, 2)
+            assert answer2["parent_id"] == user2["id"]
+            rows = await _settle_async(c, cid)
+            assert _ids(rows) == [user2["id"], answer2["id"]]
+            _is_a_path(rows)
+            await c.select(new["id"])
+            assert _ids(await c.list_messages(cid)) == [user["id"], new["id"]]
+            _no_cycle(await c.list_messages(cid, every_version=True))
+
+            refusals: list[tuple[int, str, Callable[[], Awaitable[JSON]]]] = [
+                (409, "user message", lambda: c.regenerate(user2["id"])),
+                (400, "only user messages", lambda: c.resend(cid, answer2["id"], "no")),
+                (404, "not found", lambda: c.select(str(uuid.uuid4()))),
+            ]
+            for status, words, call in refusals:
+                with pytest.raises(ApiError) as e:
+                    await call()
+                assert e.value.status == status, e.value
+                assert words in e.value.detail
+
+    anyio.run(main)
