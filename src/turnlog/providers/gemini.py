@@ -27,9 +27,10 @@ Quirks handled here:
   turns are merged (results first); reasoning goes back only when signed, as the thought
   part it was; redacted reasoning (another provider's) is not sent.
 
-The SDK's own retries stay off (its default): the engine retries, once, for everyone. Each
-step has its own HTTP client, closed when the step ends or is cancelled, so the API sees
-the disconnect at once.
+The SDK's own retries stay off (its default): the engine retries, once, for everyone. The
+SDK client is shared by the steps (``_CLIENTS``), on an ``httpx2`` client with aiohttp
+underneath (``_http.py``); each step closes its response when it ends or is cancelled, so
+the API sees the disconnect at once.
 
 The SDK builds and sends the request (its request conversion, URL, API version, key header
 and status errors: ``_open_stream`` does what ``generate_content_stream`` does up to the
@@ -54,7 +55,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal, cast
 
 import anyio
-import httpx
+import httpx2
 import msgspec
 import structlog
 from google import genai
@@ -79,11 +80,13 @@ from turnlog.config import Settings
 from turnlog.models import ProviderSpec
 from turnlog.providers._common import (
     TRANSPORT_ERRORS,
+    PerLoop,
     host_of,
     read_backstop_s,
     redact,
     retry_after_value,
 )
+from turnlog.providers._http import AiohttpTransport, body_chunks
 from turnlog.providers._sse import Skipper, SSEDecoder
 from turnlog.providers._tls import tls_context
 from turnlog.providers.base import (
@@ -170,44 +173,47 @@ class GeminiProvider:
         config = generate_config(request, options)
         # A cut answer is continued by asking in a user turn (Gemini has no prefill).
         contents = history_contents(continued_history(request, prefill=False))
-        # Our own HTTP client: its read timeout is "no bytes for this long" (a stall), and
-        # closing it is what hangs up on a cancelled step.
-        http = httpx.AsyncClient(
-            verify=tls_context(),
-            timeout=httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s),
+        client = _CLIENTS.get(
+            (self.api_key, self.base_url, self.connect_timeout_s, self.read_timeout_s),
+            self._client,
         )
-        client = genai.Client(
+        try:
+            response = await _open_stream(client, request.model, contents, config)
+            try:
+                async for item in _translate(response, request):
+                    yield item
+            finally:
+                # Shielded: on cancel the request must still be closed now, not at GC. A
+                # response closed before its end closes its connection (never pooled), so
+                # the API sees the disconnect at once.
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+        except genai_errors.APIError as e:
+            raise self._error(e) from None
+        except TRANSPORT_ERRORS as e:
+            host = host_of(e, self.base_url, "https://generativelanguage.googleapis.com")
+            text = redact(f"gemini: {type(e).__name__} ({host}): {e}", self.api_key)
+            raise ProviderError(text, retryable=True) from None
+
+    def _client(self) -> genai.Client:
+        return genai.Client(
             # A placeholder key lets a keyless gateway work; the API itself answers 401/403.
             api_key=self.api_key or "missing-key",
             http_options=types.HttpOptions(
                 base_url=self.base_url,
                 # The SDK passes this to every request as its one timeout (milliseconds).
                 timeout=int(self.read_timeout_s * 1000),
-                httpx_async_client=http,
+                # An httpx2 client with aiohttp underneath (``_http.py``); its read
+                # timeout is "no bytes for this long" (a stall).
+                httpx_async_client=httpx2.AsyncClient(
+                    transport=AiohttpTransport(ssl_context=tls_context()),
+                    timeout=httpx2.Timeout(self.read_timeout_s, connect=self.connect_timeout_s),
+                ),
                 # Given these, the client makes no TLS context (or sync client) of its own.
                 httpx_client=_sync_client(),
                 async_client_args={"ssl": tls_context()},
             ),
         )
-        try:
-            try:
-                response = await _open_stream(client, request.model, contents, config)
-                try:
-                    async for item in _translate(response, request):
-                        yield item
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await response.aclose()
-            except genai_errors.APIError as e:
-                raise self._error(e) from None
-            except TRANSPORT_ERRORS as e:
-                host = host_of(e, self.base_url, "https://generativelanguage.googleapis.com")
-                text = redact(f"gemini: {type(e).__name__} ({host}): {e}", self.api_key)
-                raise ProviderError(text, retryable=True) from None
-        finally:
-            # Shielded: a cancelled step must still close its connection, right now.
-            with anyio.CancelScope(shield=True):
-                await http.aclose()
 
     def _error(self, e: genai_errors.APIError) -> ProviderError:
         code = e.code if isinstance(e.code, int) else 0
@@ -222,10 +228,15 @@ class GeminiProvider:
         )
 
 
+# One SDK client per endpoint (and event loop), its connections kept alive between steps:
+# a client per step cost its setup and a new connection (a TLS handshake with the API).
+_CLIENTS: PerLoop[genai.Client] = PerLoop()
+
+
 @functools.cache
-def _sync_client() -> httpx.Client:
+def _sync_client() -> httpx2.Client:
     """The synchronous client every ``genai.Client`` wants; turnlog never sends with it."""
-    return httpx.Client(verify=tls_context())
+    return httpx2.Client(verify=tls_context())
 
 
 def _make(spec: ProviderSpec, settings: Settings) -> GeminiProvider:
@@ -270,7 +281,7 @@ async def _open_stream(
     model: str,
     contents: list[types.Content],
     config: types.GenerateContentConfig,
-) -> httpx.Response:
+) -> httpx2.Response:
     """The SDK's ``generate_content_stream`` up to the response, which is returned unread
     (what ``AsyncModels._generate_content_stream`` does before it parses; Gemini API only,
     not Vertex AI): the SDK's own request conversion, URL, headers and status errors."""
@@ -283,7 +294,7 @@ async def _open_stream(
     body = genai_common.encode_unserializable_types(genai_common.convert_to_dict(body))
     http_request = api._build_request("post", path, body, None)
     response = await api._async_request(http_request=http_request, stream=True)
-    return cast("httpx.Response", response.response_stream)
+    return cast("httpx2.Response", response.response_stream)
 
 
 # The fields of a chunk (a ``GenerateContentResponse`` in the REST JSON) read below, and no
@@ -345,7 +356,7 @@ class _Reader:
 
     __slots__ = ("decoder", "error", "other", "response", "skipper")
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: httpx2.Response) -> None:
         self.response = response
         self.decoder = SSEDecoder(keep_other=True)
         self.other = self.decoder.other or []
@@ -380,7 +391,7 @@ class _Reader:
         return out
 
 
-def _api_error(error: Any, data: bytes, response: httpx.Response) -> genai_errors.APIError:
+def _api_error(error: Any, data: bytes, response: httpx2.Response) -> genai_errors.APIError:
     body = msgspec.json.decode(data)
     code = error.get("code") if isinstance(error, dict) else None
     return genai_errors.APIError(code if isinstance(code, int) else 0, body, response)
@@ -395,13 +406,13 @@ class _State(msgspec.Struct):
 
 
 async def _translate(
-    response: httpx.Response, request: ModelRequest
+    response: httpx2.Response, request: ModelRequest
 ) -> AsyncIterator[StreamEvent | StepEnd]:
     state = _State()
     finish: str | None = None
     reported = msgspec.Raw()
     reader = _Reader(response)
-    body = response.aiter_bytes()
+    body = body_chunks(response)
     while True:
         # One loop for the body's reads and, at its end (None), the decoder's last frame.
         raw: bytes | None
