@@ -41,7 +41,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal
 
 import anthropic
-import anyio
 import msgspec
 import structlog
 from turnlog_reducer import (
@@ -58,6 +57,7 @@ from turnlog_reducer import (
     ToolCallStarted,
 )
 
+from turnlog import aio
 from turnlog.config import Settings
 from turnlog.models import ProviderSpec
 from turnlog.providers._common import (
@@ -208,7 +208,7 @@ class AnthropicProvider:
                 # Shielded: on cancel the request must still be closed now, not at GC. A
                 # response closed before its end closes its connection (never pooled), so
                 # the API sees the disconnect and stops generating.
-                with anyio.CancelScope(shield=True):
+                with aio.cancel_scope(shield=True):
                     await http.aclose()
         except anthropic.APIError as e:
             raise self._error(e) from None

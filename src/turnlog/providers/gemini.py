@@ -54,7 +54,6 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal, cast
 
-import anyio
 import httpx2
 import msgspec
 import structlog
@@ -76,6 +75,7 @@ from turnlog_reducer import (
     ToolCallStarted,
 )
 
+from turnlog import aio
 from turnlog.config import Settings
 from turnlog.models import ProviderSpec
 from turnlog.providers._common import (
@@ -186,7 +186,7 @@ class GeminiProvider:
                 # Shielded: on cancel the request must still be closed now, not at GC. A
                 # response closed before its end closes its connection (never pooled), so
                 # the API sees the disconnect at once.
-                with anyio.CancelScope(shield=True):
+                with aio.cancel_scope(shield=True):
                     await response.aclose()
         except genai_errors.APIError as e:
             raise self._error(e) from None

@@ -34,7 +34,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-import anyio
 import msgspec
 import openai
 import structlog
@@ -50,6 +49,7 @@ from turnlog_reducer import (
     ToolCallStarted,
 )
 
+from turnlog import aio
 from turnlog.config import Settings
 from turnlog.models import ProviderSpec
 from turnlog.providers._common import (
@@ -161,7 +161,7 @@ class OpenAIProvider:
                 # Shielded: on cancel the request must still be closed now, not at GC. A
                 # response closed before its end closes its connection (never pooled), so
                 # the server sees the disconnect and stops generating.
-                with anyio.CancelScope(shield=True):
+                with aio.cancel_scope(shield=True):
                     await http.aclose()
             for event in assembler.close():
                 yield event
