@@ -160,6 +160,10 @@ class Follower:
                     mirror = await self._follow(url, mid, None)
                 except _Gap:  # pragma: no cover - a new mirror starts at the snapshot
                     return None
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    # An owner's snapshot this instance cannot read: follow the store.
+                    log.warning("unreadable relay snapshot", message_id=str(mid), error=str(exc))
+                    return None
                 if mirror is not None:
                     self._mirrors[mid] = mirror
                 return mirror
@@ -188,26 +192,35 @@ class Follower:
         if peer is not None and not peer.closed:
             return peer
         lock = self._connecting.setdefault(url, anyio.Lock())
-        async with lock:
-            peer = self._peers.get(url)
-            if peer is not None and not peer.closed:
-                return peer
-            session_id = uuid.uuid4()
-            request = self._http.build_request(
-                "GET", f"{url}/internal/v1/relay/{session_id}", headers=self._headers
-            )
-            try:
-                response = await self._http.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                log.info("owner not reachable", url=url, error=str(exc))
-                return None
-            if response.status_code != 200 or self._tg is None:
-                await response.aclose()
-                log.info("owner serves no relay", url=url, status=response.status_code)
-                return None
-            peer = self._peers[url] = _Peer(url, session_id, response)
-            self._tg.start_soon(self._pump, peer, name=f"relay {url}")
+        try:
+            async with lock:
+                return await self._connect(url)
+        finally:
+            if not lock.statistics().tasks_waiting and self._connecting.get(url) is lock:
+                del self._connecting[url]
+
+    async def _connect(self, url: str) -> _Peer | None:
+        """A relay session to ``url`` (under ``_peer``'s lock for it): the one open, or a
+        new one whose pump runs in the task group."""
+        peer = self._peers.get(url)
+        if peer is not None and not peer.closed:
             return peer
+        session_id = uuid.uuid4()
+        request = self._http.build_request(
+            "GET", f"{url}/internal/v1/relay/{session_id}", headers=self._headers
+        )
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            log.info("owner not reachable", url=url, error=str(exc))
+            return None
+        if response.status_code != 200 or self._tg is None:
+            await response.aclose()
+            log.info("owner serves no relay", url=url, status=response.status_code)
+            return None
+        peer = self._peers[url] = _Peer(url, session_id, response)
+        self._tg.start_soon(self._pump, peer, name=f"relay {url}")
+        return peer
 
     async def _follow(self, url: str, mid: uuid.UUID, mirror: Mirror | None) -> Mirror | None:
         """Add ``mid`` to the relay session to ``url``: a new mirror, or ``mirror`` going on
