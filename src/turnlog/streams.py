@@ -329,6 +329,7 @@ class LiveStream:
         A tap never falls behind (unlike a subscription, it holds no cursor): the caller
         owns the buffering. A finished stream gives the blocks before its ``done`` and
         hands the ``done`` frame over at once; an abandoned one raises ``StreamFinished``.
+        A tap runs inside ``publish``: it must not raise, nor tap or untap (defer that).
         """
         if self._abandoned:
             raise StreamFinished(f"stream of message {self.message_id} was handed over")
