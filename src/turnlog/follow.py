@@ -44,6 +44,7 @@ import structlog
 from anyio.abc import TaskGroup
 from turnlog_reducer import StreamProtocolError, decode_blocks, decode_event
 
+from turnlog import aio
 from turnlog.cluster import INTERNAL_HEADER, Cluster
 from turnlog.commands import Chat
 from turnlog.relay import RecordReader, Snapshot, frame_data
@@ -358,7 +359,7 @@ class Follower:
             self._drop(mirror)  # seq 0: the owner handed the generation over
             return
         if stream.subscriber_count == 0:
-            now = anyio.current_time()
+            now = aio.current_time()
             if mirror.unread_since is None:
                 mirror.unread_since = now
             elif now - mirror.unread_since > UNREAD_S:

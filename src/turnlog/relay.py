@@ -103,7 +103,7 @@ class RelaySession:
         previous = self._taps.pop(mid, None)
         if previous is not None:
             previous[0].untap(previous[1])
-        tap = partial(self._on_frame, mid)
+        tap = partial(self._on_frame, mid, mid.bytes)
         seq, blocks = stream.tap(tap)
         if not stream.finished:
             self._taps[mid] = (stream, tap)
@@ -129,16 +129,17 @@ class RelaySession:
             stream.untap(tap)
         self._wake()
 
-    def _on_frame(self, mid: uuid.UUID, seq: int, frame: bytes) -> None:
-        # Called by LiveStream.publish for every frame: keep it to two appends.
+    def _on_frame(self, mid: uuid.UUID, key: bytes, seq: int, frame: bytes) -> None:
+        # Called by LiveStream.publish for every frame: keep it to two appends (``key``
+        # is ``mid.bytes``, bound once per tap).
         if seq < 0:
             entry = self._taps.pop(mid, None)
             if entry is not None and entry[0].abandoned:
-                self._buffer += HEADER.pack(mid.bytes, 0, 0)
+                self._buffer += HEADER.pack(key, 0, 0)
                 self._wake()
             return
         buffer = self._buffer
-        buffer += HEADER.pack(mid.bytes, seq, len(frame))
+        buffer += HEADER.pack(key, seq, len(frame))
         buffer += frame
         if self._wakeup is not None:
             self._wake()
@@ -228,27 +229,26 @@ class RecordReader:
     """The follower's side: records out of the bytes of a session's response."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._rest = b""  # the start of a record the next chunk completes
 
     def feed(self, chunk: bytes) -> list[tuple[bytes, int, bytes]]:
         """The records ``chunk`` completes, in order, as (message id bytes, seq, frame);
-        pings are skipped."""
-        buffer = self._buffer
-        buffer += chunk
+        pings are skipped. Each frame is one slice of the bytes received (one copy)."""
+        data = self._rest + chunk if self._rest else chunk
         size = HEADER.size
         unpack = HEADER.unpack_from
-        end = len(buffer)
+        end = len(data)
         pos = 0
         records = []
         while end - pos >= size:
-            mid, seq, length = unpack(buffer, pos)
+            mid, seq, length = unpack(data, pos)
             stop = pos + size + length
             if stop > end:
                 break
             if mid != _NO_ID:
-                records.append((mid, seq, bytes(buffer[pos + size : stop])))
+                records.append((mid, seq, data[pos + size : stop]))
             pos = stop
-        del buffer[:pos]
+        self._rest = data[pos:]
         return records
 
 

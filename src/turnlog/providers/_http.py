@@ -256,10 +256,12 @@ def _mapped(exc: BaseException, request: httpx2.Request, *, sending: bool) -> Ex
         error = httpx2.ConnectError
     elif isinstance(exc, aiohttp.InvalidURL):
         error = httpx2.UnsupportedProtocol
-    elif isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
-        error = httpx2.RemoteProtocolError  # a malformed or cut-short response
-    elif isinstance(exc, aiohttp.ServerDisconnectedError):
-        error = httpx2.RemoteProtocolError  # e.g. a kept-alive connection the server closed
+    elif isinstance(
+        exc,
+        aiohttp.ClientPayloadError | aiohttp.ClientResponseError | aiohttp.ServerDisconnectedError,
+    ):
+        # A malformed or cut-short response, or a kept-alive connection the server closed.
+        error = httpx2.RemoteProtocolError
     else:  # the connection failed while the request went out, or while the body came
         error = httpx2.ConnectError if sending else httpx2.ReadError
     return error(message, request=request)
